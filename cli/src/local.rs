@@ -1,0 +1,99 @@
+//! The embedded default pipeline: a directory as the bucket, an in-process queue, ingest and
+//! several workers in this process.
+
+use anyhow::Result;
+use fhe_batch_core::format::BatchLimits;
+use fhe_batch_core::layout;
+use fhe_batch_core::pipeline::{
+    ChunkOutcome, IngestOutcome, Worker, WorkerConfig, ingest_object, run_queue_worker,
+};
+use fhe_batch_core::ports::ObjectStore;
+use fhe_batch_fhe::GlweEvaluator;
+use fhe_batch_local::{FsStore, MemQueue, MemQueueConfig};
+use indicatif::{ProgressBar, ProgressStyle};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+/// What a local run did.
+#[derive(Debug, Default)]
+pub struct RunReport {
+    pub ingested: Vec<IngestOutcome>,
+    pub written: u64,
+    pub duplicates: u64,
+    pub failed: u64,
+    pub dead_letters: usize,
+    pub ingest_time: Duration,
+    pub work_time: Duration,
+}
+
+pub fn bar(len: u64, what: &str, show: bool) -> ProgressBar {
+    if !show {
+        return ProgressBar::hidden();
+    }
+    let pb = ProgressBar::new(len);
+    pb.set_style(
+        ProgressStyle::with_template("  {msg:<10} [{bar:32}] {pos}/{len} {per_sec} eta {eta}")
+            .expect("valid template")
+            .progress_chars("=> "),
+    );
+    pb.set_message(what.to_string());
+    pb
+}
+
+/// Ingests every batch in `inbox/` and runs `workers` workers until the queue is drained.
+pub async fn run_local(store: &FsStore, workers: usize, show_progress: bool) -> Result<RunReport> {
+    let queue = MemQueue::new(MemQueueConfig {
+        visibility_timeout: Duration::from_secs(60),
+        max_receives: 5,
+    });
+    let mut report = RunReport::default();
+    let started = Instant::now();
+    for key in store.list(layout::INBOX_PREFIX).await? {
+        let outcome = ingest_object(store, &queue, &key, &BatchLimits::default()).await?;
+        report.ingested.push(outcome);
+    }
+    report.ingest_time = started.elapsed();
+    let total = queue.stats().sent;
+    let pb = bar(total, "evaluate", show_progress);
+    let worker = Arc::new(Worker::new(
+        store.clone(),
+        GlweEvaluator,
+        WorkerConfig { max_receives: 5 },
+    ));
+    let counters = Arc::new([AtomicU64::new(0), AtomicU64::new(0), AtomicU64::new(0)]);
+    let started = Instant::now();
+    let mut handles = Vec::new();
+    for _ in 0..workers.max(1) {
+        let (worker, queue, counters, pb) =
+            (worker.clone(), queue.clone(), counters.clone(), pb.clone());
+        handles.push(tokio::spawn(async move {
+            let idle = queue.clone();
+            run_queue_worker(
+                &worker,
+                &queue,
+                || idle.is_idle(),
+                |o| {
+                    let i = match o {
+                        ChunkOutcome::Written { .. } => 0,
+                        ChunkOutcome::AlreadyDone { .. } | ChunkOutcome::Skipped { .. } => 1,
+                        ChunkOutcome::Failed { .. } => 2,
+                    };
+                    counters[i].fetch_add(1, Ordering::Relaxed);
+                    pb.inc(1);
+                },
+            )
+            .await
+        }));
+    }
+    for h in handles {
+        h.await??;
+    }
+    pb.finish_and_clear();
+    report.work_time = started.elapsed();
+    report.written = counters[0].load(Ordering::Relaxed);
+    report.duplicates = counters[1].load(Ordering::Relaxed);
+    report.failed = counters[2].load(Ordering::Relaxed);
+    report.dead_letters = queue.dead_letters().len();
+    Ok(report)
+}

@@ -1,0 +1,417 @@
+//! `fhe-batch`: the data owner's client for the fhe-batch encrypted-inference pipeline.
+//!
+//! Train and compile a model, generate a secret key, encrypt a CSV of records into a batch,
+//! run the pipeline on the local bucket (or upload to S3), check status, and decrypt the
+//! predictions. `fhe-batch demo` does all of it in one command.
+
+mod bench;
+mod demo;
+mod local;
+mod output;
+mod store;
+
+use anyhow::{Context, Result, bail};
+use clap::{Parser, Subcommand, ValueEnum};
+use fhe_batch_core::ids::JobId;
+use fhe_batch_core::layout;
+use fhe_batch_core::params::ParamSet;
+use fhe_batch_core::pipeline::{IngestOutcome, job_status, list_jobs};
+use fhe_batch_core::ports::ObjectStore;
+use fhe_batch_fhe::SecretKey;
+use fhe_batch_local::FsStore;
+use fhe_batch_train::data::{read_labelled_csv, read_records};
+use fhe_batch_train::{Task, TrainOptions};
+use std::path::PathBuf;
+use std::time::Instant;
+
+const DEFAULT_STORE: &str = ".fhe-batch/bucket";
+
+/// Encrypted batch inference: your records stay encrypted end to end; only you can read the
+/// predictions.
+///
+/// A typical session:
+///
+///   fhe-batch train --data iris.csv --out model/        # train + compile (model owner)
+///   fhe-batch keygen --out client.key                  # secret key, never leaves you
+///   fhe-batch encrypt --model model/ --key client.key --input records.csv --out claims.fheb
+///   fhe-batch publish --model model/ && fhe-batch submit claims.fheb
+///   fhe-batch run                                      # local pipeline (or upload to S3)
+///   fhe-batch status claims
+///   fhe-batch decrypt --model model/ --key client.key --job claims --out predictions.csv
+///
+/// Or see it all at once: `fhe-batch demo`.
+#[derive(Parser, Debug)]
+#[command(name = "fhe-batch", version, verbatim_doc_comment)]
+struct Cli {
+    /// Log level for diagnostics on stderr (error, warn, info, debug).
+    #[arg(long, global = true, env = "FHE_BATCH_LOG", default_value = "warn")]
+    log: String,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum TaskArg {
+    /// Classification when the label column has any non-numeric value, else regression.
+    Auto,
+    Classification,
+    Regression,
+}
+
+#[derive(clap::Args, Debug)]
+struct StoreArg {
+    /// The local bucket: a directory standing in for the S3 bucket.
+    #[arg(long, env = "FHE_BATCH_STORE", default_value = DEFAULT_STORE)]
+    store: PathBuf,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Train a model on a labelled CSV and compile it for encrypted inference.
+    ///
+    /// Logistic regression (binary or multinomial) for class labels, linear regression for a
+    /// numeric target. Inputs are quantized per feature to --n-bits and weights to signed
+    /// --n-bits integers; the compiler proves from the weights that no encrypted result can
+    /// overflow or be corrupted by noise, and refuses the model otherwise. Writes
+    /// manifest.json, server.bin (weights: for the service) and client.json (features,
+    /// quantization, classes: for data owners; no weights).
+    #[command(alias = "compile")]
+    Train {
+        /// Labelled CSV with a header row.
+        #[arg(long, env = "FHE_BATCH_DATA")]
+        data: PathBuf,
+        /// Name of the label column.
+        #[arg(long, default_value = "label")]
+        label: String,
+        #[arg(long, value_enum, default_value = "auto")]
+        task: TaskArg,
+        /// Bits per quantized input and per integer weight (2..=16).
+        #[arg(long, default_value_t = 8)]
+        n_bits: u8,
+        /// Share of records held out to report accuracy on (0 reports on the training data).
+        #[arg(long, default_value_t = 0.2)]
+        holdout: f64,
+        /// Seed of the holdout split.
+        #[arg(long, default_value_t = 42)]
+        seed: u64,
+        /// Output directory of the compiled model.
+        #[arg(long, short)]
+        out: PathBuf,
+    },
+    /// Generate a secret key (written owner-only; it never leaves this machine).
+    Keygen {
+        #[arg(long, short, default_value = "client.key")]
+        out: PathBuf,
+        /// Replace an existing key file.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Encrypt a CSV of records into a batch file (.fheb) for a compiled model.
+    ///
+    /// The CSV needs a header row naming the model's features; other columns are ignored.
+    Encrypt {
+        /// Compiled model directory (only its client part is used).
+        #[arg(long, short)]
+        model: PathBuf,
+        #[arg(long, short, default_value = "client.key")]
+        key: PathBuf,
+        #[arg(long, short)]
+        input: PathBuf,
+        #[arg(long, short)]
+        out: PathBuf,
+    },
+    /// Publish a compiled model to the bucket (models/<model_id>/).
+    Publish {
+        #[arg(long, short)]
+        model: PathBuf,
+        #[command(flatten)]
+        store: StoreArg,
+    },
+    /// Upload a batch to the bucket's inbox/ (what `aws s3 cp batch.fheb s3://BUCKET/inbox/` does).
+    Submit {
+        batch: PathBuf,
+        /// Job id (default: the file name without .fheb).
+        #[arg(long)]
+        job: Option<String>,
+        #[command(flatten)]
+        store: StoreArg,
+    },
+    /// Run the local pipeline: ingest every batch in inbox/ and evaluate all queued chunks.
+    Run {
+        /// Concurrent workers.
+        #[arg(long, default_value_t = 4)]
+        workers: usize,
+        #[command(flatten)]
+        store: StoreArg,
+    },
+    /// Show a job's state (QUEUED, RUNNING done/total, SUCCEEDED, FAILED with reasons), or list jobs.
+    Status {
+        job: Option<String>,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        store: StoreArg,
+    },
+    /// Decrypt a job's results into a predictions CSV.
+    Decrypt {
+        #[arg(long, short)]
+        model: PathBuf,
+        #[arg(long, short, default_value = "client.key")]
+        key: PathBuf,
+        /// Read results of this job from the bucket...
+        #[arg(long, conflicts_with = "results")]
+        job: Option<String>,
+        /// ...or from a directory of .fher files (e.g. `aws s3 cp --recursive s3://BUCKET/results/JOB/ DIR`).
+        #[arg(long)]
+        results: Option<PathBuf>,
+        #[arg(long, short, default_value = "predictions.csv")]
+        out: PathBuf,
+        #[command(flatten)]
+        store: StoreArg,
+    },
+    /// Run the whole product on the bundled Iris data, end to end, on the local bucket.
+    Demo(demo::DemoArgs),
+    /// Measure encrypt / evaluate / decrypt time and bytes up / down per record.
+    Bench(bench::BenchArgs),
+}
+
+fn main() {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_new(&cli.log)
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    if let Err(e) = run(cli.command) {
+        eprintln!("error: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?)
+}
+
+fn job_arg(s: &str) -> Result<JobId> {
+    JobId::parse(s).with_context(|| format!("invalid job id {s:?}"))
+}
+
+fn run(command: Command) -> Result<()> {
+    match command {
+        Command::Train {
+            data,
+            label,
+            task,
+            n_bits,
+            holdout,
+            seed,
+            out,
+        } => {
+            let task = match task {
+                TaskArg::Auto => Task::Auto,
+                TaskArg::Classification => Task::Classification,
+                TaskArg::Regression => Task::Regression,
+            };
+            let ds = read_labelled_csv(&data, &label, task)?;
+            if !(0.0..0.9).contains(&holdout) {
+                bail!("--holdout must be in [0, 0.9)");
+            }
+            let (train, eval, on) = if holdout > 0.0 {
+                let (t, e) = ds.split(holdout, seed);
+                (t, e, "holdout")
+            } else {
+                (ds.clone(), ds.clone(), "training")
+            };
+            let model = fhe_batch_train::train(&train, &TrainOptions::default())?;
+            let mut pkg = fhe_batch_train::compile(
+                &model,
+                &train,
+                &eval,
+                n_bits,
+                ParamSet::Glwe2048TUniform17,
+            )?;
+            pkg.manifest.report.evaluated_on = on.into();
+            store::write_model_dir(&pkg, &out)?;
+            demo::print_model(&pkg);
+            println!("model written to {}", out.display());
+            Ok(())
+        }
+        Command::Keygen { out, force } => {
+            let t = Instant::now();
+            let key = SecretKey::generate(ParamSet::Glwe2048TUniform17);
+            key.save(&out, force)?;
+            println!(
+                "secret key {} written to {} (owner-only, {}); fingerprint {}",
+                key.params(),
+                out.display(),
+                output::dur(t.elapsed()),
+                key.fingerprint()
+            );
+            println!("keep it private: it is the only way to read your results");
+            Ok(())
+        }
+        Command::Encrypt {
+            model,
+            key,
+            input,
+            out,
+        } => {
+            let side = store::read_client_side(&model)?;
+            let key = SecretKey::load(&key)?;
+            let t = Instant::now();
+            let raw = read_records(&input, &side.client.feature_names)?;
+            let records = raw.len() / side.client.n_features();
+            let quantized: Vec<u64> = raw
+                .chunks_exact(side.client.n_features())
+                .flat_map(|r| side.client.quantize(r))
+                .collect();
+            let pb = local::bar(records as u64, "encrypt", true);
+            let bytes = fhe_batch_fhe::batch::encrypt_batch(
+                &key,
+                &side.client,
+                side.manifest.model_id,
+                &quantized,
+                &|n| pb.inc(n),
+            );
+            pb.finish_and_clear();
+            std::fs::write(&out, &bytes).with_context(|| format!("writing {}", out.display()))?;
+            println!(
+                "encrypted {records} records into {} ({}, {} per record) in {}",
+                out.display(),
+                output::bytes(bytes.len() as u64),
+                output::bytes(bytes.len() as u64 / records as u64),
+                output::dur(t.elapsed())
+            );
+            Ok(())
+        }
+        Command::Publish { model, store } => {
+            let s = FsStore::open(&store.store)?;
+            let m = runtime()?.block_on(store::publish_model_dir(&model, &s))?;
+            println!(
+                "published model {} to {}/models/{}/",
+                m.model_id,
+                store.store.display(),
+                m.model_id
+            );
+            Ok(())
+        }
+        Command::Submit { batch, job, store } => {
+            let job = match job {
+                Some(j) => job_arg(&j)?,
+                None => {
+                    let stem = batch
+                        .file_stem()
+                        .and_then(|s| s.to_str())
+                        .context("batch file name")?;
+                    job_arg(stem)?
+                }
+            };
+            let s = FsStore::open(&store.store)?;
+            let bytes =
+                std::fs::read(&batch).with_context(|| format!("reading {}", batch.display()))?;
+            let n = bytes.len() as u64;
+            runtime()?.block_on(s.put(&layout::inbox(&job), bytes))?;
+            println!(
+                "uploaded {} ({}) as job {job}",
+                batch.display(),
+                output::bytes(n)
+            );
+            Ok(())
+        }
+        Command::Run { workers, store } => {
+            let s = FsStore::open(&store.store)?;
+            let report = runtime()?.block_on(local::run_local(&s, workers, true))?;
+            for o in &report.ingested {
+                match o {
+                    IngestOutcome::Queued { job, chunks } => {
+                        println!("job {job}: queued {chunks} chunks")
+                    }
+                    IngestOutcome::Requeued { job, chunks } => {
+                        println!(
+                            "job {job}: already ingested; re-queued {chunks} unfinished chunks"
+                        )
+                    }
+                    IngestOutcome::Rejected { job, reason } => {
+                        println!("job {job}: FAILED: {reason}")
+                    }
+                    IngestOutcome::Ignored { .. } => {}
+                }
+            }
+            println!(
+                "{} chunk results written, {} already done, {} failed, in {}",
+                report.written,
+                report.duplicates,
+                report.failed,
+                output::dur(report.work_time)
+            );
+            Ok(())
+        }
+        Command::Status { job, json, store } => {
+            let s = FsStore::open(&store.store)?;
+            let rt = runtime()?;
+            let jobs = match job {
+                Some(j) => vec![job_arg(&j)?],
+                None => rt.block_on(list_jobs(&s))?,
+            };
+            if jobs.is_empty() {
+                println!("no jobs in {}", store.store.display());
+            }
+            for job in jobs {
+                let st = rt.block_on(job_status(&s, &job))?;
+                if json {
+                    println!("{}", serde_json::to_string_pretty(&st)?);
+                } else {
+                    println!("{}", demo::status_line(&st));
+                    for f in &st.failures {
+                        match f.chunk {
+                            Some(c) => println!("  chunk {c}: {}", f.reason),
+                            None => println!("  {}", f.reason),
+                        }
+                    }
+                }
+            }
+            Ok(())
+        }
+        Command::Decrypt {
+            model,
+            key,
+            job,
+            results,
+            out,
+            store,
+        } => {
+            let side = store::read_client_side(&model)?;
+            let key = SecretKey::load(&key)?;
+            let files = match (job, results) {
+                (Some(j), None) => {
+                    let s = FsStore::open(&store.store)?;
+                    runtime()?.block_on(store::read_results_from_store(&s, &job_arg(&j)?))?
+                }
+                (None, Some(dir)) => store::read_result_dir(&dir)?,
+                _ => bail!("pass --job JOB (read from the bucket) or --results DIR"),
+            };
+            let t = Instant::now();
+            let logits = fhe_batch_fhe::batch::decrypt_job(
+                &key,
+                &side.client,
+                &side.manifest.model_id,
+                &files,
+                &|_| {},
+            )?;
+            let n = output::write_predictions(&out, &side.client, &logits)?;
+            println!(
+                "decrypted {n} predictions into {} in {}",
+                out.display(),
+                output::dur(t.elapsed())
+            );
+            Ok(())
+        }
+        Command::Demo(args) => demo::run(args),
+        Command::Bench(args) => bench::run(args),
+    }
+}

@@ -1,0 +1,172 @@
+//! The `fhe-batch` binary, tested end to end on its real output.
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+fn fhe_batch(dir: &Path, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_fhe-batch"))
+        .args(args)
+        .current_dir(dir)
+        .env_remove("FHE_BATCH_STORE")
+        .output()
+        .expect("runs")
+}
+
+fn ok(dir: &Path, args: &[&str]) -> String {
+    let out = fhe_batch(dir, args);
+    let stdout = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(
+        out.status.success(),
+        "fhe-batch {args:?} failed:\n{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    stdout
+}
+
+fn data(name: &str) -> String {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../data")
+        .join(name)
+        .display()
+        .to_string()
+}
+
+#[test]
+fn demo_runs_end_to_end_with_full_agreement() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = ok(dir.path(), &["demo", "--dir", "demo"]);
+    assert!(
+        out.contains("agreement, quantized model    100.0% (150/150"),
+        "{out}"
+    );
+    assert!(out.contains("SUCCEEDED 1/1 chunks"), "{out}");
+    assert!(dir.path().join("demo/predictions.csv").exists());
+    let preds = std::fs::read_to_string(dir.path().join("demo/predictions.csv")).unwrap();
+    assert_eq!(preds.lines().count(), 151);
+    assert!(preds.starts_with("record,label,p_setosa,p_versicolor,p_virginica"));
+}
+
+#[test]
+fn the_documented_session_works_step_by_step() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let iris = data("iris.csv");
+    let out = ok(d, &["train", "--data", &iris, "--out", "model"]);
+    assert!(out.contains("accuracy"), "{out}");
+    ok(d, &["keygen", "--out", "client.key"]);
+    // A second keygen must not silently replace the key.
+    assert!(
+        !fhe_batch(d, &["keygen", "--out", "client.key"])
+            .status
+            .success()
+    );
+    ok(
+        d,
+        &[
+            "encrypt",
+            "--model",
+            "model",
+            "--key",
+            "client.key",
+            "--input",
+            &iris,
+            "--out",
+            "claims.fheb",
+        ],
+    );
+    ok(d, &["publish", "--model", "model"]);
+    ok(d, &["submit", "claims.fheb"]);
+    let out = ok(d, &["status", "claims"]);
+    assert!(out.contains("QUEUED"), "{out}");
+    let out = ok(d, &["run", "--workers", "2"]);
+    assert!(out.contains("job claims: queued 1 chunks"), "{out}");
+    let out = ok(d, &["status", "claims", "--json"]);
+    assert!(out.contains("\"state\": \"SUCCEEDED\""), "{out}");
+    ok(
+        d,
+        &[
+            "decrypt",
+            "--model",
+            "model",
+            "--key",
+            "client.key",
+            "--job",
+            "claims",
+            "--out",
+            "p.csv",
+        ],
+    );
+    let preds = std::fs::read_to_string(d.join("p.csv")).unwrap();
+    assert_eq!(preds.lines().count(), 151);
+    // The secret key never entered the bucket.
+    let key = std::fs::read(d.join("client.key")).unwrap();
+    for entry in walk(&d.join(".fhe-batch/bucket")) {
+        let bytes = std::fs::read(&entry).unwrap();
+        assert!(
+            !contains(&bytes, &key[36..100]),
+            "key material in {}",
+            entry.display()
+        );
+    }
+}
+
+#[test]
+fn a_wrong_key_or_bad_input_gives_a_clear_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let iris = data("iris.csv");
+    ok(d, &["train", "--data", &iris, "--out", "model"]);
+    ok(d, &["keygen", "--out", "a.key"]);
+    ok(d, &["keygen", "--out", "b.key"]);
+    std::fs::write(d.join("bad.csv"), "sepal_length_cm,petal_width_cm\n1,2\n").unwrap();
+    let out = fhe_batch(
+        d,
+        &[
+            "encrypt", "--model", "model", "--key", "a.key", "--input", "bad.csv", "--out",
+            "x.fheb",
+        ],
+    );
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("no column named \"sepal_width_cm\""), "{err}");
+    ok(
+        d,
+        &[
+            "encrypt", "--model", "model", "--key", "a.key", "--input", &iris, "--out", "x.fheb",
+        ],
+    );
+    ok(d, &["publish", "--model", "model"]);
+    ok(d, &["submit", "x.fheb"]);
+    ok(d, &["run"]);
+    let out = fhe_batch(
+        d,
+        &[
+            "decrypt", "--model", "model", "--key", "b.key", "--job", "x",
+        ],
+    );
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("use the key that encrypted the batch"),
+        "{err}"
+    );
+    let out = fhe_batch(d, &["status", "../etc"]);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("invalid job id"));
+}
+
+fn walk(dir: &Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).unwrap() {
+        let p = e.unwrap().path();
+        if p.is_dir() {
+            out.extend(walk(&p));
+        } else {
+            out.push(p);
+        }
+    }
+    out
+}
+
+fn contains(hay: &[u8], needle: &[u8]) -> bool {
+    hay.windows(needle.len()).any(|w| w == needle)
+}

@@ -1,0 +1,673 @@
+//! The batch (`.fheb`) and result (`.fher`) file formats.
+//!
+//! Both are little-endian, versioned, and read with explicit size limits. A batch is a header
+//! (fixed part, chunk table, SHA-256 of the header) followed by the ciphertext chunks, laid out
+//! contiguously and in order, so chunk `i` is one byte range that an S3 ranged GET can fetch
+//! without reading the rest of the file. Each chunk's SHA-256 is in the chunk table, so a
+//! corrupted chunk is detected before it is evaluated.
+//!
+//! ```text
+//! batch header, fixed part (64 bytes)
+//!   0  magic "FHEB"            4  format version u16     6  parameter set u16
+//!   8  header length u32      12  feature count u32     16  record count u64
+//!  24  chunk count u32        28  slots per chunk u32   32  model id [16]
+//!  48  key fingerprint [16]
+//! chunk table: per chunk (56 bytes) offset u64, length u64, records u32, reserved u32, sha256 [32]
+//! header checksum: sha256 of everything above [32]
+//! chunk payload: compression seed u128, then feature count x N ciphertext bodies (u64 each)
+//!
+//! result file
+//!   0  magic "FHER"            4  format version u16     6  parameter set u16
+//!   8  output count u32       12  chunk index u32       16  chunk count u32
+//!  20  records u32            24  plaintext bits u8 (+3 reserved)
+//!  28  reserved u32           32  model id [16]          48  key fingerprint [16]
+//!  64  first record u64       72  output count x GLWE ciphertexts (mask then body, u64 each)
+//!  end sha256 of everything before it [32]
+//! ```
+
+use crate::ids::{KeyFingerprint, ModelId};
+use crate::params::ParamSet;
+use sha2::{Digest, Sha256};
+
+pub const BATCH_MAGIC: [u8; 4] = *b"FHEB";
+pub const RESULT_MAGIC: [u8; 4] = *b"FHER";
+pub const FORMAT_VERSION: u16 = 1;
+pub const FIXED_HEADER_LEN: usize = 64;
+pub const CHUNK_ENTRY_LEN: usize = 56;
+pub const CHECKSUM_LEN: usize = 32;
+pub const SEED_LEN: usize = 16;
+pub const RESULT_HEADER_LEN: usize = 72;
+
+/// Why a batch or result file is refused. Every variant reads as a sentence a person can act on.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum FormatError {
+    #[error("not a {what} file (bad magic bytes)")]
+    BadMagic { what: &'static str },
+    #[error(
+        "{what} format version {found} is not supported (this build reads version {FORMAT_VERSION})"
+    )]
+    Version { what: &'static str, found: u16 },
+    #[error("parameter set {id} is not one of the allowed 128-bit parameter sets")]
+    UnknownParams { id: u16 },
+    #[error("{what} is truncated: {needed} bytes needed, {got} present")]
+    Truncated {
+        what: &'static str,
+        needed: u64,
+        got: u64,
+    },
+    #[error("{what} of {value} exceeds the limit of {limit}")]
+    TooLarge {
+        what: &'static str,
+        value: u64,
+        limit: u64,
+    },
+    #[error("{what} checksum does not match: the file is corrupted")]
+    Checksum { what: &'static str },
+    #[error(
+        "record count disagrees: the header says {header} records, the chunk table holds {chunks}"
+    )]
+    RecordCount { header: u64, chunks: u64 },
+    #[error("batch object is {actual} bytes but its header describes {declared} bytes")]
+    SizeMismatch { declared: u64, actual: u64 },
+    #[error("malformed {what}: {detail}")]
+    Malformed { what: &'static str, detail: String },
+}
+
+fn malformed(what: &'static str, detail: impl Into<String>) -> FormatError {
+    FormatError::Malformed {
+        what,
+        detail: detail.into(),
+    }
+}
+
+/// Size limits applied before anything is allocated or downloaded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BatchLimits {
+    pub max_records: u64,
+    pub max_features: u32,
+    pub max_chunks: u32,
+    pub max_batch_bytes: u64,
+}
+
+impl Default for BatchLimits {
+    fn default() -> Self {
+        Self {
+            max_records: 100_000_000,
+            max_features: crate::model::MAX_FEATURES as u32,
+            max_chunks: 65_536,
+            max_batch_bytes: 256 << 30,
+        }
+    }
+}
+
+/// One entry of the chunk table.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ChunkEntry {
+    pub offset: u64,
+    pub length: u64,
+    pub records: u32,
+    pub sha256: [u8; 32],
+}
+
+/// A parsed and validated batch header.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BatchHeader {
+    pub params: ParamSet,
+    pub feature_count: u32,
+    pub record_count: u64,
+    pub model_id: ModelId,
+    pub key_fingerprint: KeyFingerprint,
+    pub chunks: Vec<ChunkEntry>,
+}
+
+struct Reader<'a> {
+    buf: &'a [u8],
+    pos: usize,
+}
+
+impl<'a> Reader<'a> {
+    fn new(buf: &'a [u8]) -> Self {
+        Self { buf, pos: 0 }
+    }
+    fn bytes<const N: usize>(&mut self) -> [u8; N] {
+        let mut out = [0u8; N];
+        out.copy_from_slice(&self.buf[self.pos..self.pos + N]);
+        self.pos += N;
+        out
+    }
+    fn u16(&mut self) -> u16 {
+        u16::from_le_bytes(self.bytes())
+    }
+    fn u32(&mut self) -> u32 {
+        u32::from_le_bytes(self.bytes())
+    }
+    fn u64(&mut self) -> u64 {
+        u64::from_le_bytes(self.bytes())
+    }
+}
+
+/// Bytes of one chunk payload for a parameter set and feature count.
+pub fn chunk_payload_len(params: ParamSet, feature_count: u32) -> u64 {
+    SEED_LEN as u64 + feature_count as u64 * params.seeded_glwe_bytes() as u64
+}
+
+/// Header length for a number of chunks.
+pub fn header_len(chunk_count: u32) -> u64 {
+    FIXED_HEADER_LEN as u64 + chunk_count as u64 * CHUNK_ENTRY_LEN as u64 + CHECKSUM_LEN as u64
+}
+
+impl BatchHeader {
+    /// Reads the total header length from the fixed part (the first [`FIXED_HEADER_LEN`]
+    /// bytes), so a reader knows how much more to fetch. Checks magic, version and limits first.
+    pub fn header_len_from_prefix(prefix: &[u8], limits: &BatchLimits) -> Result<u64, FormatError> {
+        if prefix.len() < 4 || prefix[..4] != BATCH_MAGIC {
+            return Err(FormatError::BadMagic { what: "batch" });
+        }
+        if prefix.len() < FIXED_HEADER_LEN {
+            return Err(FormatError::Truncated {
+                what: "batch header",
+                needed: FIXED_HEADER_LEN as u64,
+                got: prefix.len() as u64,
+            });
+        }
+        let mut r = Reader::new(prefix);
+        r.pos = 4;
+        let version = r.u16();
+        if version != FORMAT_VERSION {
+            return Err(FormatError::Version {
+                what: "batch",
+                found: version,
+            });
+        }
+        r.pos = 24;
+        let chunk_count = r.u32();
+        if chunk_count > limits.max_chunks {
+            return Err(FormatError::TooLarge {
+                what: "chunk count",
+                value: chunk_count as u64,
+                limit: limits.max_chunks as u64,
+            });
+        }
+        r.pos = 8;
+        let declared = r.u32() as u64;
+        let expected = header_len(chunk_count);
+        if declared != expected {
+            return Err(malformed(
+                "batch header",
+                format!(
+                    "header length {declared} does not match {chunk_count} chunks ({expected})"
+                ),
+            ));
+        }
+        Ok(expected)
+    }
+
+    /// Parses and validates a complete header (`bytes` may extend past it).
+    pub fn parse(bytes: &[u8], limits: &BatchLimits) -> Result<Self, FormatError> {
+        let hlen = Self::header_len_from_prefix(bytes, limits)? as usize;
+        if bytes.len() < hlen {
+            return Err(FormatError::Truncated {
+                what: "batch header",
+                needed: hlen as u64,
+                got: bytes.len() as u64,
+            });
+        }
+        let body = &bytes[..hlen - CHECKSUM_LEN];
+        let sum: [u8; 32] = Sha256::digest(body).into();
+        if sum[..] != bytes[hlen - CHECKSUM_LEN..hlen] {
+            return Err(FormatError::Checksum {
+                what: "batch header",
+            });
+        }
+        let mut r = Reader::new(bytes);
+        r.pos = 6;
+        let param_id = r.u16();
+        let params =
+            ParamSet::from_wire_id(param_id).ok_or(FormatError::UnknownParams { id: param_id })?;
+        r.pos = 12;
+        let feature_count = r.u32();
+        let record_count = r.u64();
+        let chunk_count = r.u32();
+        let slots = r.u32();
+        let model_id = ModelId::from_bytes(r.bytes());
+        let key_fingerprint = KeyFingerprint::from_bytes(r.bytes());
+        if feature_count == 0 || feature_count > limits.max_features {
+            return Err(FormatError::TooLarge {
+                what: "feature count",
+                value: feature_count as u64,
+                limit: limits.max_features as u64,
+            });
+        }
+        if record_count > limits.max_records {
+            return Err(FormatError::TooLarge {
+                what: "record count",
+                value: record_count,
+                limit: limits.max_records,
+            });
+        }
+        if record_count == 0 {
+            return Err(malformed("batch header", "the batch holds no records"));
+        }
+        let n = params.polynomial_size() as u64;
+        if slots as u64 != n {
+            return Err(malformed(
+                "batch header",
+                format!("{slots} slots per chunk; parameter set {params} has {n}"),
+            ));
+        }
+        let expected_chunks = record_count.div_ceil(n);
+        if chunk_count as u64 != expected_chunks {
+            return Err(FormatError::RecordCount {
+                header: record_count,
+                chunks: chunk_count as u64 * n,
+            });
+        }
+        let payload = chunk_payload_len(params, feature_count);
+        let mut chunks = Vec::with_capacity(chunk_count as usize);
+        let mut total_records = 0u64;
+        let mut expected_offset = hlen as u64;
+        for i in 0..chunk_count {
+            let offset = r.u64();
+            let length = r.u64();
+            let records = r.u32();
+            let _reserved = r.u32();
+            let sha256 = r.bytes::<32>();
+            if offset != expected_offset || length != payload {
+                return Err(malformed(
+                    "chunk table",
+                    format!("chunk {i} at {offset}+{length}; expected {expected_offset}+{payload}"),
+                ));
+            }
+            if records == 0 || records as u64 > n {
+                return Err(malformed(
+                    "chunk table",
+                    format!("chunk {i} claims {records} records (1..={n} allowed)"),
+                ));
+            }
+            total_records += records as u64;
+            expected_offset += length;
+            chunks.push(ChunkEntry {
+                offset,
+                length,
+                records,
+                sha256,
+            });
+        }
+        if total_records != record_count {
+            return Err(FormatError::RecordCount {
+                header: record_count,
+                chunks: total_records,
+            });
+        }
+        if expected_offset > limits.max_batch_bytes {
+            return Err(FormatError::TooLarge {
+                what: "batch size in bytes",
+                value: expected_offset,
+                limit: limits.max_batch_bytes,
+            });
+        }
+        Ok(Self {
+            params,
+            feature_count,
+            record_count,
+            model_id,
+            key_fingerprint,
+            chunks,
+        })
+    }
+
+    pub fn header_len(&self) -> u64 {
+        header_len(self.chunks.len() as u32)
+    }
+
+    /// Total object size the header describes.
+    pub fn total_len(&self) -> u64 {
+        self.header_len() + self.chunks.iter().map(|c| c.length).sum::<u64>()
+    }
+
+    /// Checks the uploaded object's real size against the header (catches truncation and
+    /// trailing garbage before any chunk is queued).
+    pub fn check_object_size(&self, actual: u64) -> Result<(), FormatError> {
+        let declared = self.total_len();
+        if declared != actual {
+            return Err(FormatError::SizeMismatch { declared, actual });
+        }
+        Ok(())
+    }
+
+    /// Serializes the header (chunk table and checksum included).
+    pub fn encode(&self) -> Vec<u8> {
+        let chunk_count = self.chunks.len() as u32;
+        let hlen = header_len(chunk_count);
+        let mut out = Vec::with_capacity(hlen as usize);
+        out.extend_from_slice(&BATCH_MAGIC);
+        out.extend_from_slice(&FORMAT_VERSION.to_le_bytes());
+        out.extend_from_slice(&self.params.wire_id().to_le_bytes());
+        out.extend_from_slice(&(hlen as u32).to_le_bytes());
+        out.extend_from_slice(&self.feature_count.to_le_bytes());
+        out.extend_from_slice(&self.record_count.to_le_bytes());
+        out.extend_from_slice(&chunk_count.to_le_bytes());
+        out.extend_from_slice(&(self.params.polynomial_size() as u32).to_le_bytes());
+        out.extend_from_slice(self.model_id.as_bytes());
+        out.extend_from_slice(self.key_fingerprint.as_bytes());
+        for c in &self.chunks {
+            out.extend_from_slice(&c.offset.to_le_bytes());
+            out.extend_from_slice(&c.length.to_le_bytes());
+            out.extend_from_slice(&c.records.to_le_bytes());
+            out.extend_from_slice(&0u32.to_le_bytes());
+            out.extend_from_slice(&c.sha256);
+        }
+        let sum: [u8; 32] = Sha256::digest(&out).into();
+        out.extend_from_slice(&sum);
+        out
+    }
+}
+
+/// Assembles a batch file from encrypted chunk payloads (in order).
+pub fn assemble_batch(
+    params: ParamSet,
+    feature_count: u32,
+    model_id: ModelId,
+    key_fingerprint: KeyFingerprint,
+    payloads: &[(u32, Vec<u8>)],
+) -> Vec<u8> {
+    let hlen = header_len(payloads.len() as u32);
+    let mut offset = hlen;
+    let chunks: Vec<ChunkEntry> = payloads
+        .iter()
+        .map(|(records, p)| {
+            let e = ChunkEntry {
+                offset,
+                length: p.len() as u64,
+                records: *records,
+                sha256: Sha256::digest(p).into(),
+            };
+            offset += p.len() as u64;
+            e
+        })
+        .collect();
+    let header = BatchHeader {
+        params,
+        feature_count,
+        record_count: payloads.iter().map(|(r, _)| *r as u64).sum(),
+        model_id,
+        key_fingerprint,
+        chunks,
+    };
+    let mut out = header.encode();
+    out.reserve(payloads.iter().map(|(_, p)| p.len()).sum());
+    for (_, p) in payloads {
+        out.extend_from_slice(p);
+    }
+    out
+}
+
+/// Checks a chunk payload fetched by range against its table entry.
+pub fn verify_chunk(payload: &[u8], length: u64, sha256: &[u8; 32]) -> Result<(), FormatError> {
+    if payload.len() as u64 != length {
+        return Err(FormatError::Truncated {
+            what: "chunk",
+            needed: length,
+            got: payload.len() as u64,
+        });
+    }
+    let sum: [u8; 32] = Sha256::digest(payload).into();
+    if &sum != sha256 {
+        return Err(FormatError::Checksum { what: "chunk" });
+    }
+    Ok(())
+}
+
+/// The metadata of a chunk result file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ResultHeader {
+    pub params: ParamSet,
+    pub n_outputs: u32,
+    pub chunk_index: u32,
+    pub chunk_count: u32,
+    pub records: u32,
+    pub plaintext_bits: u8,
+    pub model_id: ModelId,
+    pub key_fingerprint: KeyFingerprint,
+    pub first_record: u64,
+}
+
+impl ResultHeader {
+    /// Bytes of the ciphertext body for this header.
+    pub fn body_len(&self) -> usize {
+        self.n_outputs as usize * self.params.glwe_bytes()
+    }
+
+    /// Wraps ciphertext bytes into a result file.
+    pub fn encode(&self, body: &[u8]) -> Vec<u8> {
+        assert_eq!(body.len(), self.body_len(), "result body length");
+        let mut out = Vec::with_capacity(RESULT_HEADER_LEN + body.len() + CHECKSUM_LEN);
+        out.extend_from_slice(&RESULT_MAGIC);
+        out.extend_from_slice(&FORMAT_VERSION.to_le_bytes());
+        out.extend_from_slice(&self.params.wire_id().to_le_bytes());
+        out.extend_from_slice(&self.n_outputs.to_le_bytes());
+        out.extend_from_slice(&self.chunk_index.to_le_bytes());
+        out.extend_from_slice(&self.chunk_count.to_le_bytes());
+        out.extend_from_slice(&self.records.to_le_bytes());
+        out.extend_from_slice(&[self.plaintext_bits, 0, 0, 0]);
+        out.extend_from_slice(&0u32.to_le_bytes());
+        out.extend_from_slice(self.model_id.as_bytes());
+        out.extend_from_slice(self.key_fingerprint.as_bytes());
+        out.extend_from_slice(&self.first_record.to_le_bytes());
+        out.extend_from_slice(body);
+        let sum: [u8; 32] = Sha256::digest(&out).into();
+        out.extend_from_slice(&sum);
+        out
+    }
+
+    /// Parses a result file, returning its header and ciphertext body.
+    pub fn decode(bytes: &[u8], max_outputs: u32) -> Result<(Self, &[u8]), FormatError> {
+        if bytes.len() < 4 || bytes[..4] != RESULT_MAGIC {
+            return Err(FormatError::BadMagic { what: "result" });
+        }
+        if bytes.len() < RESULT_HEADER_LEN + CHECKSUM_LEN {
+            return Err(FormatError::Truncated {
+                what: "result",
+                needed: (RESULT_HEADER_LEN + CHECKSUM_LEN) as u64,
+                got: bytes.len() as u64,
+            });
+        }
+        let mut r = Reader::new(bytes);
+        r.pos = 4;
+        let version = r.u16();
+        if version != FORMAT_VERSION {
+            return Err(FormatError::Version {
+                what: "result",
+                found: version,
+            });
+        }
+        let param_id = r.u16();
+        let params =
+            ParamSet::from_wire_id(param_id).ok_or(FormatError::UnknownParams { id: param_id })?;
+        let n_outputs = r.u32();
+        let chunk_index = r.u32();
+        let chunk_count = r.u32();
+        let records = r.u32();
+        let plaintext_bits = r.bytes::<4>()[0];
+        let _reserved = r.u32();
+        let model_id = ModelId::from_bytes(r.bytes());
+        let key_fingerprint = KeyFingerprint::from_bytes(r.bytes());
+        let first_record = r.u64();
+        if n_outputs == 0 || n_outputs > max_outputs {
+            return Err(FormatError::TooLarge {
+                what: "result output count",
+                value: n_outputs as u64,
+                limit: max_outputs as u64,
+            });
+        }
+        if chunk_index >= chunk_count
+            || records == 0
+            || records as usize > params.polynomial_size()
+            || plaintext_bits == 0
+            || plaintext_bits > 62
+        {
+            return Err(malformed(
+                "result",
+                format!(
+                    "chunk {chunk_index} of {chunk_count}, {records} records, {plaintext_bits} plaintext bits"
+                ),
+            ));
+        }
+        let header = Self {
+            params,
+            n_outputs,
+            chunk_index,
+            chunk_count,
+            records,
+            plaintext_bits,
+            model_id,
+            key_fingerprint,
+            first_record,
+        };
+        let expected = RESULT_HEADER_LEN + header.body_len() + CHECKSUM_LEN;
+        if bytes.len() != expected {
+            return Err(FormatError::Truncated {
+                what: "result",
+                needed: expected as u64,
+                got: bytes.len() as u64,
+            });
+        }
+        let sum: [u8; 32] = Sha256::digest(&bytes[..expected - CHECKSUM_LEN]).into();
+        if sum[..] != bytes[expected - CHECKSUM_LEN..] {
+            return Err(FormatError::Checksum { what: "result" });
+        }
+        Ok((header, &bytes[RESULT_HEADER_LEN..expected - CHECKSUM_LEN]))
+    }
+}
+
+/// Reads little-endian u64 words into `out` (`bytes.len()` must be `8 * out.len()`).
+pub fn read_u64s(bytes: &[u8], out: &mut [u64]) {
+    assert_eq!(bytes.len(), out.len() * 8);
+    for (o, b) in out.iter_mut().zip(bytes.chunks_exact(8)) {
+        *o = u64::from_le_bytes(b.try_into().expect("8 bytes"));
+    }
+}
+
+/// Appends u64 words as little-endian bytes.
+pub fn write_u64s(words: &[u64], out: &mut Vec<u8>) {
+    out.reserve(words.len() * 8);
+    for w in words {
+        out.extend_from_slice(&w.to_le_bytes());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample(records: u64, features: u32) -> Vec<u8> {
+        let p = ParamSet::Glwe2048TUniform17;
+        let n = p.polynomial_size() as u64;
+        let len = chunk_payload_len(p, features) as usize;
+        let payloads: Vec<(u32, Vec<u8>)> = (0..records.div_ceil(n))
+            .map(|i| {
+                let r = (records - i * n).min(n) as u32;
+                (r, vec![i as u8; len])
+            })
+            .collect();
+        assemble_batch(
+            p,
+            features,
+            ModelId::from_bytes([1; 16]),
+            KeyFingerprint::from_bytes([2; 16]),
+            &payloads,
+        )
+    }
+
+    #[test]
+    fn batch_round_trip_and_ranges() {
+        let bytes = sample(5000, 3);
+        let limits = BatchLimits::default();
+        let h = BatchHeader::parse(&bytes, &limits).unwrap();
+        assert_eq!(h.record_count, 5000);
+        assert_eq!(h.chunks.len(), 3);
+        assert_eq!(h.chunks[2].records, 5000 - 4096);
+        h.check_object_size(bytes.len() as u64).unwrap();
+        for (i, c) in h.chunks.iter().enumerate() {
+            let p = &bytes[c.offset as usize..(c.offset + c.length) as usize];
+            verify_chunk(p, c.length, &c.sha256).unwrap();
+            assert!(p.iter().all(|&b| b == i as u8));
+        }
+        assert_eq!(h.encode(), bytes[..h.header_len() as usize]);
+    }
+
+    #[test]
+    fn every_truncation_of_a_header_is_refused() {
+        let bytes = sample(3000, 2);
+        let limits = BatchLimits::default();
+        let hlen = BatchHeader::parse(&bytes, &limits).unwrap().header_len() as usize;
+        for cut in 0..hlen {
+            assert!(
+                BatchHeader::parse(&bytes[..cut], &limits).is_err(),
+                "cut {cut}"
+            );
+        }
+    }
+
+    #[test]
+    fn every_header_bit_flip_is_refused() {
+        let bytes = sample(3000, 2);
+        let limits = BatchLimits::default();
+        let hlen = BatchHeader::parse(&bytes, &limits).unwrap().header_len() as usize;
+        for i in 0..hlen {
+            for bit in 0..8 {
+                let mut b = bytes.clone();
+                b[i] ^= 1 << bit;
+                assert!(
+                    BatchHeader::parse(&b, &limits).is_err(),
+                    "byte {i} bit {bit}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn limits_apply() {
+        let bytes = sample(3000, 2);
+        let tight = BatchLimits {
+            max_records: 100,
+            ..BatchLimits::default()
+        };
+        assert!(matches!(
+            BatchHeader::parse(&bytes, &tight),
+            Err(FormatError::TooLarge { .. })
+        ));
+        let tight = BatchLimits {
+            max_chunks: 1,
+            ..BatchLimits::default()
+        };
+        assert!(matches!(
+            BatchHeader::header_len_from_prefix(&bytes, &tight),
+            Err(FormatError::TooLarge { .. })
+        ));
+    }
+
+    #[test]
+    fn result_round_trip_and_corruption() {
+        let h = ResultHeader {
+            params: ParamSet::Glwe2048TUniform17,
+            n_outputs: 2,
+            chunk_index: 1,
+            chunk_count: 3,
+            records: 10,
+            plaintext_bits: 20,
+            model_id: ModelId::from_bytes([3; 16]),
+            key_fingerprint: KeyFingerprint::from_bytes([4; 16]),
+            first_record: 2048,
+        };
+        let body = vec![7u8; h.body_len()];
+        let bytes = h.encode(&body);
+        let (h2, b2) = ResultHeader::decode(&bytes, 16).unwrap();
+        assert_eq!(h2, h);
+        assert_eq!(b2, &body[..]);
+        let mut bad = bytes.clone();
+        bad[100] ^= 1;
+        assert!(ResultHeader::decode(&bad, 16).is_err());
+        assert!(ResultHeader::decode(&bytes[..bytes.len() - 1], 16).is_err());
+    }
+}

@@ -1,0 +1,224 @@
+//! Validated identifiers. Untrusted strings are parsed once into these newtypes; every other
+//! part of the system takes the newtype, so no unchecked id can reach an object key.
+
+use serde::{Deserialize, Serialize};
+use std::fmt;
+
+/// Why a string is not a valid identifier.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum IdError {
+    #[error("{kind} is empty")]
+    Empty { kind: &'static str },
+    #[error("{kind} is {len} characters long; the limit is {max}")]
+    TooLong {
+        kind: &'static str,
+        len: usize,
+        max: usize,
+    },
+    #[error(
+        "{kind} {value:?} contains {bad:?}; only letters, digits, '-' and '_' are allowed, and it must start with a letter or digit"
+    )]
+    BadChar {
+        kind: &'static str,
+        value: String,
+        bad: char,
+    },
+    #[error("{kind} {value:?} must be {len} lowercase hex digits")]
+    NotHex {
+        kind: &'static str,
+        value: String,
+        len: usize,
+    },
+}
+
+/// A job id: the name of an uploaded batch (`inbox/<job>.fheb`).
+///
+/// 1 to 64 characters from `[A-Za-z0-9_-]`, starting with a letter or digit. That alphabet has
+/// no `/`, `.` or `%`, so a job id can never climb out of its prefix in a bucket or a directory.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct JobId(String);
+
+impl JobId {
+    /// Longest accepted job id.
+    pub const MAX_LEN: usize = 64;
+
+    /// Parses an untrusted string.
+    pub fn parse(s: &str) -> Result<Self, IdError> {
+        const KIND: &str = "job id";
+        if s.is_empty() {
+            return Err(IdError::Empty { kind: KIND });
+        }
+        let len = s.chars().count();
+        if len > Self::MAX_LEN {
+            return Err(IdError::TooLong {
+                kind: KIND,
+                len,
+                max: Self::MAX_LEN,
+            });
+        }
+        for (i, c) in s.chars().enumerate() {
+            let ok = c.is_ascii_alphanumeric() || (i > 0 && (c == '-' || c == '_'));
+            if !ok {
+                return Err(IdError::BadChar {
+                    kind: KIND,
+                    value: s.to_string(),
+                    bad: c,
+                });
+            }
+        }
+        Ok(Self(s.to_string()))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl TryFrom<String> for JobId {
+    type Error = IdError;
+    fn try_from(s: String) -> Result<Self, IdError> {
+        Self::parse(&s)
+    }
+}
+
+impl From<JobId> for String {
+    fn from(id: JobId) -> String {
+        id.0
+    }
+}
+
+impl fmt::Display for JobId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::str::FromStr for JobId {
+    type Err = IdError;
+    fn from_str(s: &str) -> Result<Self, IdError> {
+        Self::parse(s)
+    }
+}
+
+macro_rules! hex_id {
+    ($(#[$doc:meta])* $name:ident, $kind:literal) => {
+        $(#[$doc])*
+        #[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+        #[serde(try_from = "String", into = "String")]
+        pub struct $name([u8; 16]);
+
+        impl $name {
+            pub const fn from_bytes(bytes: [u8; 16]) -> Self {
+                Self(bytes)
+            }
+
+            pub const fn as_bytes(&self) -> &[u8; 16] {
+                &self.0
+            }
+
+            /// Parses 32 lowercase hex digits.
+            pub fn parse(s: &str) -> Result<Self, IdError> {
+                let err = || IdError::NotHex { kind: $kind, value: s.chars().take(80).collect(), len: 32 };
+                if s.len() != 32 || !s.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)) {
+                    return Err(err());
+                }
+                let mut out = [0u8; 16];
+                hex::decode_to_slice(s, &mut out).map_err(|_| err())?;
+                Ok(Self(out))
+            }
+        }
+
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(&hex::encode(self.0))
+            }
+        }
+
+        impl fmt::Debug for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                write!(f, "{}({})", stringify!($name), self)
+            }
+        }
+
+        impl TryFrom<String> for $name {
+            type Error = IdError;
+            fn try_from(s: String) -> Result<Self, IdError> {
+                Self::parse(&s)
+            }
+        }
+
+        impl From<$name> for String {
+            fn from(id: $name) -> String {
+                id.to_string()
+            }
+        }
+
+        impl std::str::FromStr for $name {
+            type Err = IdError;
+            fn from_str(s: &str) -> Result<Self, IdError> {
+                Self::parse(s)
+            }
+        }
+    };
+}
+
+hex_id!(
+    /// Content address of a compiled model: the first 128 bits of the SHA-256 of its two parts.
+    ModelId,
+    "model id"
+);
+hex_id!(
+    /// Public fingerprint of a client key (a 128-bit hash; reveals nothing of the key).
+    KeyFingerprint,
+    "key fingerprint"
+);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[test]
+    fn job_ids() {
+        assert!(JobId::parse("claims-2026_11").is_ok());
+        assert!(JobId::parse("a").is_ok());
+        for bad in [
+            "",
+            "-x",
+            "_x",
+            "a/b",
+            "..",
+            "a.b",
+            "a%2F",
+            "a b",
+            "é",
+            &"x".repeat(65),
+        ] {
+            assert!(JobId::parse(bad).is_err(), "{bad:?} accepted");
+        }
+    }
+
+    #[test]
+    fn hex_ids_round_trip() {
+        let id = ModelId::from_bytes([0xab; 16]);
+        assert_eq!(ModelId::parse(&id.to_string()).unwrap(), id);
+        assert!(ModelId::parse("ABABABABABABABABABABABABABABABAB").is_err());
+        assert!(ModelId::parse("abab").is_err());
+        let json = serde_json::to_string(&id).unwrap();
+        assert_eq!(serde_json::from_str::<ModelId>(&json).unwrap(), id);
+    }
+
+    proptest! {
+        #[test]
+        fn accepted_job_ids_never_escape(s in "\\PC{0,80}") {
+            if let Ok(id) = JobId::parse(&s) {
+                prop_assert!(!id.as_str().contains('/'));
+                prop_assert!(!id.as_str().contains('.'));
+                prop_assert!(!id.as_str().contains('%'));
+                prop_assert!(!id.as_str().starts_with('-'));
+                prop_assert!(id.as_str().len() <= JobId::MAX_LEN);
+            }
+        }
+    }
+}

@@ -1,0 +1,181 @@
+//! Job manifests, chunk messages, failure records and job status.
+
+use crate::format::{BatchHeader, ChunkEntry};
+use crate::ids::{JobId, KeyFingerprint, ModelId};
+use crate::params::ParamSet;
+use serde::{Deserialize, Serialize};
+
+pub const JOB_FORMAT_VERSION: u32 = 1;
+/// Largest chunk message we send or accept (SQS allows 256 KiB; ours are ~500 bytes).
+pub const MAX_MESSAGE_BYTES: usize = 8 * 1024;
+/// Largest job manifest or failure record read back.
+pub const MAX_RECORD_BYTES: u64 = 1 << 20;
+
+/// Written once by ingest at `jobs/<job>/manifest.json`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JobManifest {
+    pub format_version: u32,
+    pub job: JobId,
+    pub batch_key: String,
+    pub batch_bytes: u64,
+    /// SHA-256 of the batch header: identifies the exact upload this job is about.
+    pub header_sha256: String,
+    pub model_id: ModelId,
+    pub key_fingerprint: KeyFingerprint,
+    pub params: ParamSet,
+    pub record_count: u64,
+    pub feature_count: u32,
+    pub chunk_count: u32,
+    pub created_unix_ms: u64,
+}
+
+/// The claim-check message for one chunk: S3 pointers and metadata, never ciphertext.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ChunkMessage {
+    pub v: u32,
+    pub job: JobId,
+    pub batch_key: String,
+    pub chunk: u32,
+    pub chunk_count: u32,
+    pub offset: u64,
+    pub length: u64,
+    pub records: u32,
+    pub first_record: u64,
+    pub sha256: String,
+    pub model_id: ModelId,
+    pub key_fingerprint: KeyFingerprint,
+    pub params: ParamSet,
+}
+
+/// A chunk message that cannot be processed, ever.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("malformed chunk message: {0}")]
+pub struct MessageError(pub String);
+
+impl ChunkMessage {
+    pub fn for_chunk(
+        job: &JobId,
+        batch_key: &str,
+        header: &BatchHeader,
+        index: u32,
+        entry: &ChunkEntry,
+    ) -> Self {
+        let n = header.params.polynomial_size() as u64;
+        Self {
+            v: JOB_FORMAT_VERSION,
+            job: job.clone(),
+            batch_key: batch_key.to_string(),
+            chunk: index,
+            chunk_count: header.chunks.len() as u32,
+            offset: entry.offset,
+            length: entry.length,
+            records: entry.records,
+            first_record: index as u64 * n,
+            sha256: hex::encode(entry.sha256),
+            model_id: header.model_id,
+            key_fingerprint: header.key_fingerprint,
+            params: header.params,
+        }
+    }
+
+    pub fn to_body(&self) -> String {
+        serde_json::to_string(self).expect("message serializes")
+    }
+
+    pub fn parse(body: &str) -> Result<Self, MessageError> {
+        if body.len() > MAX_MESSAGE_BYTES {
+            return Err(MessageError(format!(
+                "{} bytes (limit {MAX_MESSAGE_BYTES})",
+                body.len()
+            )));
+        }
+        let m: ChunkMessage =
+            serde_json::from_str(body).map_err(|e| MessageError(e.to_string()))?;
+        if m.v != JOB_FORMAT_VERSION {
+            return Err(MessageError(format!("version {}", m.v)));
+        }
+        if m.chunk >= m.chunk_count {
+            return Err(MessageError(format!(
+                "chunk {} of {}",
+                m.chunk, m.chunk_count
+            )));
+        }
+        if m.batch_key != crate::layout::inbox(&m.job) {
+            return Err(MessageError(format!(
+                "batch key {:?} does not belong to job {}",
+                m.batch_key, m.job
+            )));
+        }
+        Ok(m)
+    }
+
+    pub fn sha256_bytes(&self) -> Result<[u8; 32], MessageError> {
+        let mut out = [0u8; 32];
+        hex::decode_to_slice(&self.sha256, &mut out)
+            .map_err(|_| MessageError("sha256 is not 64 hex digits".into()))?;
+        Ok(out)
+    }
+}
+
+/// What kind of failure a failure record describes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FailureKind {
+    /// The uploaded batch was refused at ingest.
+    InvalidBatch,
+    /// A chunk's bytes are damaged or do not match the model.
+    InvalidChunk,
+    /// The model named by the batch could not be used.
+    Model,
+    /// A chunk kept failing for a transient reason until its retries ran out.
+    RetriesExhausted,
+    /// The evaluator failed in an unexpected way (a bug); contained to this chunk.
+    Internal,
+}
+
+/// `jobs/<job>/failed.json` or `jobs/<job>/errors/<chunk>.json`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FailureRecord {
+    pub chunk: Option<u32>,
+    pub kind: FailureKind,
+    pub reason: String,
+    pub at_unix_ms: u64,
+}
+
+/// The state of a job, derived from the objects in the store.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum JobState {
+    Queued,
+    Running,
+    Succeeded,
+    Failed,
+}
+
+impl std::fmt::Display for JobState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            JobState::Queued => "QUEUED",
+            JobState::Running => "RUNNING",
+            JobState::Succeeded => "SUCCEEDED",
+            JobState::Failed => "FAILED",
+        })
+    }
+}
+
+/// A job's status as the status function reports it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct JobStatus {
+    pub job: JobId,
+    pub state: JobState,
+    pub chunks_done: u32,
+    pub chunks_total: u32,
+    pub chunks_failed: u32,
+    pub records: u64,
+    pub model_id: Option<ModelId>,
+    pub created_unix_ms: Option<u64>,
+    pub failures: Vec<FailureRecord>,
+    /// Where the chunk results are (`results/<job>/`).
+    pub results_prefix: String,
+}

@@ -1,0 +1,22 @@
+//! # fhe-batch-core
+//!
+//! The domain of the fhe-batch encrypted-inference pipeline, free of any cloud SDK and of tfhe:
+//!
+//! - [`ids`]: validated identifiers ([`ids::JobId`], [`ids::ModelId`], [`ids::KeyFingerprint`]);
+//! - [`layout`]: the single builder of object keys;
+//! - [`params`]: the allow-listed cryptographic parameter sets, as numbers;
+//! - [`model`]: the quantized integer model IR, its plaintext reference evaluator, the
+//!   compile-time noise and range proof, and the two-part model package;
+//! - [`format`]: the `.fheb` batch and `.fher` result file formats;
+//! - [`job`]: job manifests, chunk messages, failure records and status;
+//! - [`ports`]: the [`ports::ObjectStore`] and [`ports::JobQueue`] traits;
+//! - [`pipeline`]: ingest, worker and status logic over the ports.
+
+pub mod format;
+pub mod ids;
+pub mod job;
+pub mod layout;
+pub mod model;
+pub mod params;
+pub mod pipeline;
+pub mod ports;

@@ -1,0 +1,119 @@
+//! Ports: the two capabilities the pipeline needs from its environment. The AWS adapters (S3,
+//! SQS) and the embedded adapters (a directory, an in-process queue) both implement them.
+
+use std::future::Future;
+use std::time::Duration;
+
+/// A storage failure. `NotFound` is a normal answer; the others say whether a retry may help.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum StoreError {
+    #[error("object {key} does not exist")]
+    NotFound { key: String },
+    #[error("object key {key:?} is not allowed: {reason}")]
+    InvalidKey { key: String, reason: String },
+    #[error("object {key} is {size} bytes, more than the {limit} bytes allowed here")]
+    TooLarge { key: String, size: u64, limit: u64 },
+    #[error("range {start}+{len} is outside object {key} ({size} bytes)")]
+    Range {
+        key: String,
+        start: u64,
+        len: u64,
+        size: u64,
+    },
+    #[error("storage error on {key}: {message}")]
+    Backend {
+        key: String,
+        message: String,
+        retryable: bool,
+    },
+}
+
+impl StoreError {
+    pub fn is_retryable(&self) -> bool {
+        matches!(
+            self,
+            StoreError::Backend {
+                retryable: true,
+                ..
+            }
+        )
+    }
+}
+
+/// Result of a create-only write.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PutOutcome {
+    Created,
+    /// The object already existed; nothing was written (S3: 412 on `If-None-Match: *`).
+    AlreadyExists,
+}
+
+/// An object store with strong read-after-write consistency (S3's model).
+pub trait ObjectStore: Send + Sync {
+    /// Reads a whole object, refusing objects larger than `max_bytes` without reading them.
+    fn get(
+        &self,
+        key: &str,
+        max_bytes: u64,
+    ) -> impl Future<Output = Result<Vec<u8>, StoreError>> + Send;
+    /// Reads `len` bytes at `start` (an HTTP range request on S3).
+    fn get_range(
+        &self,
+        key: &str,
+        start: u64,
+        len: u64,
+    ) -> impl Future<Output = Result<Vec<u8>, StoreError>> + Send;
+    /// Object size, or `None` when it does not exist.
+    fn size(&self, key: &str) -> impl Future<Output = Result<Option<u64>, StoreError>> + Send;
+    /// Writes an object, replacing any previous one.
+    fn put(&self, key: &str, bytes: Vec<u8>)
+    -> impl Future<Output = Result<(), StoreError>> + Send;
+    /// Writes an object only if no object has that key; atomic.
+    fn put_if_absent(
+        &self,
+        key: &str,
+        bytes: Vec<u8>,
+    ) -> impl Future<Output = Result<PutOutcome, StoreError>> + Send;
+    /// Every key starting with `prefix`, sorted.
+    fn list(&self, prefix: &str) -> impl Future<Output = Result<Vec<String>, StoreError>> + Send;
+}
+
+/// A queue failure.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum QueueError {
+    #[error("message of {size} bytes exceeds the queue's {limit}-byte limit")]
+    TooLarge { size: usize, limit: usize },
+    #[error("receipt {0:?} is unknown or expired")]
+    UnknownReceipt(String),
+    #[error("queue error: {message}")]
+    Backend { message: String, retryable: bool },
+}
+
+/// One delivery of a message. The same message may be delivered again (at least once).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Delivery {
+    pub message_id: String,
+    /// Names this delivery; only the latest delivery's receipt can acknowledge the message.
+    pub receipt: String,
+    pub body: String,
+    /// 1 on the first delivery.
+    pub receive_count: u32,
+}
+
+/// An at-least-once message queue with visibility timeouts and a dead-letter limit (SQS's model).
+pub trait JobQueue: Send + Sync {
+    /// Sends messages (the adapter batches them as the service allows).
+    fn send_batch(
+        &self,
+        bodies: Vec<String>,
+    ) -> impl Future<Output = Result<(), QueueError>> + Send;
+    /// Receives up to `max` messages, hiding them for the queue's visibility timeout; waits up to
+    /// `wait` for one to arrive.
+    fn receive(
+        &self,
+        max: usize,
+        wait: Duration,
+    ) -> impl Future<Output = Result<Vec<Delivery>, QueueError>> + Send;
+    /// Deletes a delivered message: its work is done.
+    fn ack(&self, receipt: &str) -> impl Future<Output = Result<(), QueueError>> + Send;
+}

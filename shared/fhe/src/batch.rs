@@ -1,0 +1,128 @@
+//! Whole batches: encrypt many records into a `.fheb` file and decrypt a job's results, with
+//! chunks processed in parallel (rayon).
+
+use crate::glwe::{DecryptError, decrypt_result, encrypt_chunk};
+use crate::keys::SecretKey;
+use fhe_batch_core::format::assemble_batch;
+use fhe_batch_core::ids::ModelId;
+use fhe_batch_core::model::ClientModel;
+use rayon::prelude::*;
+
+/// Encrypts quantized records (row-major, `records x n_features`) into a complete batch file.
+/// `progress` is called with the number of records of each finished chunk.
+pub fn encrypt_batch(
+    key: &SecretKey,
+    model: &ClientModel,
+    model_id: ModelId,
+    quantized: &[u64],
+    progress: &(dyn Fn(u64) + Sync),
+) -> Vec<u8> {
+    let f = model.n_features();
+    let n = key.params().polynomial_size();
+    assert!(
+        !quantized.is_empty() && quantized.len().is_multiple_of(f),
+        "whole records"
+    );
+    let payloads: Vec<(u32, Vec<u8>)> = quantized
+        .par_chunks(n * f)
+        .map(|chunk| {
+            let records = (chunk.len() / f) as u32;
+            let payload = encrypt_chunk(key, model, chunk);
+            progress(records as u64);
+            (records, payload)
+        })
+        .collect();
+    assemble_batch(
+        key.params(),
+        f as u32,
+        model_id,
+        key.fingerprint(),
+        &payloads,
+    )
+}
+
+/// Why a job's results cannot be turned into predictions.
+#[derive(Debug, thiserror::Error)]
+pub enum JobDecryptError {
+    #[error("result file {name}: {source}")]
+    File {
+        name: String,
+        #[source]
+        source: DecryptError,
+    },
+    #[error("no result files were given")]
+    Empty,
+    #[error(
+        "results disagree on the job's chunk count ({0} vs {1}); they come from different jobs"
+    )]
+    MixedJobs(u32, u32),
+    #[error("chunk {0} appears twice")]
+    Duplicate(u32),
+    #[error(
+        "results are incomplete: {missing} of {total} chunks missing (first missing: chunk {first})"
+    )]
+    Missing {
+        missing: u32,
+        total: u32,
+        first: u32,
+    },
+}
+
+/// Decrypts every chunk result of one job and returns all records' logits in record order
+/// (`records x n_outputs`). Refuses incomplete, duplicated or mixed result sets.
+pub fn decrypt_job(
+    key: &SecretKey,
+    model: &ClientModel,
+    model_id: &ModelId,
+    results: &[(String, Vec<u8>)],
+    progress: &(dyn Fn(u64) + Sync),
+) -> Result<Vec<i64>, JobDecryptError> {
+    if results.is_empty() {
+        return Err(JobDecryptError::Empty);
+    }
+    let mut decrypted = results
+        .par_iter()
+        .map(|(name, bytes)| {
+            let r = decrypt_result(key, model, model_id, bytes).map_err(|source| {
+                JobDecryptError::File {
+                    name: name.clone(),
+                    source,
+                }
+            })?;
+            progress(r.0.records as u64);
+            Ok(r)
+        })
+        .collect::<Result<Vec<_>, JobDecryptError>>()?;
+    decrypted.sort_by_key(|(h, _)| h.chunk_index);
+    let total = decrypted[0].0.chunk_count;
+    let n = key.params().polynomial_size() as u64;
+    let mut expected = 0u32;
+    for (h, _) in &decrypted {
+        if h.chunk_count != total {
+            return Err(JobDecryptError::MixedJobs(total, h.chunk_count));
+        }
+        if h.chunk_index < expected {
+            return Err(JobDecryptError::Duplicate(h.chunk_index));
+        }
+        if h.chunk_index > expected {
+            break;
+        }
+        if h.first_record != h.chunk_index as u64 * n
+            || (h.chunk_index + 1 < total && h.records as u64 != n)
+        {
+            return Err(JobDecryptError::File {
+                name: format!("chunk {}", h.chunk_index),
+                source: DecryptError::Mismatch("record numbering is inconsistent".into()),
+            });
+        }
+        expected += 1;
+    }
+    if expected != total || decrypted.len() != total as usize {
+        return Err(JobDecryptError::Missing {
+            missing: total.saturating_sub(decrypted.len() as u32).max(1),
+            total,
+            first: expected,
+        });
+    }
+    Ok(decrypted.into_iter().flat_map(|(_, l)| l).collect())
+}

@@ -1,0 +1,378 @@
+//! GLWE column packing for linear models.
+//!
+//! The client quantizes each feature and encrypts feature `j` of records `r .. r + N` in the N
+//! coefficients of one GLWE ciphertext, encoded as `x * delta` with `delta = 2^(64 - p)`. It
+//! encrypts with its secret key, seeded: the mask is regenerated from a 128-bit seed, so only
+//! the N body coefficients travel (8 bytes per value).
+//!
+//! The server computes every output as `sum_j w_cj * GLWE_j + b_c * delta`: plaintext-scalar
+//! multiply-adds of whole ciphertexts, wrapping mod 2^64. No bootstrapping, no server key.
+//! Coefficient `i` of output `c` then decrypts to record `i`'s exact integer logit, because
+//! [`fhe_batch_core::model::prove_bounds`] showed at compile time that the accumulated noise
+//! stays below `delta / 2` and the logit fits in `p` signed bits.
+
+use crate::keys::SecretKey;
+use crate::params::{glwe_noise, glwe_size, polynomial_size};
+use fhe_batch_core::format::{ResultHeader, SEED_LEN, chunk_payload_len, read_u64s, write_u64s};
+use fhe_batch_core::model::{ClientModel, ServerModel};
+use fhe_batch_core::params::ParamSet;
+use fhe_batch_core::pipeline::{ChunkEvaluator, EvalError};
+use tfhe::core_crypto::commons::math::random::{CompressionSeed, Seed};
+use tfhe::core_crypto::prelude::*;
+
+fn delta_shift(plaintext_bits: u8) -> u32 {
+    64 - plaintext_bits as u32
+}
+
+/// Encrypts up to N quantized records (row-major, `records x n_features`) into one chunk
+/// payload: the 128-bit compression seed, then the ciphertext bodies.
+pub fn encrypt_chunk(key: &SecretKey, model: &ClientModel, quantized: &[u64]) -> Vec<u8> {
+    let params = key.params();
+    let n = params.polynomial_size();
+    let f = model.n_features();
+    assert!(quantized.len().is_multiple_of(f), "whole records");
+    let records = quantized.len() / f;
+    assert!(records > 0 && records <= n, "1..=N records per chunk");
+    let shift = delta_shift(model.plaintext_bits);
+    let mut encoded = vec![0u64; f * n];
+    for (i, record) in quantized.chunks_exact(f).enumerate() {
+        for (j, &x) in record.iter().enumerate() {
+            encoded[j * n + i] = x << shift;
+        }
+    }
+    let mut seeder = new_seeder();
+    let seed = seeder.seed();
+    let mut list = SeededGlweCiphertextList::new(
+        0u64,
+        glwe_size(params),
+        polynomial_size(params),
+        GlweCiphertextCount(f),
+        CompressionSeed::from(seed),
+        CiphertextModulus::new_native(),
+    );
+    encrypt_seeded_glwe_ciphertext_list(
+        key.glwe(),
+        &mut list,
+        &PlaintextList::from_container(encoded),
+        glwe_noise(params),
+        seeder.as_mut(),
+    );
+    let mut out = Vec::with_capacity(chunk_payload_len(params, f as u32) as usize);
+    out.extend_from_slice(&seed.0.to_le_bytes());
+    write_u64s(list.as_ref(), &mut out);
+    out
+}
+
+/// The server's evaluator: no key at all, only the model's integer weights.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct GlweEvaluator;
+
+impl GlweEvaluator {
+    /// Expands a chunk payload into its full GLWE ciphertexts (`n_features x (k+1) x N`).
+    fn expand(params: ParamSet, n_features: usize, payload: &[u8]) -> Result<Vec<u64>, EvalError> {
+        let expected = chunk_payload_len(params, n_features as u32) as usize;
+        if payload.len() != expected {
+            return Err(EvalError(format!(
+                "payload is {} bytes, expected {expected}",
+                payload.len()
+            )));
+        }
+        let seed = u128::from_le_bytes(payload[..SEED_LEN].try_into().expect("16 bytes"));
+        let mut bodies = vec![0u64; n_features * params.polynomial_size()];
+        read_u64s(&payload[SEED_LEN..], &mut bodies);
+        let seeded = SeededGlweCiphertextList::from_container(
+            bodies,
+            glwe_size(params),
+            polynomial_size(params),
+            CompressionSeed::from(Seed(seed)),
+            CiphertextModulus::new_native(),
+        );
+        Ok(seeded
+            .decompress_into_glwe_ciphertext_list()
+            .into_container())
+    }
+}
+
+impl ChunkEvaluator for GlweEvaluator {
+    fn evaluate(&self, model: &ServerModel, payload: &[u8]) -> Result<Vec<u8>, EvalError> {
+        let params = model.params;
+        let f = model.n_features as usize;
+        let glwe_len = (params.glwe_dimension() + 1) * params.polynomial_size();
+        let n = params.polynomial_size();
+        let cts = Self::expand(params, f, payload)?;
+        let shift = delta_shift(model.plaintext_bits);
+        let outputs = model.n_outputs as usize;
+        let mut acc = vec![0u64; outputs * glwe_len];
+        // Feature-major: each input ciphertext is read once and feeds every output.
+        for (j, ct) in cts.chunks_exact(glwe_len).enumerate() {
+            for (c, out) in acc.chunks_exact_mut(glwe_len).enumerate() {
+                let w = model.weights[c * f + j] as u64;
+                if w == 0 {
+                    continue;
+                }
+                for (o, &x) in out.iter_mut().zip(ct) {
+                    *o = o.wrapping_add(w.wrapping_mul(x));
+                }
+            }
+        }
+        // Bias: a plaintext added to every body coefficient.
+        for (c, out) in acc.chunks_exact_mut(glwe_len).enumerate() {
+            let b = (model.bias[c] as u64).wrapping_shl(shift);
+            for o in &mut out[glwe_len - n..] {
+                *o = o.wrapping_add(b);
+            }
+        }
+        let mut bytes = Vec::with_capacity(acc.len() * 8);
+        write_u64s(&acc, &mut bytes);
+        Ok(bytes)
+    }
+}
+
+/// Why a result cannot be decrypted.
+#[derive(Debug, thiserror::Error)]
+pub enum DecryptError {
+    #[error(transparent)]
+    Format(#[from] fhe_batch_core::format::FormatError),
+    #[error(
+        "result was computed for key {found}, but the key given is {expected}: use the key that encrypted the batch"
+    )]
+    WrongKey {
+        expected: fhe_batch_core::ids::KeyFingerprint,
+        found: fhe_batch_core::ids::KeyFingerprint,
+    },
+    #[error("result was computed by model {found}, not {expected}")]
+    WrongModel {
+        expected: fhe_batch_core::ids::ModelId,
+        found: fhe_batch_core::ids::ModelId,
+    },
+    #[error("result does not match the model: {0}")]
+    Mismatch(String),
+}
+
+/// Decrypts one chunk result into its records' integer logits (`records x n_outputs`).
+pub fn decrypt_result(
+    key: &SecretKey,
+    model: &ClientModel,
+    model_id: &fhe_batch_core::ids::ModelId,
+    bytes: &[u8],
+) -> Result<(ResultHeader, Vec<i64>), DecryptError> {
+    let (header, body) = ResultHeader::decode(bytes, fhe_batch_core::model::MAX_OUTPUTS as u32)?;
+    if header.key_fingerprint != key.fingerprint() {
+        return Err(DecryptError::WrongKey {
+            expected: key.fingerprint(),
+            found: header.key_fingerprint,
+        });
+    }
+    if header.model_id != *model_id {
+        return Err(DecryptError::WrongModel {
+            expected: *model_id,
+            found: header.model_id,
+        });
+    }
+    if header.params != key.params()
+        || header.n_outputs != model.n_outputs
+        || header.plaintext_bits != model.plaintext_bits
+    {
+        return Err(DecryptError::Mismatch(format!(
+            "{} outputs at {} bits with {}; model has {} outputs at {} bits",
+            header.n_outputs,
+            header.plaintext_bits,
+            header.params,
+            model.n_outputs,
+            model.plaintext_bits
+        )));
+    }
+    let params = header.params;
+    let n = params.polynomial_size();
+    let outputs = header.n_outputs as usize;
+    let mut words = vec![0u64; body.len() / 8];
+    read_u64s(body, &mut words);
+    let list = GlweCiphertextList::from_container(
+        words,
+        glwe_size(params),
+        polynomial_size(params),
+        CiphertextModulus::new_native(),
+    );
+    let mut plain = PlaintextList::new(0u64, PlaintextCount(outputs * n));
+    decrypt_glwe_ciphertext_list(key.glwe(), &list, &mut plain);
+    let p = header.plaintext_bits as u32;
+    let shift = 64 - p;
+    let half = 1u64 << (shift - 1);
+    let records = header.records as usize;
+    let plain = plain.into_container();
+    let mut logits = vec![0i64; records * outputs];
+    for c in 0..outputs {
+        for i in 0..records {
+            // Round to the nearest multiple of delta, then sign-extend the p-bit message.
+            let m = plain[c * n + i].wrapping_add(half) >> shift;
+            logits[i * outputs + c] = ((m << shift) as i64) >> shift;
+        }
+    }
+    Ok((header, logits))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use fhe_batch_core::ids::{KeyFingerprint, ModelId};
+    use fhe_batch_core::model::{
+        CompileReport, MODEL_FORMAT_VERSION, ModelKind, ModelPackage, Quantizer, prove_bounds,
+    };
+    use proptest::prelude::*;
+    use rand::{Rng, SeedableRng};
+    use std::sync::OnceLock;
+
+    fn key() -> &'static SecretKey {
+        static KEY: OnceLock<SecretKey> = OnceLock::new();
+        KEY.get_or_init(|| SecretKey::generate(ParamSet::Glwe2048TUniform17))
+    }
+
+    fn package(f: usize, c: usize, bits: u8, seed: u64) -> ModelPackage {
+        let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+        let wmax = (1i64 << (bits - 1)) - 1;
+        let weights: Vec<i64> = (0..f * c).map(|_| rng.gen_range(-wmax..=wmax)).collect();
+        let bmax = wmax * ((1i64 << bits) - 1) * f as i64 / 4 + 1;
+        let bias: Vec<i64> = (0..c).map(|_| rng.gen_range(-bmax..=bmax)).collect();
+        let params = ParamSet::Glwe2048TUniform17;
+        let bounds = prove_bounds(params, f, bits, &weights, &bias).unwrap();
+        let kind = if c == 1 {
+            ModelKind::BinaryLogistic
+        } else {
+            ModelKind::MultinomialLogistic
+        };
+        let classes = match kind {
+            ModelKind::BinaryLogistic => vec!["no".into(), "yes".into()],
+            _ => (0..c).map(|i| format!("c{i}")).collect(),
+        };
+        let server = ServerModel {
+            format_version: MODEL_FORMAT_VERSION,
+            kind,
+            params,
+            n_features: f as u32,
+            n_outputs: c as u32,
+            input_bits: bits,
+            plaintext_bits: bounds.plaintext_bits,
+            weights,
+            bias,
+        };
+        let client = ClientModel {
+            format_version: MODEL_FORMAT_VERSION,
+            kind,
+            params,
+            feature_names: (0..f).map(|j| format!("f{j}")).collect(),
+            quantizers: vec![
+                Quantizer {
+                    min: 0.0,
+                    scale: 1.0
+                };
+                f
+            ],
+            input_bits: bits,
+            plaintext_bits: bounds.plaintext_bits,
+            n_outputs: c as u32,
+            classes,
+            target: "label".into(),
+            output_scale: 1.0,
+        };
+        ModelPackage::build(server, client, CompileReport::default()).unwrap()
+    }
+
+    fn round_trip(pkg: &ModelPackage, quantized: &[u64]) -> Vec<i64> {
+        let payload = encrypt_chunk(key(), &pkg.client, quantized);
+        let body = GlweEvaluator.evaluate(&pkg.server, &payload).unwrap();
+        let records = quantized.len() / pkg.client.n_features();
+        let header = ResultHeader {
+            params: pkg.server.params,
+            n_outputs: pkg.server.n_outputs,
+            chunk_index: 0,
+            chunk_count: 1,
+            records: records as u32,
+            plaintext_bits: pkg.server.plaintext_bits,
+            model_id: pkg.manifest.model_id,
+            key_fingerprint: key().fingerprint(),
+            first_record: 0,
+        };
+        let bytes = header.encode(&body);
+        decrypt_result(key(), &pkg.client, &pkg.manifest.model_id, &bytes)
+            .unwrap()
+            .1
+    }
+
+    fn reference(pkg: &ModelPackage, quantized: &[u64]) -> Vec<i64> {
+        quantized
+            .chunks_exact(pkg.client.n_features())
+            .flat_map(|r| pkg.server.eval_plain(r))
+            .collect()
+    }
+
+    #[test]
+    fn extreme_inputs_decrypt_exactly() {
+        // All-max and all-zero inputs hit the ends of the proven range.
+        for (f, c, bits) in [(4, 3, 8), (256, 16, 8), (30, 1, 2), (64, 10, 5)] {
+            let pkg = package(f, c, bits, 7);
+            let top = (1u64 << bits) - 1;
+            let mut q = vec![top; f * 5];
+            q.extend(vec![0u64; f * 5]);
+            assert_eq!(
+                round_trip(&pkg, &q),
+                reference(&pkg, &q),
+                "f={f} c={c} bits={bits}"
+            );
+        }
+    }
+
+    #[test]
+    fn full_chunk_decrypts_exactly() {
+        let pkg = package(4, 3, 8, 1);
+        let mut rng = rand::rngs::StdRng::seed_from_u64(2);
+        let q: Vec<u64> = (0..2048 * 4).map(|_| rng.gen_range(0..256)).collect();
+        assert_eq!(round_trip(&pkg, &q), reference(&pkg, &q));
+    }
+
+    #[test]
+    fn wrong_key_and_model_are_refused() {
+        let pkg = package(4, 3, 8, 1);
+        let payload = encrypt_chunk(key(), &pkg.client, &[1, 2, 3, 4]);
+        let body = GlweEvaluator.evaluate(&pkg.server, &payload).unwrap();
+        let header = ResultHeader {
+            params: pkg.server.params,
+            n_outputs: 3,
+            chunk_index: 0,
+            chunk_count: 1,
+            records: 1,
+            plaintext_bits: pkg.server.plaintext_bits,
+            model_id: ModelId::from_bytes([9; 16]),
+            key_fingerprint: KeyFingerprint::from_bytes([8; 16]),
+            first_record: 0,
+        };
+        let bytes = header.encode(&body);
+        assert!(matches!(
+            decrypt_result(key(), &pkg.client, &pkg.manifest.model_id, &bytes),
+            Err(DecryptError::WrongKey { .. })
+        ));
+        assert!(
+            GlweEvaluator
+                .evaluate(&pkg.server, &payload[..payload.len() - 8])
+                .is_err()
+        );
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 24, ..ProptestConfig::default() })]
+        /// Random models (features up to 256, classes up to 16, n_bits 2..8) and random inputs:
+        /// the decrypted logits equal the plaintext integer reference exactly.
+        #[test]
+        fn decrypts_to_the_reference(
+            f in 1usize..=256,
+            c in 1usize..=16,
+            bits in 2u8..=8,
+            records in 1usize..=64,
+            seed in any::<u64>(),
+        ) {
+            let pkg = package(f, c, bits, seed);
+            let mut rng = rand::rngs::StdRng::seed_from_u64(seed ^ 0x5eed);
+            let q: Vec<u64> = (0..records * f).map(|_| rng.gen_range(0..(1u64 << bits))).collect();
+            prop_assert_eq!(round_trip(&pkg, &q), reference(&pkg, &q));
+        }
+    }
+}

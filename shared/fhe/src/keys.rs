@@ -1,0 +1,313 @@
+//! The data owner's secret key: generation, fingerprint, and the owner-only key file.
+//!
+//! The key is a tfhe shortint `ClientKey`; its GLWE secret key encrypts batches. Keeping the
+//! whole shortint key means the same secret also serves models that need bootstrapping later.
+//! Nothing in this module ever writes the key anywhere but the file the owner names.
+
+use crate::params::shortint_params;
+use fhe_batch_core::ids::KeyFingerprint;
+use fhe_batch_core::params::ParamSet;
+use sha2::{Digest, Sha256};
+use std::path::Path;
+use tfhe::core_crypto::prelude::*;
+use tfhe::shortint::ClientKey as ShortintClientKey;
+use tfhe::shortint::client_key::atomic_pattern::{
+    AtomicPatternClientKey, StandardAtomicPatternClientKey,
+};
+
+const KEY_MAGIC: [u8; 8] = *b"FHEBKEY\0";
+const KEY_VERSION: u16 = 1;
+const KEY_HEADER_LEN: usize = 8 + 2 + 2 + 16 + 8;
+/// Largest key file accepted.
+pub const MAX_KEY_FILE_BYTES: u64 = 1 << 20;
+
+/// Why a key cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum KeyError {
+    #[error("not an fhe-batch key file")]
+    BadMagic,
+    #[error("key file version {0} is not supported")]
+    Version(u16),
+    #[error("key file is damaged: {0}")]
+    Damaged(String),
+    #[error("key uses a parameter set that is not allowed")]
+    Params,
+    #[error("key file {path} already exists; pass --force to replace it")]
+    Exists { path: String },
+    #[error("cannot {action} key file {path}: {source}")]
+    Io {
+        action: &'static str,
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// The data owner's secret key. Its `Debug` shows only the fingerprint.
+pub struct SecretKey {
+    params: ParamSet,
+    shortint: ShortintClientKey,
+    glwe: GlweSecretKeyOwned<u64>,
+    lwe: LweSecretKeyOwned<u64>,
+    fingerprint: KeyFingerprint,
+}
+
+impl std::fmt::Debug for SecretKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SecretKey")
+            .field("params", &self.params)
+            .field("fingerprint", &self.fingerprint)
+            .finish_non_exhaustive()
+    }
+}
+
+fn raw_parts_of(
+    key: &ShortintClientKey,
+) -> Option<(GlweSecretKeyOwned<u64>, LweSecretKeyOwned<u64>)> {
+    match &key.atomic_pattern {
+        AtomicPatternClientKey::Standard(ap) => {
+            let (glwe, lwe, _, _) = ap.clone().into_raw_parts();
+            Some((glwe, lwe))
+        }
+        _ => None,
+    }
+}
+
+fn fingerprint_of(glwe: &GlweSecretKeyOwned<u64>) -> KeyFingerprint {
+    let mut h = Sha256::new();
+    h.update(b"fhe-batch key fingerprint v1");
+    for w in glwe.as_ref() {
+        h.update(w.to_le_bytes());
+    }
+    let d = h.finalize();
+    let mut out = [0u8; 16];
+    out.copy_from_slice(&d[..16]);
+    KeyFingerprint::from_bytes(out)
+}
+
+impl SecretKey {
+    /// Generates a fresh key from the operating system's entropy.
+    pub fn generate(params: ParamSet) -> Self {
+        let shortint = ShortintClientKey::new(shortint_params(params));
+        Self::from_shortint(params, shortint).expect("fresh key has the requested parameters")
+    }
+
+    fn from_shortint(params: ParamSet, shortint: ShortintClientKey) -> Result<Self, KeyError> {
+        let expected = shortint_params(params);
+        let p = shortint.parameters();
+        if p.glwe_dimension() != expected.glwe_dimension
+            || p.polynomial_size() != expected.polynomial_size
+            || p.glwe_noise_distribution() != expected.glwe_noise_distribution
+            || p.lwe_dimension() != expected.lwe_dimension
+            || p.ciphertext_modulus() != expected.ciphertext_modulus
+        {
+            return Err(KeyError::Params);
+        }
+        let (glwe, lwe) = raw_parts_of(&shortint).ok_or(KeyError::Params)?;
+        if glwe.glwe_dimension().0 != params.glwe_dimension()
+            || glwe.polynomial_size().0 != params.polynomial_size()
+            || glwe.as_ref().iter().any(|&b| b > 1)
+            || lwe.as_ref().iter().any(|&b| b > 1)
+        {
+            return Err(KeyError::Params);
+        }
+        let fingerprint = fingerprint_of(&glwe);
+        Ok(Self {
+            params,
+            shortint,
+            glwe,
+            lwe,
+            fingerprint,
+        })
+    }
+
+    pub fn params(&self) -> ParamSet {
+        self.params
+    }
+
+    pub fn fingerprint(&self) -> KeyFingerprint {
+        self.fingerprint
+    }
+
+    pub(crate) fn glwe(&self) -> &GlweSecretKeyOwned<u64> {
+        &self.glwe
+    }
+
+    /// Serializes the key for the owner's key file: a header, then the binary GLWE and LWE
+    /// secret keys, one byte per key bit.
+    pub fn to_bytes(&self) -> Vec<u8> {
+        let (glwe, lwe) = self.raw_keys();
+        let body_len = glwe.len() + lwe.len();
+        let mut out = Vec::with_capacity(KEY_HEADER_LEN + body_len);
+        out.extend_from_slice(&KEY_MAGIC);
+        out.extend_from_slice(&KEY_VERSION.to_le_bytes());
+        out.extend_from_slice(&self.params.wire_id().to_le_bytes());
+        out.extend_from_slice(self.fingerprint.as_bytes());
+        out.extend_from_slice(&(body_len as u64).to_le_bytes());
+        out.extend(glwe.iter().map(|&b| b as u8));
+        out.extend(lwe.iter().map(|&b| b as u8));
+        out
+    }
+
+    fn raw_keys(&self) -> (&[u64], &[u64]) {
+        (self.glwe.as_ref(), self.lwe.as_ref())
+    }
+
+    /// The tfhe shortint client key (for models that need bootstrapping).
+    pub fn shortint(&self) -> &ShortintClientKey {
+        &self.shortint
+    }
+
+    /// Reads a key file's bytes: size-limited, parameter-checked, fingerprint-checked.
+    pub fn from_bytes(bytes: &[u8]) -> Result<Self, KeyError> {
+        if bytes.len() < KEY_HEADER_LEN || bytes[..8] != KEY_MAGIC {
+            return Err(KeyError::BadMagic);
+        }
+        if bytes.len() as u64 > MAX_KEY_FILE_BYTES {
+            return Err(KeyError::Damaged("file too large".into()));
+        }
+        let version = u16::from_le_bytes([bytes[8], bytes[9]]);
+        if version != KEY_VERSION {
+            return Err(KeyError::Version(version));
+        }
+        let params = ParamSet::from_wire_id(u16::from_le_bytes([bytes[10], bytes[11]]))
+            .ok_or(KeyError::Params)?;
+        let mut fp = [0u8; 16];
+        fp.copy_from_slice(&bytes[12..28]);
+        let len = u64::from_le_bytes(bytes[28..36].try_into().expect("8 bytes"));
+        let body = &bytes[KEY_HEADER_LEN..];
+        let sp = shortint_params(params);
+        let glwe_len = sp.glwe_dimension.0 * sp.polynomial_size.0;
+        let lwe_len = sp.lwe_dimension.0;
+        if len != body.len() as u64 || body.len() != glwe_len + lwe_len {
+            return Err(KeyError::Damaged(format!(
+                "declares {len} key bytes, holds {}, parameters need {}",
+                body.len(),
+                glwe_len + lwe_len
+            )));
+        }
+        if body.iter().any(|&b| b > 1) {
+            return Err(KeyError::Damaged("key bits must be 0 or 1".into()));
+        }
+        let glwe = GlweSecretKey::from_container(
+            body[..glwe_len]
+                .iter()
+                .map(|&b| b as u64)
+                .collect::<Vec<u64>>(),
+            sp.polynomial_size,
+        );
+        let lwe = LweSecretKey::from_container(
+            body[glwe_len..]
+                .iter()
+                .map(|&b| b as u64)
+                .collect::<Vec<u64>>(),
+        );
+        let ap = StandardAtomicPatternClientKey::from_raw_parts(glwe, lwe, sp.into(), None);
+        let shortint = ShortintClientKey {
+            atomic_pattern: AtomicPatternClientKey::Standard(ap),
+        };
+        let key = Self::from_shortint(params, shortint)?;
+        if key.fingerprint != KeyFingerprint::from_bytes(fp) {
+            return Err(KeyError::Damaged(
+                "fingerprint does not match the key".into(),
+            ));
+        }
+        Ok(key)
+    }
+
+    /// Writes the key file, readable and writable by its owner only (mode 0600 on Unix).
+    pub fn save(&self, path: &Path, overwrite: bool) -> Result<(), KeyError> {
+        use std::io::Write;
+        let io = |action, source| KeyError::Io {
+            action,
+            path: path.display().to_string(),
+            source,
+        };
+        if path.exists() && !overwrite {
+            return Err(KeyError::Exists {
+                path: path.display().to_string(),
+            });
+        }
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir).map_err(|e| io("create the folder of", e))?;
+        }
+        let mut opts = std::fs::OpenOptions::new();
+        opts.write(true).create(true).truncate(true);
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::OpenOptionsExt;
+            opts.mode(0o600);
+        }
+        let mut f = opts.open(path).map_err(|e| io("create", e))?;
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            f.set_permissions(std::fs::Permissions::from_mode(0o600))
+                .map_err(|e| io("restrict", e))?;
+        }
+        f.write_all(&self.to_bytes()).map_err(|e| io("write", e))?;
+        f.sync_all().map_err(|e| io("write", e))
+    }
+
+    /// Loads a key file.
+    pub fn load(path: &Path) -> Result<Self, KeyError> {
+        let io = |source| KeyError::Io {
+            action: "read",
+            path: path.display().to_string(),
+            source,
+        };
+        let meta = std::fs::metadata(path).map_err(io)?;
+        if meta.len() > MAX_KEY_FILE_BYTES {
+            return Err(KeyError::Damaged("file too large".into()));
+        }
+        Self::from_bytes(&std::fs::read(path).map_err(io)?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn key_file_round_trip_and_owner_only() {
+        let dir = std::env::temp_dir().join(format!("fheb-key-{}", std::process::id()));
+        let path = dir.join("client.key");
+        let key = SecretKey::generate(ParamSet::Glwe2048TUniform17);
+        key.save(&path, false).unwrap();
+        assert!(matches!(
+            key.save(&path, false),
+            Err(KeyError::Exists { .. })
+        ));
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+            assert_eq!(mode, 0o600);
+        }
+        let back = SecretKey::load(&path).unwrap();
+        assert_eq!(back.fingerprint(), key.fingerprint());
+        assert_eq!(back.glwe().as_ref(), key.glwe().as_ref());
+        // Debug output never shows key material.
+        let dbg = format!("{key:?}");
+        assert!(dbg.contains("fingerprint") && dbg.len() < 200);
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn damaged_key_files_are_refused() {
+        let key = SecretKey::generate(ParamSet::Glwe2048TUniform17);
+        let bytes = key.to_bytes();
+        for cut in [0, 7, 20, 36, bytes.len() / 2, bytes.len() - 1] {
+            assert!(SecretKey::from_bytes(&bytes[..cut]).is_err(), "cut {cut}");
+        }
+        let mut flipped = bytes.clone();
+        flipped[14] ^= 1; // fingerprint
+        assert!(SecretKey::from_bytes(&flipped).is_err());
+        let mut flipped = bytes.clone();
+        flipped[10] = 99; // parameter set id
+        assert!(matches!(
+            SecretKey::from_bytes(&flipped),
+            Err(KeyError::Params)
+        ));
+    }
+}

@@ -1,0 +1,393 @@
+//! Reading tabular data: labelled training sets and unlabelled records to encrypt.
+
+use rand::{Rng, SeedableRng};
+use std::path::Path;
+
+/// Why a data file cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum DataError {
+    #[error("cannot read {path}: {message}")]
+    Read { path: String, message: String },
+    #[error("{path}: no column named {column:?} (columns: {available})")]
+    MissingColumn {
+        path: String,
+        column: String,
+        available: String,
+    },
+    #[error("{path}, line {line}: column {column:?} holds {value:?}, which is not a number")]
+    NotANumber {
+        path: String,
+        line: u64,
+        column: String,
+        value: String,
+    },
+    #[error("{path}, line {line}: expected {expected} fields, found {found}")]
+    Ragged {
+        path: String,
+        line: u64,
+        expected: usize,
+        found: usize,
+    },
+    #[error("{path}: {message}")]
+    Invalid { path: String, message: String },
+}
+
+/// What the model learns to predict.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Target {
+    /// Class labels: `names[idx[i]]` is record i's class. Names are sorted.
+    Classes { names: Vec<String>, idx: Vec<usize> },
+    /// A numeric target (regression).
+    Values(Vec<f64>),
+}
+
+/// What kind of model to train.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Task {
+    /// Classification if the label column holds any non-number, regression otherwise.
+    Auto,
+    Classification,
+    Regression,
+}
+
+/// A labelled table: `x` is row-major `len x feature_names.len()`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Dataset {
+    pub feature_names: Vec<String>,
+    pub target_name: String,
+    pub x: Vec<f64>,
+    pub y: Target,
+}
+
+impl Dataset {
+    pub fn len(&self) -> usize {
+        self.x.len() / self.n_features()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.x.is_empty()
+    }
+
+    pub fn n_features(&self) -> usize {
+        self.feature_names.len()
+    }
+
+    pub fn row(&self, i: usize) -> &[f64] {
+        let f = self.n_features();
+        &self.x[i * f..(i + 1) * f]
+    }
+
+    /// The records at `rows`, in that order.
+    pub fn select(&self, rows: &[usize]) -> Dataset {
+        let x = rows.iter().flat_map(|&i| self.row(i).to_vec()).collect();
+        let y = match &self.y {
+            Target::Classes { names, idx } => Target::Classes {
+                names: names.clone(),
+                idx: rows.iter().map(|&i| idx[i]).collect(),
+            },
+            Target::Values(v) => Target::Values(rows.iter().map(|&i| v[i]).collect()),
+        };
+        Dataset {
+            feature_names: self.feature_names.clone(),
+            target_name: self.target_name.clone(),
+            x,
+            y,
+        }
+    }
+
+    /// A seeded shuffle split into (train, holdout); classes are split proportionally.
+    pub fn split(&self, holdout: f64, seed: u64) -> (Dataset, Dataset) {
+        let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+        let mut groups: Vec<Vec<usize>> = match &self.y {
+            Target::Classes { names, idx } => {
+                let mut g = vec![Vec::new(); names.len()];
+                for (i, &c) in idx.iter().enumerate() {
+                    g[c].push(i);
+                }
+                g
+            }
+            Target::Values(v) => vec![(0..v.len()).collect()],
+        };
+        let (mut train, mut test) = (Vec::new(), Vec::new());
+        for g in &mut groups {
+            for i in (1..g.len()).rev() {
+                g.swap(i, rng.gen_range(0..=i));
+            }
+            let k = ((g.len() as f64) * holdout).round() as usize;
+            test.extend_from_slice(&g[..k]);
+            train.extend_from_slice(&g[k..]);
+        }
+        train.sort_unstable();
+        test.sort_unstable();
+        (self.select(&train), self.select(&test))
+    }
+
+    /// Synthetic records drawn like the data: a random real record, each feature moved by
+    /// Gaussian noise of 10% of that feature's standard deviation. Labels follow the source
+    /// record, so accuracy stays meaningful.
+    pub fn synthesize(&self, n: usize, seed: u64) -> Dataset {
+        let f = self.n_features();
+        let stats = column_stats(self);
+        let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+        let mut rows = Vec::with_capacity(n);
+        let mut x = Vec::with_capacity(n * f);
+        for _ in 0..n {
+            let i = rng.gen_range(0..self.len());
+            rows.push(i);
+            for (j, &v) in self.row(i).iter().enumerate() {
+                x.push(v + 0.1 * stats[j].1 * gaussian(&mut rng));
+            }
+        }
+        let mut out = self.select(&rows);
+        out.x = x;
+        out
+    }
+}
+
+/// Mean and standard deviation of each feature.
+pub fn column_stats(ds: &Dataset) -> Vec<(f64, f64)> {
+    let f = ds.n_features();
+    let n = ds.len().max(1) as f64;
+    (0..f)
+        .map(|j| {
+            let mean = (0..ds.len()).map(|i| ds.x[i * f + j]).sum::<f64>() / n;
+            let var = (0..ds.len())
+                .map(|i| (ds.x[i * f + j] - mean).powi(2))
+                .sum::<f64>()
+                / n;
+            (mean, var.sqrt())
+        })
+        .collect()
+}
+
+/// A standard normal sample (Box-Muller).
+pub fn gaussian(rng: &mut impl Rng) -> f64 {
+    let u1: f64 = rng.gen_range(f64::MIN_POSITIVE..1.0);
+    let u2: f64 = rng.r#gen();
+    (-2.0 * u1.ln()).sqrt() * (2.0 * std::f64::consts::PI * u2).cos()
+}
+
+/// A synthetic classification problem: `classes` Gaussian clusters in `features` dimensions.
+pub fn synthetic_classification(
+    records: usize,
+    features: usize,
+    classes: usize,
+    seed: u64,
+) -> Dataset {
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    let centers: Vec<f64> = (0..classes * features)
+        .map(|_| 2.0 * gaussian(&mut rng))
+        .collect();
+    let mut x = Vec::with_capacity(records * features);
+    let mut idx = Vec::with_capacity(records);
+    for _ in 0..records {
+        let c = rng.gen_range(0..classes);
+        idx.push(c);
+        for j in 0..features {
+            x.push(centers[c * features + j] + 1.5 * gaussian(&mut rng));
+        }
+    }
+    Dataset {
+        feature_names: (0..features).map(|j| format!("x{j}")).collect(),
+        target_name: "label".into(),
+        x,
+        y: Target::Classes {
+            names: (0..classes).map(|c| format!("class{c}")).collect(),
+            idx,
+        },
+    }
+}
+
+fn read_err(path: &Path, e: impl std::fmt::Display) -> DataError {
+    DataError::Read {
+        path: path.display().to_string(),
+        message: e.to_string(),
+    }
+}
+
+fn open(path: &Path) -> Result<csv::Reader<std::fs::File>, DataError> {
+    csv::ReaderBuilder::new()
+        .trim(csv::Trim::All)
+        .from_path(path)
+        .map_err(|e| read_err(path, e))
+}
+
+fn parse_num(path: &Path, line: u64, column: &str, value: &str) -> Result<f64, DataError> {
+    value
+        .parse::<f64>()
+        .ok()
+        .filter(|v| v.is_finite())
+        .ok_or_else(|| DataError::NotANumber {
+            path: path.display().to_string(),
+            line,
+            column: column.to_string(),
+            value: value.chars().take(40).collect(),
+        })
+}
+
+/// Reads a labelled CSV: a header row, numeric feature columns, and the `label` column.
+pub fn read_labelled_csv(path: &Path, label: &str, task: Task) -> Result<Dataset, DataError> {
+    let mut rdr = open(path)?;
+    let headers: Vec<String> = rdr
+        .headers()
+        .map_err(|e| read_err(path, e))?
+        .iter()
+        .map(str::to_string)
+        .collect();
+    let label_col =
+        headers
+            .iter()
+            .position(|h| h == label)
+            .ok_or_else(|| DataError::MissingColumn {
+                path: path.display().to_string(),
+                column: label.to_string(),
+                available: headers.join(", "),
+            })?;
+    let feature_names: Vec<String> = headers
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| *i != label_col)
+        .map(|(_, h)| h.clone())
+        .collect();
+    if feature_names.is_empty() {
+        return Err(DataError::Invalid {
+            path: path.display().to_string(),
+            message: "no feature columns".into(),
+        });
+    }
+    let mut x = Vec::new();
+    let mut labels = Vec::new();
+    for rec in rdr.records() {
+        let rec = rec.map_err(|e| read_err(path, e))?;
+        let line = rec.position().map_or(0, |p| p.line());
+        if rec.len() != headers.len() {
+            return Err(DataError::Ragged {
+                path: path.display().to_string(),
+                line,
+                expected: headers.len(),
+                found: rec.len(),
+            });
+        }
+        for (i, v) in rec.iter().enumerate() {
+            if i == label_col {
+                labels.push(v.to_string());
+            } else {
+                x.push(parse_num(path, line, &headers[i], v)?);
+            }
+        }
+    }
+    if labels.is_empty() {
+        return Err(DataError::Invalid {
+            path: path.display().to_string(),
+            message: "no records".into(),
+        });
+    }
+    let numeric = labels.iter().all(|l| l.parse::<f64>().is_ok());
+    let classify = match task {
+        Task::Auto => !numeric,
+        Task::Classification => true,
+        Task::Regression => {
+            if !numeric {
+                return Err(DataError::Invalid {
+                    path: path.display().to_string(),
+                    message: format!("regression needs a numeric {label:?} column"),
+                });
+            }
+            false
+        }
+    };
+    let y = if classify {
+        let mut names: Vec<String> = labels.clone();
+        names.sort();
+        names.dedup();
+        if names.len() < 2 {
+            return Err(DataError::Invalid {
+                path: path.display().to_string(),
+                message: format!(
+                    "classification needs at least 2 classes, found {}",
+                    names.len()
+                ),
+            });
+        }
+        let idx = labels
+            .iter()
+            .map(|l| names.binary_search(l).expect("present"))
+            .collect();
+        Target::Classes { names, idx }
+    } else {
+        Target::Values(labels.iter().map(|l| l.parse().expect("numeric")).collect())
+    };
+    Ok(Dataset {
+        feature_names,
+        target_name: label.to_string(),
+        x,
+        y,
+    })
+}
+
+/// Reads records to encrypt: the named feature columns, in the model's order, from a CSV with
+/// a header row. Other columns (ids, the label) are ignored. Returns row-major values.
+pub fn read_records(path: &Path, feature_names: &[String]) -> Result<Vec<f64>, DataError> {
+    let mut rdr = open(path)?;
+    let headers: Vec<String> = rdr
+        .headers()
+        .map_err(|e| read_err(path, e))?
+        .iter()
+        .map(str::to_string)
+        .collect();
+    let cols: Vec<usize> = feature_names
+        .iter()
+        .map(|f| {
+            headers
+                .iter()
+                .position(|h| h == f)
+                .ok_or_else(|| DataError::MissingColumn {
+                    path: path.display().to_string(),
+                    column: f.clone(),
+                    available: headers.join(", "),
+                })
+        })
+        .collect::<Result<_, _>>()?;
+    let mut out = Vec::new();
+    for rec in rdr.records() {
+        let rec = rec.map_err(|e| read_err(path, e))?;
+        let line = rec.position().map_or(0, |p| p.line());
+        if rec.len() != headers.len() {
+            return Err(DataError::Ragged {
+                path: path.display().to_string(),
+                line,
+                expected: headers.len(),
+                found: rec.len(),
+            });
+        }
+        for (&c, name) in cols.iter().zip(feature_names) {
+            out.push(parse_num(path, line, name, &rec[c])?);
+        }
+    }
+    if out.is_empty() {
+        return Err(DataError::Invalid {
+            path: path.display().to_string(),
+            message: "no records".into(),
+        });
+    }
+    Ok(out)
+}
+
+/// Writes a dataset as CSV (features, then the label column).
+pub fn write_csv(ds: &Dataset, path: &Path) -> Result<(), DataError> {
+    let mut w = csv::Writer::from_path(path).map_err(|e| read_err(path, e))?;
+    let mut header = ds.feature_names.clone();
+    header.push(ds.target_name.clone());
+    w.write_record(&header).map_err(|e| read_err(path, e))?;
+    let mut fields: Vec<String> = Vec::with_capacity(header.len());
+    for i in 0..ds.len() {
+        fields.clear();
+        fields.extend(ds.row(i).iter().map(|v| format!("{v:.6}")));
+        fields.push(match &ds.y {
+            Target::Classes { names, idx } => names[idx[i]].clone(),
+            Target::Values(v) => v[i].to_string(),
+        });
+        w.write_record(&fields).map_err(|e| read_err(path, e))?;
+    }
+    w.flush().map_err(|e| read_err(path, e))
+}

@@ -1,0 +1,234 @@
+//! Bad input and failures: every one ends as a FAILED job with a reason a person understands,
+//! no panic escapes, and other jobs are not affected.
+
+use crate::common::*;
+use fhe_batch_core::format::{BatchHeader, BatchLimits};
+use fhe_batch_core::ids::{JobId, ModelId};
+use fhe_batch_core::job::{FailureKind, JobState};
+use fhe_batch_core::layout;
+use fhe_batch_core::model::ServerModel;
+use fhe_batch_core::pipeline::{
+    ChunkEvaluator, ChunkOutcome, EvalError, IngestOutcome, Worker, WorkerConfig, ingest_object,
+};
+use fhe_batch_core::ports::{JobQueue, ObjectStore, PutOutcome, StoreError};
+use fhe_batch_fhe::GlweEvaluator;
+use fhe_batch_local::FsStore;
+use std::time::Duration;
+
+/// Runs a bad batch next to a good one; returns the bad job's failure reason.
+async fn bad_batch_fails(name: &str, bytes: Vec<u8>, limits: BatchLimits) -> String {
+    let env = Env::new().await;
+    let (good, q) = iris_batch(150, 9);
+    let good_job = env.upload("good", good).await;
+    let bad_job = env.upload(name, bytes).await;
+    let queue = queue(Duration::from_secs(60));
+    for job in [&bad_job, &good_job] {
+        ingest_object(&env.store, &queue, &layout::inbox(job), &limits)
+            .await
+            .unwrap();
+    }
+    drain(env.worker(), &queue, 2).await;
+    env.assert_exact(&good_job, &q).await;
+    let st = env.status(&bad_job).await;
+    assert_eq!(st.state, JobState::Failed, "{st:?}");
+    assert!(!st.failures.is_empty());
+    st.failures[0].reason.clone()
+}
+
+#[tokio::test]
+async fn truncated_batch_fails_at_ingest() {
+    let (bytes, _) = iris_batch(150, 10);
+    let cut = bytes[..bytes.len() - 100].to_vec();
+    let reason = bad_batch_fails("truncated", cut, BatchLimits::default()).await;
+    assert!(reason.contains("header describes"), "{reason}");
+    // Cut inside the header too.
+    let reason = bad_batch_fails("cut-header", bytes[..40].to_vec(), BatchLimits::default()).await;
+    assert!(reason.contains("truncated"), "{reason}");
+}
+
+#[tokio::test]
+async fn corrupted_header_fails_at_ingest() {
+    let (mut bytes, _) = iris_batch(150, 11);
+    bytes[70] ^= 0x10; // inside the chunk table
+    let reason = bad_batch_fails("corrupt-header", bytes, BatchLimits::default()).await;
+    assert!(reason.contains("corrupted"), "{reason}");
+    let reason = bad_batch_fails(
+        "not-a-batch",
+        b"hello, world".to_vec(),
+        BatchLimits::default(),
+    )
+    .await;
+    assert!(reason.contains("not a batch"), "{reason}");
+}
+
+#[tokio::test]
+async fn corrupted_chunk_fails_that_chunk_only() {
+    let (mut bytes, _) = iris_batch(150, 12);
+    let n = bytes.len();
+    bytes[n - 7] ^= 0x01; // a ciphertext byte
+    let reason = bad_batch_fails("corrupt-chunk", bytes, BatchLimits::default()).await;
+    assert!(
+        reason.contains("chunk 0") && reason.contains("corrupted"),
+        "{reason}"
+    );
+}
+
+#[tokio::test]
+async fn oversized_batch_is_refused_from_its_header() {
+    let (bytes, _) = iris_batch(5000, 13);
+    let limits = BatchLimits {
+        max_records: 4096,
+        ..BatchLimits::default()
+    };
+    let reason = bad_batch_fails("oversized", bytes, limits).await;
+    assert!(reason.contains("exceeds the limit"), "{reason}");
+}
+
+#[tokio::test]
+async fn batch_for_an_unknown_model_fails() {
+    let (bytes, _) = iris_batch(150, 14);
+    let mut header = BatchHeader::parse(&bytes, &BatchLimits::default()).unwrap();
+    header.model_id = ModelId::from_bytes([0x42; 16]);
+    let mut forged = header.encode();
+    forged.extend_from_slice(&bytes[header.header_len() as usize..]);
+    let reason = bad_batch_fails("unknown-model", forged, BatchLimits::default()).await;
+    assert!(reason.contains("not published"), "{reason}");
+}
+
+#[tokio::test]
+async fn record_count_disagreeing_with_the_header_fails() {
+    let (bytes, _) = iris_batch(150, 15);
+    let mut header = BatchHeader::parse(&bytes, &BatchLimits::default()).unwrap();
+    header.record_count = 151;
+    let mut forged = header.encode();
+    forged.extend_from_slice(&bytes[header.header_len() as usize..]);
+    let reason = bad_batch_fails("miscounted", forged, BatchLimits::default()).await;
+    assert!(reason.contains("record count disagrees"), "{reason}");
+}
+
+#[tokio::test]
+async fn uploads_outside_the_inbox_convention_are_ignored() {
+    let env = Env::new().await;
+    let q = queue(Duration::from_secs(60));
+    for key in [
+        "inbox/notes.txt",
+        "inbox/a/b.fheb",
+        "results/x.fheb",
+        "inbox/-x.fheb",
+    ] {
+        env.store.put(key, b"x".to_vec()).await.unwrap();
+        let o = ingest_object(&env.store, &q, key, &BatchLimits::default())
+            .await
+            .unwrap();
+        assert!(matches!(o, IngestOutcome::Ignored { .. }), "{key}: {o:?}");
+    }
+    assert!(q.is_idle());
+}
+
+/// An evaluator that panics: the panic is contained to its chunk.
+struct Panicking;
+impl ChunkEvaluator for Panicking {
+    fn evaluate(&self, _: &ServerModel, _: &[u8]) -> Result<Vec<u8>, EvalError> {
+        panic!("evaluator bug")
+    }
+}
+
+#[tokio::test]
+async fn a_panicking_evaluation_fails_its_chunk_and_the_worker_goes_on() {
+    let env = Env::new().await;
+    let (bytes, _) = iris_batch(150, 16);
+    let job = env.upload("panics", bytes).await;
+    let q = queue(Duration::from_secs(60));
+    env.ingest(&q, &job).await;
+    let worker = Worker::new(env.store.clone(), Panicking, WorkerConfig::default());
+    let d = q.receive(1, Duration::ZERO).await.unwrap();
+    let outcome = worker.handle_message(&d[0].body, 1).await.unwrap();
+    assert!(
+        matches!(outcome, ChunkOutcome::Failed { .. }),
+        "{outcome:?}"
+    );
+    let st = env.status(&job).await;
+    assert_eq!(st.state, JobState::Failed);
+    assert_eq!(st.failures[0].kind, FailureKind::Internal);
+    // The same worker still handles the next message (a malformed one here).
+    let outcome = worker.handle_message("{not json", 1).await.unwrap();
+    assert!(matches!(outcome, ChunkOutcome::Failed { job: None, .. }));
+}
+
+/// A store whose ranged reads of one object always fail with a retryable error.
+#[derive(Clone)]
+struct FlakyStore {
+    inner: FsStore,
+    poisoned: String,
+}
+
+impl ObjectStore for FlakyStore {
+    async fn get(&self, key: &str, max: u64) -> Result<Vec<u8>, StoreError> {
+        self.inner.get(key, max).await
+    }
+    async fn get_range(&self, key: &str, start: u64, len: u64) -> Result<Vec<u8>, StoreError> {
+        if key == self.poisoned {
+            return Err(StoreError::Backend {
+                key: key.into(),
+                message: "503 Slow Down".into(),
+                retryable: true,
+            });
+        }
+        self.inner.get_range(key, start, len).await
+    }
+    async fn size(&self, key: &str) -> Result<Option<u64>, StoreError> {
+        self.inner.size(key).await
+    }
+    async fn put(&self, key: &str, bytes: Vec<u8>) -> Result<(), StoreError> {
+        self.inner.put(key, bytes).await
+    }
+    async fn put_if_absent(&self, key: &str, bytes: Vec<u8>) -> Result<PutOutcome, StoreError> {
+        self.inner.put_if_absent(key, bytes).await
+    }
+    async fn list(&self, prefix: &str) -> Result<Vec<String>, StoreError> {
+        self.inner.list(prefix).await
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_chunk_that_always_fails_is_dead_lettered_and_its_job_fails() {
+    let env = Env::new().await;
+    let (bad, _) = iris_batch(150, 17);
+    let (good, q_good) = iris_batch(150, 18);
+    let bad_job = env.upload("poison", bad).await;
+    let good_job = env.upload("healthy", good).await;
+    let q = queue(Duration::from_secs(10));
+    env.ingest(&q, &bad_job).await;
+    env.ingest(&q, &good_job).await;
+    let flaky = FlakyStore {
+        inner: env.store.clone(),
+        poisoned: layout::inbox(&bad_job),
+    };
+    let worker = std::sync::Arc::new(Worker::new(
+        flaky,
+        GlweEvaluator,
+        WorkerConfig { max_receives: 5 },
+    ));
+    drain(worker, &q, 2).await;
+    assert_eq!(q.dead_letters().len(), 1, "exactly the poison chunk");
+    let st = env.status(&bad_job).await;
+    assert_eq!(st.state, JobState::Failed);
+    assert_eq!(st.failures[0].kind, FailureKind::RetriesExhausted);
+    assert!(
+        st.failures[0].reason.contains("5 times"),
+        "{}",
+        st.failures[0].reason
+    );
+    env.assert_exact(&good_job, &q_good).await;
+}
+
+#[tokio::test]
+async fn status_of_unknown_and_invalid_jobs() {
+    let env = Env::new().await;
+    let missing = JobId::parse("nope").unwrap();
+    assert!(matches!(
+        fhe_batch_core::pipeline::job_status(&env.store, &missing).await,
+        Err(fhe_batch_core::pipeline::StatusError::NotFound(_))
+    ));
+    assert!(JobId::parse("../etc").is_err());
+}

@@ -1,0 +1,7 @@
+//! One integration-test binary: the pipeline core over the embedded adapters, with real
+//! encryption, real evaluation and real decryption.
+
+mod common;
+mod faults;
+mod pipeline;
+mod training;
