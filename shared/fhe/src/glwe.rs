@@ -12,12 +12,12 @@
 //! stays below `delta / 2` and the logit fits in `p` signed bits.
 
 use crate::keys::SecretKey;
-use crate::params::{glwe_noise, glwe_size, polynomial_size};
+use crate::params::glwe_noise;
 use fhe_batch_core::format::{ResultHeader, SEED_LEN, chunk_payload_len, read_u64s, write_u64s};
 use fhe_batch_core::model::{ClientModel, ServerModel};
 use fhe_batch_core::params::ParamSet;
 use fhe_batch_core::pipeline::{ChunkEvaluator, EvalError};
-use tfhe::core_crypto::commons::math::random::{CompressionSeed, Seed};
+use tfhe::core_crypto::commons::math::random::RandomGenerator;
 use tfhe::core_crypto::prelude::*;
 
 fn delta_shift(plaintext_bits: u8) -> u32 {
@@ -26,40 +26,43 @@ fn delta_shift(plaintext_bits: u8) -> u32 {
 
 /// Encrypts up to N quantized records (row-major, `records x n_features`) into one chunk
 /// payload: the 128-bit compression seed, then the ciphertext bodies.
+///
+/// The masks are expanded from a fresh public 128-bit seed ([`crate::mask`], AES-128-CTR as
+/// in tfhe's CSPRNG), exactly as the server re-expands them. The noise is tfhe's TUniform,
+/// drawn by tfhe's generator from a CSPRNG seeded by the OS seeder. The mask-key product is an
+/// exact FFT product ([`crate::negacyclic`]).
 pub fn encrypt_chunk(key: &SecretKey, model: &ClientModel, quantized: &[u64]) -> Vec<u8> {
     let params = key.params();
     let n = params.polynomial_size();
+    let glwe_len = (params.glwe_dimension() + 1) * n;
     let f = model.n_features();
     assert!(quantized.len().is_multiple_of(f), "whole records");
     let records = quantized.len() / f;
     assert!(records > 0 && records <= n, "1..=N records per chunk");
     let shift = delta_shift(model.plaintext_bits);
-    let mut encoded = vec![0u64; f * n];
-    for (i, record) in quantized.chunks_exact(f).enumerate() {
-        for (j, &x) in record.iter().enumerate() {
-            encoded[j * n + i] = x << shift;
-        }
-    }
     let mut seeder = new_seeder();
-    let seed = seeder.seed();
-    let mut list = SeededGlweCiphertextList::new(
-        0u64,
-        glwe_size(params),
-        polynomial_size(params),
-        GlweCiphertextCount(f),
-        CompressionSeed::from(seed),
-        CiphertextModulus::new_native(),
-    );
-    encrypt_seeded_glwe_ciphertext_list(
-        key.glwe(),
-        &mut list,
-        &PlaintextList::from_container(encoded),
-        glwe_noise(params),
-        seeder.as_mut(),
-    );
+    let mask_seed = seeder.seed().0;
+    let mut masks = vec![0u64; f * glwe_len];
+    expand_seeded(mask_seed, n, glwe_len, &mut masks);
+    let mut bodies = vec![0u64; f * n];
+    RandomGenerator::<DefaultRandomGenerator>::new(seeder.seed())
+        .unsigned_integer_slice_wrapping_add_random_from_distribution_assign(
+            &mut bodies,
+            glwe_noise(params),
+        );
+    for (j, (body, glwe)) in bodies
+        .chunks_exact_mut(n)
+        .zip(masks.chunks_exact(glwe_len))
+        .enumerate()
+    {
+        for (i, record) in quantized.chunks_exact(f).enumerate() {
+            body[i] = body[i].wrapping_add(record[j] << shift);
+        }
+        key.mask_product(body, &glwe[..glwe_len - n], false);
+    }
     let mut out = Vec::with_capacity(chunk_payload_len(params, f as u32) as usize);
-    out.extend_from_slice(&seed.0.to_le_bytes());
-    write_u64s(list.as_ref(), &mut out);
+    out.extend_from_slice(&mask_seed.to_le_bytes());
+    write_u64s(&bodies, &mut out);
     out
 }
 
@@ -78,18 +81,31 @@ impl GlweEvaluator {
             )));
         }
         let seed = u128::from_le_bytes(payload[..SEED_LEN].try_into().expect("16 bytes"));
-        let mut bodies = vec![0u64; n_features * params.polynomial_size()];
-        read_u64s(&payload[SEED_LEN..], &mut bodies);
-        let seeded = SeededGlweCiphertextList::from_container(
-            bodies,
-            glwe_size(params),
-            polynomial_size(params),
-            CompressionSeed::from(Seed(seed)),
-            CiphertextModulus::new_native(),
-        );
-        Ok(seeded
-            .decompress_into_glwe_ciphertext_list()
-            .into_container())
+        let n = params.polynomial_size();
+        let glwe_len = (params.glwe_dimension() + 1) * n;
+        let mut full = vec![0u64; n_features * glwe_len];
+        expand_seeded(seed, n, glwe_len, &mut full);
+        for (glwe, body) in full
+            .chunks_exact_mut(glwe_len)
+            .zip(payload[SEED_LEN..].chunks_exact(n * 8))
+        {
+            read_u64s(body, &mut glwe[glwe_len - n..]);
+        }
+        Ok(full)
+    }
+}
+
+/// Fills the mask part of each GLWE ciphertext in `out` (`count x glwe_len` words) from the
+/// seed; bodies are left as they are.
+fn expand_seeded(seed: u128, n: usize, glwe_len: usize, out: &mut [u64]) {
+    let mask_len = glwe_len - n;
+    let mut masks = vec![0u64; out.len() / glwe_len * mask_len];
+    crate::mask::expand_masks(seed, &mut masks);
+    for (glwe, mask) in out
+        .chunks_exact_mut(glwe_len)
+        .zip(masks.chunks_exact(mask_len))
+    {
+        glwe[..mask_len].copy_from_slice(mask);
     }
 }
 
@@ -185,21 +201,19 @@ pub fn decrypt_result(
     let params = header.params;
     let n = params.polynomial_size();
     let outputs = header.n_outputs as usize;
+    let glwe_len = (params.glwe_dimension() + 1) * n;
     let mut words = vec![0u64; body.len() / 8];
     read_u64s(body, &mut words);
-    let list = GlweCiphertextList::from_container(
-        words,
-        glwe_size(params),
-        polynomial_size(params),
-        CiphertextModulus::new_native(),
-    );
-    let mut plain = PlaintextList::new(0u64, PlaintextCount(outputs * n));
-    decrypt_glwe_ciphertext_list(key.glwe(), &list, &mut plain);
+    // Phase = body - <mask, key>, per output.
+    let mut plain = vec![0u64; outputs * n];
+    for (phase, glwe) in plain.chunks_exact_mut(n).zip(words.chunks_exact(glwe_len)) {
+        phase.copy_from_slice(&glwe[glwe_len - n..]);
+        key.mask_product(phase, &glwe[..glwe_len - n], true);
+    }
     let p = header.plaintext_bits as u32;
     let shift = 64 - p;
     let half = 1u64 << (shift - 1);
     let records = header.records as usize;
-    let plain = plain.into_container();
     let mut logits = vec![0i64; records * outputs];
     for c in 0..outputs {
         for i in 0..records {
@@ -214,6 +228,7 @@ pub fn decrypt_result(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::params::{glwe_size, polynomial_size};
     use fhe_batch_core::ids::{KeyFingerprint, ModelId};
     use fhe_batch_core::model::{
         CompileReport, MODEL_FORMAT_VERSION, ModelKind, ModelPackage, Quantizer, prove_bounds,
@@ -318,6 +333,31 @@ mod tests {
                 reference(&pkg, &q),
                 "f={f} c={c} bits={bits}"
             );
+        }
+    }
+
+    /// Our encryption is ordinary tfhe GLWE: tfhe's own decryption reads it.
+    #[test]
+    fn tfhe_decrypts_our_ciphertexts() {
+        let pkg = package(3, 2, 8, 3);
+        let q: Vec<u64> = (0..2048 * 3).map(|i| (i as u64 * 7) % 256).collect();
+        let payload = encrypt_chunk(key(), &pkg.client, &q);
+        let params = ParamSet::Glwe2048TUniform17;
+        let full = GlweEvaluator::expand(params, 3, &payload).unwrap();
+        let list = GlweCiphertextList::from_container(
+            full,
+            glwe_size(params),
+            polynomial_size(params),
+            CiphertextModulus::new_native(),
+        );
+        let mut plain = PlaintextList::new(0u64, PlaintextCount(3 * 2048));
+        decrypt_glwe_ciphertext_list(key().glwe(), &list, &mut plain);
+        let shift = delta_shift(pkg.client.plaintext_bits);
+        for (j, poly) in plain.as_ref().chunks_exact(2048).enumerate() {
+            for (i, &v) in poly.iter().enumerate() {
+                let m = v.wrapping_add(1 << (shift - 1)) >> shift;
+                assert_eq!(m, q[i * 3 + j], "feature {j} record {i}");
+            }
         }
     }
 

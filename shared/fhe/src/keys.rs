@@ -4,6 +4,7 @@
 //! whole shortint key means the same secret also serves models that need bootstrapping later.
 //! Nothing in this module ever writes the key anywhere but the file the owner names.
 
+use crate::negacyclic::BinaryPolyMultiplier;
 use crate::params::shortint_params;
 use fhe_batch_core::ids::KeyFingerprint;
 use fhe_batch_core::params::ParamSet;
@@ -50,6 +51,8 @@ pub struct SecretKey {
     glwe: GlweSecretKeyOwned<u64>,
     lwe: LweSecretKeyOwned<u64>,
     fingerprint: KeyFingerprint,
+    /// One fast multiplier per GLWE key polynomial.
+    multipliers: Vec<BinaryPolyMultiplier>,
 }
 
 impl std::fmt::Debug for SecretKey {
@@ -112,12 +115,18 @@ impl SecretKey {
             return Err(KeyError::Params);
         }
         let fingerprint = fingerprint_of(&glwe);
+        let multipliers = glwe
+            .as_polynomial_list()
+            .iter()
+            .map(|p| BinaryPolyMultiplier::new(p.as_ref()))
+            .collect();
         Ok(Self {
             params,
             shortint,
             glwe,
             lwe,
             fingerprint,
+            multipliers,
         })
     }
 
@@ -129,8 +138,17 @@ impl SecretKey {
         self.fingerprint
     }
 
+    #[cfg(test)]
     pub(crate) fn glwe(&self) -> &GlweSecretKeyOwned<u64> {
         &self.glwe
+    }
+
+    /// `acc (+/-)= <mask, key>`: the mask-key product of one GLWE ciphertext (k polynomials).
+    pub(crate) fn mask_product(&self, acc: &mut [u64], mask: &[u64], subtract: bool) {
+        let n = self.params.polynomial_size();
+        for (m, poly) in self.multipliers.iter().zip(mask.chunks_exact(n)) {
+            m.mul_acc(acc, poly, subtract);
+        }
     }
 
     /// Serializes the key for the owner's key file: a header, then the binary GLWE and LWE

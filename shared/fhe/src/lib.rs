@@ -16,6 +16,8 @@
 pub mod batch;
 pub mod glwe;
 pub mod keys;
+pub mod mask;
+pub mod negacyclic;
 pub mod params;
 
 pub use glwe::GlweEvaluator;
