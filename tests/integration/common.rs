@@ -133,7 +133,7 @@ impl Env {
     }
 }
 
-pub async fn publish(store: &FsStore, pkg: &ModelPackage) {
+pub async fn publish<S: ObjectStore>(store: &S, pkg: &ModelPackage) {
     let id = pkg.manifest.model_id;
     store
         .put(&layout::model_server(&id), pkg.server_bytes.clone())

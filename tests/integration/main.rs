@@ -1,6 +1,7 @@
 //! One integration-test binary: the pipeline core over the embedded adapters, with real
 //! encryption, real evaluation and real decryption.
 
+mod aws;
 mod common;
 mod faults;
 mod pipeline;

@@ -1,12 +1,28 @@
-//! The `ingest` Lambda function: validates an uploaded batch (S3 ObjectCreated event on inbox/) and queues one SQS message per chunk: `fhe_batch_core::pipeline::ingest_object`.
-//!
-//! The logic lives, tested, in the shared crates; this binary will only wire it to
-//! `lambda_runtime` and the AWS adapters (S3, SQS), which land with the AWS deployment work.
-//! Until then the same logic runs locally through `fhe-batch run` and `fhe-batch demo`.
+//! The `ingest` Lambda function: S3 `ObjectCreated` events on `inbox/*.fheb` in, one SQS message
+//! per chunk out. Wiring only; the logic is `fhe_batch_aws::handlers::handle_s3_event`.
 
-fn main() {
-    eprintln!(
-        "the ingest Lambda wiring is not built yet; run the pipeline locally with `fhe-batch run` (see README.md)"
-    );
-    std::process::exit(2);
+use fhe_batch_aws::config::{Config, clients, init_tracing};
+use fhe_batch_aws::handlers::handle_s3_event;
+use fhe_batch_aws::{S3Store, SqsQueue};
+use lambda_runtime::{Error, LambdaEvent, service_fn};
+
+#[tokio::main]
+async fn main() -> Result<(), Error> {
+    init_tracing();
+    let config = Config::from_env()?;
+    let (s3, sqs) = clients().await;
+    let store = S3Store::new(s3, &config.bucket);
+    let queue = SqsQueue::new(sqs, config.queue_url()?);
+    let (store, queue, config) = (&store, &queue, &config);
+    lambda_runtime::run(service_fn(
+        move |event: LambdaEvent<serde_json::Value>| async move {
+            let outcomes =
+                handle_s3_event(store, queue, &config.bucket, event.payload, &config.limits)
+                    .await?;
+            Ok::<_, Error>(serde_json::json!({
+                "ingested": outcomes.iter().map(|o| o.to_json()).collect::<Vec<_>>()
+            }))
+        },
+    ))
+    .await
 }

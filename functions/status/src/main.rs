@@ -1,12 +1,25 @@
-//! The `status` Lambda function: answers `GET /jobs/{job}` with the job's state and progress: `fhe_batch_core::pipeline::job_status`.
-//!
-//! The logic lives, tested, in the shared crates; this binary will only wire it to
-//! `lambda_runtime` and the AWS adapters (S3, SQS), which land with the AWS deployment work.
-//! Until then the same logic runs locally through `fhe-batch run` and `fhe-batch demo`.
+//! The `status` function behind a Function URL (`AWS_IAM` auth): `GET /jobs` and
+//! `GET /jobs/{job}` as JSON. Wiring only; the logic is
+//! `fhe_batch_aws::handlers::handle_status_request`.
 
-fn main() {
-    eprintln!(
-        "the status Lambda wiring is not built yet; run the pipeline locally with `fhe-batch run` (see README.md)"
-    );
-    std::process::exit(2);
+use fhe_batch_aws::S3Store;
+use fhe_batch_aws::config::{Config, clients, init_tracing};
+use fhe_batch_aws::handlers::handle_status_request;
+use lambda_http::{Body, Error, Request, Response, service_fn};
+
+#[tokio::main]
+async fn main() -> Result<(), Error> {
+    init_tracing();
+    let config = Config::from_env()?;
+    let (s3, _) = clients().await;
+    let store = &S3Store::new(s3, &config.bucket);
+    lambda_http::run(service_fn(move |req: Request| async move {
+        let reply = handle_status_request(store, req.method().as_str(), req.uri().path()).await;
+        Response::builder()
+            .status(reply.status)
+            .header("content-type", "application/json")
+            .body(Body::from(reply.body))
+            .map_err(Error::from)
+    }))
+    .await
 }

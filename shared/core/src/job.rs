@@ -11,6 +11,17 @@ pub const MAX_MESSAGE_BYTES: usize = 8 * 1024;
 /// Largest job manifest or failure record read back.
 pub const MAX_RECORD_BYTES: u64 = 1 << 20;
 
+/// Refuses a batch of message bodies if any exceeds [`MAX_MESSAGE_BYTES`].
+pub fn check_message_sizes(bodies: &[String]) -> Result<(), crate::ports::QueueError> {
+    match bodies.iter().find(|b| b.len() > MAX_MESSAGE_BYTES) {
+        Some(b) => Err(crate::ports::QueueError::TooLarge {
+            size: b.len(),
+            limit: MAX_MESSAGE_BYTES,
+        }),
+        None => Ok(()),
+    }
+}
+
 /// Written once by ingest at `jobs/<job>/manifest.json`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct JobManifest {

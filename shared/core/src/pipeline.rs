@@ -50,6 +50,26 @@ pub enum IngestOutcome {
     Ignored { key: String, reason: String },
 }
 
+impl IngestOutcome {
+    /// A JSON summary for logs and function responses.
+    pub fn to_json(&self) -> serde_json::Value {
+        match self {
+            IngestOutcome::Queued { job, chunks } => {
+                serde_json::json!({"job": job, "outcome": "queued", "chunks": chunks})
+            }
+            IngestOutcome::Requeued { job, chunks } => {
+                serde_json::json!({"job": job, "outcome": "requeued", "chunks": chunks})
+            }
+            IngestOutcome::Rejected { job, reason } => {
+                serde_json::json!({"job": job, "outcome": "rejected", "reason": reason})
+            }
+            IngestOutcome::Ignored { key, reason } => {
+                serde_json::json!({"key": key, "outcome": "ignored", "reason": reason})
+            }
+        }
+    }
+}
+
 /// Validates an uploaded batch and queues its chunks.
 ///
 /// Reads only the header (two ranged GETs), never the ciphertext body. An invalid batch ends

@@ -2,7 +2,7 @@
 //! after which an unacknowledged message is delivered again, receipts that expire with their
 //! delivery, and a dead-letter limit on receives.
 
-use fhe_batch_core::job::MAX_MESSAGE_BYTES;
+use fhe_batch_core::job::check_message_sizes;
 use fhe_batch_core::ports::{Delivery, JobQueue, QueueError};
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
@@ -145,12 +145,7 @@ impl MemQueue {
 
 impl JobQueue for MemQueue {
     async fn send_batch(&self, bodies: Vec<String>) -> Result<(), QueueError> {
-        if let Some(b) = bodies.iter().find(|b| b.len() > MAX_MESSAGE_BYTES) {
-            return Err(QueueError::TooLarge {
-                size: b.len(),
-                limit: MAX_MESSAGE_BYTES,
-            });
-        }
+        check_message_sizes(&bodies)?;
         {
             let mut s = self.state.lock().expect("queue lock");
             for body in bodies {
@@ -284,7 +279,8 @@ mod tests {
     async fn oversized_messages_are_refused() {
         let q = q(1000, 5);
         assert!(matches!(
-            q.send_batch(vec!["x".repeat(MAX_MESSAGE_BYTES + 1)]).await,
+            q.send_batch(vec!["x".repeat(fhe_batch_core::job::MAX_MESSAGE_BYTES + 1)])
+                .await,
             Err(QueueError::TooLarge { .. })
         ));
     }

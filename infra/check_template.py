@@ -1,0 +1,65 @@
+"""Checks of template.yaml that CloudFormation and cfn-lint cannot express:
+
+- the job queue's visibility timeout is at least 6x the worker timeout, for every allowed worker
+  timeout (the queue reads it from a mapping keyed by the timeout parameter);
+- the dead-letter limit is 5 receives and the worker reports partial batch failures;
+- the ingest trigger only fires on inbox/*.fheb (no recursive triggers from results/ or jobs/);
+- the worker cannot delete objects and the status function cannot write.
+Exits non-zero with a message on the first violation.
+"""
+import sys
+
+from samtranslator.yaml_helper import yaml_parse
+
+
+def fail(msg):
+    print("template check failed:", msg, file=sys.stderr)
+    sys.exit(1)
+
+
+def statements(fn):
+    for policy in fn["Properties"].get("Policies", []):
+        if isinstance(policy, dict):
+            yield from policy.get("Statement", [])
+
+
+def actions(fn):
+    out = set()
+    for stmt in statements(fn):
+        acts = stmt.get("Action", [])
+        out.update([acts] if isinstance(acts, str) else acts)
+    return out
+
+
+def main(path):
+    t = yaml_parse(open(path).read())
+    res, params = t["Resources"], t["Parameters"]
+    table = t["Mappings"]["VisibilityByWorkerTimeout"]
+    allowed = params["WorkerTimeout"]["AllowedValues"]
+    for timeout in allowed:
+        vis = table[str(timeout)]["Seconds"]
+        if vis < 6 * int(timeout):
+            fail(f"visibility {vis}s < 6 x worker timeout {timeout}s")
+    if set(map(str, allowed)) != set(table):
+        fail("the visibility mapping must cover exactly the allowed worker timeouts")
+    if res["JobsQueue"]["Properties"]["RedrivePolicy"]["maxReceiveCount"] != 5:
+        fail("maxReceiveCount must be 5")
+    ev = res["WorkerFunction"]["Properties"]["Events"]["Chunks"]["Properties"]
+    if "ReportBatchItemFailures" not in ev.get("FunctionResponseTypes", []):
+        fail("worker must report batch item failures")
+    rules = res["IngestFunction"]["Properties"]["Events"]["Upload"]["Properties"]["Filter"]["S3Key"]["Rules"]
+    if {(r["Name"], r["Value"]) for r in rules} != {("prefix", "inbox/"), ("suffix", ".fheb")}:
+        fail("ingest must trigger on inbox/*.fheb only")
+    if any("Delete" in a for a in actions(res["WorkerFunction"])):
+        fail("the worker must not delete objects")
+    if any(a not in ("s3:GetObject", "s3:ListBucket") for a in actions(res["StatusFunction"])):
+        fail("the status function must only read")
+    for stmt in statements(res["IngestFunction"]):
+        if "s3:GetObject" in stmt.get("Action", []):
+            if any("results/" in str(r) for r in stmt.get("Resource", [])):
+                fail("ingest must not read results")
+    print(f"template checks passed ({len(allowed)} worker timeouts, visibility >= 6x)")
+
+
+if __name__ == "__main__":
+    main(sys.argv[1])

@@ -1,0 +1,149 @@
+"""Drives the three release binaries through the real Lambda runtime loop, without Docker:
+`cargo lambda watch --only-lambda-apis` emulates the Lambda Runtime API on 127.0.0.1, each
+function binary runs against it as it would on provided.al2023, and `cargo lambda invoke
+--data-file` sends the event fixtures of tests/fixtures/events (the same files `sam local
+invoke -e` takes). S3 and SQS are the moto server infra/test.sh started (AWS_ENDPOINT_URL).
+
+Flow: train, keygen and encrypt with the fhe-batch CLI; upload model and batch to a fresh
+bucket; invoke ingest with the S3 fixture; invoke the worker with an SQS event built from the
+real queued message; invoke status with the Function URL fixture; download and decrypt the
+results. Every process started here is stopped by its PID. Exits non-zero on any failure.
+
+Usage: python runtime_loop_test.py TARGET_RELEASE_DIR
+"""
+import json
+import os
+import pathlib
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+
+import boto3
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+FIXTURES = ROOT / "tests" / "fixtures" / "events"
+PORT = int(os.environ.get("RUNTIME_API_PORT", "9001"))
+ENDPOINT = os.environ["AWS_ENDPOINT_URL"]
+procs = []
+
+
+def run(*args, **kw):
+    print("+", " ".join(map(str, args)), flush=True)
+    return subprocess.run(list(map(str, args)), check=True, capture_output=True, text=True, **kw)
+
+
+def start(args, env=None, log=None):
+    p = subprocess.Popen(list(map(str, args)), env=env, stdout=log, stderr=subprocess.STDOUT)
+    procs.append(p)
+    return p
+
+
+def stop(p):
+    if p.poll() is None:
+        p.send_signal(signal.SIGTERM)
+        try:
+            p.wait(10)
+        except subprocess.TimeoutExpired:
+            p.kill()
+
+
+def invoke(data_file):
+    out = run("cargo", "lambda", "invoke", "--invoke-address", "127.0.0.1",
+              "--invoke-port", PORT, "--data-file", data_file)
+    print(out.stdout.strip()[:400], flush=True)
+    return json.loads(out.stdout)
+
+
+def with_function(binary, env, data_file, work):
+    """Runs one function binary against the runtime API for one invocation."""
+    fenv = dict(os.environ, **env,
+                AWS_LAMBDA_RUNTIME_API=f"http://127.0.0.1:{PORT}/.rt",
+                AWS_LAMBDA_FUNCTION_NAME="_", AWS_LAMBDA_FUNCTION_VERSION="1",
+                AWS_LAMBDA_FUNCTION_MEMORY_SIZE="512", RUST_LOG="info")
+    with open(work / f"{binary.name}.log", "w") as log:
+        p = start([binary], env=fenv, log=log)
+        try:
+            time.sleep(0.3)
+            if p.poll() is not None:
+                raise SystemExit(f"{binary.name} exited early:\n" + (work / f"{binary.name}.log").read_text())
+            return invoke(data_file)
+        finally:
+            stop(p)
+
+
+def main(release):
+    release = pathlib.Path(release)
+    cli = release / "fhe-batch"
+    work = pathlib.Path(tempfile.mkdtemp(prefix="fheb-rt-"))
+    s3 = boto3.client("s3", endpoint_url=ENDPOINT)
+    sqs = boto3.client("sqs", endpoint_url=ENDPOINT)
+    bucket = f"fheb-rt-{os.getpid()}"
+    try:
+        # Client side: a model, a key and an encrypted batch of the 150 Iris records.
+        run(cli, "train", "--data", ROOT / "data/iris.csv", "--out", work / "model")
+        run(cli, "keygen", "--out", work / "client.key")
+        run(cli, "encrypt", "--model", work / "model", "--key", work / "client.key",
+            "--input", ROOT / "data/iris.csv", "--out", work / "claims-2026.fheb")
+        model_id = json.loads((work / "model/manifest.json").read_text())["model_id"]
+
+        # The stack: bucket, job queue; model published, batch uploaded.
+        s3.create_bucket(Bucket=bucket)
+        queue_url = sqs.create_queue(QueueName=f"{bucket}-jobs",
+                                     Attributes={"VisibilityTimeout": "30"})["QueueUrl"]
+        for part in ("server.bin", "client.json", "manifest.json"):
+            s3.upload_file(str(work / "model" / part), bucket, f"models/{model_id}/{part}")
+        s3.upload_file(str(work / "claims-2026.fheb"), bucket, "inbox/claims-2026.fheb")
+        env = {"FHE_BATCH_BUCKET": bucket, "JOBS_QUEUE_URL": queue_url, "S3_FORCE_PATH_STYLE": "true"}
+
+        watch_log = open(work / "watch.log", "w")
+        start(["cargo", "lambda", "watch", "--only-lambda-apis", "--invoke-address", "127.0.0.1",
+               "--invoke-port", str(PORT)], log=watch_log)
+        time.sleep(2.0)
+
+        # ingest: the S3 fixture, pointed at this bucket.
+        event = json.loads((FIXTURES / "s3-put.json").read_text())
+        event["Records"][0]["s3"]["bucket"]["name"] = bucket
+        (work / "s3.json").write_text(json.dumps(event))
+        out = with_function(release / "ingest", env, work / "s3.json", work)
+        assert out == {"ingested": [{"job": "claims-2026", "outcome": "queued", "chunks": 1}]}, out
+        out = with_function(release / "ingest", env, FIXTURES / "s3-test-event.json", work)
+        assert out == {"ingested": []}, out
+
+        # worker: an SQS event built from the real queued message.
+        msgs = sqs.receive_message(QueueUrl=queue_url, MaxNumberOfMessages=10,
+                                   AttributeNames=["All"], WaitTimeSeconds=2).get("Messages", [])
+        assert len(msgs) == 1, msgs
+        event = json.loads((FIXTURES / "sqs-chunk.json").read_text())
+        record = event["Records"][0]
+        record.update(messageId=msgs[0]["MessageId"], receiptHandle=msgs[0]["ReceiptHandle"],
+                      body=msgs[0]["Body"])
+        (work / "sqs.json").write_text(json.dumps(event))
+        out = with_function(release / "worker", env, work / "sqs.json", work)
+        assert out == {"batchItemFailures": []}, out
+
+        # status: the Function URL fixture.
+        out = with_function(release / "status", env, FIXTURES / "status-get-job.json", work)
+        assert out["statusCode"] == 200, out
+        status = json.loads(out["body"])
+        assert status["state"] == "SUCCEEDED" and status["chunks_done"] == 1, status
+
+        # Client side again: fetch and decrypt.
+        (work / "results").mkdir()
+        for obj in s3.list_objects_v2(Bucket=bucket, Prefix="results/claims-2026/")["Contents"]:
+            s3.download_file(bucket, obj["Key"], str(work / "results" / pathlib.Path(obj["Key"]).name))
+        run(cli, "decrypt", "--model", work / "model", "--key", work / "client.key",
+            "--results", work / "results", "--out", work / "predictions.csv")
+        lines = (work / "predictions.csv").read_text().splitlines()
+        assert len(lines) == 151, len(lines)
+        print("runtime loop: ingest, worker and status answered their fixtures; 150 predictions decrypted")
+    finally:
+        for p in procs:
+            stop(p)
+        shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1])

@@ -1,0 +1,84 @@
+//! Configuration of the functions, read once at cold start from the environment.
+
+use fhe_batch_core::format::BatchLimits;
+
+/// Why the function cannot start.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("environment variable {0} is not set")]
+    Missing(&'static str),
+    #[error("environment variable {name} is not a valid number: {value:?}")]
+    Number { name: &'static str, value: String },
+}
+
+/// What every function needs. Never holds secrets (credentials come from the SDK chain).
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// The bucket (`FHE_BATCH_BUCKET`).
+    pub bucket: String,
+    /// The job queue (`JOBS_QUEUE_URL`); only ingest needs it.
+    pub queue_url: Option<String>,
+    /// The queue's dead-letter limit (`MAX_RECEIVES`, default 5).
+    pub max_receives: u32,
+    /// Batch limits (`MAX_BATCH_RECORDS`, `MAX_BATCH_BYTES`).
+    pub limits: BatchLimits,
+}
+
+fn number<T: std::str::FromStr>(name: &'static str, default: T) -> Result<T, ConfigError> {
+    match std::env::var(name) {
+        Ok(v) => v
+            .parse()
+            .map_err(|_| ConfigError::Number { name, value: v }),
+        Err(_) => Ok(default),
+    }
+}
+
+impl Config {
+    pub fn from_env() -> Result<Self, ConfigError> {
+        let defaults = BatchLimits::default();
+        Ok(Self {
+            bucket: std::env::var("FHE_BATCH_BUCKET")
+                .map_err(|_| ConfigError::Missing("FHE_BATCH_BUCKET"))?,
+            queue_url: std::env::var("JOBS_QUEUE_URL").ok(),
+            max_receives: number("MAX_RECEIVES", 5)?,
+            limits: BatchLimits {
+                max_records: number("MAX_BATCH_RECORDS", defaults.max_records)?,
+                max_batch_bytes: number("MAX_BATCH_BYTES", defaults.max_batch_bytes)?,
+                ..defaults
+            },
+        })
+    }
+
+    pub fn queue_url(&self) -> Result<&str, ConfigError> {
+        self.queue_url
+            .as_deref()
+            .ok_or(ConfigError::Missing("JOBS_QUEUE_URL"))
+    }
+}
+
+/// Builds the S3 and SQS clients from the standard AWS configuration chain (so
+/// `AWS_ENDPOINT_URL` points both at a local endpoint). `S3_FORCE_PATH_STYLE=true` selects
+/// path-style addressing, which local endpoints need.
+pub async fn clients() -> (aws_sdk_s3::Client, aws_sdk_sqs::Client) {
+    let shared = aws_config::defaults(aws_config::BehaviorVersion::latest())
+        .load()
+        .await;
+    let path_style = std::env::var("S3_FORCE_PATH_STYLE").is_ok_and(|v| v == "true" || v == "1");
+    let s3 = aws_sdk_s3::config::Builder::from(&shared)
+        .force_path_style(path_style)
+        .build();
+    (
+        aws_sdk_s3::Client::from_conf(s3),
+        aws_sdk_sqs::Client::new(&shared),
+    )
+}
+
+/// JSON logs for CloudWatch, filtered by `RUST_LOG`. Never logs key or ciphertext bytes: the
+/// pipeline logs ids, sizes and outcomes only.
+pub fn init_tracing() {
+    tracing_subscriber::fmt()
+        .json()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .without_time()
+        .init();
+}

@@ -1,0 +1,219 @@
+//! The Lambda event handlers, generic over the ports so they are tested without AWS. Each
+//! function's `main` only builds clients and hands events to these.
+
+use aws_lambda_events::event::s3::S3Event;
+use aws_lambda_events::event::sqs::{BatchItemFailure, SqsBatchResponse, SqsEvent};
+use fhe_batch_core::format::BatchLimits;
+use fhe_batch_core::ids::JobId;
+use fhe_batch_core::pipeline::{
+    ChunkEvaluator, IngestOutcome, PipelineError, StatusError, Worker, ingest_object, job_status,
+    list_jobs,
+};
+use fhe_batch_core::ports::{JobQueue, ObjectStore};
+use std::sync::Arc;
+use tracing::{error, info, warn};
+
+/// Decodes an S3 event object key (URL-encoded, `+` for space).
+pub fn decode_s3_key(raw: &str) -> Option<String> {
+    let bytes = raw.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'+' => out.push(b' '),
+            b'%' => {
+                let hex = raw.get(i + 1..i + 3)?;
+                out.push(u8::from_str_radix(hex, 16).ok()?);
+                i += 2;
+            }
+            b => out.push(b),
+        }
+        i += 1;
+    }
+    String::from_utf8(out).ok()
+}
+
+/// Handles an S3 notification for the ingest function: each `ObjectCreated` record is ingested
+/// (several per event are possible); the `s3:TestEvent` message and objects of other buckets
+/// are ignored. An invalid batch becomes a FAILED job and counts as handled. Returns `Err` only
+/// when storage or the queue failed, so the asynchronous invocation is retried (ingest is
+/// idempotent) and finally sent to the on-failure destination.
+pub async fn handle_s3_event<S: ObjectStore, Q: JobQueue>(
+    store: &S,
+    queue: &Q,
+    bucket: &str,
+    event: serde_json::Value,
+    limits: &BatchLimits,
+) -> Result<Vec<IngestOutcome>, PipelineError> {
+    if event.get("Event").and_then(|e| e.as_str()) == Some("s3:TestEvent") {
+        info!("ignoring s3:TestEvent");
+        return Ok(Vec::new());
+    }
+    let event: S3Event = match serde_json::from_value(event) {
+        Ok(e) => e,
+        Err(e) => {
+            warn!(error = %e, "not an S3 event; ignored");
+            return Ok(Vec::new());
+        }
+    };
+    let mut outcomes = Vec::new();
+    let mut first_error = None;
+    for record in event.records {
+        let (Some(name), Some(raw_key)) = (record.s3.bucket.name, record.s3.object.key) else {
+            continue;
+        };
+        if name != bucket {
+            warn!(bucket = %name, "event for another bucket; ignored");
+            continue;
+        }
+        let Some(key) = decode_s3_key(&raw_key) else {
+            warn!(key = %raw_key, "undecodable object key; ignored");
+            continue;
+        };
+        match ingest_object(store, queue, &key, limits).await {
+            Ok(o) => {
+                info!(key = %key, outcome = ?o, "ingested");
+                outcomes.push(o);
+            }
+            Err(e) => {
+                error!(key = %key, error = %e, "ingest failed; the invocation will be retried");
+                first_error.get_or_insert(e);
+            }
+        }
+    }
+    match first_error {
+        Some(e) => Err(e),
+        None => Ok(outcomes),
+    }
+}
+
+/// Handles an SQS batch for the worker function with partial batch failures: a record whose
+/// attempt fails (or panics) is reported alone and comes back after the visibility timeout;
+/// the others are deleted by the event source mapping.
+pub async fn handle_sqs_event<S, E>(worker: Arc<Worker<S, E>>, event: SqsEvent) -> SqsBatchResponse
+where
+    S: ObjectStore + 'static,
+    E: ChunkEvaluator + 'static,
+{
+    let mut response = SqsBatchResponse::default();
+    for message in event.records {
+        let id = message.message_id.clone().unwrap_or_default();
+        let body = message.body.clone().unwrap_or_default();
+        let receive_count = message
+            .attributes
+            .get("ApproximateReceiveCount")
+            .and_then(|c| c.parse().ok())
+            .unwrap_or(1);
+        let w = worker.clone();
+        // A task per record: a panic anywhere in it fails this record only.
+        let result =
+            tokio::spawn(async move { w.handle_message(&body, receive_count).await }).await;
+        let failed = match result {
+            Ok(Ok(outcome)) => {
+                info!(message = %id, ?outcome, "chunk handled");
+                false
+            }
+            Ok(Err(e)) => {
+                warn!(message = %id, error = %e, "chunk will be retried");
+                true
+            }
+            Err(e) => {
+                error!(message = %id, error = %e, "chunk handler panicked");
+                true
+            }
+        };
+        if failed {
+            let mut f = BatchItemFailure::default();
+            f.item_identifier = id;
+            response.batch_item_failures.push(f);
+        }
+    }
+    response
+}
+
+/// An HTTP answer of the status function.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HttpReply {
+    pub status: u16,
+    pub body: String,
+}
+
+fn json_reply(status: u16, value: serde_json::Value) -> HttpReply {
+    HttpReply {
+        status,
+        body: value.to_string(),
+    }
+}
+
+/// Routes a status request: `GET /jobs` lists jobs, `GET /jobs/{job}` reports one job (404 for
+/// an unknown job, 400 for an invalid id).
+pub async fn handle_status_request<S: ObjectStore>(
+    store: &S,
+    method: &str,
+    path: &str,
+) -> HttpReply {
+    if method != "GET" {
+        return json_reply(405, serde_json::json!({"error": "only GET is supported"}));
+    }
+    let path = path.trim_end_matches('/');
+    if path == "/jobs" {
+        return match list_jobs(store).await {
+            Ok(jobs) => json_reply(200, serde_json::json!({ "jobs": jobs })),
+            Err(e) => {
+                error!(error = %e, "listing jobs failed");
+                json_reply(
+                    503,
+                    serde_json::json!({"error": "storage unavailable, retry"}),
+                )
+            }
+        };
+    }
+    let Some(raw) = path.strip_prefix("/jobs/") else {
+        return json_reply(
+            404,
+            serde_json::json!({"error": "use GET /jobs or GET /jobs/{job}"}),
+        );
+    };
+    let job = match decode_s3_key(raw).as_deref().map(JobId::parse) {
+        Some(Ok(job)) => job,
+        Some(Err(e)) => return json_reply(400, serde_json::json!({"error": e.to_string()})),
+        None => return json_reply(400, serde_json::json!({"error": "invalid job id"})),
+    };
+    match job_status(store, &job).await {
+        Ok(st) => HttpReply {
+            status: 200,
+            body: serde_json::to_string(&st).expect("status serializes"),
+        },
+        Err(StatusError::NotFound(job)) => json_reply(
+            404,
+            serde_json::json!({"error": format!("no job named {job}")}),
+        ),
+        Err(StatusError::Store(e)) => {
+            error!(error = %e, "status failed");
+            json_reply(
+                503,
+                serde_json::json!({"error": "storage unavailable, retry"}),
+            )
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn s3_keys_decode() {
+        assert_eq!(
+            decode_s3_key("inbox/a+b%2Bc.fheb").unwrap(),
+            "inbox/a b+c.fheb"
+        );
+        assert_eq!(
+            decode_s3_key("inbox/claims.fheb").unwrap(),
+            "inbox/claims.fheb"
+        );
+        assert!(decode_s3_key("bad%2").is_none());
+        assert!(decode_s3_key("bad%zz").is_none());
+        assert!(decode_s3_key("%ff%fe").is_none());
+    }
+}

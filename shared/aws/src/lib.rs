@@ -1,0 +1,19 @@
+//! # fhe-batch-aws
+//!
+//! The AWS side of fhe-batch:
+//!
+//! - [`S3Store`]: the [`ObjectStore`](fhe_batch_core::ports::ObjectStore) port on S3: ranged
+//!   GETs, create-once PUTs with `If-None-Match: *` (412 means "already done"), paginated lists;
+//! - [`SqsQueue`]: the [`JobQueue`](fhe_batch_core::ports::JobQueue) port on SQS: batched sends
+//!   of pointer-only messages, receives with the receive count, deletes;
+//! - [`handlers`]: the three functions' event handlers (S3 notifications for ingest, SQS
+//!   batches with partial failures for the worker, HTTP routes for status);
+//! - [`config`]: environment configuration and SDK clients (`AWS_ENDPOINT_URL` aware).
+
+pub mod config;
+pub mod handlers;
+mod s3;
+mod sqs;
+
+pub use s3::S3Store;
+pub use sqs::SqsQueue;

@@ -1,0 +1,216 @@
+//! [`ObjectStore`] on Amazon S3.
+
+use aws_sdk_s3::config::http::HttpResponse;
+use aws_sdk_s3::error::{ProvideErrorMetadata, SdkError};
+use aws_sdk_s3::primitives::ByteStream;
+use fhe_batch_core::ports::{ObjectStore, PutOutcome, StoreError};
+
+/// One bucket of S3 (or any S3-compatible endpoint) as the object store.
+#[derive(Debug, Clone)]
+pub struct S3Store {
+    client: aws_sdk_s3::Client,
+    bucket: String,
+}
+
+impl S3Store {
+    pub fn new(client: aws_sdk_s3::Client, bucket: impl Into<String>) -> Self {
+        Self {
+            client,
+            bucket: bucket.into(),
+        }
+    }
+
+    pub fn bucket(&self) -> &str {
+        &self.bucket
+    }
+}
+
+/// HTTP status of a failed request, when a response came back.
+pub(crate) fn status_of<E>(err: &SdkError<E, HttpResponse>) -> Option<u16> {
+    err.raw_response().map(|r| r.status().as_u16())
+}
+
+/// Maps an SDK error to a [`StoreError`], keeping "not found" apart and saying whether a retry
+/// may help (throttling, 5xx, timeouts and connection trouble may; other 4xx may not).
+fn map_err<E>(key: &str, err: SdkError<E, HttpResponse>) -> StoreError
+where
+    E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
+{
+    let status = status_of(&err);
+    let code = err.code().map(str::to_string);
+    if status == Some(404) || matches!(code.as_deref(), Some("NoSuchKey" | "NotFound")) {
+        return StoreError::NotFound {
+            key: key.to_string(),
+        };
+    }
+    let retryable = match &err {
+        SdkError::TimeoutError(_) | SdkError::DispatchFailure(_) | SdkError::ResponseError(_) => {
+            true
+        }
+        _ => {
+            matches!(status, Some(408 | 409 | 429 | 500..=599))
+                || matches!(
+                    code.as_deref(),
+                    Some("SlowDown" | "Throttling" | "RequestTimeout")
+                )
+        }
+    };
+    StoreError::Backend {
+        key: key.to_string(),
+        message: aws_sdk_s3::error::DisplayErrorContext(&err).to_string(),
+        retryable,
+    }
+}
+
+/// Reads a response body to the end; a broken stream is worth a retry.
+async fn collect(key: &str, body: ByteStream) -> Result<Vec<u8>, StoreError> {
+    Ok(body
+        .collect()
+        .await
+        .map_err(|e| StoreError::Backend {
+            key: key.to_string(),
+            message: format!("reading the body: {e}"),
+            retryable: true,
+        })?
+        .into_bytes()
+        .to_vec())
+}
+
+impl ObjectStore for S3Store {
+    async fn get(&self, key: &str, max_bytes: u64) -> Result<Vec<u8>, StoreError> {
+        let out = self
+            .client
+            .get_object()
+            .bucket(&self.bucket)
+            .key(key)
+            .send()
+            .await
+            .map_err(|e| map_err(key, e))?;
+        let size = out.content_length().unwrap_or(0).max(0) as u64;
+        if size > max_bytes {
+            return Err(StoreError::TooLarge {
+                key: key.to_string(),
+                size,
+                limit: max_bytes,
+            });
+        }
+        let bytes = collect(key, out.body).await?;
+        if bytes.len() as u64 > max_bytes {
+            return Err(StoreError::TooLarge {
+                key: key.to_string(),
+                size: bytes.len() as u64,
+                limit: max_bytes,
+            });
+        }
+        Ok(bytes)
+    }
+
+    async fn get_range(&self, key: &str, start: u64, len: u64) -> Result<Vec<u8>, StoreError> {
+        if len == 0 {
+            return Ok(Vec::new());
+        }
+        let out = self
+            .client
+            .get_object()
+            .bucket(&self.bucket)
+            .key(key)
+            .range(format!("bytes={start}-{}", start + len - 1))
+            .send()
+            .await
+            .map_err(|e| match map_err(key, e) {
+                StoreError::Backend { message, .. } if message.contains("InvalidRange") => {
+                    StoreError::Range {
+                        key: key.to_string(),
+                        start,
+                        len,
+                        size: 0,
+                    }
+                }
+                other => other,
+            })?;
+        let bytes = collect(key, out.body).await?;
+        if bytes.len() as u64 != len {
+            return Err(StoreError::Range {
+                key: key.to_string(),
+                start,
+                len,
+                size: start + bytes.len() as u64,
+            });
+        }
+        Ok(bytes)
+    }
+
+    async fn size(&self, key: &str) -> Result<Option<u64>, StoreError> {
+        match self
+            .client
+            .head_object()
+            .bucket(&self.bucket)
+            .key(key)
+            .send()
+            .await
+        {
+            Ok(out) => Ok(Some(out.content_length().unwrap_or(0).max(0) as u64)),
+            Err(e) => match map_err(key, e) {
+                StoreError::NotFound { .. } => Ok(None),
+                other => Err(other),
+            },
+        }
+    }
+
+    async fn put(&self, key: &str, bytes: Vec<u8>) -> Result<(), StoreError> {
+        self.client
+            .put_object()
+            .bucket(&self.bucket)
+            .key(key)
+            .body(ByteStream::from(bytes))
+            .send()
+            .await
+            .map_err(|e| map_err(key, e))?;
+        Ok(())
+    }
+
+    async fn put_if_absent(&self, key: &str, bytes: Vec<u8>) -> Result<PutOutcome, StoreError> {
+        match self
+            .client
+            .put_object()
+            .bucket(&self.bucket)
+            .key(key)
+            .if_none_match("*")
+            .body(ByteStream::from(bytes))
+            .send()
+            .await
+        {
+            Ok(_) => Ok(PutOutcome::Created),
+            Err(e) => {
+                let code = e.code().map(str::to_string);
+                let status = status_of(&e);
+                if status == Some(412) || code.as_deref() == Some("PreconditionFailed") {
+                    Ok(PutOutcome::AlreadyExists)
+                } else {
+                    Err(map_err(key, e))
+                }
+            }
+        }
+    }
+
+    async fn list(&self, prefix: &str) -> Result<Vec<String>, StoreError> {
+        let mut out = Vec::new();
+        let mut pages = self
+            .client
+            .list_objects_v2()
+            .bucket(&self.bucket)
+            .prefix(prefix)
+            .into_paginator()
+            .send();
+        while let Some(page) = pages.next().await {
+            let page = page.map_err(|e| map_err(prefix, e))?;
+            out.extend(
+                page.contents()
+                    .iter()
+                    .filter_map(|o| o.key().map(str::to_string)),
+            );
+        }
+        out.sort();
+        Ok(out)
+    }
+}

@@ -1,0 +1,305 @@
+//! The AWS adapters and the three handlers against a real S3/SQS wire protocol: a moto server
+//! on 127.0.0.1 that `infra/test.sh` starts (`AWS_ENDPOINT_URL`). Under CI the endpoint is
+//! required; elsewhere these tests say they were skipped.
+
+use crate::common::*;
+use aws_lambda_events::event::s3::S3Event;
+use aws_lambda_events::event::sqs::{SqsEvent, SqsMessage};
+use aws_sdk_sqs::types::QueueAttributeName;
+use fhe_batch_aws::handlers::{handle_s3_event, handle_sqs_event, handle_status_request};
+use fhe_batch_aws::{S3Store, SqsQueue};
+use fhe_batch_core::format::BatchLimits;
+use fhe_batch_core::ids::JobId;
+use fhe_batch_core::job::JobStatus;
+use fhe_batch_core::layout;
+use fhe_batch_core::pipeline::{IngestOutcome, Worker, WorkerConfig};
+use fhe_batch_core::ports::{JobQueue, ObjectStore, PutOutcome};
+use fhe_batch_fhe::GlweEvaluator;
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+fn fixture(name: &str) -> serde_json::Value {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("fixtures/events")
+        .join(name);
+    serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
+}
+
+/// The endpoint, or `None` (with a note) when not running under `infra/test.sh`.
+fn endpoint() -> Option<String> {
+    match std::env::var("AWS_ENDPOINT_URL") {
+        Ok(e) if e.starts_with("http://127.0.0.1") => Some(e),
+        _ if std::env::var("CI").is_ok() => {
+            panic!("CI must run these tests against the local endpoint (see infra/test.sh)")
+        }
+        _ => {
+            eprintln!("skipped: no local S3/SQS endpoint; run ./infra/test.sh");
+            None
+        }
+    }
+}
+
+struct Aws {
+    store: S3Store,
+    queue: SqsQueue,
+    sqs: aws_sdk_sqs::Client,
+    bucket: String,
+    dlq_url: String,
+}
+
+/// A fresh bucket, job queue and dead-letter queue (max 5 receives, 2 s visibility).
+async fn setup(name: &str) -> Aws {
+    let (s3, sqs) = fhe_batch_aws::config::clients().await;
+    let bucket = format!("fheb-{name}-{}", std::process::id());
+    s3.create_bucket().bucket(&bucket).send().await.unwrap();
+    let dlq_url = sqs
+        .create_queue()
+        .queue_name(format!("{bucket}-dlq"))
+        .send()
+        .await
+        .unwrap()
+        .queue_url
+        .unwrap();
+    let dlq_arn = sqs
+        .get_queue_attributes()
+        .queue_url(&dlq_url)
+        .attribute_names(QueueAttributeName::QueueArn)
+        .send()
+        .await
+        .unwrap()
+        .attributes
+        .unwrap()[&QueueAttributeName::QueueArn]
+        .clone();
+    let url = sqs
+        .create_queue()
+        .queue_name(format!("{bucket}-jobs"))
+        .attributes(QueueAttributeName::VisibilityTimeout, "2")
+        .attributes(
+            QueueAttributeName::RedrivePolicy,
+            serde_json::json!({"deadLetterTargetArn": dlq_arn, "maxReceiveCount": "5"}).to_string(),
+        )
+        .send()
+        .await
+        .unwrap()
+        .queue_url
+        .unwrap();
+    Aws {
+        store: S3Store::new(s3, &bucket),
+        queue: SqsQueue::new(sqs.clone(), url),
+        sqs,
+        bucket,
+        dlq_url,
+    }
+}
+
+/// An SQS event built from real received messages, as the event source mapping would.
+fn sqs_event(deliveries: &[fhe_batch_core::ports::Delivery]) -> SqsEvent {
+    let mut event = SqsEvent::default();
+    for d in deliveries {
+        let mut m = SqsMessage::default();
+        m.message_id = Some(d.message_id.clone());
+        m.receipt_handle = Some(d.receipt.clone());
+        m.body = Some(d.body.clone());
+        m.attributes = HashMap::from([(
+            "ApproximateReceiveCount".to_string(),
+            d.receive_count.to_string(),
+        )]);
+        event.records.push(m);
+    }
+    event
+}
+
+async fn receive_n(q: &SqsQueue, n: usize) -> Vec<fhe_batch_core::ports::Delivery> {
+    let mut out = Vec::new();
+    for _ in 0..50 {
+        out.extend(q.receive(10, Duration::from_secs(1)).await.unwrap());
+        if out.len() >= n {
+            break;
+        }
+    }
+    out
+}
+
+#[test]
+fn event_fixtures_parse_into_their_types() {
+    let s3: S3Event = serde_json::from_value(fixture("s3-put.json")).unwrap();
+    assert_eq!(
+        s3.records[0].s3.object.key.as_deref(),
+        Some("inbox/claims-2026.fheb")
+    );
+    let sqs: SqsEvent = serde_json::from_value(fixture("sqs-chunk.json")).unwrap();
+    let body = sqs.records[0].body.as_deref().unwrap();
+    fhe_batch_core::job::ChunkMessage::parse(body).unwrap();
+    let http = fixture("status-get-job.json");
+    assert_eq!(http["rawPath"], "/jobs/claims-2026");
+    assert_eq!(fixture("s3-test-event.json")["Event"], "s3:TestEvent");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pipeline_over_s3_and_sqs_with_the_lambda_handlers() {
+    if endpoint().is_none() {
+        return;
+    }
+    let aws = setup("e2e").await;
+    publish(&aws.store, iris_package()).await;
+    // Upload as `aws s3 cp` would, then hand ingest the fixture event naming it.
+    let (bytes, q) = iris_batch(5000, 21);
+    let job = JobId::parse("claims-2026").unwrap();
+    aws.store.put(&layout::inbox(&job), bytes).await.unwrap();
+    let mut event = fixture("s3-put.json");
+    event["Records"][0]["s3"]["bucket"]["name"] = aws.bucket.clone().into();
+    let limits = BatchLimits::default();
+    let out = handle_s3_event(&aws.store, &aws.queue, &aws.bucket, event, &limits)
+        .await
+        .unwrap();
+    assert_eq!(
+        out,
+        vec![IngestOutcome::Queued {
+            job: job.clone(),
+            chunks: 3
+        }]
+    );
+    // The test event and another bucket's event are ignored.
+    let ignored = handle_s3_event(
+        &aws.store,
+        &aws.queue,
+        &aws.bucket,
+        fixture("s3-test-event.json"),
+        &limits,
+    )
+    .await
+    .unwrap();
+    assert!(ignored.is_empty());
+    let reply = handle_status_request(&aws.store, "GET", "/jobs/claims-2026").await;
+    assert_eq!(reply.status, 200);
+    let st: JobStatus = serde_json::from_str(&reply.body).unwrap();
+    assert_eq!((st.chunks_done, st.chunks_total), (0, 3));
+
+    // Workers consume real SQS messages; successes are deleted as the event source would.
+    let worker = Arc::new(Worker::new(
+        aws.store.clone(),
+        GlweEvaluator,
+        WorkerConfig::default(),
+    ));
+    let deliveries = receive_n(&aws.queue, 3).await;
+    assert_eq!(deliveries.len(), 3);
+    assert!(
+        deliveries.iter().all(|d| d.body.len() < 1024),
+        "pointers only"
+    );
+    let response = handle_sqs_event(worker.clone(), sqs_event(&deliveries)).await;
+    assert!(response.batch_item_failures.is_empty());
+    for d in &deliveries {
+        aws.queue.ack(&d.receipt).await.unwrap();
+    }
+    // A duplicate delivery of the same messages changes nothing.
+    let before = results(&aws.store, &job).await;
+    let response = handle_sqs_event(worker.clone(), sqs_event(&deliveries)).await;
+    assert!(response.batch_item_failures.is_empty());
+    assert_eq!(results(&aws.store, &job).await, before);
+
+    let reply = handle_status_request(&aws.store, "GET", "/jobs/claims-2026").await;
+    let st: JobStatus = serde_json::from_str(&reply.body).unwrap();
+    assert_eq!(st.state, fhe_batch_core::job::JobState::Succeeded);
+    assert_eq!(
+        handle_status_request(&aws.store, "GET", "/jobs/nope")
+            .await
+            .status,
+        404
+    );
+    assert_eq!(
+        handle_status_request(&aws.store, "GET", "/jobs/..%2Fx")
+            .await
+            .status,
+        400
+    );
+    let list = handle_status_request(&aws.store, "GET", "/jobs").await;
+    assert!(list.body.contains("claims-2026"), "{}", list.body);
+
+    // Decrypt what S3 holds: every record equals the plaintext reference.
+    let pkg = iris_package();
+    let logits = fhe_batch_fhe::batch::decrypt_job(
+        key(),
+        &pkg.client,
+        &pkg.manifest.model_id,
+        &before,
+        &|_| {},
+    )
+    .unwrap();
+    let f = pkg.client.n_features();
+    for (x, l) in q.chunks_exact(f).zip(logits.chunks_exact(3)) {
+        assert_eq!(pkg.server.eval_plain(x), l);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_endpoint_honours_if_none_match() {
+    if endpoint().is_none() {
+        return;
+    }
+    let aws = setup("inm").await;
+    assert_eq!(
+        aws.store
+            .put_if_absent("r/x", b"first".to_vec())
+            .await
+            .unwrap(),
+        PutOutcome::Created
+    );
+    // If the endpoint ignored If-None-Match, this would overwrite and report Created.
+    assert_eq!(
+        aws.store
+            .put_if_absent("r/x", b"second".to_vec())
+            .await
+            .unwrap(),
+        PutOutcome::AlreadyExists
+    );
+    assert_eq!(aws.store.get("r/x", 100).await.unwrap(), b"first");
+    assert_eq!(aws.store.get_range("r/x", 1, 3).await.unwrap(), b"irs");
+    assert!(aws.store.get_range("r/x", 3, 10).await.is_err());
+    assert!(matches!(
+        aws.store.get("r/x", 2).await,
+        Err(fhe_batch_core::ports::StoreError::TooLarge { .. })
+    ));
+    assert_eq!(aws.store.size("r/none").await.unwrap(), None);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_that_keeps_failing_reaches_the_dead_letter_queue() {
+    if endpoint().is_none() {
+        return;
+    }
+    let aws = setup("dlq").await;
+    aws.queue
+        .send_batch(vec!["not a chunk message".into()])
+        .await
+        .unwrap();
+    // Receive without deleting until SQS moves it: 5 receives, 2 s visibility each.
+    let mut receives = 0;
+    for _ in 0..40 {
+        let got = aws.queue.receive(1, Duration::from_secs(1)).await.unwrap();
+        receives += got.len();
+        let dead = aws
+            .sqs
+            .receive_message()
+            .queue_url(&aws.dlq_url)
+            .send()
+            .await
+            .unwrap();
+        if !dead.messages().is_empty() {
+            assert_eq!(dead.messages()[0].body(), Some("not a chunk message"));
+            assert_eq!(receives, 5);
+            return;
+        }
+    }
+    panic!("message never reached the dead-letter queue ({receives} receives)");
+}
+
+async fn results(store: &S3Store, job: &JobId) -> Vec<(String, Vec<u8>)> {
+    let mut out = Vec::new();
+    for k in store.list(&layout::results_prefix(job)).await.unwrap() {
+        let b = store.get(&k, 1 << 30).await.unwrap();
+        out.push((k, b));
+    }
+    out
+}
