@@ -4,12 +4,14 @@ function binary runs against it as it would on provided.al2023, and `cargo lambd
 --data-file` sends the event fixtures of tests/fixtures/events (the same files `sam local
 invoke -e` takes). S3 and SQS are the moto server infra/test.sh started (AWS_ENDPOINT_URL).
 
-Flow: train, keygen and encrypt with the fhe-batch CLI; upload model and batch to a fresh
-bucket; invoke ingest with the S3 fixture; invoke the worker with an SQS event built from the
-real queued message; invoke status with the Function URL fixture; download and decrypt the
-results. Every process started here is stopped by its PID. Exits non-zero on any failure.
+Flow: train, keygen and encrypt with the fhe-batch CLI; publish the model and submit the batch
+to a fresh bucket with the CLI; invoke ingest with the S3 fixture; invoke the worker with an SQS
+event built from the real queued message; invoke status with the Function URL fixture; check
+status, fetch and decrypt with the CLI. Every process started here is stopped by its PID. Exits non-zero on any failure.
 
 Usage: python runtime_loop_test.py TARGET_RELEASE_DIR
+       python runtime_loop_test.py --ingest BOOTSTRAP --worker BOOTSTRAP --status BOOTSTRAP
+         (the binaries `sam build` produced; the CLI comes from $FHE_BATCH_CLI)
 """
 import json
 import os
@@ -63,20 +65,27 @@ def with_function(binary, env, data_file, work):
                 AWS_LAMBDA_RUNTIME_API=f"http://127.0.0.1:{PORT}/.rt",
                 AWS_LAMBDA_FUNCTION_NAME="_", AWS_LAMBDA_FUNCTION_VERSION="1",
                 AWS_LAMBDA_FUNCTION_MEMORY_SIZE="512", RUST_LOG="info")
-    with open(work / f"{binary.name}.log", "w") as log:
+    log_path = work / f"{binary.parent.name}-{binary.name}.log"
+    with open(log_path, "w") as log:
         p = start([binary], env=fenv, log=log)
         try:
             time.sleep(0.3)
             if p.poll() is not None:
-                raise SystemExit(f"{binary.name} exited early:\n" + (work / f"{binary.name}.log").read_text())
+                raise SystemExit(f"{binary} exited early:\n" + log_path.read_text())
             return invoke(data_file)
         finally:
             stop(p)
 
 
-def main(release):
-    release = pathlib.Path(release)
-    cli = release / "fhe-batch"
+def main(argv):
+    if argv[0].startswith("--"):
+        opts = dict(zip(argv[0::2], argv[1::2]))
+        fns = {k: pathlib.Path(opts[f"--{k}"]).resolve() for k in ("ingest", "worker", "status")}
+        cli = pathlib.Path(os.environ["FHE_BATCH_CLI"])
+    else:
+        release = pathlib.Path(argv[0])
+        fns = {k: release / k for k in ("ingest", "worker", "status")}
+        cli = release / "fhe-batch"
     work = pathlib.Path(tempfile.mkdtemp(prefix="fheb-rt-"))
     s3 = boto3.client("s3", endpoint_url=ENDPOINT)
     sqs = boto3.client("sqs", endpoint_url=ENDPOINT)
@@ -93,9 +102,10 @@ def main(release):
         s3.create_bucket(Bucket=bucket)
         queue_url = sqs.create_queue(QueueName=f"{bucket}-jobs",
                                      Attributes={"VisibilityTimeout": "30"})["QueueUrl"]
-        for part in ("server.bin", "client.json", "manifest.json"):
-            s3.upload_file(str(work / "model" / part), bucket, f"models/{model_id}/{part}")
-        s3.upload_file(str(work / "claims-2026.fheb"), bucket, "inbox/claims-2026.fheb")
+        # The CLI publishes and uploads over the S3 wire protocol (as it would to AWS).
+        run(cli, "publish", "--model", work / "model", "--bucket", bucket)
+        run(cli, "submit", work / "claims-2026.fheb", "--bucket", bucket)
+        assert s3.head_object(Bucket=bucket, Key=f"models/{model_id}/server.bin")
         env = {"FHE_BATCH_BUCKET": bucket, "JOBS_QUEUE_URL": queue_url, "S3_FORCE_PATH_STYLE": "true"}
 
         watch_log = open(work / "watch.log", "w")
@@ -107,9 +117,9 @@ def main(release):
         event = json.loads((FIXTURES / "s3-put.json").read_text())
         event["Records"][0]["s3"]["bucket"]["name"] = bucket
         (work / "s3.json").write_text(json.dumps(event))
-        out = with_function(release / "ingest", env, work / "s3.json", work)
+        out = with_function(fns["ingest"], env, work / "s3.json", work)
         assert out == {"ingested": [{"job": "claims-2026", "outcome": "queued", "chunks": 1}]}, out
-        out = with_function(release / "ingest", env, FIXTURES / "s3-test-event.json", work)
+        out = with_function(fns["ingest"], env, FIXTURES / "s3-test-event.json", work)
         assert out == {"ingested": []}, out
 
         # worker: an SQS event built from the real queued message.
@@ -121,19 +131,19 @@ def main(release):
         record.update(messageId=msgs[0]["MessageId"], receiptHandle=msgs[0]["ReceiptHandle"],
                       body=msgs[0]["Body"])
         (work / "sqs.json").write_text(json.dumps(event))
-        out = with_function(release / "worker", env, work / "sqs.json", work)
+        out = with_function(fns["worker"], env, work / "sqs.json", work)
         assert out == {"batchItemFailures": []}, out
 
         # status: the Function URL fixture.
-        out = with_function(release / "status", env, FIXTURES / "status-get-job.json", work)
+        out = with_function(fns["status"], env, FIXTURES / "status-get-job.json", work)
         assert out["statusCode"] == 200, out
         status = json.loads(out["body"])
         assert status["state"] == "SUCCEEDED" and status["chunks_done"] == 1, status
 
-        # Client side again: fetch and decrypt.
-        (work / "results").mkdir()
-        for obj in s3.list_objects_v2(Bucket=bucket, Prefix="results/claims-2026/")["Contents"]:
-            s3.download_file(bucket, obj["Key"], str(work / "results" / pathlib.Path(obj["Key"]).name))
+        # Client side again: status, fetch and decrypt with the CLI.
+        out = run(cli, "status", "claims-2026", "--bucket", bucket).stdout
+        assert "SUCCEEDED 1/1 chunks" in out, out
+        run(cli, "fetch", "claims-2026", "--out", work / "results", "--bucket", bucket)
         run(cli, "decrypt", "--model", work / "model", "--key", work / "client.key",
             "--results", work / "results", "--out", work / "predictions.csv")
         lines = (work / "predictions.csv").read_text().splitlines()
@@ -146,4 +156,4 @@ def main(release):
 
 
 if __name__ == "__main__":
-    main(sys.argv[1])
+    main(sys.argv[1:])

@@ -63,6 +63,17 @@ struct StoreArg {
     /// The local bucket: a directory standing in for the S3 bucket.
     #[arg(long, env = "FHE_BATCH_STORE", default_value = DEFAULT_STORE)]
     store: PathBuf,
+    /// Use this S3 bucket (the deployed stack's BucketName output) instead of the local one.
+    /// Credentials, region and endpoint come from the usual AWS environment
+    /// (AWS_PROFILE, AWS_REGION, AWS_ENDPOINT_URL, ...).
+    #[arg(long, env = "FHE_BATCH_BUCKET")]
+    bucket: Option<String>,
+}
+
+impl StoreArg {
+    async fn open(&self) -> Result<store::Bucket> {
+        store::Bucket::open(&self.store, self.bucket.as_deref()).await
+    }
 }
 
 #[derive(Subcommand, Debug)]
@@ -150,6 +161,15 @@ enum Command {
         /// Print JSON.
         #[arg(long)]
         json: bool,
+        #[command(flatten)]
+        store: StoreArg,
+    },
+    /// Download a job's result files (what `aws s3 cp --recursive s3://BUCKET/results/JOB/ DIR` does).
+    Fetch {
+        job: String,
+        /// Directory for the .fher files.
+        #[arg(long, short)]
+        out: PathBuf,
         #[command(flatten)]
         store: StoreArg,
     },
@@ -289,17 +309,17 @@ fn run(command: Command) -> Result<()> {
             );
             Ok(())
         }
-        Command::Publish { model, store } => {
-            let s = FsStore::open(&store.store)?;
-            let m = runtime()?.block_on(store::publish_model_dir(&model, &s))?;
+        Command::Publish { model, store } => runtime()?.block_on(async {
+            let s = store.open().await?;
+            let m = store::publish_model_dir(&model, &s).await?;
             println!(
                 "published model {} to {}/models/{}/",
                 m.model_id,
-                store.store.display(),
+                s.describe(),
                 m.model_id
             );
             Ok(())
-        }
+        }),
         Command::Submit { batch, job, store } => {
             let job = match job {
                 Some(j) => job_arg(&j)?,
@@ -311,19 +331,28 @@ fn run(command: Command) -> Result<()> {
                     job_arg(stem)?
                 }
             };
-            let s = FsStore::open(&store.store)?;
             let bytes =
                 std::fs::read(&batch).with_context(|| format!("reading {}", batch.display()))?;
             let n = bytes.len() as u64;
-            runtime()?.block_on(s.put(&layout::inbox(&job), bytes))?;
-            println!(
-                "uploaded {} ({}) as job {job}",
-                batch.display(),
-                output::bytes(n)
-            );
-            Ok(())
+            runtime()?.block_on(async {
+                let s = store.open().await?;
+                s.put(&layout::inbox(&job), bytes).await?;
+                println!(
+                    "uploaded {} ({}) to {}/{} as job {job}",
+                    batch.display(),
+                    output::bytes(n),
+                    s.describe(),
+                    layout::inbox(&job)
+                );
+                anyhow::Ok(())
+            })
         }
         Command::Run { workers, store } => {
+            if store.bucket.is_some() {
+                bail!(
+                    "`run` drives the local pipeline; on AWS the deployed functions do this work"
+                );
+            }
             let s = FsStore::open(&store.store)?;
             let report = runtime()?.block_on(local::run_local(&s, workers, true))?;
             for o in &report.ingested {
@@ -352,14 +381,14 @@ fn run(command: Command) -> Result<()> {
             Ok(())
         }
         Command::Status { job, json, store } => {
-            let s = FsStore::open(&store.store)?;
             let rt = runtime()?;
+            let s = rt.block_on(store.open())?;
             let jobs = match job {
                 Some(j) => vec![job_arg(&j)?],
                 None => rt.block_on(list_jobs(&s))?,
             };
             if jobs.is_empty() {
-                println!("no jobs in {}", store.store.display());
+                println!("no jobs in {}", s.describe());
             }
             for job in jobs {
                 let st = rt.block_on(job_status(&s, &job))?;
@@ -388,10 +417,10 @@ fn run(command: Command) -> Result<()> {
             let side = store::read_client_side(&model)?;
             let key = SecretKey::load(&key)?;
             let files = match (job, results) {
-                (Some(j), None) => {
-                    let s = FsStore::open(&store.store)?;
-                    runtime()?.block_on(store::read_results_from_store(&s, &job_arg(&j)?))?
-                }
+                (Some(j), None) => runtime()?.block_on(async {
+                    let s = store.open().await?;
+                    store::read_results_from_store(&s, &job_arg(&j)?).await
+                })?,
                 (None, Some(dir)) => store::read_result_dir(&dir)?,
                 _ => bail!("pass --job JOB (read from the bucket) or --results DIR"),
             };
@@ -410,6 +439,31 @@ fn run(command: Command) -> Result<()> {
                 output::dur(t.elapsed())
             );
             Ok(())
+        }
+        Command::Fetch { job, out, store } => {
+            let job = job_arg(&job)?;
+            runtime()?.block_on(async {
+                let s = store.open().await?;
+                let st = job_status(&s, &job).await?;
+                if st.state != fhe_batch_core::job::JobState::Succeeded {
+                    bail!("{}: results are not complete yet", demo::status_line(&st));
+                }
+                std::fs::create_dir_all(&out)?;
+                let files = store::read_results_from_store(&s, &job).await?;
+                let mut total = 0;
+                for (key, bytes) in &files {
+                    let name = key.rsplit('/').next().unwrap_or(key);
+                    total += bytes.len() as u64;
+                    std::fs::write(out.join(name), bytes)?;
+                }
+                println!(
+                    "fetched {} result files ({}) of job {job} into {}",
+                    files.len(),
+                    output::bytes(total),
+                    out.display()
+                );
+                Ok(())
+            })
         }
         Command::Demo(args) => demo::run(args),
         Command::Bench(args) => bench::run(args),

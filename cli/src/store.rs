@@ -1,9 +1,10 @@
 //! Model directories and the local bucket.
 
 use anyhow::{Context, Result, bail};
+use fhe_batch_aws::S3Store;
 use fhe_batch_core::layout;
 use fhe_batch_core::model::{ClientModel, MAX_CLIENT_PART_BYTES, ModelManifest, ModelPackage};
-use fhe_batch_core::ports::ObjectStore;
+use fhe_batch_core::ports::{ObjectStore, PutOutcome, StoreError};
 use fhe_batch_local::FsStore;
 use std::path::Path;
 
@@ -57,7 +58,7 @@ pub fn read_client_side(dir: &Path) -> Result<ClientSide> {
 }
 
 /// Publishes a model directory into a bucket under `models/<id>/` (idempotent).
-pub async fn publish_model_dir(dir: &Path, store: &FsStore) -> Result<ModelManifest> {
+pub async fn publish_model_dir(dir: &Path, store: &impl ObjectStore) -> Result<ModelManifest> {
     let side = read_client_side(dir)?;
     let server = read_limited(
         &dir.join("server.bin"),
@@ -107,7 +108,7 @@ pub fn read_result_dir(dir: &Path) -> Result<Vec<(String, Vec<u8>)>> {
 
 /// Reads every result object of a job from a bucket.
 pub async fn read_results_from_store(
-    store: &FsStore,
+    store: &impl ObjectStore,
     job: &fhe_batch_core::ids::JobId,
 ) -> Result<Vec<(String, Vec<u8>)>> {
     let keys = store.list(&layout::results_prefix(job)).await?;
@@ -117,4 +118,63 @@ pub async fn read_results_from_store(
         out.push((k, bytes));
     }
     Ok(out)
+}
+
+/// Where the service's objects are: the local bucket (a directory) or an S3 bucket.
+pub enum Bucket {
+    Local(FsStore),
+    S3(S3Store),
+}
+
+impl Bucket {
+    /// The S3 bucket when one is named (credentials, region and endpoint come from the usual
+    /// AWS environment, so `AWS_ENDPOINT_URL` reaches a local stack), else the local directory.
+    pub async fn open(dir: &Path, s3_bucket: Option<&str>) -> Result<Self> {
+        Ok(match s3_bucket {
+            Some(name) => {
+                let (s3, _) = fhe_batch_aws::config::clients().await;
+                Bucket::S3(S3Store::new(s3, name))
+            }
+            None => Bucket::Local(
+                FsStore::open(dir).with_context(|| format!("opening {}", dir.display()))?,
+            ),
+        })
+    }
+
+    pub fn describe(&self) -> String {
+        match self {
+            Bucket::Local(s) => s.root().display().to_string(),
+            Bucket::S3(s) => format!("s3://{}", s.bucket()),
+        }
+    }
+}
+
+macro_rules! delegate {
+    ($self:ident, $s:ident => $call:expr) => {
+        match $self {
+            Bucket::Local($s) => $call.await,
+            Bucket::S3($s) => $call.await,
+        }
+    };
+}
+
+impl ObjectStore for Bucket {
+    async fn get(&self, key: &str, max_bytes: u64) -> Result<Vec<u8>, StoreError> {
+        delegate!(self, s => s.get(key, max_bytes))
+    }
+    async fn get_range(&self, key: &str, start: u64, len: u64) -> Result<Vec<u8>, StoreError> {
+        delegate!(self, s => s.get_range(key, start, len))
+    }
+    async fn size(&self, key: &str) -> Result<Option<u64>, StoreError> {
+        delegate!(self, s => s.size(key))
+    }
+    async fn put(&self, key: &str, bytes: Vec<u8>) -> Result<(), StoreError> {
+        delegate!(self, s => s.put(key, bytes))
+    }
+    async fn put_if_absent(&self, key: &str, bytes: Vec<u8>) -> Result<PutOutcome, StoreError> {
+        delegate!(self, s => s.put_if_absent(key, bytes))
+    }
+    async fn list(&self, prefix: &str) -> Result<Vec<String>, StoreError> {
+        delegate!(self, s => s.list(prefix))
+    }
 }
