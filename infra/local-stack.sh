@@ -5,6 +5,7 @@
 #   infra/local-stack.sh start [PORT]   # start moto (default port 5055), wait until it answers
 #   infra/local-stack.sh stop  [PORT]   # stop it by its recorded PID
 #   infra/local-stack.sh env   [PORT]   # print the AWS_* variables that point the SDK at it
+#   infra/local-stack.sh create [PORT]  # bucket fhe-batch-local, queue fhe-batch-jobs + DLQ (5 receives)
 #
 # The venv lives outside the clone ($FHE_BATCH_VENV, default ~/.cache/fhe-batch/venv).
 set -euo pipefail
@@ -50,6 +51,22 @@ case "${1:-}" in
     echo "export AWS_ACCESS_KEY_ID=testing AWS_SECRET_ACCESS_KEY=testing AWS_REGION=us-east-1 AWS_DEFAULT_REGION=us-east-1"
     echo "export S3_FORCE_PATH_STYLE=true"
     ;;
+  create)
+    AWS_ENDPOINT_URL="http://127.0.0.1:$PORT" AWS_ACCESS_KEY_ID=testing AWS_SECRET_ACCESS_KEY=testing \
+    AWS_DEFAULT_REGION=us-east-1 "$VENV/bin/python" - <<'PY'
+import json, os
+import boto3
+ep = os.environ["AWS_ENDPOINT_URL"]
+s3, sqs = boto3.client("s3", endpoint_url=ep), boto3.client("sqs", endpoint_url=ep)
+s3.create_bucket(Bucket="fhe-batch-local")
+dlq = sqs.create_queue(QueueName="fhe-batch-jobs-dlq")["QueueUrl"]
+arn = sqs.get_queue_attributes(QueueUrl=dlq, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
+jobs = sqs.create_queue(QueueName="fhe-batch-jobs", Attributes={
+    "VisibilityTimeout": "1800",
+    "RedrivePolicy": json.dumps({"deadLetterTargetArn": arn, "maxReceiveCount": "5"})})["QueueUrl"]
+print(f"export FHE_BATCH_BUCKET=fhe-batch-local JOBS_QUEUE_URL={jobs}")
+PY
+    ;;
   *)
-    sed -n '2,9p' "$0"; exit 2 ;;
+    sed -n '2,10p' "$0"; exit 2 ;;
 esac
