@@ -468,9 +468,11 @@ impl<S: ObjectStore, E: ChunkEvaluator> Worker<S, E> {
                 chunk,
             }));
         }
-        self.store
-            .put_if_absent(&layout::job_started(job), Vec::new())
-            .await?;
+        // A HEAD first: on S3 a PUT costs ten times a GET, and only the first chunk creates it.
+        let started = layout::job_started(job);
+        if self.store.size(&started).await?.is_none() {
+            self.store.put_if_absent(&started, Vec::new()).await?;
+        }
         let model = match self.model(&msg.model_id, msg.params).await? {
             Ok(m) => m,
             Err(reason) => return Ok(Attempt::Permanent(FailureKind::Model, reason)),

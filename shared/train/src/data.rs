@@ -208,8 +208,39 @@ fn read_err(path: &Path, e: impl std::fmt::Display) -> DataError {
 fn open(path: &Path) -> Result<csv::Reader<std::fs::File>, DataError> {
     csv::ReaderBuilder::new()
         .trim(csv::Trim::All)
+        .flexible(true)
         .from_path(path)
         .map_err(|e| read_err(path, e))
+}
+
+fn headers(path: &Path, rdr: &mut csv::Reader<std::fs::File>) -> Result<Vec<String>, DataError> {
+    Ok(rdr
+        .headers()
+        .map_err(|e| read_err(path, e))?
+        .iter()
+        .map(str::to_string)
+        .collect())
+}
+
+/// Each data row with its line number, refusing rows whose field count differs from the header.
+fn rows<'a>(
+    path: &'a Path,
+    rdr: &'a mut csv::Reader<std::fs::File>,
+    width: usize,
+) -> impl Iterator<Item = Result<(u64, csv::StringRecord), DataError>> + 'a {
+    rdr.records().map(move |rec| {
+        let rec = rec.map_err(|e| read_err(path, e))?;
+        let line = rec.position().map_or(0, |p| p.line());
+        if rec.len() != width {
+            return Err(DataError::Ragged {
+                path: path.display().to_string(),
+                line,
+                expected: width,
+                found: rec.len(),
+            });
+        }
+        Ok((line, rec))
+    })
 }
 
 fn parse_num(path: &Path, line: u64, column: &str, value: &str) -> Result<f64, DataError> {
@@ -228,12 +259,7 @@ fn parse_num(path: &Path, line: u64, column: &str, value: &str) -> Result<f64, D
 /// Reads a labelled CSV: a header row, numeric feature columns, and the `label` column.
 pub fn read_labelled_csv(path: &Path, label: &str, task: Task) -> Result<Dataset, DataError> {
     let mut rdr = open(path)?;
-    let headers: Vec<String> = rdr
-        .headers()
-        .map_err(|e| read_err(path, e))?
-        .iter()
-        .map(str::to_string)
-        .collect();
+    let headers = headers(path, &mut rdr)?;
     let label_col =
         headers
             .iter()
@@ -257,17 +283,8 @@ pub fn read_labelled_csv(path: &Path, label: &str, task: Task) -> Result<Dataset
     }
     let mut x = Vec::new();
     let mut labels = Vec::new();
-    for rec in rdr.records() {
-        let rec = rec.map_err(|e| read_err(path, e))?;
-        let line = rec.position().map_or(0, |p| p.line());
-        if rec.len() != headers.len() {
-            return Err(DataError::Ragged {
-                path: path.display().to_string(),
-                line,
-                expected: headers.len(),
-                found: rec.len(),
-            });
-        }
+    for row in rows(path, &mut rdr, headers.len()) {
+        let (line, rec) = row?;
         for (i, v) in rec.iter().enumerate() {
             if i == label_col {
                 labels.push(v.to_string());
@@ -329,12 +346,7 @@ pub fn read_labelled_csv(path: &Path, label: &str, task: Task) -> Result<Dataset
 /// a header row. Other columns (ids, the label) are ignored. Returns row-major values.
 pub fn read_records(path: &Path, feature_names: &[String]) -> Result<Vec<f64>, DataError> {
     let mut rdr = open(path)?;
-    let headers: Vec<String> = rdr
-        .headers()
-        .map_err(|e| read_err(path, e))?
-        .iter()
-        .map(str::to_string)
-        .collect();
+    let headers = headers(path, &mut rdr)?;
     let cols: Vec<usize> = feature_names
         .iter()
         .map(|f| {
@@ -349,17 +361,8 @@ pub fn read_records(path: &Path, feature_names: &[String]) -> Result<Vec<f64>, D
         })
         .collect::<Result<_, _>>()?;
     let mut out = Vec::new();
-    for rec in rdr.records() {
-        let rec = rec.map_err(|e| read_err(path, e))?;
-        let line = rec.position().map_or(0, |p| p.line());
-        if rec.len() != headers.len() {
-            return Err(DataError::Ragged {
-                path: path.display().to_string(),
-                line,
-                expected: headers.len(),
-                found: rec.len(),
-            });
-        }
+    for row in rows(path, &mut rdr, headers.len()) {
+        let (line, rec) = row?;
         for (&c, name) in cols.iter().zip(feature_names) {
             out.push(parse_num(path, line, name, &rec[c])?);
         }
@@ -390,4 +393,58 @@ pub fn write_csv(ds: &Dataset, path: &Path) -> Result<(), DataError> {
         w.write_record(&fields).map_err(|e| read_err(path, e))?;
     }
     w.flush().map_err(|e| read_err(path, e))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn csv(text: &str) -> tempfile::NamedTempFile {
+        let f = tempfile::NamedTempFile::new().unwrap();
+        std::fs::write(f.path(), text).unwrap();
+        f
+    }
+
+    #[test]
+    fn bad_files_get_errors_that_name_the_line_and_column() {
+        let f = csv("a,b,label\n1,2,x\n3,oops,y\n");
+        let e = read_labelled_csv(f.path(), "label", Task::Auto).unwrap_err();
+        assert!(
+            matches!(e, DataError::NotANumber { line: 3, ref column, .. } if column == "b"),
+            "{e}"
+        );
+        let f = csv("a,b,label\n1,2,x\n3,4\n");
+        let e = read_labelled_csv(f.path(), "label", Task::Auto).unwrap_err();
+        assert!(
+            matches!(
+                e,
+                DataError::Ragged {
+                    line: 3,
+                    expected: 3,
+                    found: 2,
+                    ..
+                }
+            ),
+            "{e}"
+        );
+        let f = csv("a,b\n1,2\n");
+        let e = read_labelled_csv(f.path(), "label", Task::Auto).unwrap_err();
+        assert!(e.to_string().contains("no column named \"label\""), "{e}");
+        let e = read_records(f.path(), &["a".into(), "c".into()]).unwrap_err();
+        assert!(matches!(e, DataError::MissingColumn { .. }), "{e}");
+        let f = csv("a,label\n1,x\n2,x\n");
+        let e = read_labelled_csv(f.path(), "label", Task::Auto).unwrap_err();
+        assert!(e.to_string().contains("at least 2 classes"), "{e}");
+    }
+
+    #[test]
+    fn records_follow_the_model_order_and_ignore_other_columns() {
+        let f = csv("id,b,a,label\n7,2,1,x\n8,4,3,y\n");
+        let x = read_records(f.path(), &["a".into(), "b".into()]).unwrap();
+        assert_eq!(x, vec![1.0, 2.0, 3.0, 4.0]);
+        let ds = read_labelled_csv(f.path(), "label", Task::Auto).unwrap();
+        assert_eq!(ds.feature_names, vec!["id", "b", "a"]);
+        let (tr, ho) = ds.split(0.5, 1);
+        assert_eq!(tr.len() + ho.len(), 2);
+    }
 }
