@@ -39,6 +39,7 @@ const DEFAULT_STORE: &str = ".fhe-batch/bucket";
 ///   fhe-batch status claims
 ///   fhe-batch decrypt --model model/ --key client.key --job claims --out predictions.csv
 ///
+/// On AWS, add `--bucket NAME` to publish, submit, status, fetch and decrypt --job.
 /// Or see it all at once: `fhe-batch demo`.
 #[derive(Parser, Debug)]
 #[command(name = "fhe-batch", version, verbatim_doc_comment)]
