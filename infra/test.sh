@@ -37,5 +37,7 @@ eval "$(infra/local-stack.sh env "$PORT")"
 cargo test --release --workspace --locked
 
 echo "== Lambda runtime loop"
-cargo build --release --workspace --bins --locked
+# --all-targets keeps the feature set of the test build (dev-dependencies included), so the
+# function binaries come from the same compiled crates instead of a second build.
+cargo build --release --workspace --all-targets --locked
 PATH="$VENV/bin:$PATH" "$VENV/bin/python" infra/runtime_loop_test.py "$CARGO_TARGET_DIR/release"
