@@ -99,13 +99,9 @@ impl GlweEvaluator {
 /// seed; bodies are left as they are.
 fn expand_seeded(seed: u128, n: usize, glwe_len: usize, out: &mut [u64]) {
     let mask_len = glwe_len - n;
-    let mut masks = vec![0u64; out.len() / glwe_len * mask_len];
-    crate::mask::expand_masks(seed, &mut masks);
-    for (glwe, mask) in out
-        .chunks_exact_mut(glwe_len)
-        .zip(masks.chunks_exact(mask_len))
-    {
-        glwe[..mask_len].copy_from_slice(mask);
+    let mut stream = crate::mask::MaskStream::new(seed);
+    for glwe in out.chunks_exact_mut(glwe_len) {
+        stream.fill(&mut glwe[..mask_len]);
     }
 }
 
