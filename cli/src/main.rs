@@ -8,6 +8,7 @@ mod bench;
 mod demo;
 mod local;
 mod output;
+mod remote;
 mod store;
 
 use anyhow::{Context, Result, bail};
@@ -190,6 +191,30 @@ enum Command {
         out: PathBuf,
         #[command(flatten)]
         store: StoreArg,
+    },
+    /// Ingest uploaded batches into the jobs queue, as the ingest function does on an S3 event
+    /// (for a stack without S3 notifications, such as a local endpoint).
+    Ingest {
+        /// Object keys (inbox/JOB.fheb); all of inbox/ when none is given.
+        keys: Vec<String>,
+        #[command(flatten)]
+        remote: remote::RemoteArgs,
+    },
+    /// Run queue workers outside Lambda (a VM, a container, a local stack): poll the jobs queue
+    /// (SQS) and write chunk results to the bucket, as the worker function does. Prints one
+    /// JSON line per handled message.
+    Worker {
+        /// Concurrent workers in this process.
+        #[arg(long, default_value_t = 2)]
+        concurrency: usize,
+        /// The queue's dead-letter limit (maxReceiveCount of its redrive policy).
+        #[arg(long, default_value_t = 5)]
+        max_receives: u32,
+        /// Stop after this many idle seconds (default: run until killed).
+        #[arg(long)]
+        idle_exit_secs: Option<u64>,
+        #[command(flatten)]
+        remote: remote::RemoteArgs,
     },
     /// Run the whole product on the bundled Iris data, end to end, on the local bucket.
     Demo(demo::DemoArgs),
@@ -381,6 +406,18 @@ fn run(command: Command) -> Result<()> {
             );
             Ok(())
         }
+        Command::Ingest { keys, remote } => runtime()?.block_on(remote::ingest(&remote, keys)),
+        Command::Worker {
+            concurrency,
+            max_receives,
+            idle_exit_secs,
+            remote,
+        } => runtime()?.block_on(remote::worker(
+            &remote,
+            concurrency,
+            max_receives,
+            idle_exit_secs.map(std::time::Duration::from_secs),
+        )),
         Command::Status { job, json, store } => {
             let rt = runtime()?;
             let s = rt.block_on(store.open())?;

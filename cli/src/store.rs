@@ -5,6 +5,7 @@ use fhe_batch_aws::S3Store;
 use fhe_batch_core::layout;
 use fhe_batch_core::model::{ClientModel, MAX_CLIENT_PART_BYTES, ModelManifest, ModelPackage};
 use fhe_batch_core::ports::{ObjectStore, PutOutcome, StoreError};
+use fhe_batch_core::retry::{RetryPolicy, Retrying};
 use fhe_batch_local::FsStore;
 use std::path::Path;
 
@@ -123,7 +124,7 @@ pub async fn read_results_from_store(
 /// Where the service's objects are: the local bucket (a directory) or an S3 bucket.
 pub enum Bucket {
     Local(FsStore),
-    S3(S3Store),
+    S3(Retrying<S3Store>),
 }
 
 impl Bucket {
@@ -133,7 +134,10 @@ impl Bucket {
         Ok(match s3_bucket {
             Some(name) => {
                 let (s3, _) = fhe_batch_aws::config::clients().await;
-                Bucket::S3(S3Store::new(s3, name))
+                Bucket::S3(Retrying::new(
+                    S3Store::new(s3, name),
+                    RetryPolicy::default(),
+                ))
             }
             None => Bucket::Local(
                 FsStore::open(dir).with_context(|| format!("opening {}", dir.display()))?,
@@ -144,7 +148,7 @@ impl Bucket {
     pub fn describe(&self) -> String {
         match self {
             Bucket::Local(s) => s.root().display().to_string(),
-            Bucket::S3(s) => format!("s3://{}", s.bucket()),
+            Bucket::S3(s) => format!("s3://{}", s.inner().bucket()),
         }
     }
 }

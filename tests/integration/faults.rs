@@ -134,7 +134,7 @@ impl ChunkEvaluator for Panicking {
 }
 
 #[tokio::test]
-async fn a_panicking_evaluation_fails_its_chunk_and_the_worker_goes_on() {
+async fn a_panicking_evaluation_is_retried_then_fails_its_chunk_and_the_worker_goes_on() {
     let env = Env::new().await;
     let (bytes, _) = iris_batch(150, 16);
     let job = env.upload("panics", bytes).await;
@@ -142,14 +142,21 @@ async fn a_panicking_evaluation_fails_its_chunk_and_the_worker_goes_on() {
     env.ingest(&q, &job).await;
     let worker = Worker::new(env.store.clone(), Panicking, WorkerConfig::default());
     let d = q.receive(1, Duration::ZERO).await.unwrap();
-    let outcome = worker.handle_message(&d[0].body, 1).await.unwrap();
-    assert!(
-        matches!(outcome, ChunkOutcome::Failed { .. }),
-        "{outcome:?}"
-    );
+    // A panic may be passing: the message is left for redelivery, nothing is recorded...
+    for receive in 1..5 {
+        let e = worker
+            .handle_message(&d[0].body, receive)
+            .await
+            .unwrap_err();
+        assert!(e.0.contains("panic"), "{e}");
+        assert_eq!(env.status(&job).await.state, JobState::Running);
+    }
+    // ...until the last receive the dead-letter limit allows: then the chunk fails for good.
+    assert!(worker.handle_message(&d[0].body, 5).await.is_err());
     let st = env.status(&job).await;
     assert_eq!(st.state, JobState::Failed);
-    assert_eq!(st.failures[0].kind, FailureKind::Internal);
+    assert_eq!(st.failures[0].kind, FailureKind::RetriesExhausted);
+    assert!(st.failures[0].reason.contains("panic"), "{:?}", st.failures);
     // The same worker still handles the next message (a malformed one here).
     let outcome = worker.handle_message("{not json", 1).await.unwrap();
     assert!(matches!(outcome, ChunkOutcome::Failed { job: None, .. }));

@@ -5,4 +5,5 @@ mod aws;
 mod common;
 mod faults;
 mod pipeline;
+mod reliability;
 mod training;

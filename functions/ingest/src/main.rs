@@ -4,6 +4,7 @@
 use fhe_batch_aws::config::{Config, clients, init_tracing};
 use fhe_batch_aws::handlers::handle_s3_event;
 use fhe_batch_aws::{S3Store, SqsQueue};
+use fhe_batch_core::retry::{RetryPolicy, Retrying};
 use lambda_runtime::{Error, LambdaEvent, service_fn};
 
 #[tokio::main]
@@ -11,8 +12,11 @@ async fn main() -> Result<(), Error> {
     init_tracing();
     let config = Config::from_env()?;
     let (s3, sqs) = clients().await;
-    let store = S3Store::new(s3, &config.bucket);
-    let queue = SqsQueue::new(sqs, config.queue_url()?);
+    let store = Retrying::new(S3Store::new(s3, &config.bucket), RetryPolicy::default());
+    let queue = Retrying::new(
+        SqsQueue::new(sqs, config.queue_url()?),
+        RetryPolicy::default(),
+    );
     let (store, queue, config) = (&store, &queue, &config);
     lambda_runtime::run(service_fn(
         move |event: LambdaEvent<serde_json::Value>| async move {

@@ -8,6 +8,7 @@ use fhe_batch_aws::S3Store;
 use fhe_batch_aws::config::{Config, clients, init_tracing};
 use fhe_batch_aws::handlers::handle_sqs_event;
 use fhe_batch_core::pipeline::{Worker, WorkerConfig};
+use fhe_batch_core::retry::{RetryPolicy, Retrying};
 use fhe_batch_fhe::GlweEvaluator;
 use lambda_runtime::{Error, LambdaEvent, service_fn};
 use std::sync::Arc;
@@ -18,7 +19,7 @@ async fn main() -> Result<(), Error> {
     let config = Config::from_env()?;
     let (s3, _) = clients().await;
     let worker = Arc::new(Worker::new(
-        S3Store::new(s3, &config.bucket),
+        Retrying::new(S3Store::new(s3, &config.bucket), RetryPolicy::default()),
         GlweEvaluator,
         WorkerConfig {
             max_receives: config.max_receives,

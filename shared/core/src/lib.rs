@@ -10,7 +10,9 @@
 //! - [`format`]: the `.fheb` batch and `.fher` result file formats;
 //! - [`job`]: job manifests, chunk messages, failure records and status;
 //! - [`ports`]: the [`ports::ObjectStore`] and [`ports::JobQueue`] traits;
-//! - [`pipeline`]: ingest, worker and status logic over the ports.
+//! - [`pipeline`]: ingest, worker and status logic over the ports;
+//! - [`retry`]: bounded retries with exponential backoff and jitter around either port;
+//! - [`fuzz`]: the entry points of the fuzz targets, also replayed as ordinary tests.
 
 pub mod format;
 pub mod ids;
@@ -20,3 +22,4 @@ pub mod model;
 pub mod params;
 pub mod pipeline;
 pub mod ports;
+pub mod retry;

@@ -335,6 +335,38 @@ pub enum ChunkOutcome {
 #[error("chunk attempt failed, will retry: {0}")]
 pub struct RetryLater(pub String);
 
+/// The places in a chunk's handling where a crash or an error can strike. Tests and the chaos
+/// benchmark inject faults there through a [`FaultProbe`]; production workers have none.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum FaultPoint {
+    /// After the checks, before the chunk's ciphertexts are read.
+    BeforeRead,
+    /// After evaluation, before the result is encoded.
+    AfterEvaluate,
+    /// Just before the create-once write of the result.
+    BeforeResultWrite,
+    /// Just after the result was written, before the outcome is reported.
+    AfterResultWrite,
+    /// After a successful outcome, before the message is acknowledged (queue loop only).
+    BeforeAck,
+}
+
+impl FaultPoint {
+    pub const ALL: [FaultPoint; 5] = [
+        FaultPoint::BeforeRead,
+        FaultPoint::AfterEvaluate,
+        FaultPoint::BeforeResultWrite,
+        FaultPoint::AfterResultWrite,
+        FaultPoint::BeforeAck,
+    ];
+}
+
+/// Called at each [`FaultPoint`]; an `Err` makes the attempt fail as a transient error (the
+/// message is redelivered), and a panic unwinds like a crash of the worker.
+pub trait FaultProbe: Send + Sync {
+    fn check(&self, point: FaultPoint, job: &JobId, chunk: u32) -> Result<(), String>;
+}
+
 /// Worker settings.
 #[derive(Debug, Clone)]
 pub struct WorkerConfig {
@@ -356,12 +388,25 @@ pub struct Worker<S, E> {
     evaluator: E,
     config: WorkerConfig,
     models: Mutex<HashMap<ModelId, Arc<ServerModel>>>,
+    probe: Option<Arc<dyn FaultProbe>>,
 }
 
 enum Attempt {
     Done(ChunkOutcome),
     Permanent(FailureKind, String),
     Transient(String),
+}
+
+/// Why a chunk's result object may not be written.
+enum Refusal {
+    Store(StoreError),
+    Fault(String),
+}
+
+impl From<StoreError> for Refusal {
+    fn from(e: StoreError) -> Self {
+        Refusal::Store(e)
+    }
 }
 
 impl<S: ObjectStore, E: ChunkEvaluator> Worker<S, E> {
@@ -371,11 +416,26 @@ impl<S: ObjectStore, E: ChunkEvaluator> Worker<S, E> {
             evaluator,
             config,
             models: Mutex::new(HashMap::new()),
+            probe: None,
         }
+    }
+
+    /// Installs a fault probe (tests and the chaos benchmark only).
+    pub fn with_probe(mut self, probe: Arc<dyn FaultProbe>) -> Self {
+        self.probe = Some(probe);
+        self
     }
 
     pub fn store(&self) -> &S {
         &self.store
+    }
+
+    /// Runs the fault probe, if any, at `point`.
+    pub fn probe(&self, point: FaultPoint, job: &JobId, chunk: u32) -> Result<(), String> {
+        match &self.probe {
+            Some(p) => p.check(point, job, chunk),
+            None => Ok(()),
+        }
     }
 
     /// Processes one delivery of a chunk message. `Ok` means acknowledge (done, duplicate,
@@ -441,19 +501,26 @@ impl<S: ObjectStore, E: ChunkEvaluator> Worker<S, E> {
     async fn attempt(&self, msg: &ChunkMessage) -> Attempt {
         match self.try_attempt(msg).await {
             Ok(a) => a,
-            Err(e) if e.is_retryable() => Attempt::Transient(e.to_string()),
-            Err(StoreError::NotFound { key }) if key == msg.batch_key => Attempt::Permanent(
-                FailureKind::InvalidChunk,
-                format!(
-                    "the batch {key} was deleted before chunk {} was read",
-                    msg.chunk
-                ),
-            ),
-            Err(e) => Attempt::Permanent(FailureKind::InvalidChunk, e.to_string()),
+            Err(Refusal::Fault(reason)) => Attempt::Transient(reason),
+            Err(Refusal::Store(e)) if e.is_retryable() => Attempt::Transient(e.to_string()),
+            Err(Refusal::Store(StoreError::NotFound { key })) if key == msg.batch_key => {
+                Attempt::Permanent(
+                    FailureKind::InvalidChunk,
+                    format!(
+                        "the batch {key} was deleted before chunk {} was read",
+                        msg.chunk
+                    ),
+                )
+            }
+            Err(Refusal::Store(e)) => Attempt::Permanent(FailureKind::InvalidChunk, e.to_string()),
         }
     }
 
-    async fn try_attempt(&self, msg: &ChunkMessage) -> Result<Attempt, StoreError> {
+    async fn try_attempt(&self, msg: &ChunkMessage) -> Result<Attempt, Refusal> {
+        let fault = |point| {
+            self.probe(point, &msg.job, msg.chunk)
+                .map_err(Refusal::Fault)
+        };
         let (job, chunk) = (&msg.job, msg.chunk);
         let result_key = layout::chunk_result(job, chunk);
         if self.store.size(&result_key).await?.is_some() {
@@ -491,6 +558,7 @@ impl<S: ObjectStore, E: ChunkEvaluator> Worker<S, E> {
             Ok(s) => s,
             Err(e) => return Ok(Attempt::Permanent(FailureKind::InvalidChunk, e.to_string())),
         };
+        fault(FaultPoint::BeforeRead)?;
         let payload = self
             .store
             .get_range(&msg.batch_key, msg.offset, msg.length)
@@ -513,13 +581,15 @@ impl<S: ObjectStore, E: ChunkEvaluator> Worker<S, E> {
                     format!("chunk {chunk}: {e}"),
                 ));
             }
+            // A panic may come from a passing condition of this machine as well as from a
+            // bug that this chunk triggers: retry it, and let the dead-letter limit decide.
             Err(_) => {
-                return Ok(Attempt::Permanent(
-                    FailureKind::Internal,
-                    format!("internal error while evaluating chunk {chunk}"),
-                ));
+                return Ok(Attempt::Transient(format!(
+                    "internal error (panic) while evaluating chunk {chunk}"
+                )));
             }
         };
+        fault(FaultPoint::AfterEvaluate)?;
         let header = ResultHeader {
             params: msg.params,
             n_outputs: model.n_outputs,
@@ -538,10 +608,12 @@ impl<S: ObjectStore, E: ChunkEvaluator> Worker<S, E> {
             ));
         }
         let eval_us = started.elapsed().as_micros() as u64;
+        fault(FaultPoint::BeforeResultWrite)?;
         let outcome = self
             .store
             .put_if_absent(&result_key, header.encode(&body))
             .await?;
+        fault(FaultPoint::AfterResultWrite)?;
         tracing::debug!(%job, chunk, eval_us, ?outcome, "chunk result");
         Ok(Attempt::Done(match outcome {
             PutOutcome::Created => ChunkOutcome::Written {
@@ -605,7 +677,12 @@ impl<S: ObjectStore, E: ChunkEvaluator> Worker<S, E> {
 
 /// Runs one worker against a queue until `stop()` (checked before each receive) says so: receive,
 /// process, acknowledge on success; a failed attempt is left for redelivery after the
-/// visibility timeout. Used by the local pipeline; on AWS the Lambda event source does this.
+/// visibility timeout. Used by the local pipeline and `fhe-batch worker`; on AWS the Lambda
+/// event source does this.
+///
+/// Queue trouble does not stop the loop: a retryable receive error is waited out with backoff,
+/// and a failed acknowledgement only means the message comes back and is answered from the
+/// existing result. Only a permanent receive error ends it.
 pub async fn run_queue_worker<S, E, Q>(
     worker: &Worker<S, E>,
     queue: &Q,
@@ -617,19 +694,57 @@ where
     E: ChunkEvaluator,
     Q: JobQueue,
 {
+    let backoff = crate::retry::RetryPolicy::default();
+    let mut failed_receives = 0u32;
     loop {
         if stop() {
             return Ok(());
         }
-        let deliveries = queue.receive(1, Duration::from_millis(50)).await?;
+        let deliveries = match queue.receive(1, Duration::from_millis(50)).await {
+            Ok(d) => {
+                failed_receives = 0;
+                d
+            }
+            Err(QueueError::Backend {
+                message,
+                retryable: true,
+            }) => {
+                failed_receives += 1;
+                warn!(%message, failed_receives, "receive failed; backing off");
+                tokio::time::sleep(backoff.ceiling(failed_receives)).await;
+                continue;
+            }
+            Err(e) => return Err(e.into()),
+        };
         for d in deliveries {
             match worker.handle_message(&d.body, d.receive_count).await {
                 Ok(outcome) => {
                     on_outcome(&outcome);
-                    queue.ack(&d.receipt).await?;
+                    let (job, chunk) = outcome.chunk();
+                    if let Some(job) = job
+                        && let Err(reason) = worker.probe(FaultPoint::BeforeAck, job, chunk)
+                    {
+                        warn!(message = %d.message_id, %reason, "not acknowledged");
+                        continue;
+                    }
+                    if let Err(e) = queue.ack(&d.receipt).await {
+                        warn!(message = %d.message_id, error = %e, "acknowledgement failed; the message will come back");
+                    }
                 }
                 Err(e) => warn!(message = %d.message_id, error = %e, "left for redelivery"),
             }
+        }
+    }
+}
+
+impl ChunkOutcome {
+    /// The job (when the message named one) and chunk of this outcome.
+    pub fn chunk(&self) -> (Option<&JobId>, u32) {
+        match self {
+            ChunkOutcome::Written { job, chunk }
+            | ChunkOutcome::AlreadyDone { job, chunk }
+            | ChunkOutcome::Skipped { job, chunk } => (Some(job), *chunk),
+            ChunkOutcome::Failed { job, chunk, .. } => (job.as_ref(), *chunk),
         }
     }
 }
