@@ -1,5 +1,8 @@
 //! The `fhe-batch` binary, tested end to end on its real output.
 
+mod common;
+use common::{data, walk};
+
 use std::path::Path;
 use std::process::{Command, Output};
 
@@ -21,14 +24,6 @@ fn ok(dir: &Path, args: &[&str]) -> String {
         String::from_utf8_lossy(&out.stderr)
     );
     stdout
-}
-
-fn data(name: &str) -> String {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../data")
-        .join(name)
-        .display()
-        .to_string()
 }
 
 #[test]
@@ -152,19 +147,6 @@ fn a_wrong_key_or_bad_input_gives_a_clear_error() {
     );
     let out = fhe_batch(d, &["status", "../etc"]);
     assert!(String::from_utf8_lossy(&out.stderr).contains("invalid job id"));
-}
-
-fn walk(dir: &Path) -> Vec<std::path::PathBuf> {
-    let mut out = Vec::new();
-    for e in std::fs::read_dir(dir).unwrap() {
-        let p = e.unwrap().path();
-        if p.is_dir() {
-            out.extend(walk(&p));
-        } else {
-            out.push(p);
-        }
-    }
-    out
 }
 
 fn contains(hay: &[u8], needle: &[u8]) -> bool {

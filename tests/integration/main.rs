@@ -4,6 +4,7 @@
 mod aws;
 mod common;
 mod faults;
+mod hostile;
 mod pipeline;
 mod reliability;
 mod training;

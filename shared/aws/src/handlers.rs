@@ -1,8 +1,8 @@
 //! The Lambda event handlers, generic over the ports so they are tested without AWS. Each
 //! function's `main` only builds clients and hands events to these.
 
-use aws_lambda_events::event::s3::S3Event;
 use aws_lambda_events::event::sqs::{BatchItemFailure, SqsBatchResponse, SqsEvent};
+use fhe_batch_core::events::{S3Notification, s3_notification};
 use fhe_batch_core::format::BatchLimits;
 use fhe_batch_core::ids::JobId;
 use fhe_batch_core::pipeline::{
@@ -13,25 +13,7 @@ use fhe_batch_core::ports::{JobQueue, ObjectStore};
 use std::sync::Arc;
 use tracing::{error, info, warn};
 
-/// Decodes an S3 event object key (URL-encoded, `+` for space).
-pub fn decode_s3_key(raw: &str) -> Option<String> {
-    let bytes = raw.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        match bytes[i] {
-            b'+' => out.push(b' '),
-            b'%' => {
-                let hex = raw.get(i + 1..i + 3)?;
-                out.push(u8::from_str_radix(hex, 16).ok()?);
-                i += 2;
-            }
-            b => out.push(b),
-        }
-        i += 1;
-    }
-    String::from_utf8(out).ok()
-}
+pub use fhe_batch_core::events::decode_s3_key;
 
 /// Handles an S3 notification for the ingest function: each `ObjectCreated` record is ingested
 /// (several per event are possible); the `s3:TestEvent` message and objects of other buckets
@@ -45,31 +27,25 @@ pub async fn handle_s3_event<S: ObjectStore, Q: JobQueue>(
     event: serde_json::Value,
     limits: &BatchLimits,
 ) -> Result<Vec<IngestOutcome>, PipelineError> {
-    if event.get("Event").and_then(|e| e.as_str()) == Some("s3:TestEvent") {
-        info!("ignoring s3:TestEvent");
-        return Ok(Vec::new());
-    }
-    let event: S3Event = match serde_json::from_value(event) {
-        Ok(e) => e,
-        Err(e) => {
-            warn!(error = %e, "not an S3 event; ignored");
+    let keys = match s3_notification(&event, bucket) {
+        S3Notification::Test => {
+            info!("ignoring s3:TestEvent");
             return Ok(Vec::new());
+        }
+        S3Notification::NotS3(why) => {
+            warn!(%why, "not an S3 event; ignored");
+            return Ok(Vec::new());
+        }
+        S3Notification::Objects { keys, skipped } => {
+            for why in skipped {
+                warn!(%why, "S3 event record ignored");
+            }
+            keys
         }
     };
     let mut outcomes = Vec::new();
     let mut first_error = None;
-    for record in event.records {
-        let (Some(name), Some(raw_key)) = (record.s3.bucket.name, record.s3.object.key) else {
-            continue;
-        };
-        if name != bucket {
-            warn!(bucket = %name, "event for another bucket; ignored");
-            continue;
-        }
-        let Some(key) = decode_s3_key(&raw_key) else {
-            warn!(key = %raw_key, "undecodable object key; ignored");
-            continue;
-        };
+    for key in keys {
         match ingest_object(store, queue, &key, limits).await {
             Ok(o) => {
                 info!(key = %key, outcome = ?o, "ingested");

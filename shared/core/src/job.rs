@@ -118,6 +118,16 @@ impl ChunkMessage {
                 m.batch_key, m.job
             )));
         }
+        m.sha256_bytes()?;
+        if m.records == 0
+            || m.records as usize > m.params.polynomial_size()
+            || m.offset.checked_add(m.length).is_none()
+        {
+            return Err(MessageError(format!(
+                "chunk {} describes {} records at {}+{} bytes",
+                m.chunk, m.records, m.offset, m.length
+            )));
+        }
         Ok(m)
     }
 

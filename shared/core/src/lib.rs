@@ -2,6 +2,7 @@
 //!
 //! The domain of the fhe-batch encrypted-inference pipeline, free of any cloud SDK and of tfhe:
 //!
+//! - [`events`]: the parts of S3 notifications the ingest function reads;
 //! - [`ids`]: validated identifiers ([`ids::JobId`], [`ids::ModelId`], [`ids::KeyFingerprint`]);
 //! - [`layout`]: the single builder of object keys;
 //! - [`params`]: the allow-listed cryptographic parameter sets, as numbers;
@@ -14,7 +15,10 @@
 //! - [`retry`]: bounded retries with exponential backoff and jitter around either port;
 //! - [`fuzz`]: the entry points of the fuzz targets, also replayed as ordinary tests.
 
+pub mod events;
 pub mod format;
+#[doc(hidden)]
+pub mod fuzz;
 pub mod ids;
 pub mod job;
 pub mod layout;
