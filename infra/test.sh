@@ -7,8 +7,11 @@
 #      optimised build serves tests, demo and bench), with a moto server on 127.0.0.1 as the
 #      S3/SQS endpoint for the AWS adapter tests;
 #   5. the three function binaries through the real Lambda runtime loop (cargo lambda watch
-#      --only-lambda-apis + cargo lambda invoke with tests/fixtures/events). Every service is
-#      stopped by its PID on exit.
+#      --only-lambda-apis + cargo lambda invoke with tests/fixtures/events);
+#   6. a short crash run: real `fhe-batch worker` processes on moto, SIGKILLed at random times,
+#      every result compared with a fault-free run (infra/chaos.py kill; 200 kills by hand);
+#   7. a fuzz smoke run of every target (infra/fuzz.sh; 10 million runs each by hand).
+# Every service is stopped by its PID on exit.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/fhe-batch/target}"
@@ -41,3 +44,9 @@ echo "== Lambda runtime loop"
 # function binaries come from the same compiled crates instead of a second build.
 cargo build --release --workspace --all-targets --locked
 PATH="$VENV/bin:$PATH" "$VENV/bin/python" infra/runtime_loop_test.py "$CARGO_TARGET_DIR/release"
+
+echo "== crash smoke: worker processes killed at random (infra/chaos.py kill)"
+"$VENV/bin/python" infra/chaos.py kill --kills 10 --port "$((PORT + 1))"
+
+echo "== fuzz smoke (infra/fuzz.sh)"
+infra/fuzz.sh 50000

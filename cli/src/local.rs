@@ -73,7 +73,7 @@ pub async fn run_local(store: &FsStore, workers: usize, show_progress: bool) -> 
                 &worker,
                 &queue,
                 || idle.is_idle(),
-                |o| {
+                |o, _| {
                     let i = match o {
                         ChunkOutcome::Written { .. } => 0,
                         ChunkOutcome::AlreadyDone { .. } | ChunkOutcome::Skipped { .. } => 1,

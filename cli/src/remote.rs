@@ -82,9 +82,9 @@ pub async fn worker(
                     Duration::from_millis(idle) >= limit
                 })
             };
-            run_queue_worker(&worker, &queue, stop, |outcome| {
+            run_queue_worker(&worker, &queue, stop, |outcome, delivery| {
                 last_busy.store(started.elapsed().as_millis() as u64, Ordering::Relaxed);
-                print_outcome(outcome);
+                print_outcome(outcome, delivery.receive_count);
             })
             .await
         }));
@@ -95,7 +95,7 @@ pub async fn worker(
     Ok(())
 }
 
-fn print_outcome(outcome: &ChunkOutcome) {
+fn print_outcome(outcome: &ChunkOutcome, receive_count: u32) {
     let (job, chunk) = outcome.chunk();
     let kind = match outcome {
         ChunkOutcome::Written { .. } => "written",
@@ -107,6 +107,7 @@ fn print_outcome(outcome: &ChunkOutcome) {
         "outcome": kind,
         "job": job.map(|j| j.as_str()),
         "chunk": chunk,
+        "receive_count": receive_count,
         "pid": std::process::id(),
     });
     let mut out = std::io::stdout().lock();

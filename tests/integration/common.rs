@@ -56,8 +56,13 @@ pub fn iris_batch(n: usize, seed: u64) -> (Vec<u8>, Vec<u64>) {
         iris().synthesize(n, seed)
     };
     let q = quantize(pkg, &ds);
-    let bytes =
-        fhe_batch_fhe::batch::encrypt_batch(key(), &pkg.client, pkg.manifest.model_id, &q, &|_| {});
+    let bytes = fhe_batch_fhe::batch::encrypt_batch(
+        key(),
+        &pkg.client,
+        pkg.manifest.model_id,
+        &q,
+        &|_| {},
+    );
     (bytes, q)
 }
 
@@ -160,7 +165,7 @@ where
         let (w, q) = (worker.clone(), q.clone());
         handles.push(tokio::spawn(async move {
             let idle = q.clone();
-            run_queue_worker(&w, &q, || idle.is_idle(), |_| {})
+            run_queue_worker(&w, &q, || idle.is_idle(), |_, _| {})
                 .await
                 .unwrap();
         }));

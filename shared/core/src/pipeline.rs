@@ -10,7 +10,7 @@ use crate::job::{
 use crate::layout;
 use crate::model::{MAX_CLIENT_PART_BYTES, MAX_SERVER_PART_BYTES, ModelManifest, ServerModel};
 use crate::params::ParamSet;
-use crate::ports::{JobQueue, ObjectStore, PutOutcome, QueueError, StoreError};
+use crate::ports::{Delivery, JobQueue, ObjectStore, PutOutcome, QueueError, StoreError};
 use sha2::{Digest, Sha256};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -676,7 +676,7 @@ impl<S: ObjectStore, E: ChunkEvaluator> Worker<S, E> {
 }
 
 /// Runs one worker against a queue until `stop()` (checked before each receive) says so: receive,
-/// process, acknowledge on success; a failed attempt is left for redelivery after the
+/// process, report (`on_outcome` gets the outcome and its delivery), acknowledge on success; a failed attempt is left for redelivery after the
 /// visibility timeout. Used by the local pipeline and `fhe-batch worker`; on AWS the Lambda
 /// event source does this.
 ///
@@ -687,7 +687,7 @@ pub async fn run_queue_worker<S, E, Q>(
     worker: &Worker<S, E>,
     queue: &Q,
     stop: impl Fn() -> bool,
-    mut on_outcome: impl FnMut(&ChunkOutcome),
+    mut on_outcome: impl FnMut(&ChunkOutcome, &Delivery),
 ) -> Result<(), PipelineError>
 where
     S: ObjectStore,
@@ -719,7 +719,7 @@ where
         for d in deliveries {
             match worker.handle_message(&d.body, d.receive_count).await {
                 Ok(outcome) => {
-                    on_outcome(&outcome);
+                    on_outcome(&outcome, &d);
                     let (job, chunk) = outcome.chunk();
                     if let Some(job) = job
                         && let Err(reason) = worker.probe(FaultPoint::BeforeAck, job, chunk)
