@@ -43,6 +43,9 @@ def log(msg):
 
 
 def cli_path():
+    """$FHE_BATCH_CLI, or a fresh release build of the CLI."""
+    if os.environ.get("FHE_BATCH_CLI"):
+        return os.environ["FHE_BATCH_CLI"]
     target = Path(os.environ.get("CARGO_TARGET_DIR", ROOT / "target"))
     subprocess.run(
         ["cargo", "build", "--release", "--locked", "-q", "-p", "fhe-batch-cli"],

@@ -46,7 +46,8 @@ cargo build --release --workspace --all-targets --locked
 PATH="$VENV/bin:$PATH" "$VENV/bin/python" infra/runtime_loop_test.py "$CARGO_TARGET_DIR/release"
 
 echo "== crash smoke: worker processes killed at random (infra/chaos.py kill)"
-"$VENV/bin/python" infra/chaos.py kill --kills 10 --port "$((PORT + 1))"
+FHE_BATCH_CLI="$CARGO_TARGET_DIR/release/fhe-batch" \
+  "$VENV/bin/python" infra/chaos.py kill --kills 10 --port "$((PORT + 1))"
 
 echo "== fuzz smoke (infra/fuzz.sh)"
 infra/fuzz.sh 50000

@@ -56,13 +56,8 @@ pub fn iris_batch(n: usize, seed: u64) -> (Vec<u8>, Vec<u64>) {
         iris().synthesize(n, seed)
     };
     let q = quantize(pkg, &ds);
-    let bytes = fhe_batch_fhe::batch::encrypt_batch(
-        key(),
-        &pkg.client,
-        pkg.manifest.model_id,
-        &q,
-        &|_| {},
-    );
+    let bytes =
+        fhe_batch_fhe::batch::encrypt_batch(key(), &pkg.client, pkg.manifest.model_id, &q, &|_| {});
     (bytes, q)
 }
 

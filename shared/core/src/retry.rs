@@ -28,7 +28,7 @@ pub struct RetryPolicy {
 }
 
 impl Default for RetryPolicy {
-    /// 6 calls, waits drawn from [0, 50 ms], [0, 100 ms], ... capped at 2 s: at most ~3.1 s of
+    /// 6 calls, waits drawn from [0, 50 ms], [0, 100 ms], ... capped at 2 s: at most 1.55 s of
     /// waiting per operation, well inside a worker's visibility timeout.
     fn default() -> Self {
         Self {
