@@ -18,6 +18,7 @@ Run with the project's venv (infra/local-stack.sh install):
 
 import argparse
 import atexit
+import shutil
 import csv
 import hashlib
 import json
@@ -254,6 +255,8 @@ class Jobs:
 
 def setup(args, visibility):
     work = Path(tempfile.mkdtemp(prefix="fhe-batch-chaos-"))
+    if not args.keep:
+        atexit.register(shutil.rmtree, work, True)
     cli = cli_path()
     log(f"work dir {work}; preparing model, key and batches")
     fixture = Fixture(cli, work, [1, 2, 4])
@@ -393,6 +396,7 @@ def main():
     for s in (k, l):
         s.add_argument("--port", type=int, default=5077)
         s.add_argument("--out", help="also write the JSON report here")
+        s.add_argument("--keep", action="store_true", help="keep the work dir (worker logs)")
     args = p.parse_args()
     sys.exit(kill_mode(args) if args.mode == "kill" else load_mode(args))
 
