@@ -1,0 +1,297 @@
+//! The imported model in floating point, evaluated with ONNX Runtime's semantics (f32
+//! comparisons and sums), so an import can be checked against the exporter's own outputs before
+//! it is quantized.
+
+/// The transform applied to the raw scores.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PostTransform {
+    None,
+    Logistic,
+    Softmax,
+}
+
+/// A branch's test: the *true* child is taken when `x CMP threshold`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Cmp {
+    Leq,
+    Lt,
+    Gte,
+    Gt,
+}
+
+impl Cmp {
+    pub fn holds(self, x: f32, t: f32) -> bool {
+        match self {
+            Cmp::Leq => x <= t,
+            Cmp::Lt => x < t,
+            Cmp::Gte => x >= t,
+            Cmp::Gt => x > t,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum Node {
+    Branch {
+        feature: usize,
+        threshold: f32,
+        cmp: Cmp,
+        /// Index (in the tree's node list) of the child taken when the test holds.
+        yes: usize,
+        no: usize,
+        /// Where a missing (NaN) input goes.
+        missing_yes: bool,
+    },
+    /// Contributions of this leaf: (score slot, weight).
+    Leaf { weights: Vec<(usize, f32)> },
+}
+
+/// One tree; node 0 is the root.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Tree {
+    pub nodes: Vec<Node>,
+}
+
+impl Tree {
+    /// The leaf a record reaches.
+    pub fn leaf(&self, x: &[f32]) -> &[(usize, f32)] {
+        let mut i = 0;
+        loop {
+            match &self.nodes[i] {
+                Node::Leaf { weights } => return weights,
+                Node::Branch {
+                    feature,
+                    threshold,
+                    cmp,
+                    yes,
+                    no,
+                    missing_yes,
+                } => {
+                    let v = x[*feature];
+                    let go_yes = if v.is_nan() {
+                        *missing_yes
+                    } else {
+                        cmp.holds(v, *threshold)
+                    };
+                    i = if go_yes { *yes } else { *no };
+                }
+            }
+        }
+    }
+
+    /// Longest root-to-leaf path, in branches.
+    pub fn depth(&self) -> usize {
+        fn walk(t: &Tree, i: usize) -> usize {
+            match &t.nodes[i] {
+                Node::Leaf { .. } => 0,
+                Node::Branch { yes, no, .. } => 1 + walk(t, *yes).max(walk(t, *no)),
+            }
+        }
+        walk(self, 0)
+    }
+
+    pub fn leaves(&self) -> usize {
+        self.nodes
+            .iter()
+            .filter(|n| matches!(n, Node::Leaf { .. }))
+            .count()
+    }
+}
+
+/// Classifier or regressor.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Task {
+    /// Class labels, in the model's order (integers are written in decimal).
+    Classifier {
+        labels: Vec<String>,
+    },
+    Regressor {
+        targets: usize,
+    },
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct TreeEnsemble {
+    pub task: Task,
+    pub n_features: usize,
+    pub trees: Vec<Tree>,
+    /// Score slots the leaves write (a binary classifier may use one: the positive class).
+    pub n_slots: usize,
+    pub base_values: Vec<f32>,
+    pub post: PostTransform,
+    /// Regressors: divide the sum by the number of trees (`aggregate_function = AVERAGE`).
+    pub average: bool,
+    /// Every leaf weight is >= 0 (decides ONNX Runtime's binary label rule).
+    pub weights_positive: bool,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Linear {
+    pub task: Task,
+    pub n_features: usize,
+    /// One row of coefficients per class or target.
+    pub coefficients: Vec<Vec<f32>>,
+    pub intercepts: Vec<f32>,
+    pub post: PostTransform,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum FloatModel {
+    Linear(Linear),
+    Trees(TreeEnsemble),
+}
+
+/// A prediction as ONNX Runtime reports it: the label (classifiers) and the probabilities or
+/// predicted values.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Prediction {
+    pub label: Option<String>,
+    pub scores: Vec<f32>,
+}
+
+fn sigmoid(x: f32) -> f32 {
+    1.0 / (1.0 + (-x).exp())
+}
+
+fn transform(post: PostTransform, s: &mut [f32]) {
+    match post {
+        PostTransform::None => {}
+        PostTransform::Logistic => s.iter_mut().for_each(|v| *v = sigmoid(*v)),
+        PostTransform::Softmax => {
+            let m = s.iter().cloned().fold(f32::NEG_INFINITY, f32::max);
+            let sum: f32 = s
+                .iter_mut()
+                .map(|v| {
+                    *v = (*v - m).exp();
+                    *v
+                })
+                .sum();
+            s.iter_mut().for_each(|v| *v /= sum);
+        }
+    }
+}
+
+fn argmax(s: &[f32]) -> usize {
+    let mut best = 0;
+    for (i, v) in s.iter().enumerate() {
+        if *v > s[best] {
+            best = i;
+        }
+    }
+    best
+}
+
+impl FloatModel {
+    pub fn n_features(&self) -> usize {
+        match self {
+            FloatModel::Linear(m) => m.n_features,
+            FloatModel::Trees(m) => m.n_features,
+        }
+    }
+
+    pub fn task(&self) -> &Task {
+        match self {
+            FloatModel::Linear(m) => &m.task,
+            FloatModel::Trees(m) => &m.task,
+        }
+    }
+
+    /// Evaluates one record (`x.len() == n_features`).
+    pub fn predict(&self, x: &[f32]) -> Prediction {
+        assert_eq!(x.len(), self.n_features(), "feature count");
+        match self {
+            FloatModel::Linear(m) => m.predict(x),
+            FloatModel::Trees(m) => m.predict(x),
+        }
+    }
+}
+
+impl Linear {
+    fn predict(&self, x: &[f32]) -> Prediction {
+        let mut z: Vec<f32> = self
+            .coefficients
+            .iter()
+            .zip(&self.intercepts)
+            .map(|(w, b)| w.iter().zip(x).map(|(w, x)| w * x).sum::<f32>() + b)
+            .collect();
+        match &self.task {
+            Task::Regressor { .. } => {
+                transform(self.post, &mut z);
+                Prediction {
+                    label: None,
+                    scores: z,
+                }
+            }
+            Task::Classifier { labels } => {
+                if z.len() == 1 && labels.len() == 2 {
+                    z = vec![-z[0], z[0]];
+                }
+                let label = labels[argmax(&z)].clone();
+                transform(self.post, &mut z);
+                Prediction {
+                    label: Some(label),
+                    scores: z,
+                }
+            }
+        }
+    }
+}
+
+impl TreeEnsemble {
+    /// Raw per-slot sums over the trees (averaged when asked), before base values.
+    pub fn raw_scores(&self, x: &[f32]) -> Vec<f32> {
+        let mut s = vec![0f32; self.n_slots];
+        for t in &self.trees {
+            for &(slot, w) in t.leaf(x) {
+                s[slot] += w;
+            }
+        }
+        if self.average {
+            let n = self.trees.len() as f32;
+            s.iter_mut().for_each(|v| *v /= n);
+        }
+        s
+    }
+
+    fn predict(&self, x: &[f32]) -> Prediction {
+        let mut s = self.raw_scores(x);
+        for (v, b) in s.iter_mut().zip(&self.base_values) {
+            *v += b;
+        }
+        match &self.task {
+            Task::Regressor { .. } => {
+                transform(self.post, &mut s);
+                Prediction {
+                    label: None,
+                    scores: s,
+                }
+            }
+            Task::Classifier { labels } if labels.len() == 2 && self.n_slots == 1 => {
+                // One score for the positive class (ONNX Runtime's binary case).
+                let v = s[0];
+                let positive = if self.weights_positive && self.post == PostTransform::None {
+                    v > 0.5
+                } else {
+                    v > 0.0
+                };
+                let scores = match self.post {
+                    PostTransform::None if self.weights_positive => vec![1.0 - v, v],
+                    PostTransform::None => vec![-v, v],
+                    _ => vec![1.0 - sigmoid(v), sigmoid(v)],
+                };
+                Prediction {
+                    label: Some(labels[positive as usize].clone()),
+                    scores,
+                }
+            }
+            Task::Classifier { labels } => {
+                let label = labels[argmax(&s)].clone();
+                transform(self.post, &mut s);
+                Prediction {
+                    label: Some(label),
+                    scores: s,
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,165 @@
+//! Every exported sample model imports, and its float evaluation reproduces ONNX Runtime's
+//! labels and probabilities (or predictions) on the held-out rows; unsupported models are
+//! refused with the operator named. The files come from `infra/export_models.py`.
+
+use fhe_batch_onnx::{FloatModel, ImportError, Task, import_onnx};
+use serde_json::Value;
+use std::path::PathBuf;
+
+fn fixture(name: &str) -> (Vec<u8>, Value) {
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/onnx");
+    let onnx = std::fs::read(dir.join(format!("{name}.onnx"))).unwrap();
+    let expected = std::fs::read(dir.join(format!("{name}.expected.json"))).unwrap();
+    (onnx, serde_json::from_slice(&expected).unwrap())
+}
+
+fn floats(v: &Value) -> Vec<f32> {
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_f64().unwrap() as f32)
+        .collect()
+}
+
+/// Imports `name` and compares with onnxruntime on every held-out row; returns the accuracy
+/// of the labels against the true classes (classifiers).
+fn check(name: &str, op: &str, scores_key: &str) -> Option<f64> {
+    let (bytes, exp) = fixture(name);
+    let imported = import_onnx(&bytes).unwrap_or_else(|e| panic!("{name}: {e}"));
+    assert_eq!(imported.op_type, op, "{name}");
+    let model = &imported.model;
+    let xs: Vec<Vec<f32>> = exp["x"].as_array().unwrap().iter().map(floats).collect();
+    assert_eq!(model.n_features(), xs[0].len(), "{name}");
+    let ort = &exp["onnxruntime"];
+    let mut correct = 0;
+    for (i, x) in xs.iter().enumerate() {
+        let p = model.predict(x);
+        let want = floats(&ort[scores_key][i]);
+        assert_eq!(p.scores.len(), want.len(), "{name} row {i}");
+        for (g, w) in p.scores.iter().zip(&want) {
+            assert!(
+                (g - w).abs() <= 1e-5 + 1e-5 * w.abs(),
+                "{name} row {i}: {:?} vs {want:?}",
+                p.scores
+            );
+        }
+        if let Some(label) = p.label {
+            let ort_label = ort["label"][i].to_string();
+            assert_eq!(label, ort_label.trim_matches('"'), "{name} row {i}");
+            if label == exp["y"][i].as_str().unwrap() {
+                correct += 1;
+            }
+        }
+    }
+    matches!(model.task(), Task::Classifier { .. }).then(|| correct as f64 / xs.len() as f64)
+}
+
+#[test]
+fn scikit_learn_and_xgboost_models_match_onnx_runtime() {
+    for (name, op) in [
+        ("bc-logistic", "LinearClassifier"),
+        ("bc-tree-d4", "TreeEnsembleClassifier"),
+        ("bc-rf-20x4", "TreeEnsembleClassifier"),
+        ("bc-gb-20x4", "TreeEnsembleClassifier"),
+        ("bc-xgb-20x4", "TreeEnsembleClassifier"),
+        ("iris-rf-10x3", "TreeEnsembleClassifier"),
+    ] {
+        let accuracy = check(name, op, "probabilities").unwrap();
+        let (_, exp) = fixture(name);
+        let float = exp["float_accuracy"].as_f64().unwrap();
+        assert!(
+            (accuracy - float).abs() < 1e-9,
+            "{name}: {accuracy} vs {float}"
+        );
+    }
+    for (name, op) in [
+        ("iris-rf-regressor", "TreeEnsembleRegressor"),
+        ("iris-linear-regressor", "LinearRegressor"),
+    ] {
+        assert!(check(name, op, "variable").is_none());
+    }
+}
+
+#[test]
+fn ensembles_have_the_exported_shape() {
+    let (bytes, _) = fixture("bc-rf-20x4");
+    let FloatModel::Trees(m) = import_onnx(&bytes).unwrap().model else {
+        panic!()
+    };
+    assert_eq!(m.trees.len(), 20);
+    assert!(m.trees.iter().all(|t| t.depth() <= 4));
+    assert!(m.trees.iter().map(|t| t.leaves()).sum::<usize>() <= 20 * 16);
+    let (bytes, _) = fixture("bc-xgb-20x4");
+    let imported = import_onnx(&bytes).unwrap();
+    assert!(
+        imported.producer.starts_with("OnnxMLTools"),
+        "{}",
+        imported.producer
+    );
+    let FloatModel::Trees(m) = imported.model else {
+        panic!()
+    };
+    assert_eq!(m.trees.len(), 20);
+    assert_eq!(m.base_values.len(), 1);
+}
+
+#[test]
+fn unsupported_models_are_refused_naming_what_is_missing() {
+    for name in ["unsupported-svc", "unsupported-scaler-pipeline"] {
+        let (bytes, exp) = fixture(name);
+        let op = exp["note"].as_str().unwrap();
+        let e = import_onnx(&bytes).unwrap_err();
+        assert!(
+            matches!(&e, ImportError::UnsupportedOperator { op_type, .. } if op_type == op),
+            "{name}: {e}"
+        );
+        assert!(e.to_string().contains(op), "{e}");
+    }
+    assert!(matches!(
+        import_onnx(b"not a protobuf \xff\xff"),
+        Err(ImportError::Decode(_))
+    ));
+}
+
+#[test]
+fn damaged_ensembles_are_refused() {
+    use fhe_batch_onnx::proto::ModelProto;
+    use prost::Message;
+    let (bytes, _) = fixture("bc-tree-d4");
+    let original = ModelProto::decode(bytes.as_slice()).unwrap();
+    let edit = |f: &dyn Fn(&mut fhe_batch_onnx::proto::AttributeProto)| {
+        let mut m = original.clone();
+        for a in &mut m.graph.as_mut().unwrap().node[0].attribute {
+            f(a);
+        }
+        import_onnx(&m.encode_to_vec())
+    };
+    let e = edit(&|a| {
+        if a.name == "nodes_modes" {
+            a.strings[0] = b"BRANCH_EQ".to_vec();
+        }
+    })
+    .unwrap_err();
+    assert!(e.to_string().contains("BRANCH_EQ"), "{e}");
+    let e = edit(&|a| {
+        if a.name == "post_transform" {
+            a.s = b"PROBIT".to_vec();
+        }
+    })
+    .unwrap_err();
+    assert!(e.to_string().contains("PROBIT"), "{e}");
+    let e = edit(&|a| {
+        if a.name == "nodes_truenodeids" {
+            a.ints[0] = 0; // the root points to itself
+        }
+    })
+    .unwrap_err();
+    assert!(matches!(e, ImportError::Invalid { .. }), "{e}");
+    let e = edit(&|a| {
+        if a.name == "nodes_values" {
+            a.floats.pop();
+        }
+    })
+    .unwrap_err();
+    assert!(e.to_string().contains("nodes_values"), "{e}");
+}
