@@ -20,7 +20,7 @@ use fhe_batch_core::pipeline::{IngestOutcome, job_status, list_jobs};
 use fhe_batch_core::ports::ObjectStore;
 use fhe_batch_fhe::SecretKey;
 use fhe_batch_local::FsStore;
-use fhe_batch_train::data::{read_labelled_csv, read_records};
+use fhe_batch_train::data::{Dataset, read_labelled_csv, read_records};
 use fhe_batch_train::{Task, TrainOptions};
 use std::path::PathBuf;
 use std::time::Instant;
@@ -58,6 +58,60 @@ enum TaskArg {
     Auto,
     Classification,
     Regression,
+}
+
+/// How a model is quantized, evaluated and written (train and import).
+#[derive(clap::Args, Debug)]
+struct CompileArgs {
+    /// Bits per quantized input and per integer weight (2..=16).
+    #[arg(long, default_value_t = 8)]
+    n_bits: u8,
+    /// Share of records held out to report accuracy on (0 reports on all records).
+    #[arg(long, default_value_t = 0.2)]
+    holdout: f64,
+    /// Seed of the holdout split.
+    #[arg(long, default_value_t = 42)]
+    seed: u64,
+    /// Output directory of the compiled model.
+    #[arg(long, short)]
+    out: PathBuf,
+}
+
+impl CompileArgs {
+    /// Splits `ds` into (calibration, evaluation, what the report is on).
+    fn split(&self, ds: &Dataset) -> Result<(Dataset, Dataset, &'static str)> {
+        if !(0.0..0.9).contains(&self.holdout) {
+            bail!("--holdout must be in [0, 0.9)");
+        }
+        Ok(if self.holdout > 0.0 {
+            let (t, e) = ds.split(self.holdout, self.seed);
+            (t, e, "holdout")
+        } else {
+            (ds.clone(), ds.clone(), "all records")
+        })
+    }
+
+    /// Quantizes, proves and writes `model`; prints its summary.
+    fn compile_and_write(
+        &self,
+        model: &fhe_batch_train::FloatModel,
+        calibration: &Dataset,
+        eval: &Dataset,
+        on: &str,
+    ) -> Result<()> {
+        let mut pkg = fhe_batch_train::compile(
+            model,
+            calibration,
+            eval,
+            self.n_bits,
+            ParamSet::Glwe2048TUniform17,
+        )?;
+        pkg.manifest.report.evaluated_on = on.into();
+        store::write_model_dir(&pkg, &self.out)?;
+        demo::print_model(&pkg);
+        println!("model written to {}", self.out.display());
+        Ok(())
+    }
 }
 
 #[derive(clap::Args, Debug)]
@@ -98,18 +152,28 @@ enum Command {
         label: String,
         #[arg(long, value_enum, default_value = "auto")]
         task: TaskArg,
-        /// Bits per quantized input and per integer weight (2..=16).
-        #[arg(long, default_value_t = 8)]
-        n_bits: u8,
-        /// Share of records held out to report accuracy on (0 reports on the training data).
-        #[arg(long, default_value_t = 0.2)]
-        holdout: f64,
-        /// Seed of the holdout split.
-        #[arg(long, default_value_t = 42)]
-        seed: u64,
-        /// Output directory of the compiled model.
-        #[arg(long, short)]
-        out: PathBuf,
+        #[command(flatten)]
+        compile: CompileArgs,
+    },
+    /// Import a model trained in Python and exported to ONNX (skl2onnx, onnxmltools) and compile
+    /// it for encrypted inference, like `train` does for its own models.
+    ///
+    /// Reads LinearClassifier, LinearRegressor, TreeEnsembleClassifier and
+    /// TreeEnsembleRegressor graphs and names anything else it cannot read. Linear models
+    /// are quantized against --data (a labelled CSV whose feature columns are the model's
+    /// inputs, in order), proven exact and written like `train` writes them. Tree ensembles
+    /// are read and checked, but cannot be compiled for encrypted evaluation in this version.
+    Import {
+        /// The .onnx file.
+        #[arg(long)]
+        onnx: PathBuf,
+        /// Labelled CSV: the model's features (in its input order) and the label column.
+        #[arg(long)]
+        data: PathBuf,
+        #[arg(long, default_value = "label")]
+        label: String,
+        #[command(flatten)]
+        compile: CompileArgs,
     },
     /// Generate a secret key (written owner-only; it never leaves this machine).
     Keygen {
@@ -253,10 +317,7 @@ fn run(command: Command) -> Result<()> {
             data,
             label,
             task,
-            n_bits,
-            holdout,
-            seed,
-            out,
+            compile,
         } => {
             let task = match task {
                 TaskArg::Auto => Task::Auto,
@@ -264,28 +325,34 @@ fn run(command: Command) -> Result<()> {
                 TaskArg::Regression => Task::Regression,
             };
             let ds = read_labelled_csv(&data, &label, task)?;
-            if !(0.0..0.9).contains(&holdout) {
-                bail!("--holdout must be in [0, 0.9)");
-            }
-            let (train, eval, on) = if holdout > 0.0 {
-                let (t, e) = ds.split(holdout, seed);
-                (t, e, "holdout")
-            } else {
-                (ds.clone(), ds.clone(), "training")
-            };
+            let (train, eval, on) = compile.split(&ds)?;
             let model = fhe_batch_train::train(&train, &TrainOptions::default())?;
-            let mut pkg = fhe_batch_train::compile(
-                &model,
-                &train,
-                &eval,
-                n_bits,
-                ParamSet::Glwe2048TUniform17,
-            )?;
-            pkg.manifest.report.evaluated_on = on.into();
-            store::write_model_dir(&pkg, &out)?;
-            demo::print_model(&pkg);
-            println!("model written to {}", out.display());
-            Ok(())
+            compile.compile_and_write(&model, &train, &eval, on)
+        }
+        Command::Import {
+            onnx,
+            data,
+            label,
+            compile,
+        } => {
+            let bytes =
+                std::fs::read(&onnx).with_context(|| format!("reading {}", onnx.display()))?;
+            let imported = fhe_batch_onnx::import_onnx(&bytes)
+                .with_context(|| format!("importing {}", onnx.display()))?;
+            println!(
+                "{}: {} from {}",
+                onnx.display(),
+                imported.op_type,
+                if imported.producer.is_empty() {
+                    "an unnamed producer"
+                } else {
+                    &imported.producer
+                }
+            );
+            let ds = read_labelled_csv(&data, &label, Task::Auto)?;
+            let (calibration, eval, on) = compile.split(&ds)?;
+            let model = fhe_batch_train::onnx::from_onnx(&imported, &ds)?;
+            compile.compile_and_write(&model, &calibration, &eval, on)
         }
         Command::Keygen { out, force } => {
             let t = Instant::now();

@@ -152,3 +152,86 @@ fn a_wrong_key_or_bad_input_gives_a_clear_error() {
 fn contains(hay: &[u8], needle: &[u8]) -> bool {
     hay.windows(needle.len()).any(|w| w == needle)
 }
+
+fn fixture(name: &str) -> String {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../tests/fixtures/onnx")
+        .join(name)
+        .display()
+        .to_string()
+}
+
+#[test]
+fn an_imported_scikit_learn_model_runs_encrypted_end_to_end() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let bc = data("breast_cancer.csv");
+    let out = ok(
+        d,
+        &[
+            "import",
+            "--onnx",
+            &fixture("bc-logistic.onnx"),
+            "--data",
+            &bc,
+            "--out",
+            "model",
+        ],
+    );
+    assert!(out.contains("LinearClassifier from skl2onnx"), "{out}");
+    assert!(out.contains("quantized accuracy"), "{out}");
+    ok(d, &["keygen", "--out", "k.key"]);
+    ok(
+        d,
+        &[
+            "encrypt", "--model", "model", "--key", "k.key", "--input", &bc, "--out", "bc.fheb",
+        ],
+    );
+    ok(d, &["publish", "--model", "model"]);
+    ok(d, &["submit", "bc.fheb"]);
+    ok(d, &["run"]);
+    ok(
+        d,
+        &[
+            "decrypt", "--model", "model", "--key", "k.key", "--job", "bc", "--out", "p.csv",
+        ],
+    );
+    let preds = std::fs::read_to_string(d.join("p.csv")).unwrap();
+    assert_eq!(preds.lines().count(), 570);
+    // Tree ensembles are read but not yet compiled; other operators are named.
+    let out = fhe_batch(
+        d,
+        &[
+            "import",
+            "--onnx",
+            &fixture("bc-rf-20x4.onnx"),
+            "--data",
+            &bc,
+            "--out",
+            "m2",
+        ],
+    );
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("TreeEnsembleClassifier with 20 trees"),
+        "{err}"
+    );
+    let out = fhe_batch(
+        d,
+        &[
+            "import",
+            "--onnx",
+            &fixture("unsupported-svc.onnx"),
+            "--data",
+            &data("iris.csv"),
+            "--out",
+            "m3",
+        ],
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("unsupported ONNX operator SVMClassifier"),
+        "{err}"
+    );
+}

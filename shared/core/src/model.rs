@@ -469,7 +469,7 @@ pub fn argmax(logits: &[i64]) -> usize {
 /// Accuracy figures computed when a model is compiled.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
 pub struct CompileReport {
-    /// Which records the figures are about (`"holdout"` or `"training"`).
+    /// Which records the figures are about (`"holdout"` or `"all records"`).
     pub evaluated_on: String,
     pub records: usize,
     /// Float model: accuracy (classifiers) or R^2 (regression).

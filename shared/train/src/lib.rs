@@ -10,6 +10,7 @@
 
 pub mod data;
 pub mod model;
+pub mod onnx;
 
 pub use data::{Dataset, Target, Task};
 pub use model::{FloatModel, TrainError, TrainOptions, compile, train};

@@ -20,6 +20,8 @@ pub enum TrainError {
     Model(#[from] ModelError),
     #[error("the data set is empty")]
     Empty,
+    #[error("cannot import this model: {0}")]
+    Unsupported(String),
 }
 
 /// A trained floating-point linear model over raw (unscaled) features.

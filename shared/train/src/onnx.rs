@@ -1,0 +1,116 @@
+//! Models trained elsewhere: an imported ONNX linear model becomes the same [`FloatModel`] that
+//! training produces, so it is quantized, proven and packaged the same way.
+
+use crate::data::{Dataset, Target};
+use crate::model::{FloatModel, TrainError};
+use fhe_batch_core::model::ModelKind;
+use fhe_batch_onnx::{FloatModel as OnnxModel, Imported, Linear, PostTransform, Task};
+
+/// Converts an imported model, naming features and classes from the calibration data set
+/// (ONNX files carry one input tensor, not column names).
+///
+/// Class labels: string labels must be the data set's class names; integer labels `0..C` are
+/// taken as the data set's `C` class names in sorted order (how scikit-learn's `LabelEncoder`
+/// and the export script number them).
+pub fn from_onnx(imported: &Imported, data: &Dataset) -> Result<FloatModel, TrainError> {
+    let unsupported = |why: String| TrainError::Unsupported(why);
+    let linear: &Linear = match &imported.model {
+        OnnxModel::Linear(l) => l,
+        OnnxModel::Trees(t) => {
+            return Err(unsupported(format!(
+                "{} with {} trees imports and evaluates in floating point, but encrypted \
+                 evaluation of tree ensembles is not available in this version; linear models \
+                 (LinearClassifier, LinearRegressor) are",
+                imported.op_type,
+                t.trees.len()
+            )));
+        }
+    };
+    let f = data.n_features();
+    if linear.n_features != f {
+        return Err(unsupported(format!(
+            "the model takes {} features; the data set has {f} feature columns",
+            linear.n_features
+        )));
+    }
+    let row = |r: usize| linear.coefficients[r].iter().map(|&w| w as f64);
+    let (kind, classes, weights, bias): (ModelKind, Vec<String>, Vec<f64>, Vec<f64>) =
+        match (&linear.task, &data.y) {
+            (Task::Regressor { targets }, Target::Values(_)) => {
+                if *targets != 1 || linear.post != PostTransform::None {
+                    return Err(unsupported(
+                        "only single-target linear regression without a post-transform".into(),
+                    ));
+                }
+                (
+                    ModelKind::LinearRegression,
+                    Vec::new(),
+                    row(0).collect(),
+                    vec![linear.intercepts[0] as f64],
+                )
+            }
+            (Task::Classifier { labels }, Target::Classes { names, .. }) => {
+                let classes = class_names(labels, names)?;
+                let rows = linear.coefficients.len();
+                if classes.len() == 2 {
+                    // One logit: class 1's score against class 0's.
+                    let (w, b): (Vec<f64>, f64) = if rows == 1 {
+                        (row(0).collect(), linear.intercepts[0] as f64)
+                    } else if linear.coefficients[0]
+                        .iter()
+                        .zip(&linear.coefficients[1])
+                        .all(|(a, b)| *a == -*b)
+                    {
+                        (row(1).collect(), linear.intercepts[1] as f64)
+                    } else {
+                        (
+                            row(1).zip(row(0)).map(|(a, b)| a - b).collect(),
+                            (linear.intercepts[1] - linear.intercepts[0]) as f64,
+                        )
+                    };
+                    (ModelKind::BinaryLogistic, classes, w, vec![b])
+                } else {
+                    (
+                        ModelKind::MultinomialLogistic,
+                        classes,
+                        (0..rows).flat_map(row).collect(),
+                        linear.intercepts.iter().map(|&b| b as f64).collect(),
+                    )
+                }
+            }
+            (Task::Classifier { .. }, Target::Values(_)) => {
+                return Err(unsupported(
+                    "the model is a classifier but the label column is numeric".into(),
+                ));
+            }
+            (Task::Regressor { .. }, Target::Classes { .. }) => {
+                return Err(unsupported(
+                    "the model is a regressor but the label column holds classes".into(),
+                ));
+            }
+        };
+    Ok(FloatModel {
+        kind,
+        feature_names: data.feature_names.clone(),
+        target_name: data.target_name.clone(),
+        classes,
+        weights,
+        bias,
+    })
+}
+
+fn class_names(labels: &[String], names: &[String]) -> Result<Vec<String>, TrainError> {
+    let numbered = labels
+        .iter()
+        .enumerate()
+        .all(|(i, l)| l.parse::<usize>() == Ok(i));
+    if numbered && labels.len() == names.len() {
+        return Ok(names.to_vec());
+    }
+    if labels.len() == names.len() && names.iter().all(|n| labels.contains(n)) {
+        return Ok(labels.to_vec());
+    }
+    Err(TrainError::Unsupported(format!(
+        "the model's classes {labels:?} do not match the data set's {names:?}"
+    )))
+}
