@@ -307,6 +307,38 @@ fn runtime() -> Result<tokio::runtime::Runtime> {
         .build()?)
 }
 
+/// What compiling a tree ensemble would give: float and quantized accuracy, and the cost of
+/// encrypted evaluation in the planned scheme (one thermometer bit per distinct threshold up,
+/// about one bootstrap per pair of sibling leaves).
+fn report_trees(
+    e: &fhe_batch_onnx::TreeEnsemble,
+    eval: &Dataset,
+    on: &str,
+    leaf_bits: u8,
+) -> Result<()> {
+    let q = fhe_batch_train::trees::quantize_trees(e, leaf_bits)?;
+    println!(
+        "  {} trees, depth <= {}, {} leaves; {} thermometer bits per record ({} B up, bodies only), {} bootstraps per record",
+        q.trees.len(),
+        q.max_depth(),
+        e.trees.iter().map(|t| t.leaves()).sum::<usize>(),
+        q.thresholds.len(),
+        q.thresholds.len() * 8,
+        q.pbs_per_record()
+    );
+    if let Ok(rows) = fhe_batch_train::trees::labelled_rows(e, eval) {
+        let r = fhe_batch_train::trees::tree_report(e, &q, &rows);
+        println!(
+            "  on {} {on} records: float accuracy {:.1}%, quantized ({leaf_bits}-bit leaves) {:.1}%, agreement {:.1}%",
+            r.records,
+            r.float_accuracy * 100.0,
+            r.quantized_accuracy * 100.0,
+            r.agreement * 100.0
+        );
+    }
+    Ok(())
+}
+
 fn job_arg(s: &str) -> Result<JobId> {
     JobId::parse(s).with_context(|| format!("invalid job id {s:?}"))
 }
@@ -351,6 +383,9 @@ fn run(command: Command) -> Result<()> {
             );
             let ds = read_labelled_csv(&data, &label, Task::Auto)?;
             let (calibration, eval, on) = compile.split(&ds)?;
+            if let fhe_batch_onnx::FloatModel::Trees(e) = &imported.model {
+                report_trees(e, &eval, on, compile.n_bits)?;
+            }
             let model = fhe_batch_train::onnx::from_onnx(&imported, &ds)?;
             compile.compile_and_write(&model, &calibration, &eval, on)
         }

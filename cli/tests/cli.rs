@@ -217,6 +217,12 @@ fn an_imported_scikit_learn_model_runs_encrypted_end_to_end() {
         err.contains("TreeEnsembleClassifier with 20 trees"),
         "{err}"
     );
+    let report = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        report.contains("20 trees, depth <= 4") && report.contains("bootstraps per record"),
+        "{report}"
+    );
+    assert!(report.contains("quantized (8-bit leaves)"), "{report}");
     let out = fhe_batch(
         d,
         &[

@@ -12,6 +12,7 @@
 //! - [`job`]: job manifests, chunk messages, failure records and status;
 //! - [`ports`]: the [`ports::ObjectStore`] and [`ports::JobQueue`] traits;
 //! - [`pipeline`]: ingest, worker and status logic over the ports;
+//! - [`tree`]: tree ensembles as thermometer bits and integer leaves, with their reference;
 //! - [`retry`]: bounded retries with exponential backoff and jitter around either port;
 //! - [`fuzz`]: the entry points of the fuzz targets, also replayed as ordinary tests.
 
@@ -27,3 +28,4 @@ pub mod params;
 pub mod pipeline;
 pub mod ports;
 pub mod retry;
+pub mod tree;

@@ -254,7 +254,12 @@ impl TreeEnsemble {
     }
 
     fn predict(&self, x: &[f32]) -> Prediction {
-        let mut s = self.raw_scores(x);
+        self.finish(self.raw_scores(x))
+    }
+
+    /// Turns raw per-slot sums (as [`TreeEnsemble::raw_scores`] returns them) into the
+    /// prediction: base values, the binary rule, the post-transform.
+    pub fn finish(&self, mut s: Vec<f32>) -> Prediction {
         for (v, b) in s.iter_mut().zip(&self.base_values) {
             *v += b;
         }

@@ -11,6 +11,7 @@
 pub mod data;
 pub mod model;
 pub mod onnx;
+pub mod trees;
 
 pub use data::{Dataset, Target, Task};
 pub use model::{FloatModel, TrainError, TrainOptions, compile, train};
