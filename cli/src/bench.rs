@@ -31,6 +31,11 @@ pub struct BenchArgs {
     /// Workers for the pipeline run.
     #[arg(long, default_value_t = 4)]
     workers: usize,
+    /// Also measure programmable bootstrapping (tfhe shortint server key on our parameters):
+    /// key generation, key sizes, and this many bootstraps on one thread and on all cores
+    /// (0 skips it).
+    #[arg(long, default_value_t = 0)]
+    pbs: usize,
 }
 
 #[derive(Debug, Serialize)]
@@ -71,6 +76,7 @@ struct Report {
     keygen_ms: f64,
     workloads: Vec<Figures>,
     pipeline: Option<PipelineFigures>,
+    pbs: Option<fhe_batch_fhe::pbs::PbsFigures>,
 }
 
 fn median(mut v: Vec<Duration>) -> Duration {
@@ -225,6 +231,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
         keygen_ms: ms(keygen),
         workloads: Vec::new(),
         pipeline: None,
+        pbs: None,
     };
     for (name, train, records) in &workloads {
         if !args.json {
@@ -270,6 +277,9 @@ pub fn run(args: BenchArgs) -> Result<()> {
             down_bytes: summary.down_bytes,
             phases_ms: counted,
         });
+    }
+    if args.pbs > 0 {
+        report.pbs = Some(fhe_batch_fhe::pbs::measure(&key, args.pbs));
     }
     if args.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
@@ -348,6 +358,20 @@ pub fn run(args: BenchArgs) -> Result<()> {
         println!(
             "workload={} records={} workers={} total_ms={:.1} up_bytes={} down_bytes={}",
             p.workload, p.records, p.workers, p.total_ms, p.up_bytes, p.down_bytes
+        );
+    }
+    if let Some(b) = &report.pbs {
+        println!(
+            "pbs bootstraps={} keygen_s={:.2} compressed_key_bytes={} server_key_bytes={} decompress_s={:.2} single_thread_per_s={:.1} parallel_per_s={:.1} threads={} all_correct={}",
+            b.bootstraps,
+            b.keygen_s,
+            b.compressed_key_bytes,
+            b.server_key_bytes,
+            b.decompress_s,
+            b.single_thread_per_s,
+            b.parallel_per_s,
+            b.threads,
+            b.all_correct
         );
     }
     Ok(())

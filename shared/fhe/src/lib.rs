@@ -19,6 +19,7 @@ pub mod keys;
 pub mod mask;
 pub mod negacyclic;
 pub mod params;
+pub mod pbs;
 
 pub use glwe::GlweEvaluator;
 pub use keys::SecretKey;

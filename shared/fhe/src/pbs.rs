@@ -1,0 +1,93 @@
+//! Programmable bootstrapping with tfhe's shortint server key on our parameter set: key
+//! generation, key sizes and throughput, measured (the cost model of bootstrapped models such
+//! as tree ensembles rests on these numbers).
+
+use crate::SecretKey;
+use rayon::prelude::*;
+use std::time::{Duration, Instant};
+use tfhe::shortint::{CompressedServerKey, ServerKey};
+
+/// What one measurement found.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct PbsFigures {
+    pub bootstraps: usize,
+    pub keygen_s: f64,
+    /// bincode size of the compressed server key (what a client would upload once).
+    pub compressed_key_bytes: usize,
+    /// bincode size of the expanded server key (what a worker holds in memory).
+    pub server_key_bytes: usize,
+    pub decompress_s: f64,
+    /// One thread.
+    pub single_thread_per_s: f64,
+    /// All cores (rayon).
+    pub parallel_per_s: f64,
+    pub threads: usize,
+    /// Every bootstrap decrypted to its lookup table's value.
+    pub all_correct: bool,
+}
+
+/// Generates a server key from `key`'s shortint client key and runs `n` bootstraps of a
+/// lookup table (x -> x + 1 mod 4) on one thread, then `n` across all cores, decrypting each.
+pub fn measure(key: &SecretKey, n: usize) -> PbsFigures {
+    let ck = key.shortint();
+    let t = Instant::now();
+    let compressed = CompressedServerKey::new(ck);
+    let keygen = t.elapsed();
+    let compressed_key_bytes = bincode::serialized_size(&compressed).unwrap_or(0) as usize;
+    let t = Instant::now();
+    let sk: ServerKey = compressed.decompress();
+    let decompress = t.elapsed();
+    let server_key_bytes = bincode::serialized_size(&sk).unwrap_or(0) as usize;
+    let lut = sk.generate_lookup_table(|x| (x + 1) % 4);
+    let inputs: Vec<_> = (0..n).map(|i| ck.encrypt((i % 4) as u64)).collect();
+    let per_s = |d: Duration| n as f64 / d.as_secs_f64().max(f64::MIN_POSITIVE);
+
+    let t = Instant::now();
+    let single: Vec<_> = inputs
+        .iter()
+        .map(|c| sk.apply_lookup_table(c, &lut))
+        .collect();
+    let single_time = t.elapsed();
+    let t = Instant::now();
+    let parallel: Vec<_> = inputs
+        .par_iter()
+        .map(|c| sk.apply_lookup_table(c, &lut))
+        .collect();
+    let parallel_time = t.elapsed();
+    let all_correct = single
+        .iter()
+        .chain(&parallel)
+        .enumerate()
+        .all(|(i, c)| ck.decrypt(c) == ((i % n) as u64 % 4 + 1) % 4);
+    PbsFigures {
+        bootstraps: n,
+        keygen_s: keygen.as_secs_f64(),
+        compressed_key_bytes,
+        server_key_bytes,
+        decompress_s: decompress.as_secs_f64(),
+        single_thread_per_s: per_s(single_time),
+        parallel_per_s: per_s(parallel_time),
+        threads: rayon::current_num_threads(),
+        all_correct,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use fhe_batch_core::params::ParamSet;
+
+    #[test]
+    fn bootstraps_on_our_parameters_are_correct() {
+        let key = SecretKey::generate(ParamSet::Glwe2048TUniform17);
+        // FHE_BATCH_PBS_N=200 turns this into a quick measurement (`-- --nocapture`).
+        let n = std::env::var("FHE_BATCH_PBS_N")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(8);
+        let f = measure(&key, n);
+        eprintln!("{f:?}");
+        assert!(f.all_correct, "{f:?}");
+        assert!(f.compressed_key_bytes > 1 << 20 && f.server_key_bytes > f.compressed_key_bytes);
+    }
+}
