@@ -332,6 +332,52 @@ mod tests {
         }
     }
 
+    /// The column ciphertexts bootstrap: a record's coefficient, sample-extracted from our
+    /// seeded GLWE, is an LWE ciphertext under the big key of tfhe's KS-PBS atomic pattern,
+    /// and tfhe's shortint server key (keyswitch + programmable bootstrap with the parameter
+    /// set's own modulus switch) maps it through a lookup table. This is the path bootstrapped
+    /// models (tree ensembles) take. Values are encoded as shortint 2_2 messages (delta 2^59).
+    #[test]
+    fn our_column_ciphertexts_bootstrap_through_tfhe_shortint() {
+        use tfhe::shortint::ciphertext::{Degree, NoiseLevel};
+        use tfhe::shortint::{
+            AtomicPatternKind, CarryModulus, Ciphertext, MessageModulus, PBSOrder, ServerKey,
+        };
+        let mut pkg = package(1, 1, 2, 5);
+        pkg.client.plaintext_bits = 5; // 2^59: padding bit, 2 carry bits, 2 message bits
+        let records = 64;
+        let q: Vec<u64> = (0..records as u64).map(|i| i % 4).collect();
+        let payload = encrypt_chunk(key(), &pkg.client, &q);
+        let params = ParamSet::Glwe2048TUniform17;
+        let full = GlweEvaluator::expand(params, 1, &payload).unwrap();
+        let glwe = GlweCiphertext::from_container(
+            full,
+            polynomial_size(params),
+            CiphertextModulus::new_native(),
+        );
+        let sk = ServerKey::new(key().shortint());
+        let lut = sk.generate_lookup_table(|x| (3 * x + 1) % 4);
+        for (i, &m) in q.iter().enumerate() {
+            let mut lwe = LweCiphertext::new(0u64, LweSize(2049), CiphertextModulus::new_native());
+            extract_lwe_sample_from_glwe_ciphertext(&glwe, &mut lwe, MonomialDegree(i));
+            let ct = Ciphertext::new(
+                lwe,
+                Degree::new(3),
+                NoiseLevel::NOMINAL,
+                MessageModulus(4),
+                CarryModulus(4),
+                AtomicPatternKind::Standard(PBSOrder::KeyswitchBootstrap),
+            );
+            assert_eq!(key().shortint().decrypt(&ct), m, "record {i} before");
+            let out = sk.apply_lookup_table(&ct, &lut);
+            assert_eq!(
+                key().shortint().decrypt(&out),
+                (3 * m + 1) % 4,
+                "record {i}"
+            );
+        }
+    }
+
     /// Our encryption is ordinary tfhe GLWE: tfhe's own decryption reads it.
     #[test]
     fn tfhe_decrypts_our_ciphertexts() {
