@@ -30,6 +30,29 @@ pub(crate) fn status_of<E>(err: &SdkError<E, HttpResponse>) -> Option<u16> {
     err.raw_response().map(|r| r.status().as_u16())
 }
 
+/// Whether a failed S3 or SQS call may succeed when repeated: throttling, 5xx, timeouts and
+/// connection trouble may; other 4xx answers (a bad receipt, a missing queue) may not.
+pub(crate) fn is_retryable<E: ProvideErrorMetadata>(err: &SdkError<E, HttpResponse>) -> bool {
+    match err {
+        SdkError::TimeoutError(_) | SdkError::DispatchFailure(_) | SdkError::ResponseError(_) => {
+            true
+        }
+        _ => {
+            matches!(status_of(err), Some(408 | 409 | 429 | 500..=599))
+                || matches!(
+                    err.code(),
+                    Some(
+                        "SlowDown"
+                            | "Throttling"
+                            | "ThrottlingException"
+                            | "RequestThrottled"
+                            | "RequestTimeout"
+                    )
+                )
+        }
+    }
+}
+
 /// Maps an SDK error to a [`StoreError`], keeping "not found" apart and saying whether a retry
 /// may help (throttling, 5xx, timeouts and connection trouble may; other 4xx may not).
 fn map_err<E>(key: &str, err: SdkError<E, HttpResponse>) -> StoreError
@@ -43,18 +66,7 @@ where
             key: key.to_string(),
         };
     }
-    let retryable = match &err {
-        SdkError::TimeoutError(_) | SdkError::DispatchFailure(_) | SdkError::ResponseError(_) => {
-            true
-        }
-        _ => {
-            matches!(status, Some(408 | 409 | 429 | 500..=599))
-                || matches!(
-                    code.as_deref(),
-                    Some("SlowDown" | "Throttling" | "RequestTimeout")
-                )
-        }
-    };
+    let retryable = is_retryable(&err);
     StoreError::Backend {
         key: key.to_string(),
         message: aws_sdk_s3::error::DisplayErrorContext(&err).to_string(),

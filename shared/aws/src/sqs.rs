@@ -1,6 +1,8 @@
 //! [`JobQueue`] on Amazon SQS. Messages carry S3 pointers only (the chunk's byte range and hash),
 //! never ciphertext.
 
+use aws_sdk_sqs::config::http::HttpResponse;
+use aws_sdk_sqs::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_sqs::types::{MessageSystemAttributeName, SendMessageBatchRequestEntry};
 use fhe_batch_core::job::check_message_sizes;
 use fhe_batch_core::ports::{Delivery, JobQueue, QueueError};
@@ -26,10 +28,14 @@ impl SqsQueue {
     }
 }
 
-fn backend(e: impl std::fmt::Display) -> QueueError {
+/// A failed SQS call, retryable or not by the same rule as S3's.
+fn backend<E>(e: SdkError<E, HttpResponse>) -> QueueError
+where
+    E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
+{
     QueueError::Backend {
-        message: e.to_string(),
-        retryable: true,
+        retryable: crate::s3::is_retryable(&e),
+        message: aws_sdk_sqs::error::DisplayErrorContext(&e).to_string(),
     }
 }
 
@@ -52,7 +58,10 @@ impl JobQueue for SqsQueue {
                             .id(id)
                             .message_body(*body)
                             .build()
-                            .map_err(backend)
+                            .map_err(|e| QueueError::Backend {
+                                message: e.to_string(),
+                                retryable: false,
+                            })
                     })
                     .collect::<Result<Vec<_>, _>>()?;
                 let out = self
@@ -62,16 +71,18 @@ impl JobQueue for SqsQueue {
                     .set_entries(Some(entries))
                     .send()
                     .await
-                    .map_err(|e| backend(aws_sdk_sqs::error::DisplayErrorContext(&e)))?;
+                    .map_err(backend)?;
                 let failed: Vec<&str> = out.failed().iter().map(|f| f.id()).collect();
                 pending.retain(|(id, _)| failed.contains(&id.as_str()));
                 if pending.is_empty() {
                     break;
                 }
                 if attempt == 4 {
+                    // Entry-level retries are spent; repeating the whole call would resend the
+                    // groups already sent. Ingest's trigger retries the event instead.
                     return Err(QueueError::Backend {
                         message: format!("{} messages could not be sent", pending.len()),
-                        retryable: true,
+                        retryable: false,
                     });
                 }
                 tokio::time::sleep(Duration::from_millis(100 << attempt)).await;
@@ -90,7 +101,7 @@ impl JobQueue for SqsQueue {
             .message_system_attribute_names(MessageSystemAttributeName::ApproximateReceiveCount)
             .send()
             .await
-            .map_err(|e| backend(aws_sdk_sqs::error::DisplayErrorContext(&e)))?;
+            .map_err(backend)?;
         Ok(out
             .messages()
             .iter()
@@ -114,7 +125,7 @@ impl JobQueue for SqsQueue {
             .receipt_handle(receipt)
             .send()
             .await
-            .map_err(|e| backend(aws_sdk_sqs::error::DisplayErrorContext(&e)))?;
+            .map_err(backend)?;
         Ok(())
     }
 }

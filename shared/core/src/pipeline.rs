@@ -397,7 +397,7 @@ enum Attempt {
     Transient(String),
 }
 
-/// Why a chunk's result object may not be written.
+/// Why an attempt stopped before it had an outcome.
 enum Refusal {
     Store(StoreError),
     Fault(String),
@@ -431,7 +431,7 @@ impl<S: ObjectStore, E: ChunkEvaluator> Worker<S, E> {
     }
 
     /// Runs the fault probe, if any, at `point`.
-    pub fn probe(&self, point: FaultPoint, job: &JobId, chunk: u32) -> Result<(), String> {
+    fn probe(&self, point: FaultPoint, job: &JobId, chunk: u32) -> Result<(), String> {
         match &self.probe {
             Some(p) => p.check(point, job, chunk),
             None => Ok(()),
@@ -676,8 +676,8 @@ impl<S: ObjectStore, E: ChunkEvaluator> Worker<S, E> {
 }
 
 /// Runs one worker against a queue until `stop()` (checked before each receive) says so: receive,
-/// process, report (`on_outcome` gets the outcome and its delivery), acknowledge on success; a failed attempt is left for redelivery after the
-/// visibility timeout. Used by the local pipeline and `fhe-batch worker`; on AWS the Lambda
+/// process, report (`on_outcome` gets the outcome and its delivery), acknowledge on success; a
+/// failed attempt is left for redelivery after the visibility timeout. Used by the local pipeline and `fhe-batch worker`; on AWS the Lambda
 /// event source does this.
 ///
 /// Queue trouble does not stop the loop: a retryable receive error is waited out with backoff,

@@ -50,7 +50,10 @@ pub fn from_onnx(imported: &Imported, data: &Dataset) -> Result<FloatModel, Trai
                 )
             }
             (Task::Classifier { labels }, Target::Classes { names, .. }) => {
-                let classes = class_names(labels, names)?;
+                let mut classes = vec![String::new(); labels.len()];
+                for (c, &m) in model_class_of(labels, names)?.iter().enumerate() {
+                    classes[m] = names[c].clone();
+                }
                 let rows = linear.coefficients.len();
                 if classes.len() == 2 {
                     // One logit: class 1's score against class 0's.
@@ -99,18 +102,30 @@ pub fn from_onnx(imported: &Imported, data: &Dataset) -> Result<FloatModel, Trai
     })
 }
 
-fn class_names(labels: &[String], names: &[String]) -> Result<Vec<String>, TrainError> {
+/// For each of the data set's classes (its sorted names), the index of the model's label for
+/// it: string labels must be the data set's class names; integer labels `0..C` stand for the
+/// data set's `C` names in sorted order.
+pub(crate) fn model_class_of(
+    labels: &[String],
+    names: &[String],
+) -> Result<Vec<usize>, TrainError> {
+    let mismatch = || {
+        TrainError::Unsupported(format!(
+            "the model's classes {labels:?} do not match the data set's {names:?}"
+        ))
+    };
+    if labels.len() != names.len() {
+        return Err(mismatch());
+    }
     let numbered = labels
         .iter()
         .enumerate()
         .all(|(i, l)| l.parse::<usize>() == Ok(i));
-    if numbered && labels.len() == names.len() {
-        return Ok(names.to_vec());
+    if numbered {
+        return Ok((0..names.len()).collect());
     }
-    if labels.len() == names.len() && names.iter().all(|n| labels.contains(n)) {
-        return Ok(labels.to_vec());
-    }
-    Err(TrainError::Unsupported(format!(
-        "the model's classes {labels:?} do not match the data set's {names:?}"
-    )))
+    names
+        .iter()
+        .map(|n| labels.iter().position(|l| l == n).ok_or_else(mismatch))
+        .collect()
 }

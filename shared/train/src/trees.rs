@@ -149,8 +149,8 @@ pub fn tree_report(e: &TreeEnsemble, q: &TreeModel, rows: &[(Vec<f32>, String)])
     }
 }
 
-/// The data set's records with their labels written as the ensemble's class labels (integer
-/// labels `0..C` stand for the data set's sorted class names, as in [`crate::onnx::from_onnx`]).
+/// The data set's records with their labels written as the ensemble's class labels (matched as
+/// [`crate::onnx::from_onnx`] matches them).
 pub fn labelled_rows(
     e: &TreeEnsemble,
     ds: &crate::data::Dataset,
@@ -172,26 +172,11 @@ pub fn labelled_rows(
             ds.n_features()
         )));
     }
-    let numbered = labels.len() == names.len()
-        && labels
-            .iter()
-            .enumerate()
-            .all(|(i, l)| l.parse::<usize>() == Ok(i));
-    let label_of = |c: usize| -> Result<String, TrainError> {
-        if numbered {
-            Ok(c.to_string())
-        } else if labels.contains(&names[c]) {
-            Ok(names[c].clone())
-        } else {
-            Err(TrainError::Unsupported(format!(
-                "the model's classes {labels:?} do not match the data set's {names:?}"
-            )))
-        }
-    };
-    (0..ds.len())
+    let model_class = crate::onnx::model_class_of(labels, names)?;
+    Ok((0..ds.len())
         .map(|i| {
             let x = ds.row(i).iter().map(|&v| v as f32).collect();
-            Ok((x, label_of(idx[i])?))
+            (x, labels[model_class[idx[i]]].clone())
         })
-        .collect()
+        .collect())
 }
