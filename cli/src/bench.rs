@@ -8,6 +8,7 @@ use anyhow::{Result, bail};
 use fhe_batch_core::format::{BatchHeader, BatchLimits, ResultHeader};
 use fhe_batch_core::params::ParamSet;
 use fhe_batch_core::pipeline::ChunkEvaluator;
+use fhe_batch_core::pipeline::ChunkInput;
 use fhe_batch_fhe::{GlweEvaluator, SecretKey};
 use fhe_batch_train::data::{Dataset, read_labelled_csv, synthetic_classification};
 use fhe_batch_train::{Task, TrainOptions};
@@ -36,6 +37,14 @@ pub struct BenchArgs {
     /// (0 skips it).
     #[arg(long, default_value_t = 0)]
     pbs: usize,
+    /// Benchmark these tree-ensemble ONNX files instead (comma-separated; e.g. the ones in
+    /// tests/fixtures/onnx): compiled, encrypted, evaluated with bootstraps and decrypted on
+    /// the bundled breast-cancer records, every score checked against the plaintext reference.
+    #[arg(long, value_delimiter = ',')]
+    trees: Vec<std::path::PathBuf>,
+    /// Records per tree model (the first ones of the breast-cancer data).
+    #[arg(long, default_value_t = 128)]
+    tree_records: usize,
 }
 
 #[derive(Debug, Serialize)]
@@ -135,7 +144,12 @@ fn measure(
             .map(|c| {
                 GlweEvaluator.evaluate(
                     server,
-                    &batch[c.offset as usize..(c.offset + c.length) as usize],
+                    &ChunkInput {
+                        payload: &batch[c.offset as usize..(c.offset + c.length) as usize],
+                        records: c.records,
+                        slots: header.slots,
+                        eval_key: None,
+                    },
                 )
             })
             .collect::<Result<_, _>>()
@@ -193,7 +207,7 @@ fn measure(
     })
 }
 
-fn machine() -> String {
+pub(crate) fn machine() -> String {
     let cpu = std::fs::read_to_string("/proc/cpuinfo")
         .ok()
         .and_then(|s| {
@@ -210,6 +224,10 @@ fn machine() -> String {
 }
 
 pub fn run(args: BenchArgs) -> Result<()> {
+    if !args.trees.is_empty() {
+        let bc = dataset("breast_cancer", BREAST_CANCER_CSV)?;
+        return crate::bench_trees::run(&args.trees, &bc, args.tree_records, args.json);
+    }
     let t = Instant::now();
     let key = SecretKey::generate(ParamSet::Glwe2048TUniform17);
     let keygen = t.elapsed();

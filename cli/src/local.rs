@@ -8,7 +8,7 @@ use fhe_batch_core::pipeline::{
     ChunkOutcome, IngestOutcome, Worker, WorkerConfig, ingest_object, run_queue_worker,
 };
 use fhe_batch_core::ports::ObjectStore;
-use fhe_batch_fhe::GlweEvaluator;
+use fhe_batch_fhe::FheEvaluator;
 use fhe_batch_local::{FsStore, MemQueue, MemQueueConfig};
 use indicatif::{ProgressBar, ProgressStyle};
 use std::sync::Arc;
@@ -58,7 +58,7 @@ pub async fn run_local(store: &FsStore, workers: usize, show_progress: bool) -> 
     let pb = bar(total, "evaluate", show_progress);
     let worker = Arc::new(Worker::new(
         store.clone(),
-        GlweEvaluator,
+        FheEvaluator::default(),
         WorkerConfig { max_receives: 5 },
     ));
     let counters = Arc::new([AtomicU64::new(0), AtomicU64::new(0), AtomicU64::new(0)]);

@@ -5,6 +5,7 @@
 //! predictions. `fhe-batch demo` does all of it in one command.
 
 mod bench;
+mod bench_trees;
 mod demo;
 mod local;
 mod output;
@@ -196,6 +197,24 @@ enum Command {
         input: PathBuf,
         #[arg(long, short)]
         out: PathBuf,
+        /// Tree ensembles: the evaluation key id to name (default: the one `publish-key` saved
+        /// next to the key file, KEY.evalkey).
+        #[arg(long)]
+        eval_key: Option<String>,
+        /// Records per chunk (default: all N slots for linear models; for tree ensembles, sized
+        /// from the model's bootstrap count so a chunk takes about 5 minutes on a worker).
+        #[arg(long)]
+        chunk_records: Option<u32>,
+    },
+    /// Generate the evaluation key of your secret key (tfhe's compressed server key and a
+    /// packing key: public material that lets the service bootstrap, never decrypt) and upload
+    /// it once to keys/<id>/eval.key, where id is a hash of its content. Tree ensembles need
+    /// it. The id is saved next to the key file (KEY.evalkey) for `encrypt`.
+    PublishKey {
+        #[arg(long, short, default_value = "client.key")]
+        key: PathBuf,
+        #[command(flatten)]
+        store: StoreArg,
     },
     /// Publish a compiled model to the bucket (models/<model_id>/).
     Publish {
@@ -307,35 +326,71 @@ fn runtime() -> Result<tokio::runtime::Runtime> {
         .build()?)
 }
 
-/// What compiling a tree ensemble would give: float and quantized accuracy, and the cost of
-/// encrypted evaluation in the planned scheme (one thermometer bit per distinct threshold up,
-/// about one bootstrap per pair of sibling leaves).
-fn report_trees(
+/// Compiles an imported tree ensemble for encrypted evaluation and writes its package:
+/// thresholds become the client's thermometer bits, leaves are quantized to what the score
+/// slots carry exactly, and the bootstrap plan is proven. Prints the compile report.
+fn compile_trees(
     e: &fhe_batch_onnx::TreeEnsemble,
+    ds: &Dataset,
     eval: &Dataset,
     on: &str,
-    leaf_bits: u8,
+    out: &std::path::Path,
 ) -> Result<()> {
-    let q = fhe_batch_train::trees::quantize_trees(e, leaf_bits)?;
+    let c = fhe_batch_train::trees::quantize_trees(e)?;
+    let plan = &c.plan;
+    let n = ParamSet::Glwe2048TUniform17.polynomial_size();
+    let per_chunk = fhe_batch_core::tree::records_per_chunk(plan.pbs_per_record(), n);
     println!(
-        "  {} trees, depth <= {}, {} leaves; {} thermometer bits per record ({} B up, bodies only), {} bootstraps per record",
-        q.trees.len(),
-        q.max_depth(),
+        "  {} trees, depth <= {}, {} leaves; {} thermometer bits per record ({} B up)",
+        c.model.trees.len(),
+        c.model.max_depth(),
         e.trees.iter().map(|t| t.leaves()).sum::<usize>(),
-        q.thresholds.len(),
-        q.thresholds.len() * 8,
-        q.pbs_per_record()
+        c.model.thresholds.len(),
+        c.model.thresholds.len() * 8,
     );
-    if let Ok(rows) = fhe_batch_train::trees::labelled_rows(e, eval) {
-        let r = fhe_batch_train::trees::tree_report(e, &q, &rows);
-        println!(
-            "  on {} {on} records: float accuracy {:.1}%, quantized ({leaf_bits}-bit leaves) {:.1}%, agreement {:.1}%",
-            r.records,
-            r.float_accuracy * 100.0,
-            r.quantized_accuracy * 100.0,
-            r.agreement * 100.0
-        );
-    }
+    println!(
+        "  {} bootstraps per record ({} lookup tables each), {} score slots of {} bits, leaves spread over {} integers",
+        plan.pbs_per_record(),
+        plan.functions,
+        plan.n_slots,
+        plan.slot_bits,
+        c.layout.leaf_range
+    );
+    println!(
+        "  estimated {:.2} s per record on a 2-vCPU worker ({} bootstraps/s); chunks of {per_chunk} records (~{:.0} s each)",
+        plan.pbs_per_record() as f64 / fhe_batch_core::tree::WORKER_PBS_PER_SECOND,
+        fhe_batch_core::tree::WORKER_PBS_PER_SECOND,
+        per_chunk as f64 * plan.pbs_per_record() as f64
+            / fhe_batch_core::tree::WORKER_PBS_PER_SECOND
+    );
+    let report = match fhe_batch_train::trees::labelled_rows(e, eval) {
+        Ok(rows) => {
+            let r = fhe_batch_train::trees::tree_report(e, &c, &rows);
+            println!(
+                "  on {} {on} records: float accuracy {:.1}%, quantized {:.1}%, agreement {:.1}%",
+                r.records,
+                r.float_accuracy * 100.0,
+                r.quantized_accuracy * 100.0,
+                r.agreement * 100.0
+            );
+            Some(r)
+        }
+        Err(_) => None,
+    };
+    let pkg = fhe_batch_train::trees::package_forest(
+        e,
+        &c,
+        ds.feature_names.clone(),
+        ds.target_name.clone(),
+        report.as_ref(),
+        on,
+    )?;
+    store::write_model_dir(&pkg, out)?;
+    println!(
+        "model {} written to {}; data owners need an evaluation key: `fhe-batch publish-key`",
+        pkg.manifest.model_id,
+        out.display()
+    );
     Ok(())
 }
 
@@ -384,7 +439,7 @@ fn run(command: Command) -> Result<()> {
             let ds = read_labelled_csv(&data, &label, Task::Auto)?;
             let (calibration, eval, on) = compile.split(&ds)?;
             if let fhe_batch_onnx::FloatModel::Trees(e) = &imported.model {
-                report_trees(e, &eval, on, compile.n_bits)?;
+                return compile_trees(e, &ds, &eval, on, &compile.out);
             }
             let model = fhe_batch_train::onnx::from_onnx(&imported, &ds)?;
             compile.compile_and_write(&model, &calibration, &eval, on)
@@ -405,25 +460,35 @@ fn run(command: Command) -> Result<()> {
         }
         Command::Encrypt {
             model,
-            key,
+            key: key_path,
             input,
             out,
+            eval_key,
+            chunk_records,
         } => {
             let side = store::read_client_side(&model)?;
-            let key = SecretKey::load(&key)?;
+            let key = SecretKey::load(&key_path)?;
             let t = Instant::now();
             let raw = read_records(&input, &side.client.feature_names)?;
             let records = raw.len() / side.client.n_features();
-            let quantized: Vec<u64> = raw
+            let columns: Vec<u64> = raw
                 .chunks_exact(side.client.n_features())
-                .flat_map(|r| side.client.quantize(r))
+                .flat_map(|r| side.client.columns(r))
                 .collect();
+            let chunk_layout = store::chunk_layout(
+                &side,
+                key.params(),
+                &key_path,
+                eval_key.as_deref(),
+                chunk_records,
+            )?;
             let pb = local::bar(records as u64, "encrypt", true);
-            let bytes = fhe_batch_fhe::batch::encrypt_batch(
+            let bytes = fhe_batch_fhe::batch::encrypt_batch_with(
                 &key,
                 &side.client,
                 side.manifest.model_id,
-                &quantized,
+                &columns,
+                chunk_layout,
                 &|n| pb.inc(n),
             );
             pb.finish_and_clear();
@@ -436,6 +501,30 @@ fn run(command: Command) -> Result<()> {
                 output::dur(t.elapsed())
             );
             Ok(())
+        }
+        Command::PublishKey { key, store } => {
+            let sk = SecretKey::load(&key)?;
+            let t = Instant::now();
+            let bytes = fhe_batch_fhe::forest::EvalKey::generate(&sk).to_bytes();
+            let id = fhe_batch_fhe::forest::eval_key_id(&bytes);
+            let generated = t.elapsed();
+            let n = bytes.len() as u64;
+            runtime()?.block_on(async {
+                let s = store.open().await?;
+                s.put_if_absent(&layout::eval_key(&id), bytes).await?;
+                let saved = store::eval_key_file(&key);
+                std::fs::write(&saved, format!("{id}\n"))
+                    .with_context(|| format!("writing {}", saved.display()))?;
+                println!(
+                    "evaluation key {id} ({}, generated in {}) uploaded to {}/{}; its id is saved in {}",
+                    output::bytes(n),
+                    output::dur(generated),
+                    s.describe(),
+                    layout::eval_key(&id),
+                    saved.display()
+                );
+                anyhow::Ok(())
+            })
         }
         Command::Publish { model, store } => runtime()?.block_on(async {
             let s = store.open().await?;

@@ -35,11 +35,12 @@ pub fn dur(d: Duration) -> String {
 /// Writes decrypted predictions as CSV: `record,prediction` then one probability column per
 /// class (classifiers) or nothing more (regression).
 pub fn write_predictions(path: &Path, model: &ClientModel, logits: &[i64]) -> Result<usize> {
-    let outputs = model.n_outputs as usize;
+    let outputs = model.n_scores();
     let f = std::fs::File::create(path).with_context(|| format!("creating {}", path.display()))?;
     let mut w = std::io::BufWriter::with_capacity(1 << 20, f);
     let mut header = format!("record,{}", model.target);
-    if model.kind != ModelKind::LinearRegression {
+    let probabilities = model.kind != ModelKind::LinearRegression && !model.classes.is_empty();
+    if probabilities {
         for c in &model.classes {
             header.push_str(&format!(",p_{c}"));
         }
@@ -49,7 +50,7 @@ pub fn write_predictions(path: &Path, model: &ClientModel, logits: &[i64]) -> Re
     for (i, l) in logits.chunks_exact(outputs).enumerate() {
         let p = model.predict(l);
         write!(w, "{i},{}", p.label)?;
-        if model.kind != ModelKind::LinearRegression {
+        if probabilities {
             for s in &p.scores {
                 write!(w, ",{s:.4}")?;
             }

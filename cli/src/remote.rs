@@ -11,7 +11,7 @@ use fhe_batch_core::pipeline::{
 };
 use fhe_batch_core::ports::ObjectStore;
 use fhe_batch_core::retry::{RetryPolicy, Retrying};
-use fhe_batch_fhe::GlweEvaluator;
+use fhe_batch_fhe::FheEvaluator;
 use std::io::Write;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -65,7 +65,7 @@ pub async fn worker(
     let (store, queue) = connect(args).await;
     let worker = Arc::new(Worker::new(
         store,
-        GlweEvaluator,
+        FheEvaluator::default(),
         WorkerConfig { max_receives },
     ));
     let started = Instant::now();

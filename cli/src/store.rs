@@ -182,3 +182,56 @@ impl ObjectStore for Bucket {
         delegate!(self, s => s.list(prefix))
     }
 }
+
+/// Where `publish-key` saves the evaluation key id of a key file: `KEY.evalkey`.
+pub fn eval_key_file(key: &Path) -> std::path::PathBuf {
+    let mut name = key.as_os_str().to_owned();
+    name.push(".evalkey");
+    std::path::PathBuf::from(name)
+}
+
+/// The chunk layout of a batch for a model: linear models fill all N slots; tree ensembles get
+/// chunks sized from their bootstrap count and name the evaluation key.
+pub fn chunk_layout(
+    side: &ClientSide,
+    params: fhe_batch_core::params::ParamSet,
+    key_path: &Path,
+    eval_key: Option<&str>,
+    chunk_records: Option<u32>,
+) -> Result<fhe_batch_core::format::ChunkLayout> {
+    let n = params.polynomial_size();
+    let slots = match chunk_records {
+        Some(r) if r == 0 || r as usize > n => {
+            anyhow::bail!("--chunk-records must be between 1 and {n}")
+        }
+        Some(r) => r,
+        None if side.manifest.pbs_per_record > 0 => {
+            fhe_batch_core::tree::records_per_chunk(side.manifest.pbs_per_record as usize, n) as u32
+        }
+        None => n as u32,
+    };
+    let eval_key = if side.manifest.kind.bootstraps() {
+        let text = match eval_key {
+            Some(id) => id.to_string(),
+            None => {
+                let saved = eval_key_file(key_path);
+                std::fs::read_to_string(&saved).with_context(|| {
+                    format!(
+                        "model {} needs your evaluation key: run `fhe-batch publish-key --key {}` first (no {})",
+                        side.manifest.model_id,
+                        key_path.display(),
+                        saved.display()
+                    )
+                })?
+            }
+        };
+        Some(
+            text.trim()
+                .parse()
+                .with_context(|| format!("evaluation key id {:?}", text.trim()))?,
+        )
+    } else {
+        None
+    };
+    Ok(fhe_batch_core::format::ChunkLayout { slots, eval_key })
+}

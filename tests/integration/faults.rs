@@ -8,7 +8,8 @@ use fhe_batch_core::job::{FailureKind, JobState};
 use fhe_batch_core::layout;
 use fhe_batch_core::model::ServerModel;
 use fhe_batch_core::pipeline::{
-    ChunkEvaluator, ChunkOutcome, EvalError, IngestOutcome, Worker, WorkerConfig, ingest_object,
+    ChunkEvaluator, ChunkInput, ChunkOutcome, EvalError, IngestOutcome, Worker, WorkerConfig,
+    ingest_object,
 };
 use fhe_batch_core::ports::{JobQueue, ObjectStore, PutOutcome, StoreError};
 use fhe_batch_fhe::GlweEvaluator;
@@ -128,7 +129,7 @@ async fn uploads_outside_the_inbox_convention_are_ignored() {
 /// An evaluator that panics: the panic is contained to its chunk.
 struct Panicking;
 impl ChunkEvaluator for Panicking {
-    fn evaluate(&self, _: &ServerModel, _: &[u8]) -> Result<Vec<u8>, EvalError> {
+    fn evaluate(&self, _: &ServerModel, _: &ChunkInput<'_>) -> Result<Vec<u8>, EvalError> {
         panic!("evaluator bug")
     }
 }

@@ -8,3 +8,4 @@ mod hostile;
 mod pipeline;
 mod reliability;
 mod training;
+mod trees;

@@ -9,7 +9,7 @@ use fhe_batch_aws::config::{Config, clients, init_tracing};
 use fhe_batch_aws::handlers::handle_sqs_event;
 use fhe_batch_core::pipeline::{Worker, WorkerConfig};
 use fhe_batch_core::retry::{RetryPolicy, Retrying};
-use fhe_batch_fhe::GlweEvaluator;
+use fhe_batch_fhe::FheEvaluator;
 use lambda_runtime::{Error, LambdaEvent, service_fn};
 use std::sync::Arc;
 
@@ -20,7 +20,7 @@ async fn main() -> Result<(), Error> {
     let (s3, _) = clients().await;
     let worker = Arc::new(Worker::new(
         Retrying::new(S3Store::new(s3, &config.bucket), RetryPolicy::default()),
-        GlweEvaluator,
+        FheEvaluator::default(),
         WorkerConfig {
             max_receives: config.max_receives,
         },

@@ -12,9 +12,17 @@
 //!   8  header length u32      12  feature count u32     16  record count u64
 //!  24  chunk count u32        28  slots per chunk u32   32  model id [16]
 //!  48  key fingerprint [16]
+//! version 2 only (80-byte fixed part):
+//!  64  evaluation key id [16] (all zero: none)
 //! chunk table: per chunk (56 bytes) offset u64, length u64, records u32, reserved u32, sha256 [32]
 //! header checksum: sha256 of everything above [32]
-//! chunk payload: compression seed u128, then feature count x N ciphertext bodies (u64 each)
+//! chunk payload: compression seed u128, then feature count x slots ciphertext bodies (u64 each)
+//!
+//! Version 1 has N slots per chunk (one record per GLWE coefficient) and no evaluation key.
+//! Version 2 lets a chunk hold fewer records (models that bootstrap cost far more per record, so
+//! their chunks are sized to finish inside a worker's time limit): each column then sends only
+//! the bodies of its first `slots` coefficients, the others are never decrypted. It also names
+//! the evaluation key the worker needs.
 //!
 //! result file
 //!   0  magic "FHER"            4  format version u16     6  parameter set u16
@@ -33,6 +41,9 @@ pub const BATCH_MAGIC: [u8; 4] = *b"FHEB";
 pub const RESULT_MAGIC: [u8; 4] = *b"FHER";
 pub const FORMAT_VERSION: u16 = 1;
 pub const FIXED_HEADER_LEN: usize = 64;
+/// Batch format version 2: variable slots per chunk and an evaluation key id.
+pub const BATCH_VERSION_2: u16 = 2;
+pub const FIXED_HEADER_LEN_V2: usize = 80;
 pub const CHUNK_ENTRY_LEN: usize = 56;
 pub const CHECKSUM_LEN: usize = 32;
 pub const SEED_LEN: usize = 16;
@@ -43,9 +54,7 @@ pub const RESULT_HEADER_LEN: usize = 72;
 pub enum FormatError {
     #[error("not a {what} file (bad magic bytes)")]
     BadMagic { what: &'static str },
-    #[error(
-        "{what} format version {found} is not supported (this build reads version {FORMAT_VERSION})"
-    )]
+    #[error("{what} format version {found} is not supported by this build")]
     Version { what: &'static str, found: u16 },
     #[error("parameter set {id} is not one of the allowed 128-bit parameter sets")]
     UnknownParams { id: u16 },
@@ -117,6 +126,10 @@ pub struct BatchHeader {
     pub record_count: u64,
     pub model_id: ModelId,
     pub key_fingerprint: KeyFingerprint,
+    /// Records per chunk (all chunks but the last are full).
+    pub slots: u32,
+    /// The evaluation key a worker needs (models that bootstrap).
+    pub eval_key: Option<crate::ids::EvalKeyId>,
     pub chunks: Vec<ChunkEntry>,
 }
 
@@ -146,14 +159,24 @@ impl<'a> Reader<'a> {
     }
 }
 
-/// Bytes of one chunk payload for a parameter set and feature count.
-pub fn chunk_payload_len(params: ParamSet, feature_count: u32) -> u64 {
-    SEED_LEN as u64 + feature_count as u64 * params.seeded_glwe_bytes() as u64
+/// Bytes of one chunk payload: the seed, then `slots` bodies per column.
+pub fn chunk_payload_len(_params: ParamSet, feature_count: u32, slots: u32) -> u64 {
+    SEED_LEN as u64 + feature_count as u64 * slots as u64 * 8
 }
 
-/// Header length for a number of chunks.
+/// Header length of a version 1 batch with a number of chunks.
 pub fn header_len(chunk_count: u32) -> u64 {
-    FIXED_HEADER_LEN as u64 + chunk_count as u64 * CHUNK_ENTRY_LEN as u64 + CHECKSUM_LEN as u64
+    header_len_of(FORMAT_VERSION, chunk_count)
+}
+
+/// Header length for a format version and a number of chunks.
+pub fn header_len_of(version: u16, chunk_count: u32) -> u64 {
+    let fixed = if version == BATCH_VERSION_2 {
+        FIXED_HEADER_LEN_V2
+    } else {
+        FIXED_HEADER_LEN
+    };
+    fixed as u64 + chunk_count as u64 * CHUNK_ENTRY_LEN as u64 + CHECKSUM_LEN as u64
 }
 
 impl BatchHeader {
@@ -173,7 +196,7 @@ impl BatchHeader {
         let mut r = Reader::new(prefix);
         r.pos = 4;
         let version = r.u16();
-        if version != FORMAT_VERSION {
+        if version != FORMAT_VERSION && version != BATCH_VERSION_2 {
             return Err(FormatError::Version {
                 what: "batch",
                 found: version,
@@ -190,7 +213,7 @@ impl BatchHeader {
         }
         r.pos = 8;
         let declared = r.u32() as u64;
-        let expected = header_len(chunk_count);
+        let expected = header_len_of(version, chunk_count);
         if declared != expected {
             return Err(malformed(
                 "batch header",
@@ -220,7 +243,8 @@ impl BatchHeader {
             });
         }
         let mut r = Reader::new(bytes);
-        r.pos = 6;
+        r.pos = 4;
+        let version = r.u16();
         let param_id = r.u16();
         let params =
             ParamSet::from_wire_id(param_id).ok_or(FormatError::UnknownParams { id: param_id })?;
@@ -231,6 +255,12 @@ impl BatchHeader {
         let slots = r.u32();
         let model_id = ModelId::from_bytes(r.bytes());
         let key_fingerprint = KeyFingerprint::from_bytes(r.bytes());
+        let eval_key = if version == BATCH_VERSION_2 {
+            let id: [u8; 16] = r.bytes();
+            (id != [0; 16]).then(|| crate::ids::EvalKeyId::from_bytes(id))
+        } else {
+            None
+        };
         if feature_count == 0 || feature_count > limits.max_features {
             return Err(FormatError::TooLarge {
                 what: "feature count",
@@ -249,20 +279,25 @@ impl BatchHeader {
             return Err(malformed("batch header", "the batch holds no records"));
         }
         let n = params.polynomial_size() as u64;
-        if slots as u64 != n {
+        let slots_ok = if version == BATCH_VERSION_2 {
+            (1..=n).contains(&(slots as u64))
+        } else {
+            slots as u64 == n
+        };
+        if !slots_ok {
             return Err(malformed(
                 "batch header",
                 format!("{slots} slots per chunk; parameter set {params} has {n}"),
             ));
         }
-        let expected_chunks = record_count.div_ceil(n);
+        let expected_chunks = record_count.div_ceil(slots as u64);
         if chunk_count as u64 != expected_chunks {
             return Err(FormatError::RecordCount {
                 header: record_count,
-                chunks: chunk_count as u64 * n,
+                chunks: chunk_count as u64 * slots as u64,
             });
         }
-        let payload = chunk_payload_len(params, feature_count);
+        let payload = chunk_payload_len(params, feature_count, slots);
         let mut chunks = Vec::with_capacity(chunk_count as usize);
         let mut total_records = 0u64;
         let mut expected_offset = hlen as u64;
@@ -278,10 +313,10 @@ impl BatchHeader {
                     format!("chunk {i} at {offset}+{length}; expected {expected_offset}+{payload}"),
                 ));
             }
-            if records == 0 || records as u64 > n {
+            if records == 0 || records > slots {
                 return Err(malformed(
                     "chunk table",
-                    format!("chunk {i} claims {records} records (1..={n} allowed)"),
+                    format!("chunk {i} claims {records} records (1..={slots} allowed)"),
                 ));
             }
             total_records += records as u64;
@@ -312,12 +347,23 @@ impl BatchHeader {
             record_count,
             model_id,
             key_fingerprint,
+            slots,
+            eval_key,
             chunks,
         })
     }
 
+    /// Version 1 when it can say everything, else version 2.
+    pub fn version(&self) -> u16 {
+        if self.eval_key.is_none() && self.slots as usize == self.params.polynomial_size() {
+            FORMAT_VERSION
+        } else {
+            BATCH_VERSION_2
+        }
+    }
+
     pub fn header_len(&self) -> u64 {
-        header_len(self.chunks.len() as u32)
+        header_len_of(self.version(), self.chunks.len() as u32)
     }
 
     /// Total object size the header describes.
@@ -338,18 +384,22 @@ impl BatchHeader {
     /// Serializes the header (chunk table and checksum included).
     pub fn encode(&self) -> Vec<u8> {
         let chunk_count = self.chunks.len() as u32;
-        let hlen = header_len(chunk_count);
+        let version = self.version();
+        let hlen = header_len_of(version, chunk_count);
         let mut out = Vec::with_capacity(hlen as usize);
         out.extend_from_slice(&BATCH_MAGIC);
-        out.extend_from_slice(&FORMAT_VERSION.to_le_bytes());
+        out.extend_from_slice(&version.to_le_bytes());
         out.extend_from_slice(&self.params.wire_id().to_le_bytes());
         out.extend_from_slice(&(hlen as u32).to_le_bytes());
         out.extend_from_slice(&self.feature_count.to_le_bytes());
         out.extend_from_slice(&self.record_count.to_le_bytes());
         out.extend_from_slice(&chunk_count.to_le_bytes());
-        out.extend_from_slice(&(self.params.polynomial_size() as u32).to_le_bytes());
+        out.extend_from_slice(&self.slots.to_le_bytes());
         out.extend_from_slice(self.model_id.as_bytes());
         out.extend_from_slice(self.key_fingerprint.as_bytes());
+        if version == BATCH_VERSION_2 {
+            out.extend_from_slice(self.eval_key.as_ref().map_or(&[0u8; 16], |k| k.as_bytes()));
+        }
         for c in &self.chunks {
             out.extend_from_slice(&c.offset.to_le_bytes());
             out.extend_from_slice(&c.length.to_le_bytes());
@@ -363,15 +413,38 @@ impl BatchHeader {
     }
 }
 
+/// How a batch's chunks are laid out: records per chunk and the evaluation key they need.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ChunkLayout {
+    pub slots: u32,
+    pub eval_key: Option<crate::ids::EvalKeyId>,
+}
+
+impl ChunkLayout {
+    /// One record per GLWE coefficient, no evaluation key (linear models; format version 1).
+    pub fn full(params: ParamSet) -> Self {
+        Self {
+            slots: params.polynomial_size() as u32,
+            eval_key: None,
+        }
+    }
+}
+
 /// Assembles a batch file from encrypted chunk payloads (in order).
 pub fn assemble_batch(
     params: ParamSet,
     feature_count: u32,
+    layout: ChunkLayout,
     model_id: ModelId,
     key_fingerprint: KeyFingerprint,
     payloads: &[(u32, Vec<u8>)],
 ) -> Vec<u8> {
-    let hlen = header_len(payloads.len() as u32);
+    let version = if layout == ChunkLayout::full(params) {
+        FORMAT_VERSION
+    } else {
+        BATCH_VERSION_2
+    };
+    let hlen = header_len_of(version, payloads.len() as u32);
     let mut offset = hlen;
     let chunks: Vec<ChunkEntry> = payloads
         .iter()
@@ -392,6 +465,8 @@ pub fn assemble_batch(
         record_count: payloads.iter().map(|(r, _)| *r as u64).sum(),
         model_id,
         key_fingerprint,
+        slots: layout.slots,
+        eval_key: layout.eval_key,
         chunks,
     };
     let mut out = header.encode();
@@ -561,9 +636,17 @@ mod tests {
     use super::*;
 
     fn sample(records: u64, features: u32) -> Vec<u8> {
+        sample_with(
+            records,
+            features,
+            ChunkLayout::full(ParamSet::Glwe2048TUniform17),
+        )
+    }
+
+    fn sample_with(records: u64, features: u32, layout: ChunkLayout) -> Vec<u8> {
         let p = ParamSet::Glwe2048TUniform17;
-        let n = p.polynomial_size() as u64;
-        let len = chunk_payload_len(p, features) as usize;
+        let n = layout.slots as u64;
+        let len = chunk_payload_len(p, features, layout.slots) as usize;
         let payloads: Vec<(u32, Vec<u8>)> = (0..records.div_ceil(n))
             .map(|i| {
                 let r = (records - i * n).min(n) as u32;
@@ -573,10 +656,43 @@ mod tests {
         assemble_batch(
             p,
             features,
+            layout,
             ModelId::from_bytes([1; 16]),
             KeyFingerprint::from_bytes([2; 16]),
             &payloads,
         )
+    }
+
+    #[test]
+    fn version_2_carries_small_chunks_and_the_evaluation_key() {
+        let key = crate::ids::EvalKeyId::from_bytes([7; 16]);
+        let layout = ChunkLayout {
+            slots: 131,
+            eval_key: Some(key),
+        };
+        let bytes = sample_with(1000, 196, layout);
+        let limits = BatchLimits::default();
+        let h = BatchHeader::parse(&bytes, &limits).unwrap();
+        assert_eq!(h.version(), BATCH_VERSION_2);
+        assert_eq!((h.slots, h.eval_key), (131, Some(key)));
+        assert_eq!(h.chunks.len(), 8);
+        assert_eq!(h.chunks[7].records, 1000 - 7 * 131);
+        assert_eq!(h.chunks[0].length, 16 + 196 * 131 * 8);
+        assert_eq!(h.header_len(), header_len_of(BATCH_VERSION_2, 8));
+        h.check_object_size(bytes.len() as u64).unwrap();
+        assert_eq!(h.encode(), bytes[..h.header_len() as usize]);
+        // The header length comes from the first 64 bytes, as for version 1.
+        assert_eq!(
+            BatchHeader::header_len_from_prefix(&bytes[..FIXED_HEADER_LEN], &limits).unwrap(),
+            h.header_len()
+        );
+        // A full layout stays version 1, byte for byte what older readers expect.
+        let v1 = sample(1000, 3);
+        assert_eq!(u16::from_le_bytes([v1[4], v1[5]]), FORMAT_VERSION);
+        // Version 1 may not claim fewer slots than N; version 2 not more.
+        let mut forged = v1.clone();
+        forged[28..32].copy_from_slice(&100u32.to_le_bytes());
+        assert!(BatchHeader::parse(&forged, &limits).is_err());
     }
 
     #[test]

@@ -173,6 +173,12 @@ hex_id!(
     KeyFingerprint,
     "key fingerprint"
 );
+hex_id!(
+    /// Content address of an uploaded evaluation key: the first 128 bits of the SHA-256 of its
+    /// file (`keys/<id>/eval.key`).
+    EvalKeyId,
+    "evaluation key id"
+);
 
 #[cfg(test)]
 mod tests {

@@ -57,6 +57,12 @@ pub struct ChunkMessage {
     pub model_id: ModelId,
     pub key_fingerprint: KeyFingerprint,
     pub params: ParamSet,
+    /// Records per chunk of the batch when fewer than N (format version 2).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub slots: Option<u32>,
+    /// The evaluation key the chunk needs (models that bootstrap).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub eval_key: Option<crate::ids::EvalKeyId>,
 }
 
 /// A chunk message that cannot be processed, ever.
@@ -72,7 +78,8 @@ impl ChunkMessage {
         index: u32,
         entry: &ChunkEntry,
     ) -> Self {
-        let n = header.params.polynomial_size() as u64;
+        let n = header.params.polynomial_size() as u32;
+        let slots = header.slots;
         Self {
             v: JOB_FORMAT_VERSION,
             job: job.clone(),
@@ -82,12 +89,19 @@ impl ChunkMessage {
             offset: entry.offset,
             length: entry.length,
             records: entry.records,
-            first_record: index as u64 * n,
+            first_record: index as u64 * slots as u64,
             sha256: hex::encode(entry.sha256),
             model_id: header.model_id,
             key_fingerprint: header.key_fingerprint,
             params: header.params,
+            slots: (slots != n).then_some(slots),
+            eval_key: header.eval_key,
         }
+    }
+
+    /// Records per chunk of this message's batch.
+    pub fn slots(&self) -> u32 {
+        self.slots.unwrap_or(self.params.polynomial_size() as u32)
     }
 
     pub fn to_body(&self) -> String {
@@ -119,10 +133,12 @@ impl ChunkMessage {
             )));
         }
         m.sha256_bytes()?;
-        if m.records == 0
-            || m.records as usize > m.params.polynomial_size()
-            || m.offset.checked_add(m.length).is_none()
+        if m.slots
+            .is_some_and(|s| s == 0 || s as usize > m.params.polynomial_size())
         {
+            return Err(MessageError(format!("{:?} slots per chunk", m.slots)));
+        }
+        if m.records == 0 || m.records > m.slots() || m.offset.checked_add(m.length).is_none() {
             return Err(MessageError(format!(
                 "chunk {} describes {} records at {}+{} bytes",
                 m.chunk, m.records, m.offset, m.length

@@ -62,6 +62,10 @@ pub fn model_server(model: &ModelId) -> String {
 pub fn model_client(model: &ModelId) -> String {
     format!("models/{model}/client.json")
 }
+/// A client's evaluation key (bootstrapping and packing keys), uploaded once.
+pub fn eval_key(id: &crate::ids::EvalKeyId) -> String {
+    format!("keys/{id}/eval.key")
+}
 pub fn job_manifest(job: &JobId) -> String {
     format!("jobs/{job}/manifest.json")
 }

@@ -7,7 +7,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 /// Version of the model package layout. Readers refuse other versions.
-pub const MODEL_FORMAT_VERSION: u32 = 1;
+pub const MODEL_FORMAT_VERSION: u32 = 2;
 /// Most features a model may take (keeps chunk sizes and weight tables bounded).
 pub const MAX_FEATURES: usize = 4096;
 /// Most outputs (classes or regression targets) a model may have.
@@ -27,11 +27,19 @@ pub enum ModelKind {
     MultinomialLogistic,
     /// One output: the predicted value divided by the output scale.
     LinearRegression,
+    /// A tree ensemble (classifier or regressor) evaluated with programmable bootstraps:
+    /// the inputs are thermometer bits, the outputs score slots ([`crate::tree`]).
+    TreeEnsemble,
 }
 
 impl ModelKind {
     pub fn is_classifier(self) -> bool {
         !matches!(self, ModelKind::LinearRegression)
+    }
+
+    /// Needs the data owner's evaluation key (bootstrapping) on the worker.
+    pub fn bootstraps(self) -> bool {
+        matches!(self, ModelKind::TreeEnsemble)
     }
 }
 
@@ -225,15 +233,68 @@ pub struct ServerModel {
     pub weights: Vec<i64>,
     /// One integer bias per output.
     pub bias: Vec<i64>,
+    /// Tree ensembles: the bootstrap plan (`n_features` = thermometer bits, `n_outputs` =
+    /// score slots, `plaintext_bits` = slot width).
+    pub forest: Option<crate::tree::ForestPlan>,
 }
 
 impl ServerModel {
+    /// Result ciphertexts (GLWEs) a chunk of `records` records produces.
+    pub fn result_ciphertexts(&self, records: u32, n: usize) -> u32 {
+        match &self.forest {
+            Some(plan) => (records as usize * plan.n_slots as usize).div_ceil(n) as u32,
+            None => self.n_outputs,
+        }
+    }
+
+    /// Bootstraps per record (0 for linear models).
+    pub fn pbs_per_record(&self) -> usize {
+        self.forest.as_ref().map_or(0, |p| p.pbs_per_record())
+    }
+
+    fn validate_forest(&self, plan: &crate::tree::ForestPlan) -> Result<Bounds, ModelError> {
+        plan.validate()
+            .map_err(|e| ModelError::Inconsistent(e.to_string()))?;
+        if self.kind != ModelKind::TreeEnsemble
+            || !self.weights.is_empty()
+            || !self.bias.is_empty()
+            || self.n_features != plan.n_bits
+            || self.n_outputs != plan.n_slots
+            || self.plaintext_bits != plan.slot_bits
+            || self.input_bits != 1
+            || plan.n_bits as usize > MAX_FEATURES
+            || plan.n_slots as usize > MAX_OUTPUTS
+        {
+            return Err(ModelError::Inconsistent(
+                "tree ensemble fields disagree with its bootstrap plan".into(),
+            ));
+        }
+        let worst = plan.outputs_per_slot().into_iter().max().unwrap_or(0);
+        let noise_log2 = crate::tree::slot_sigma_log2(worst) + crate::tree::TAIL_SIGMAS.log2();
+        Ok(Bounds {
+            plaintext_bits: plan.slot_bits,
+            logit_min: 0,
+            logit_max: (1i64 << plan.slot_bits) - 1,
+            noise_log2,
+            noise_margin_bits: (63 - plan.slot_bits as u32) as f64 - noise_log2,
+        })
+    }
+
     /// Checks shape and re-proves the bounds; a model file that fails this is never evaluated.
     pub fn validate(&self) -> Result<Bounds, ModelError> {
         if self.format_version != MODEL_FORMAT_VERSION {
             return Err(ModelError::Version {
                 found: self.format_version,
             });
+        }
+        match (&self.forest, self.kind) {
+            (Some(plan), _) => return self.validate_forest(plan),
+            (None, ModelKind::TreeEnsemble) => {
+                return Err(ModelError::Inconsistent(
+                    "tree ensemble without a bootstrap plan".into(),
+                ));
+            }
+            (None, _) => {}
         }
         if self.bias.len() != self.n_outputs as usize {
             return Err(ModelError::Inconsistent(format!(
@@ -347,6 +408,9 @@ pub struct ClientModel {
     pub target: String,
     /// Float logit (or predicted value) = `output_scale * integer logit`.
     pub output_scale: f64,
+    /// Tree ensembles: thresholds, slot readout and post-processing.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub forest: Option<crate::tree::ForestClient>,
 }
 
 /// A decoded prediction for one record.
@@ -365,11 +429,82 @@ impl ClientModel {
         self.feature_names.len()
     }
 
+    /// Decrypted integer scores per record ([`ClientModel::predict`]'s input).
+    pub fn n_scores(&self) -> usize {
+        match &self.forest {
+            Some(f) => f.slots.slots.len(),
+            None => self.n_outputs as usize,
+        }
+    }
+
+    /// Ciphertext columns per record: quantized features, or thermometer bits.
+    pub fn n_columns(&self) -> usize {
+        match &self.forest {
+            Some(f) => f.thresholds.len(),
+            None => self.n_features(),
+        }
+    }
+
+    /// Encoding bits of an input column: a column value `v` is encrypted as `v * 2^(64 - bits)`.
+    /// Bootstrapped models use tfhe's 2+2-bit shortint encoding with its padding bit (2^59).
+    pub fn input_plaintext_bits(&self) -> u8 {
+        if self.forest.is_some() {
+            5
+        } else {
+            self.plaintext_bits
+        }
+    }
+
+    /// One record (feature order) as its ciphertext column values.
+    pub fn columns(&self, record: &[f64]) -> Vec<u64> {
+        match &self.forest {
+            Some(f) => f.columns(record),
+            None => self.quantize(record),
+        }
+    }
+
+    fn validate_forest(&self, f: &crate::tree::ForestClient) -> Result<(), ModelError> {
+        let n = self.n_features();
+        if self.kind != ModelKind::TreeEnsemble
+            || n == 0
+            || n > MAX_FEATURES
+            || f.thresholds.is_empty()
+            || f.thresholds.len() > MAX_FEATURES
+            || f.thresholds
+                .iter()
+                .any(|t| t.feature as usize >= n || t.value.is_nan())
+            || f.slots.slots.len() != f.slots.offsets.len()
+            || f.slots.slots.is_empty()
+            || f.slots
+                .slots
+                .iter()
+                .flatten()
+                .any(|&(s, _)| s >= self.n_outputs)
+            || self.classes != f.readout.labels
+            || !(f.scale.is_finite() && f.scale > 0.0)
+            || !(1..=62).contains(&self.plaintext_bits)
+        {
+            return Err(ModelError::Inconsistent(
+                "tree ensemble client part is inconsistent".into(),
+            ));
+        }
+        Ok(())
+    }
+
     pub fn validate(&self) -> Result<(), ModelError> {
         if self.format_version != MODEL_FORMAT_VERSION {
             return Err(ModelError::Version {
                 found: self.format_version,
             });
+        }
+        match (&self.forest, self.kind) {
+            (Some(f), _) => return self.validate_forest(f),
+            (None, ModelKind::TreeEnsemble) => {
+                return Err(ModelError::Inconsistent(
+                    "tree ensemble without its thresholds".into(),
+                ));
+            }
+            (None, _) => {}
         }
         check_shape(
             self.n_features(),
@@ -387,7 +522,7 @@ impl ClientModel {
         let expected_classes = match self.kind {
             ModelKind::BinaryLogistic => 2,
             ModelKind::MultinomialLogistic => self.n_outputs as usize,
-            ModelKind::LinearRegression => 0,
+            ModelKind::LinearRegression | ModelKind::TreeEnsemble => 0,
         };
         if self.classes.len() != expected_classes {
             return Err(ModelError::Inconsistent(format!(
@@ -415,9 +550,26 @@ impl ClientModel {
             .collect()
     }
 
-    /// Turns decrypted integer logits into a prediction.
+    /// Turns decrypted integer logits (tree ensembles: integer scores) into a prediction.
     pub fn predict(&self, logits: &[i64]) -> Prediction {
+        if let Some(f) = &self.forest {
+            let raw: Vec<f32> = logits
+                .iter()
+                .map(|&v| (v as f64 * f.scale) as f32)
+                .collect();
+            let (label, scores) = f.readout.finish(raw);
+            let class = label
+                .as_ref()
+                .and_then(|l| f.readout.labels.iter().position(|c| c == l));
+            return Prediction {
+                class,
+                label: label
+                    .unwrap_or_else(|| format!("{}", scores.first().copied().unwrap_or(0.0))),
+                scores: scores.iter().map(|&v| v as f64).collect(),
+            };
+        }
         match self.kind {
+            ModelKind::TreeEnsemble => unreachable!("validated: a tree ensemble has its forest"),
             ModelKind::BinaryLogistic => {
                 let z = logits[0] as f64 * self.output_scale;
                 let p1 = 1.0 / (1.0 + (-z).exp());
@@ -495,6 +647,10 @@ pub struct ModelManifest {
     pub client_sha256: String,
     pub bounds: Bounds,
     pub report: CompileReport,
+    /// Programmable bootstraps per record (0: none, no evaluation key needed). Ingest sizes
+    /// chunks against the worker's time limit with it.
+    #[serde(default)]
+    pub pbs_per_record: u64,
 }
 
 /// A compiled model: both parts, serialized, and its manifest.
@@ -530,7 +686,7 @@ impl ModelPackage {
         client.validate()?;
         if client.kind != server.kind
             || client.params != server.params
-            || client.n_features() != server.n_features as usize
+            || client.n_columns() != server.n_features as usize
             || client.n_outputs != server.n_outputs
             || client.input_bits != server.input_bits
             || client.plaintext_bits != server.plaintext_bits
@@ -555,6 +711,7 @@ impl ModelPackage {
             client_sha256: hex::encode(c),
             bounds,
             report,
+            pbs_per_record: server.pbs_per_record() as u64,
         };
         Ok(Self {
             manifest,

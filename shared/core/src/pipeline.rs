@@ -2,7 +2,7 @@
 //! local runner are thin wiring around these.
 
 use crate::format::{BatchHeader, BatchLimits, FIXED_HEADER_LEN, FormatError, ResultHeader};
-use crate::ids::{JobId, ModelId};
+use crate::ids::{EvalKeyId, JobId, ModelId};
 use crate::job::{
     ChunkMessage, FailureKind, FailureRecord, JOB_FORMAT_VERSION, JobManifest, JobState, JobStatus,
     MAX_RECORD_BYTES,
@@ -243,6 +243,40 @@ async fn check_model<S: ObjectStore>(
             header.feature_count, manifest.n_features
         )));
     }
+    if manifest.kind.bootstraps() {
+        let Some(key) = header.eval_key else {
+            return Ok(Err(format!(
+                "model {id} bootstraps and needs an evaluation key, but the batch names none (upload one with `fhe-batch keys publish` and encrypt with it)"
+            )));
+        };
+        match store.size(&layout::eval_key(&key)).await? {
+            None => {
+                return Ok(Err(format!(
+                    "the batch names evaluation key {key}, which is not uploaded (keys/{key}/eval.key)"
+                )));
+            }
+            Some(n) if n > MAX_EVAL_KEY_BYTES => {
+                return Ok(Err(format!(
+                    "evaluation key {key} is {n} bytes; the limit is {MAX_EVAL_KEY_BYTES}"
+                )));
+            }
+            Some(_) => {}
+        }
+        let seconds = header.slots as f64 * manifest.pbs_per_record as f64
+            / crate::tree::WORKER_PBS_PER_SECOND;
+        if seconds > crate::tree::MAX_CHUNK_SECONDS {
+            return Ok(Err(format!(
+                "chunks of {} records cost about {seconds:.0} s each at {} bootstraps per record, past the {:.0} s a worker may spend; encrypt with smaller chunks",
+                header.slots,
+                manifest.pbs_per_record,
+                crate::tree::MAX_CHUNK_SECONDS
+            )));
+        }
+    } else if header.eval_key.is_some() {
+        return Ok(Err(format!(
+            "the batch names an evaluation key but model {id} does not bootstrap"
+        )));
+    }
     Ok(Ok(()))
 }
 
@@ -306,12 +340,40 @@ async fn chunk_set<S: ObjectStore>(
 #[error("{0}")]
 pub struct EvalError(pub String);
 
+/// One chunk to evaluate.
+#[derive(Debug, Clone, Copy)]
+pub struct ChunkInput<'a> {
+    pub payload: &'a [u8],
+    /// Records in this chunk, and records per chunk of its batch (the payload's column width).
+    pub records: u32,
+    pub slots: u32,
+    /// The evaluation key the chunk's model needs, installed beforehand.
+    pub eval_key: Option<&'a EvalKeyId>,
+}
+
 /// The FHE side of the worker: turns a chunk payload into result ciphertexts.
 pub trait ChunkEvaluator: Send + Sync {
-    /// Evaluates `model` on one chunk payload; returns the result body
-    /// (`model.n_outputs` GLWE ciphertexts, as [`ResultHeader::encode`] expects).
-    fn evaluate(&self, model: &ServerModel, payload: &[u8]) -> Result<Vec<u8>, EvalError>;
+    /// Evaluates `model` on one chunk; returns the result body
+    /// (`model.result_ciphertexts(records)` GLWE ciphertexts, as [`ResultHeader::encode`]
+    /// expects).
+    fn evaluate(&self, model: &ServerModel, chunk: &ChunkInput<'_>) -> Result<Vec<u8>, EvalError>;
+
+    /// Whether evaluation key `id` is ready (already loaded, or in a local cache).
+    fn has_eval_key(&self, _id: &EvalKeyId) -> bool {
+        false
+    }
+
+    /// Loads an evaluation key from its uploaded bytes (checked against `id`, deserialized
+    /// with size and parameter checks). An `Err` means the key can never be used.
+    fn install_eval_key(&self, id: &EvalKeyId, _bytes: Vec<u8>) -> Result<(), EvalError> {
+        Err(EvalError(format!(
+            "this worker cannot evaluate models that need an evaluation key ({id})"
+        )))
+    }
 }
+
+/// Largest evaluation key file a worker downloads.
+pub const MAX_EVAL_KEY_BYTES: u64 = 256 << 20;
 
 /// What the worker did with one chunk message. Every outcome means "acknowledge the message".
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -544,7 +606,8 @@ impl<S: ObjectStore, E: ChunkEvaluator> Worker<S, E> {
             Ok(m) => m,
             Err(reason) => return Ok(Attempt::Permanent(FailureKind::Model, reason)),
         };
-        let expected_len = crate::format::chunk_payload_len(msg.params, model.n_features);
+        let expected_len =
+            crate::format::chunk_payload_len(msg.params, model.n_features, msg.slots());
         if msg.length != expected_len {
             return Ok(Attempt::Permanent(
                 FailureKind::InvalidChunk,
@@ -558,6 +621,20 @@ impl<S: ObjectStore, E: ChunkEvaluator> Worker<S, E> {
             Ok(s) => s,
             Err(e) => return Ok(Attempt::Permanent(FailureKind::InvalidChunk, e.to_string())),
         };
+        if model.kind.bootstraps() {
+            let Some(id) = msg.eval_key.as_ref() else {
+                return Ok(Attempt::Permanent(
+                    FailureKind::Model,
+                    format!(
+                        "model {} needs an evaluation key and the batch names none",
+                        msg.model_id
+                    ),
+                ));
+            };
+            if let Err(reason) = self.eval_key(id).await? {
+                return Ok(Attempt::Permanent(FailureKind::Model, reason));
+            }
+        }
         fault(FaultPoint::BeforeRead)?;
         let payload = self
             .store
@@ -570,8 +647,14 @@ impl<S: ObjectStore, E: ChunkEvaluator> Worker<S, E> {
             ));
         }
         let started = std::time::Instant::now();
+        let input = ChunkInput {
+            payload: &payload,
+            records: msg.records,
+            slots: msg.slots(),
+            eval_key: msg.eval_key.as_ref(),
+        };
         let evaluated = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            self.evaluator.evaluate(&model, &payload)
+            self.evaluator.evaluate(&model, &input)
         }));
         let body = match evaluated {
             Ok(Ok(body)) => body,
@@ -592,7 +675,7 @@ impl<S: ObjectStore, E: ChunkEvaluator> Worker<S, E> {
         fault(FaultPoint::AfterEvaluate)?;
         let header = ResultHeader {
             params: msg.params,
-            n_outputs: model.n_outputs,
+            n_outputs: model.result_ciphertexts(msg.records, msg.params.polynomial_size()),
             chunk_index: chunk,
             chunk_count: msg.chunk_count,
             records: msg.records,
@@ -625,6 +708,47 @@ impl<S: ObjectStore, E: ChunkEvaluator> Worker<S, E> {
                 chunk,
             },
         }))
+    }
+
+    /// Makes evaluation key `id` ready: from the evaluator's caches, else downloaded once.
+    async fn eval_key(&self, id: &EvalKeyId) -> Result<Result<(), String>, StoreError> {
+        if self.evaluator.has_eval_key(id) {
+            return Ok(Ok(()));
+        }
+        let started = std::time::Instant::now();
+        let bytes = match self
+            .store
+            .get(&layout::eval_key(id), MAX_EVAL_KEY_BYTES)
+            .await
+        {
+            Ok(b) => b,
+            Err(StoreError::NotFound { .. }) => {
+                return Ok(Err(format!(
+                    "evaluation key {id} is not uploaded (keys/{id}/eval.key)"
+                )));
+            }
+            Err(e) => return Err(e),
+        };
+        let fetched = started.elapsed();
+        let len = bytes.len();
+        let evaluator = &self.evaluator;
+        let installed = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            evaluator.install_eval_key(id, bytes)
+        }));
+        match installed {
+            Ok(Ok(())) => {
+                info!(
+                    key = %id,
+                    bytes = len,
+                    fetch_ms = fetched.as_millis() as u64,
+                    total_ms = started.elapsed().as_millis() as u64,
+                    "evaluation key loaded"
+                );
+                Ok(Ok(()))
+            }
+            Ok(Err(e)) => Ok(Err(format!("evaluation key {id}: {e}"))),
+            Err(_) => Ok(Err(format!("evaluation key {id} could not be loaded"))),
+        }
     }
 
     /// Loads a model's server part once per worker and keeps it.

@@ -1,9 +1,9 @@
 //! Whole batches: encrypt many records into a `.fheb` file and decrypt a job's results, with
 //! chunks processed in parallel (rayon).
 
-use crate::glwe::{DecryptError, decrypt_result, encrypt_chunk};
+use crate::glwe::{DecryptError, decrypt_result, encrypt_columns};
 use crate::keys::SecretKey;
-use fhe_batch_core::format::assemble_batch;
+use fhe_batch_core::format::{ChunkLayout, assemble_batch};
 use fhe_batch_core::ids::ModelId;
 use fhe_batch_core::model::ClientModel;
 use rayon::prelude::*;
@@ -17,17 +17,38 @@ pub fn encrypt_batch(
     quantized: &[u64],
     progress: &(dyn Fn(u64) + Sync),
 ) -> Vec<u8> {
-    let f = model.n_features();
-    let n = key.params().polynomial_size();
+    encrypt_batch_with(
+        key,
+        model,
+        model_id,
+        quantized,
+        ChunkLayout::full(key.params()),
+        progress,
+    )
+}
+
+/// Encrypts records given as column values (`records x model.n_columns()`) into a batch with
+/// the given chunk layout (records per chunk, evaluation key).
+pub fn encrypt_batch_with(
+    key: &SecretKey,
+    model: &ClientModel,
+    model_id: ModelId,
+    columns: &[u64],
+    layout: ChunkLayout,
+    progress: &(dyn Fn(u64) + Sync),
+) -> Vec<u8> {
+    let f = model.n_columns();
+    let slots = layout.slots as usize;
     assert!(
-        !quantized.is_empty() && quantized.len().is_multiple_of(f),
+        !columns.is_empty() && columns.len().is_multiple_of(f),
         "whole records"
     );
-    let payloads: Vec<(u32, Vec<u8>)> = quantized
-        .par_chunks(n * f)
+    let bits = model.input_plaintext_bits();
+    let payloads: Vec<(u32, Vec<u8>)> = columns
+        .par_chunks(slots * f)
         .map(|chunk| {
             let records = (chunk.len() / f) as u32;
-            let payload = encrypt_chunk(key, model, chunk);
+            let payload = encrypt_columns(key, f, bits, chunk, slots);
             progress(records as u64);
             (records, payload)
         })
@@ -35,6 +56,7 @@ pub fn encrypt_batch(
     assemble_batch(
         key.params(),
         f as u32,
+        layout,
         model_id,
         key.fingerprint(),
         &payloads,
@@ -83,11 +105,14 @@ pub fn decrypt_job(
     let mut decrypted = results
         .par_iter()
         .map(|(name, bytes)| {
-            let r = decrypt_result(key, model, model_id, bytes).map_err(|source| {
-                JobDecryptError::File {
-                    name: name.clone(),
-                    source,
-                }
+            let r = if model.forest.is_some() {
+                crate::forest::decrypt_forest_result(key, model, model_id, bytes)
+            } else {
+                decrypt_result(key, model, model_id, bytes)
+            };
+            let r = r.map_err(|source| JobDecryptError::File {
+                name: name.clone(),
+                source,
             })?;
             progress(r.0.records as u64);
             Ok(r)
@@ -95,7 +120,12 @@ pub fn decrypt_job(
         .collect::<Result<Vec<_>, JobDecryptError>>()?;
     decrypted.sort_by_key(|(h, _)| h.chunk_index);
     let total = decrypted[0].0.chunk_count;
-    let n = key.params().polynomial_size() as u64;
+    // Records per chunk: every chunk but the last is full.
+    let n = if total > 1 {
+        decrypted[0].0.records as u64
+    } else {
+        key.params().polynomial_size() as u64
+    };
     let mut expected = 0u32;
     for (h, _) in &decrypted {
         if h.chunk_count != total {

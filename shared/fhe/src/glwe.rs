@@ -16,7 +16,7 @@ use crate::params::glwe_noise;
 use fhe_batch_core::format::{ResultHeader, SEED_LEN, chunk_payload_len, read_u64s, write_u64s};
 use fhe_batch_core::model::{ClientModel, ServerModel};
 use fhe_batch_core::params::ParamSet;
-use fhe_batch_core::pipeline::{ChunkEvaluator, EvalError};
+use fhe_batch_core::pipeline::{ChunkEvaluator, ChunkInput, EvalError};
 use tfhe::core_crypto::commons::math::random::RandomGenerator;
 use tfhe::core_crypto::prelude::*;
 
@@ -32,14 +32,37 @@ fn delta_shift(plaintext_bits: u8) -> u32 {
 /// drawn by tfhe's generator from a CSPRNG seeded by the OS seeder. The mask-key product is an
 /// exact FFT product ([`crate::negacyclic`]).
 pub fn encrypt_chunk(key: &SecretKey, model: &ClientModel, quantized: &[u64]) -> Vec<u8> {
+    let n = key.params().polynomial_size();
+    encrypt_columns(
+        key,
+        model.n_columns(),
+        model.input_plaintext_bits(),
+        quantized,
+        n,
+    )
+}
+
+/// Encrypts up to `slots` records (row-major, `records x n_columns` values) into one chunk
+/// payload: the seed, then the first `slots` body coefficients of each column's GLWE (the
+/// others hold no record and are not sent).
+pub fn encrypt_columns(
+    key: &SecretKey,
+    n_columns: usize,
+    plaintext_bits: u8,
+    quantized: &[u64],
+    slots: usize,
+) -> Vec<u8> {
     let params = key.params();
     let n = params.polynomial_size();
     let glwe_len = (params.glwe_dimension() + 1) * n;
-    let f = model.n_features();
+    let f = n_columns;
     assert!(quantized.len().is_multiple_of(f), "whole records");
     let records = quantized.len() / f;
-    assert!(records > 0 && records <= n, "1..=N records per chunk");
-    let shift = delta_shift(model.plaintext_bits);
+    assert!(
+        slots <= n && records > 0 && records <= slots,
+        "1..=slots records per chunk"
+    );
+    let shift = delta_shift(plaintext_bits);
     let mut seeder = new_seeder();
     let mask_seed = seeder.seed().0;
     let mut masks = vec![0u64; f * glwe_len];
@@ -60,9 +83,11 @@ pub fn encrypt_chunk(key: &SecretKey, model: &ClientModel, quantized: &[u64]) ->
         }
         key.mask_product(body, &glwe[..glwe_len - n], false);
     }
-    let mut out = Vec::with_capacity(chunk_payload_len(params, f as u32) as usize);
+    let mut out = Vec::with_capacity(chunk_payload_len(params, f as u32, slots as u32) as usize);
     out.extend_from_slice(&mask_seed.to_le_bytes());
-    write_u64s(&bodies, &mut out);
+    for body in bodies.chunks_exact(n) {
+        write_u64s(&body[..slots], &mut out);
+    }
     out
 }
 
@@ -71,9 +96,15 @@ pub fn encrypt_chunk(key: &SecretKey, model: &ClientModel, quantized: &[u64]) ->
 pub struct GlweEvaluator;
 
 impl GlweEvaluator {
-    /// Expands a chunk payload into its full GLWE ciphertexts (`n_features x (k+1) x N`).
-    fn expand(params: ParamSet, n_features: usize, payload: &[u8]) -> Result<Vec<u64>, EvalError> {
-        let expected = chunk_payload_len(params, n_features as u32) as usize;
+    /// Expands a chunk payload into its full GLWE ciphertexts (`n_features x (k+1) x N`);
+    /// body coefficients past `slots` are zero.
+    pub(crate) fn expand(
+        params: ParamSet,
+        n_features: usize,
+        slots: usize,
+        payload: &[u8],
+    ) -> Result<Vec<u64>, EvalError> {
+        let expected = chunk_payload_len(params, n_features as u32, slots as u32) as usize;
         if payload.len() != expected {
             return Err(EvalError(format!(
                 "payload is {} bytes, expected {expected}",
@@ -87,9 +118,9 @@ impl GlweEvaluator {
         expand_seeded(seed, n, glwe_len, &mut full);
         for (glwe, body) in full
             .chunks_exact_mut(glwe_len)
-            .zip(payload[SEED_LEN..].chunks_exact(n * 8))
+            .zip(payload[SEED_LEN..].chunks_exact(slots * 8))
         {
-            read_u64s(body, &mut glwe[glwe_len - n..]);
+            read_u64s(body, &mut glwe[glwe_len - n..glwe_len - n + slots]);
         }
         Ok(full)
     }
@@ -106,12 +137,17 @@ fn expand_seeded(seed: u128, n: usize, glwe_len: usize, out: &mut [u64]) {
 }
 
 impl ChunkEvaluator for GlweEvaluator {
-    fn evaluate(&self, model: &ServerModel, payload: &[u8]) -> Result<Vec<u8>, EvalError> {
+    fn evaluate(&self, model: &ServerModel, chunk: &ChunkInput<'_>) -> Result<Vec<u8>, EvalError> {
+        if model.forest.is_some() {
+            return Err(EvalError(
+                "tree ensembles need the bootstrapping evaluator (FheEvaluator)".into(),
+            ));
+        }
         let params = model.params;
         let f = model.n_features as usize;
         let glwe_len = (params.glwe_dimension() + 1) * params.polynomial_size();
         let n = params.polynomial_size();
-        let cts = Self::expand(params, f, payload)?;
+        let cts = Self::expand(params, f, chunk.slots as usize, chunk.payload)?;
         let shift = delta_shift(model.plaintext_bits);
         let outputs = model.n_outputs as usize;
         let mut acc = vec![0u64; outputs * glwe_len];
@@ -161,13 +197,12 @@ pub enum DecryptError {
     Mismatch(String),
 }
 
-/// Decrypts one chunk result into its records' integer logits (`records x n_outputs`).
-pub fn decrypt_result(
+/// Parses a result file and checks it was computed for this key and model.
+pub(crate) fn open_result<'a>(
     key: &SecretKey,
-    model: &ClientModel,
     model_id: &fhe_batch_core::ids::ModelId,
-    bytes: &[u8],
-) -> Result<(ResultHeader, Vec<i64>), DecryptError> {
+    bytes: &'a [u8],
+) -> Result<(ResultHeader, &'a [u8]), DecryptError> {
     let (header, body) = ResultHeader::decode(bytes, fhe_batch_core::model::MAX_OUTPUTS as u32)?;
     if header.key_fingerprint != key.fingerprint() {
         return Err(DecryptError::WrongKey {
@@ -181,6 +216,17 @@ pub fn decrypt_result(
             found: header.model_id,
         });
     }
+    Ok((header, body))
+}
+
+/// Decrypts one chunk result into its records' integer logits (`records x n_outputs`).
+pub fn decrypt_result(
+    key: &SecretKey,
+    model: &ClientModel,
+    model_id: &fhe_batch_core::ids::ModelId,
+    bytes: &[u8],
+) -> Result<(ResultHeader, Vec<i64>), DecryptError> {
+    let (header, body) = open_result(key, model_id, bytes)?;
     if header.params != key.params()
         || header.n_outputs != model.n_outputs
         || header.plaintext_bits != model.plaintext_bits
@@ -233,6 +279,15 @@ mod tests {
     use rand::{Rng, SeedableRng};
     use std::sync::OnceLock;
 
+    fn full(payload: &[u8], records: usize) -> ChunkInput<'_> {
+        ChunkInput {
+            payload,
+            records: records as u32,
+            slots: 2048,
+            eval_key: None,
+        }
+    }
+
     fn key() -> &'static SecretKey {
         static KEY: OnceLock<SecretKey> = OnceLock::new();
         KEY.get_or_init(|| SecretKey::generate(ParamSet::Glwe2048TUniform17))
@@ -265,6 +320,7 @@ mod tests {
             plaintext_bits: bounds.plaintext_bits,
             weights,
             bias,
+            forest: None,
         };
         let client = ClientModel {
             format_version: MODEL_FORMAT_VERSION,
@@ -284,14 +340,17 @@ mod tests {
             classes,
             target: "label".into(),
             output_scale: 1.0,
+            forest: None,
         };
         ModelPackage::build(server, client, CompileReport::default()).unwrap()
     }
 
     fn round_trip(pkg: &ModelPackage, quantized: &[u64]) -> Vec<i64> {
         let payload = encrypt_chunk(key(), &pkg.client, quantized);
-        let body = GlweEvaluator.evaluate(&pkg.server, &payload).unwrap();
         let records = quantized.len() / pkg.client.n_features();
+        let body = GlweEvaluator
+            .evaluate(&pkg.server, &full(&payload, records))
+            .unwrap();
         let header = ResultHeader {
             params: pkg.server.params,
             n_outputs: pkg.server.n_outputs,
@@ -349,7 +408,7 @@ mod tests {
         let q: Vec<u64> = (0..records as u64).map(|i| i % 4).collect();
         let payload = encrypt_chunk(key(), &pkg.client, &q);
         let params = ParamSet::Glwe2048TUniform17;
-        let full = GlweEvaluator::expand(params, 1, &payload).unwrap();
+        let full = GlweEvaluator::expand(params, 1, 2048, &payload).unwrap();
         let glwe = GlweCiphertext::from_container(
             full,
             polynomial_size(params),
@@ -385,7 +444,7 @@ mod tests {
         let q: Vec<u64> = (0..2048 * 3).map(|i| (i as u64 * 7) % 256).collect();
         let payload = encrypt_chunk(key(), &pkg.client, &q);
         let params = ParamSet::Glwe2048TUniform17;
-        let full = GlweEvaluator::expand(params, 3, &payload).unwrap();
+        let full = GlweEvaluator::expand(params, 3, 2048, &payload).unwrap();
         let list = GlweCiphertextList::from_container(
             full,
             glwe_size(params),
@@ -415,7 +474,9 @@ mod tests {
     fn wrong_key_and_model_are_refused() {
         let pkg = package(4, 3, 8, 1);
         let payload = encrypt_chunk(key(), &pkg.client, &[1, 2, 3, 4]);
-        let body = GlweEvaluator.evaluate(&pkg.server, &payload).unwrap();
+        let body = GlweEvaluator
+            .evaluate(&pkg.server, &full(&payload, 1))
+            .unwrap();
         let header = ResultHeader {
             params: pkg.server.params,
             n_outputs: 3,
@@ -434,7 +495,7 @@ mod tests {
         ));
         assert!(
             GlweEvaluator
-                .evaluate(&pkg.server, &payload[..payload.len() - 8])
+                .evaluate(&pkg.server, &full(&payload[..payload.len() - 8], 1))
                 .is_err()
         );
     }

@@ -53,6 +53,8 @@ pub struct SecretKey {
     fingerprint: KeyFingerprint,
     /// One fast multiplier per GLWE key polynomial.
     multipliers: Vec<BinaryPolyMultiplier>,
+    /// The key results of bootstrapped models are packed under ([`SecretKey::output_glwe`]).
+    output: GlweSecretKeyOwned<u64>,
 }
 
 impl std::fmt::Debug for SecretKey {
@@ -74,6 +76,24 @@ fn raw_parts_of(
         }
         _ => None,
     }
+}
+
+/// The output key: a binary GLWE key of the same shape, derived from the secret key with a
+/// PRF (AES-128-CTR keyed by a domain-separated SHA-256 of the key bits). Results of
+/// bootstrapped models are packed under it, so the packing key encrypts the input key under a
+/// different key (no key cycle). Derived, not stored: the key file stays as it is.
+fn output_key_of(glwe: &GlweSecretKeyOwned<u64>) -> GlweSecretKeyOwned<u64> {
+    let mut h = Sha256::new();
+    h.update(b"fhe-batch output key v1");
+    for w in glwe.as_ref() {
+        h.update(w.to_le_bytes());
+    }
+    let d = h.finalize();
+    let seed = u128::from_le_bytes(d[..16].try_into().expect("16 bytes"));
+    let mut words = vec![0u64; glwe.as_ref().len()];
+    crate::mask::expand_masks(seed, &mut words);
+    words.iter_mut().for_each(|w| *w &= 1);
+    GlweSecretKey::from_container(words, glwe.polynomial_size())
 }
 
 fn fingerprint_of(glwe: &GlweSecretKeyOwned<u64>) -> KeyFingerprint {
@@ -120,6 +140,7 @@ impl SecretKey {
             .iter()
             .map(|p| BinaryPolyMultiplier::new(p.as_ref()))
             .collect();
+        let output = output_key_of(&glwe);
         Ok(Self {
             params,
             shortint,
@@ -127,6 +148,7 @@ impl SecretKey {
             lwe,
             fingerprint,
             multipliers,
+            output,
         })
     }
 
@@ -169,6 +191,17 @@ impl SecretKey {
 
     fn raw_keys(&self) -> (&[u64], &[u64]) {
         (self.glwe.as_ref(), self.lwe.as_ref())
+    }
+
+    /// The key bootstrapped models' results are packed under.
+    pub(crate) fn output_glwe(&self) -> &GlweSecretKeyOwned<u64> {
+        &self.output
+    }
+
+    /// The input GLWE key seen as an LWE key of dimension k * N: what sample-extracted
+    /// coefficients (and bootstrap outputs) are encrypted under.
+    pub(crate) fn big_lwe(&self) -> LweSecretKeyView<'_, u64> {
+        LweSecretKey::from_container(self.glwe.as_ref())
     }
 
     /// The tfhe shortint client key (for models that need bootstrapping).

@@ -8,12 +8,18 @@
 //! - [`glwe`]: GLWE column packing for linear models: client-side seeded encryption, the
 //!   server's key-less evaluator ([`glwe::GlweEvaluator`]), and decryption to exact integer
 //!   logits;
+//! - [`forest`]: tree ensembles: the evaluation key (tfhe's compressed server key and a packing
+//!   key), bootstrapped evaluation of a compiled plan, decryption of packed score slots;
+//! - [`evaluator`]: the worker's [`FheEvaluator`] (every model kind, evaluation keys cached in
+//!   memory and on local disk);
 //! - [`batch`]: whole-batch encryption (CSV records to a `.fheb` file) and decryption of a
 //!   job's results, in parallel.
 //!
 //! Only the worker and the client link this crate.
 
 pub mod batch;
+pub mod evaluator;
+pub mod forest;
 pub mod glwe;
 pub mod keys;
 pub mod mask;
@@ -21,5 +27,6 @@ pub mod negacyclic;
 pub mod params;
 pub mod pbs;
 
+pub use evaluator::FheEvaluator;
 pub use glwe::GlweEvaluator;
 pub use keys::SecretKey;

@@ -2,13 +2,8 @@
 //! comparisons and sums), so an import can be checked against the exporter's own outputs before
 //! it is quantized.
 
-/// The transform applied to the raw scores.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum PostTransform {
-    None,
-    Logistic,
-    Softmax,
-}
+pub use fhe_batch_core::tree::PostTransform;
+use fhe_batch_core::tree::{argmax_f32 as argmax, transform};
 
 /// A branch's test: the *true* child is taken when `x CMP threshold`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -149,38 +144,6 @@ pub struct Prediction {
     pub scores: Vec<f32>,
 }
 
-fn sigmoid(x: f32) -> f32 {
-    1.0 / (1.0 + (-x).exp())
-}
-
-fn transform(post: PostTransform, s: &mut [f32]) {
-    match post {
-        PostTransform::None => {}
-        PostTransform::Logistic => s.iter_mut().for_each(|v| *v = sigmoid(*v)),
-        PostTransform::Softmax => {
-            let m = s.iter().cloned().fold(f32::NEG_INFINITY, f32::max);
-            let sum: f32 = s
-                .iter_mut()
-                .map(|v| {
-                    *v = (*v - m).exp();
-                    *v
-                })
-                .sum();
-            s.iter_mut().for_each(|v| *v /= sum);
-        }
-    }
-}
-
-fn argmax(s: &[f32]) -> usize {
-    let mut best = 0;
-    for (i, v) in s.iter().enumerate() {
-        if *v > s[best] {
-            best = i;
-        }
-    }
-    best
-}
-
 impl FloatModel {
     pub fn n_features(&self) -> usize {
         match self {
@@ -259,44 +222,21 @@ impl TreeEnsemble {
 
     /// Turns raw per-slot sums (as [`TreeEnsemble::raw_scores`] returns them) into the
     /// prediction: base values, the binary rule, the post-transform.
-    pub fn finish(&self, mut s: Vec<f32>) -> Prediction {
-        for (v, b) in s.iter_mut().zip(&self.base_values) {
-            *v += b;
-        }
-        match &self.task {
-            Task::Regressor { .. } => {
-                transform(self.post, &mut s);
-                Prediction {
-                    label: None,
-                    scores: s,
-                }
-            }
-            Task::Classifier { labels } if labels.len() == 2 && self.n_slots == 1 => {
-                // One score for the positive class (ONNX Runtime's binary case).
-                let v = s[0];
-                let positive = if self.weights_positive && self.post == PostTransform::None {
-                    v > 0.5
-                } else {
-                    v > 0.0
-                };
-                let scores = match self.post {
-                    PostTransform::None if self.weights_positive => vec![1.0 - v, v],
-                    PostTransform::None => vec![-v, v],
-                    _ => vec![1.0 - sigmoid(v), sigmoid(v)],
-                };
-                Prediction {
-                    label: Some(labels[positive as usize].clone()),
-                    scores,
-                }
-            }
-            Task::Classifier { labels } => {
-                let label = labels[argmax(&s)].clone();
-                transform(self.post, &mut s);
-                Prediction {
-                    label: Some(label),
-                    scores: s,
-                }
-            }
+    pub fn finish(&self, s: Vec<f32>) -> Prediction {
+        let (label, scores) = self.readout().finish(s);
+        Prediction { label, scores }
+    }
+
+    /// The readout the client part of a compiled model carries.
+    pub fn readout(&self) -> fhe_batch_core::tree::Readout {
+        fhe_batch_core::tree::Readout {
+            labels: match &self.task {
+                Task::Classifier { labels } => labels.clone(),
+                Task::Regressor { .. } => Vec::new(),
+            },
+            base_values: self.base_values.clone(),
+            post: self.post,
+            weights_positive: self.weights_positive,
         }
     }
 }

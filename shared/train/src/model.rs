@@ -229,6 +229,7 @@ pub fn compile(
         plaintext_bits: bounds.plaintext_bits,
         weights,
         bias,
+        forest: None,
     };
     let client = ClientModel {
         format_version: MODEL_FORMAT_VERSION,
@@ -242,6 +243,7 @@ pub fn compile(
         classes: model.classes.clone(),
         target: model.target_name.clone(),
         output_scale: scale,
+        forest: None,
     };
     let report = evaluate(model, &server, &client, evaluation);
     Ok(ModelPackage::build(server, client, report)?)

@@ -3,21 +3,55 @@
 //! model with the quantized one on labelled records.
 
 use crate::model::TrainError;
-use fhe_batch_core::tree::{QNode, QTree, Threshold, TreeModel};
+use fhe_batch_core::model::{
+    ClientModel, CompileReport, MODEL_FORMAT_VERSION, ModelKind, ModelPackage, ServerModel,
+};
+use fhe_batch_core::params::ParamSet;
+use fhe_batch_core::tree::{
+    ForestClient, ForestPlan, Layout, QNode, QTree, SlotReadout, Threshold, TreeModel, build_plan,
+    plan_layout,
+};
 use fhe_batch_onnx::{Cmp, Node, Prediction, TreeEnsemble};
 use std::collections::BTreeMap;
 
-/// Quantizes `e` with leaf values of `leaf_bits` bits (sign included).
-pub fn quantize_trees(e: &TreeEnsemble, leaf_bits: u8) -> Result<TreeModel, TrainError> {
-    if !(2..=16).contains(&leaf_bits) {
-        return Err(TrainError::Bits(leaf_bits));
-    }
-    // Distinct comparisons, in a stable order: (feature, threshold bits, inclusive).
-    let mut index: BTreeMap<(usize, u32, bool), u32> = BTreeMap::new();
-    let key = |feature: usize, t: f32, cmp: Cmp| {
-        let inclusive = matches!(cmp, Cmp::Lt | Cmp::Gte);
-        (feature, t.to_bits(), inclusive)
-    };
+/// A compiled ensemble: the quantized trees (integer reference), the server's bootstrap plan
+/// and the client's slot readout.
+#[derive(Debug, Clone)]
+pub struct CompiledForest {
+    pub model: TreeModel,
+    pub layout: Layout,
+    pub plan: ForestPlan,
+    pub readout: SlotReadout,
+}
+
+/// Quantizes `e` for encrypted evaluation: leaf values get the widest integer spread the score
+/// slots can carry exactly ([`plan_layout`]: the noise of the summed bootstrap outputs decides
+/// the slot width), then the bootstrap plan is built and proven ([`build_plan`]).
+pub fn quantize_trees(e: &TreeEnsemble) -> Result<CompiledForest, TrainError> {
+    let shaped = structure(e, |_| vec![0; e.n_slots]);
+    let layout = plan_layout(&shaped.trees, e.n_slots)
+        .map_err(|err| TrainError::Unsupported(err.to_string()))?;
+    let model = quantize_with_range(e, layout.leaf_range)?;
+    let (plan, readout) =
+        build_plan(&model).map_err(|err| TrainError::Unsupported(err.to_string()))?;
+    Ok(CompiledForest {
+        model,
+        layout,
+        plan,
+        readout,
+    })
+}
+
+/// Distinct comparisons, in a stable order: (feature, threshold bits, inclusive).
+type ThresholdKey = (usize, u32, bool);
+
+fn threshold_key(feature: usize, t: f32, cmp: Cmp) -> ThresholdKey {
+    (feature, t.to_bits(), matches!(cmp, Cmp::Lt | Cmp::Gte))
+}
+
+/// The ensemble's trees over thermometer bits, leaves valued by `leaf`.
+fn structure(e: &TreeEnsemble, leaf: impl Fn(&[(usize, f32)]) -> Vec<i64>) -> TreeModel {
+    let mut index: BTreeMap<ThresholdKey, u32> = BTreeMap::new();
     for t in &e.trees {
         for n in &t.nodes {
             if let Node::Branch {
@@ -27,7 +61,9 @@ pub fn quantize_trees(e: &TreeEnsemble, leaf_bits: u8) -> Result<TreeModel, Trai
                 ..
             } = n
             {
-                index.entry(key(*feature, *threshold, *cmp)).or_insert(0);
+                index
+                    .entry(threshold_key(*feature, *threshold, *cmp))
+                    .or_insert(0);
             }
         }
     }
@@ -42,23 +78,6 @@ pub fn quantize_trees(e: &TreeEnsemble, leaf_bits: u8) -> Result<TreeModel, Trai
     for (i, v) in index.values_mut().enumerate() {
         *v = i as u32;
     }
-    let per_tree = if e.average {
-        1.0 / e.trees.len() as f64
-    } else {
-        1.0
-    };
-    let largest = e
-        .trees
-        .iter()
-        .flat_map(|t| &t.nodes)
-        .filter_map(|n| match n {
-            Node::Leaf { weights } => Some(weights),
-            _ => None,
-        })
-        .flatten()
-        .fold(0.0f64, |m, (_, w)| m.max((*w as f64 * per_tree).abs()));
-    let top = ((1i64 << (leaf_bits - 1)) - 1) as f64;
-    let scale = if largest > 0.0 { largest / top } else { 1.0 };
     let trees = e
         .trees
         .iter()
@@ -75,35 +94,113 @@ pub fn quantize_trees(e: &TreeEnsemble, leaf_bits: u8) -> Result<TreeModel, Trai
                         no,
                         ..
                     } => QNode::Branch {
-                        bit: index[&key(*feature, *threshold, *cmp)],
+                        bit: index[&threshold_key(*feature, *threshold, *cmp)],
                         // LEQ/LT go "yes" when x is below: when the bit (x > t, x >= t) is 0.
                         yes_when: matches!(cmp, Cmp::Gt | Cmp::Gte),
                         yes: *yes as u32,
                         no: *no as u32,
                     },
-                    Node::Leaf { weights } => {
-                        let mut values = vec![0i64; e.n_slots];
-                        for (slot, w) in weights {
-                            values[*slot] += (*w as f64 * per_tree / scale).round() as i64;
-                        }
-                        QNode::Leaf { values }
-                    }
+                    Node::Leaf { weights } => QNode::Leaf {
+                        values: leaf(weights),
+                    },
                 })
                 .collect(),
         })
         .collect();
-    let model = TreeModel {
+    TreeModel {
         n_features: e.n_features as u32,
         n_outputs: e.n_slots as u32,
         thresholds,
         trees,
-        leaf_bits,
-        scale,
+        leaf_bits: 0,
+        scale: 1.0,
+    }
+}
+
+/// Quantizes leaf weights to integers at one common scale, so that within every tree and
+/// output the leaves spread over at most `range` integers.
+pub fn quantize_with_range(e: &TreeEnsemble, range: u64) -> Result<TreeModel, TrainError> {
+    if range == 0 {
+        return Err(TrainError::Unsupported("leaf range of 0".into()));
+    }
+    let per_tree = if e.average {
+        1.0 / e.trees.len() as f64
+    } else {
+        1.0
     };
-    model
-        .validate()
-        .map_err(|e| TrainError::Unsupported(format!("quantized ensemble is invalid: {e}")))?;
-    Ok(model)
+    let float_leaf = |weights: &[(usize, f32)]| {
+        let mut v = vec![0f64; e.n_slots];
+        for (slot, w) in weights {
+            v[*slot] += *w as f64 * per_tree;
+        }
+        v
+    };
+    // The widest spread of one tree's leaves for one output.
+    let mut spread = 0f64;
+    for t in &e.trees {
+        let leaves: Vec<Vec<f64>> = t
+            .nodes
+            .iter()
+            .filter_map(|n| match n {
+                Node::Leaf { weights } => Some(float_leaf(weights)),
+                _ => None,
+            })
+            .collect();
+        for o in 0..e.n_slots {
+            let hi = leaves.iter().map(|l| l[o]).fold(f64::MIN, f64::max);
+            let lo = leaves.iter().map(|l| l[o]).fold(f64::MAX, f64::min);
+            spread = spread.max(hi - lo);
+        }
+    }
+    let mut scale = if spread > 0.0 {
+        spread / range as f64
+    } else {
+        1.0
+    };
+    for _ in 0..64 {
+        let model = structure(e, |w| {
+            float_leaf(w)
+                .iter()
+                .map(|v| (v / scale).round() as i64)
+                .collect()
+        });
+        let fits = model.trees.iter().all(|t| {
+            (0..e.n_slots).all(|o| {
+                let vals = t.nodes.iter().filter_map(|n| match n {
+                    QNode::Leaf { values } => Some(values[o]),
+                    _ => None,
+                });
+                let (lo, hi) = vals.fold((i64::MAX, i64::MIN), |(a, b), v| (a.min(v), b.max(v)));
+                (hi - lo) as u64 <= range
+            })
+        });
+        if fits {
+            let largest = model
+                .trees
+                .iter()
+                .flat_map(|t| &t.nodes)
+                .filter_map(|n| match n {
+                    QNode::Leaf { values } => values.iter().map(|v| v.unsigned_abs()).max(),
+                    _ => None,
+                })
+                .max()
+                .unwrap_or(0);
+            let model = TreeModel {
+                leaf_bits: (65 - largest.leading_zeros()).max(2) as u8,
+                scale,
+                ..model
+            };
+            model.validate().map_err(|err| {
+                TrainError::Unsupported(format!("quantized ensemble is invalid: {err}"))
+            })?;
+            return Ok(model);
+        }
+        // Rounding pushed a spread one past the range: widen the step a little.
+        scale *= 1.0 + 1.0 / range as f64;
+    }
+    Err(TrainError::Unsupported(
+        "leaf values could not be fitted into the score slots".into(),
+    ))
 }
 
 /// The quantized model's prediction for one record, through the integer reference.
@@ -123,10 +220,18 @@ pub struct TreeReport {
     pub max_depth: usize,
     pub thermometer_bits: usize,
     pub pbs_per_record: usize,
+    /// Width of a score slot and the integer spread of a tree's leaves it allows.
+    pub slot_bits: u8,
+    pub leaf_range: u64,
 }
 
 /// Compares the float and quantized ensembles on `(record, label)` pairs.
-pub fn tree_report(e: &TreeEnsemble, q: &TreeModel, rows: &[(Vec<f32>, String)]) -> TreeReport {
+pub fn tree_report(
+    e: &TreeEnsemble,
+    c: &CompiledForest,
+    rows: &[(Vec<f32>, String)],
+) -> TreeReport {
+    let q = &c.model;
     let float = fhe_batch_onnx::FloatModel::Trees(e.clone());
     let (mut fc, mut qc, mut agree) = (0usize, 0usize, 0usize);
     for (x, y) in rows {
@@ -145,7 +250,9 @@ pub fn tree_report(e: &TreeEnsemble, q: &TreeModel, rows: &[(Vec<f32>, String)])
         trees: q.trees.len(),
         max_depth: q.max_depth(),
         thermometer_bits: q.thresholds.len(),
-        pbs_per_record: q.pbs_per_record(),
+        pbs_per_record: c.plan.pbs_per_record(),
+        slot_bits: c.plan.slot_bits,
+        leaf_range: c.layout.leaf_range,
     }
 }
 
@@ -179,4 +286,66 @@ pub fn labelled_rows(
             (x, labels[model_class[idx[i]]].clone())
         })
         .collect())
+}
+
+/// Builds the model package of a compiled ensemble: the server part carries the bootstrap plan
+/// (the leaf values live only in its lookup tables), the client part the thresholds, the slot
+/// readout and the post-processing. `feature_names` name the ensemble's inputs in order.
+pub fn package_forest(
+    e: &TreeEnsemble,
+    c: &CompiledForest,
+    feature_names: Vec<String>,
+    target: String,
+    report: Option<&TreeReport>,
+    evaluated_on: &str,
+) -> Result<ModelPackage, TrainError> {
+    if feature_names.len() != e.n_features {
+        return Err(TrainError::Unsupported(format!(
+            "the model takes {} features; {} names were given",
+            e.n_features,
+            feature_names.len()
+        )));
+    }
+    let params = ParamSet::Glwe2048TUniform17;
+    let plan = c.plan.clone();
+    let readout = e.readout();
+    let server = ServerModel {
+        format_version: MODEL_FORMAT_VERSION,
+        kind: ModelKind::TreeEnsemble,
+        params,
+        n_features: plan.n_bits,
+        n_outputs: plan.n_slots,
+        input_bits: 1,
+        plaintext_bits: plan.slot_bits,
+        weights: Vec::new(),
+        bias: Vec::new(),
+        forest: Some(plan.clone()),
+    };
+    let client = ClientModel {
+        format_version: MODEL_FORMAT_VERSION,
+        kind: ModelKind::TreeEnsemble,
+        params,
+        feature_names,
+        quantizers: Vec::new(),
+        input_bits: 1,
+        plaintext_bits: plan.slot_bits,
+        n_outputs: plan.n_slots,
+        classes: readout.labels.clone(),
+        target,
+        output_scale: c.model.scale,
+        forest: Some(ForestClient {
+            thresholds: c.model.thresholds.clone(),
+            slots: c.readout.clone(),
+            scale: c.model.scale,
+            readout,
+        }),
+    };
+    let report = report.map_or_else(CompileReport::default, |r| CompileReport {
+        evaluated_on: evaluated_on.to_string(),
+        records: r.records,
+        float_score: r.float_accuracy,
+        quantized_score: r.quantized_accuracy,
+        agreement: r.agreement,
+    });
+    Ok(ModelPackage::build(server, client, report)?)
 }

@@ -1,0 +1,432 @@
+//! Tree ensembles on encrypted records: the evaluation key, the server's bootstrapped
+//! evaluation of a [`ForestPlan`], and the client's decryption of packed score slots.
+//!
+//! The client sends one thermometer bit per threshold, in the GLWE columns of
+//! [`crate::glwe::encrypt_columns`] at tfhe's shortint encoding (2^59). For every bootstrap of
+//! the plan the server forms `u = constant + sum(coefficient * column)` on whole GLWEs (one
+//! multiply-add per column serves every record of the chunk), sample-extracts record `i`'s
+//! coefficient (an LWE ciphertext under the big key of tfhe's KS-PBS atomic pattern), and
+//! applies the plan's lookup tables with tfhe shortint's server key: keyswitch, the parameter
+//! set's own centred modulus switch, blind rotation, and one sample extraction per table
+//! (tfhe's many-LUT when a bootstrap carries two). The outputs are summed into the record's
+//! score slots (no further bootstrap), and all slots of a chunk are packed, `N` per GLWE, with
+//! a packing keyswitch to the client's output key. The noise argument is in
+//! `docs/SECURITY.md` and [`fhe_batch_core::tree::ForestPlan::validate`].
+
+use crate::keys::SecretKey;
+use crate::params::shortint_params;
+use fhe_batch_core::format::{ResultHeader, read_u64s, write_u64s};
+use fhe_batch_core::ids::{EvalKeyId, ModelId};
+use fhe_batch_core::model::ClientModel;
+use fhe_batch_core::params::ParamSet;
+use fhe_batch_core::pipeline::EvalError;
+use fhe_batch_core::tree::ForestPlan;
+use rayon::prelude::*;
+use sha2::{Digest, Sha256};
+use tfhe::core_crypto::prelude::*;
+use tfhe::shortint::ciphertext::{Degree, MaxDegree, NoiseLevel};
+use tfhe::shortint::server_key::{LookupTableOwned, ManyLookupTableOwned};
+use tfhe::shortint::{
+    AtomicPatternKind, CarryModulus, Ciphertext, CompressedServerKey, MessageModulus, PBSOrder,
+    ServerKey,
+};
+
+/// Packing keyswitch: one level of 22 bits (noise in `docs/SECURITY.md`).
+pub const PACKING_BASE_LOG: usize = 22;
+pub const PACKING_LEVEL: usize = 1;
+/// Encoding step of a bootstrap input (shortint 2+2 bits with padding).
+pub const INPUT_SHIFT: u32 = 59;
+
+/// Why an evaluation key is refused.
+#[derive(Debug, thiserror::Error)]
+pub enum EvalKeyError {
+    #[error("evaluation key content does not match its id {0}")]
+    Id(EvalKeyId),
+    #[error("evaluation key cannot be read: {0}")]
+    Decode(String),
+}
+
+/// The evaluation key a data owner uploads once: tfhe's compressed shortint server key
+/// (keyswitching and bootstrapping keys) and the seeded packing keyswitch key to the output
+/// key. Public: it lets the server compute, not decrypt.
+#[derive(serde::Serialize, serde::Deserialize)]
+pub struct EvalKey {
+    server: CompressedServerKey,
+    packing: SeededLwePackingKeyswitchKeyOwned<u64>,
+}
+
+impl tfhe::named::Named for EvalKey {
+    const NAME: &'static str = "fhe_batch::EvalKey";
+}
+
+type VersionedPair<'a> = (
+    <CompressedServerKey as tfhe::Versionize>::Versioned<'a>,
+    <SeededLwePackingKeyswitchKeyOwned<u64> as tfhe::Versionize>::Versioned<'a>,
+);
+
+impl tfhe::Versionize for EvalKey {
+    type Versioned<'vers> = VersionedPair<'vers>;
+    fn versionize(&self) -> Self::Versioned<'_> {
+        (self.server.versionize(), self.packing.versionize())
+    }
+}
+
+impl tfhe_versionable::VersionizeOwned for EvalKey {
+    type VersionedOwned = (
+        <CompressedServerKey as tfhe_versionable::VersionizeOwned>::VersionedOwned,
+        <SeededLwePackingKeyswitchKeyOwned<u64> as tfhe_versionable::VersionizeOwned>::VersionedOwned,
+    );
+    fn versionize_owned(self) -> Self::VersionedOwned {
+        (
+            self.server.versionize_owned(),
+            self.packing.versionize_owned(),
+        )
+    }
+}
+
+impl tfhe::Unversionize for EvalKey {
+    fn unversionize(v: Self::VersionedOwned) -> Result<Self, tfhe_versionable::UnversionizeError> {
+        Ok(Self {
+            server: CompressedServerKey::unversionize(v.0)?,
+            packing: SeededLwePackingKeyswitchKeyOwned::unversionize(v.1)?,
+        })
+    }
+}
+
+impl tfhe::conformance::ParameterSetConformant for EvalKey {
+    type ParameterSet = ParamSet;
+    fn is_conformant(&self, p: &ParamSet) -> bool {
+        let sp = shortint_params(*p);
+        let server_params = (
+            sp.into(),
+            MaxDegree::from_msg_carry_modulus(sp.message_modulus, sp.carry_modulus),
+        );
+        let packing_params = LwePackingKeyswitchKeyConformanceParams {
+            decomp_base_log: DecompositionBaseLog(PACKING_BASE_LOG),
+            decomp_level_count: DecompositionLevelCount(PACKING_LEVEL),
+            input_lwe_dimension: LweDimension(p.glwe_dimension() * p.polynomial_size()),
+            output_glwe_size: GlweSize(p.glwe_dimension() + 1),
+            output_polynomial_size: PolynomialSize(p.polynomial_size()),
+            ciphertext_modulus: CiphertextModulus::new_native(),
+        };
+        self.server.is_conformant(&server_params) && self.packing.is_conformant(&packing_params)
+    }
+}
+
+/// The content address of an evaluation key file.
+pub fn eval_key_id(bytes: &[u8]) -> EvalKeyId {
+    let d = Sha256::digest(bytes);
+    let mut id = [0u8; 16];
+    id.copy_from_slice(&d[..16]);
+    EvalKeyId::from_bytes(id)
+}
+
+impl EvalKey {
+    /// Generates the evaluation key of `key` (client side; about a second).
+    pub fn generate(key: &SecretKey) -> Self {
+        let server = CompressedServerKey::new(key.shortint());
+        let mut seeder = new_seeder();
+        let packing = allocate_and_generate_new_seeded_lwe_packing_keyswitch_key(
+            &key.big_lwe(),
+            key.output_glwe(),
+            DecompositionBaseLog(PACKING_BASE_LOG),
+            DecompositionLevelCount(PACKING_LEVEL),
+            crate::params::glwe_noise(key.params()),
+            CiphertextModulus::new_native(),
+            seeder.as_mut(),
+        );
+        Self { server, packing }
+    }
+
+    /// Assembles a key from its parts (tests build non-conformant ones with it).
+    pub fn from_parts(
+        server: CompressedServerKey,
+        packing: SeededLwePackingKeyswitchKeyOwned<u64>,
+    ) -> Self {
+        Self { server, packing }
+    }
+
+    /// The parts, for inspection.
+    pub fn parts(
+        &self,
+    ) -> (
+        &CompressedServerKey,
+        &SeededLwePackingKeyswitchKeyOwned<u64>,
+    ) {
+        (&self.server, &self.packing)
+    }
+
+    /// tfhe's safe serialization (versioned, named, size-limited).
+    pub fn to_bytes(&self) -> Vec<u8> {
+        let mut out = Vec::new();
+        tfhe::safe_serialization::safe_serialize(
+            self,
+            &mut out,
+            fhe_batch_core::pipeline::MAX_EVAL_KEY_BYTES,
+        )
+        .expect("evaluation key serializes within the limit");
+        out
+    }
+
+    /// Reads an uploaded key: its content must hash to `id`, and tfhe's safe deserialization
+    /// checks the size limit, type name, version and conformance to `params`.
+    pub fn from_bytes(
+        id: &EvalKeyId,
+        bytes: &[u8],
+        params: ParamSet,
+    ) -> Result<Self, EvalKeyError> {
+        if eval_key_id(bytes) != *id {
+            return Err(EvalKeyError::Id(*id));
+        }
+        tfhe::safe_serialization::safe_deserialize_conformant::<Self>(
+            bytes,
+            fhe_batch_core::pipeline::MAX_EVAL_KEY_BYTES,
+            &params,
+        )
+        .map_err(EvalKeyError::Decode)
+    }
+
+    /// Expands the key for evaluation (decompression of both parts).
+    pub fn prepare(self) -> PreparedEvalKey {
+        PreparedEvalKey {
+            server: self.server.decompress(),
+            packing: self.packing.decompress_into_lwe_packing_keyswitch_key(),
+        }
+    }
+}
+
+/// An evaluation key ready to use: expanded in memory (about 190 MB).
+pub struct PreparedEvalKey {
+    server: ServerKey,
+    packing: LwePackingKeyswitchKeyOwned<u64>,
+}
+
+/// The lookup tables of one bootstrap, as tfhe accumulators.
+enum Tables {
+    One(LookupTableOwned),
+    Many(ManyLookupTableOwned),
+}
+
+/// Fills a bootstrap accumulator: `values[j]` is the encoded output for input box `j` (16
+/// boxes of N/16 coefficients, the input `u` at step 2^59 selects box `u`); the first half box
+/// is negated and rotated to the end so that inputs just below 0 still land in box 0 (tfhe's
+/// own construction for the negacyclic blind rotation).
+fn accumulator(n: usize, values: &[u64; 16]) -> GlweCiphertextOwned<u64> {
+    let mut acc = GlweCiphertext::new(
+        0u64,
+        GlweSize(2),
+        PolynomialSize(n),
+        CiphertextModulus::new_native(),
+    );
+    let box_size = n / 16;
+    {
+        let mut body = acc.get_mut_body();
+        let b = body.as_mut();
+        for (j, chunk) in b.chunks_exact_mut(box_size).enumerate() {
+            chunk.fill(values[j]);
+        }
+        for v in &mut b[..box_size / 2] {
+            *v = v.wrapping_neg();
+        }
+        b.rotate_left(box_size / 2);
+    }
+    acc
+}
+
+fn tables_of(plan: &ForestPlan, program: usize, n: usize) -> Tables {
+    let p = &plan.programs[program];
+    let step = 64 - plan.slot_bits as u32;
+    let enc = |v: u64| v.wrapping_shl(step);
+    let mut values = [0u64; 16];
+    let width = 16 / plan.functions as usize;
+    for (f, lut) in p.luts.iter().enumerate() {
+        for (u, &v) in lut.table.iter().enumerate() {
+            values[f * width + u] = enc(v);
+        }
+    }
+    let acc = accumulator(n, &values);
+    if plan.functions == 1 {
+        Tables::One(LookupTableOwned {
+            acc,
+            degree: Degree::new(15),
+        })
+    } else {
+        Tables::Many(ManyLookupTableOwned {
+            acc,
+            input_max_degree: MaxDegree::new(width as u64 - 1),
+            sample_extraction_stride: n / plan.functions as usize,
+            per_function_output_degree: vec![Degree::new(width as u64 - 1); p.luts.len()],
+        })
+    }
+}
+
+impl PreparedEvalKey {
+    /// Evaluates `plan` on one chunk of expanded column GLWEs (`n_bits x (k+1) x N` words,
+    /// record `i` in coefficient `i`), returning the packed result body.
+    pub fn evaluate(
+        &self,
+        params: ParamSet,
+        plan: &ForestPlan,
+        columns: &[u64],
+        records: usize,
+    ) -> Result<Vec<u8>, EvalError> {
+        let n = params.polynomial_size();
+        let glwe_len = (params.glwe_dimension() + 1) * n;
+        if columns.len() != plan.n_bits as usize * glwe_len || records == 0 || records > n {
+            return Err(EvalError(format!(
+                "{} column words for {} bits and {records} records",
+                columns.len(),
+                plan.n_bits
+            )));
+        }
+        // u of every bootstrap, on whole GLWEs: sum(c * column) + constant * 2^59.
+        let inputs: Vec<Vec<u64>> = plan
+            .programs
+            .par_iter()
+            .map(|p| {
+                let mut acc = vec![0u64; glwe_len];
+                for &(bit, c) in &p.terms {
+                    let col = &columns[bit as usize * glwe_len..(bit as usize + 1) * glwe_len];
+                    let c = c as i64 as u64;
+                    for (a, &x) in acc.iter_mut().zip(col) {
+                        *a = a.wrapping_add(c.wrapping_mul(x));
+                    }
+                }
+                let k = (p.constant as i64 as u64).wrapping_shl(INPUT_SHIFT);
+                for a in &mut acc[glwe_len - n..] {
+                    *a = a.wrapping_add(k);
+                }
+                acc
+            })
+            .collect();
+        let tables: Vec<Tables> = (0..plan.programs.len())
+            .map(|i| tables_of(plan, i, n))
+            .collect();
+        let slots = plan.n_slots as usize;
+        let lwe_size = LweSize(glwe_len - n + 1);
+        // Per record: every bootstrap, outputs summed into the record's slots.
+        let per_record: Vec<Vec<u64>> = (0..records)
+            .into_par_iter()
+            .map(|i| {
+                let mut sums = vec![0u64; slots * lwe_size.0];
+                let mut lwe = LweCiphertext::new(0u64, lwe_size, CiphertextModulus::new_native());
+                for (p, (input, table)) in plan.programs.iter().zip(inputs.iter().zip(&tables)) {
+                    let glwe = GlweCiphertext::from_container(
+                        input.as_slice(),
+                        PolynomialSize(n),
+                        CiphertextModulus::new_native(),
+                    );
+                    extract_lwe_sample_from_glwe_ciphertext(&glwe, &mut lwe, MonomialDegree(i));
+                    let ct = Ciphertext::new(
+                        lwe.clone(),
+                        Degree::new(15),
+                        NoiseLevel::NOMINAL,
+                        MessageModulus(4),
+                        CarryModulus(4),
+                        AtomicPatternKind::Standard(PBSOrder::KeyswitchBootstrap),
+                    );
+                    let outs = match table {
+                        Tables::One(t) => vec![self.server.apply_lookup_table(&ct, t)],
+                        Tables::Many(t) => self.server.apply_many_lookup_table(&ct, t),
+                    };
+                    for (lut, out) in p.luts.iter().zip(&outs) {
+                        let s = lut.slot as usize;
+                        for (a, &x) in sums[s * lwe_size.0..(s + 1) * lwe_size.0]
+                            .iter_mut()
+                            .zip(out.ct.as_ref())
+                        {
+                            *a = a.wrapping_add(x);
+                        }
+                    }
+                }
+                sums
+            })
+            .collect();
+        // Pack slot (record i, slot s) at position i * slots + s, N per GLWE.
+        let total = records * slots;
+        let all: Vec<u64> = per_record.into_iter().flatten().collect();
+        let glwes: Vec<Vec<u64>> = all
+            .chunks(n * lwe_size.0)
+            .map(|part| {
+                let list = LweCiphertextList::from_container(
+                    part,
+                    lwe_size,
+                    CiphertextModulus::new_native(),
+                );
+                let mut out = GlweCiphertext::new(
+                    0u64,
+                    GlweSize(2),
+                    PolynomialSize(n),
+                    CiphertextModulus::new_native(),
+                );
+                par_keyswitch_lwe_ciphertext_list_and_pack_in_glwe_ciphertext(
+                    &self.packing,
+                    &list,
+                    &mut out,
+                );
+                out.into_container()
+            })
+            .collect();
+        debug_assert_eq!(glwes.len(), total.div_ceil(n));
+        let mut bytes = Vec::with_capacity(glwes.len() * glwe_len * 8);
+        for g in &glwes {
+            write_u64s(g, &mut bytes);
+        }
+        Ok(bytes)
+    }
+}
+
+/// Decrypts one chunk result of a tree ensemble into its records' integer scores
+/// (`records x outputs`), through the model's slot readout.
+pub fn decrypt_forest_result(
+    key: &SecretKey,
+    model: &ClientModel,
+    model_id: &ModelId,
+    bytes: &[u8],
+) -> Result<(ResultHeader, Vec<i64>), crate::glwe::DecryptError> {
+    use crate::glwe::DecryptError;
+    let forest = model
+        .forest
+        .as_ref()
+        .ok_or_else(|| DecryptError::Mismatch("not a tree ensemble".into()))?;
+    let (header, body) = crate::glwe::open_result(key, model_id, bytes)?;
+    let params = header.params;
+    let n = params.polynomial_size();
+    let slots = model.n_outputs as usize;
+    let records = header.records as usize;
+    let glwes = (records * slots).div_ceil(n);
+    if params != key.params()
+        || header.n_outputs as usize != glwes
+        || header.plaintext_bits != model.plaintext_bits
+    {
+        return Err(DecryptError::Mismatch(format!(
+            "{} ciphertexts at {} bits for {records} records; the model needs {glwes} at {} bits",
+            header.n_outputs, header.plaintext_bits, model.plaintext_bits
+        )));
+    }
+    let glwe_len = (params.glwe_dimension() + 1) * n;
+    let mut words = vec![0u64; body.len() / 8];
+    read_u64s(body, &mut words);
+    let list = GlweCiphertextList::from_container(
+        words,
+        GlweSize(params.glwe_dimension() + 1),
+        PolynomialSize(n),
+        CiphertextModulus::new_native(),
+    );
+    debug_assert_eq!(list.as_ref().len(), glwes * glwe_len);
+    let mut plain = PlaintextList::new(0u64, PlaintextCount(glwes * n));
+    decrypt_glwe_ciphertext_list(key.output_glwe(), &list, &mut plain);
+    let shift = 64 - header.plaintext_bits as u32;
+    let mask = (1u64 << header.plaintext_bits) - 1;
+    let sums: Vec<u64> = plain
+        .as_ref()
+        .iter()
+        .take(records * slots)
+        .map(|&v| (v.wrapping_add(1u64 << (shift - 1)) >> shift) & mask)
+        .collect();
+    let scores = sums
+        .chunks_exact(slots)
+        .flat_map(|s| forest.slots.scores(s))
+        .collect();
+    Ok((header, scores))
+}

@@ -1,0 +1,262 @@
+//! Tree ensembles through the pipeline core: ingest refuses batches whose evaluation key is
+//! missing or whose chunks would overrun a worker, the worker downloads the key once, checks
+//! it and keeps it (memory, then local disk across a cold start), and every decrypted score is
+//! the plaintext integer reference.
+
+use crate::common::*;
+use fhe_batch_core::format::{BatchLimits, ChunkLayout};
+use fhe_batch_core::ids::EvalKeyId;
+use fhe_batch_core::job::{FailureKind, JobState};
+use fhe_batch_core::layout;
+use fhe_batch_core::model::ModelPackage;
+use fhe_batch_core::pipeline::{IngestOutcome, Worker, WorkerConfig, ingest_object};
+use fhe_batch_core::ports::ObjectStore;
+use fhe_batch_fhe::FheEvaluator;
+use fhe_batch_fhe::forest::{EvalKey, eval_key_id};
+use fhe_batch_train::trees::CompiledForest;
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+struct Tree {
+    pkg: ModelPackage,
+    compiled: CompiledForest,
+    rows: Vec<Vec<f64>>,
+    key_bytes: Vec<u8>,
+}
+
+fn tree() -> &'static Tree {
+    static T: OnceLock<Tree> = OnceLock::new();
+    T.get_or_init(|| {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/onnx");
+        let bytes = std::fs::read(dir.join("bc-tree-d4.onnx")).unwrap();
+        let fhe_batch_onnx::FloatModel::Trees(e) =
+            fhe_batch_onnx::import_onnx(&bytes).unwrap().model
+        else {
+            panic!("a tree")
+        };
+        let ds = fhe_batch_train::data::read_labelled_csv(
+            &data_path("breast_cancer.csv"),
+            "label",
+            fhe_batch_train::Task::Auto,
+        )
+        .unwrap();
+        let compiled = fhe_batch_train::trees::quantize_trees(&e).unwrap();
+        let pkg = fhe_batch_train::trees::package_forest(
+            &e,
+            &compiled,
+            ds.feature_names.clone(),
+            "label".into(),
+            None,
+            "",
+        )
+        .unwrap();
+        let rows = (0..40).map(|i| ds.row(i).to_vec()).collect();
+        let key_bytes = EvalKey::generate(key()).to_bytes();
+        Tree {
+            pkg,
+            compiled,
+            rows,
+            key_bytes,
+        }
+    })
+}
+
+fn batch(layout: ChunkLayout) -> Vec<u8> {
+    let t = tree();
+    let cols: Vec<u64> = t
+        .rows
+        .iter()
+        .flat_map(|r| t.pkg.client.columns(r))
+        .collect();
+    fhe_batch_fhe::batch::encrypt_batch_with(
+        key(),
+        &t.pkg.client,
+        t.pkg.manifest.model_id,
+        &cols,
+        layout,
+        &|_| {},
+    )
+}
+
+fn key_id() -> EvalKeyId {
+    eval_key_id(&tree().key_bytes)
+}
+
+#[tokio::test]
+async fn ingest_refuses_tree_batches_it_cannot_run() {
+    let env = Env::new().await;
+    publish(&env.store, &tree().pkg).await;
+    let q = queue(Duration::from_secs(30));
+    let cases = [
+        (
+            "no-key",
+            ChunkLayout {
+                slots: 16,
+                eval_key: None,
+            },
+            "needs an evaluation key",
+        ),
+        (
+            "key-missing",
+            ChunkLayout {
+                slots: 16,
+                eval_key: Some(key_id()),
+            },
+            "is not uploaded",
+        ),
+    ];
+    for (job, layout, reason) in cases {
+        let job = env.upload(job, batch(layout)).await;
+        let o = env.ingest(&q, &job).await;
+        assert!(
+            matches!(&o, IngestOutcome::Rejected { reason: r, .. } if r.contains(reason)),
+            "{job}: {o:?}"
+        );
+        let st = env.status(&job).await;
+        assert_eq!(st.state, JobState::Failed);
+        assert_eq!(st.failures[0].kind, FailureKind::Model);
+    }
+    // With the key uploaded, chunks sized far past the worker's time budget are refused too:
+    // 2,048 records x 7 bootstraps is fine, so stretch the model's cost in its manifest.
+    env.store
+        .put(&layout::eval_key(&key_id()), tree().key_bytes.clone())
+        .await
+        .unwrap();
+    let mut pkg = tree().pkg.clone();
+    pkg.manifest.pbs_per_record = 100;
+    env.store
+        .put(
+            &layout::model_manifest(&pkg.manifest.model_id),
+            pkg.manifest_bytes(),
+        )
+        .await
+        .unwrap();
+    let job = env
+        .upload(
+            "too-big",
+            batch(ChunkLayout {
+                slots: 2048,
+                eval_key: Some(key_id()),
+            }),
+        )
+        .await;
+    let o = ingest_object(
+        &env.store,
+        &q,
+        &layout::inbox(&job),
+        &BatchLimits::default(),
+    )
+    .await
+    .unwrap();
+    assert!(
+        matches!(&o, IngestOutcome::Rejected { reason, .. } if reason.contains("smaller chunks")),
+        "{o:?}"
+    );
+    assert!(q.is_idle());
+}
+
+#[tokio::test]
+async fn a_tree_job_runs_with_the_key_loaded_once_and_decrypts_exactly() {
+    let env = Env::new().await;
+    let t = tree();
+    publish(&env.store, &t.pkg).await;
+    env.store
+        .put(&layout::eval_key(&key_id()), t.key_bytes.clone())
+        .await
+        .unwrap();
+    let q = queue(Duration::from_secs(60));
+    let job = env
+        .upload(
+            "tree",
+            batch(ChunkLayout {
+                slots: 16,
+                eval_key: Some(key_id()),
+            }),
+        )
+        .await;
+    assert!(matches!(
+        env.ingest(&q, &job).await,
+        IngestOutcome::Queued { chunks: 3, .. }
+    ));
+    let disk = tempfile::tempdir().unwrap();
+    let worker = Arc::new(Worker::new(
+        env.store.clone(),
+        FheEvaluator::new(Some(disk.path().to_path_buf())),
+        WorkerConfig { max_receives: 5 },
+    ));
+    drain(worker, &q, 2).await;
+    let st = env.status(&job).await;
+    assert_eq!(st.state, JobState::Succeeded, "{st:?}");
+    let mut files = Vec::new();
+    for k in env.store.list(&layout::results_prefix(&job)).await.unwrap() {
+        files.push((k.clone(), env.store.get(&k, 1 << 30).await.unwrap()));
+    }
+    let scores = fhe_batch_fhe::batch::decrypt_job(
+        key(),
+        &t.pkg.client,
+        &t.pkg.manifest.model_id,
+        &files,
+        &|_| {},
+    )
+    .unwrap();
+    let want: Vec<i64> = t
+        .rows
+        .iter()
+        .flat_map(|r| {
+            let x: Vec<f32> = r.iter().map(|&v| v as f32).collect();
+            t.compiled.model.eval_plain(&t.compiled.model.bits(&x))
+        })
+        .collect();
+    assert_eq!(scores, want);
+    // The key file was cached on local disk: a fresh evaluator (a cold start on the same
+    // machine) finds it there, re-checks it and needs no download.
+    let cold = FheEvaluator::new(Some(disk.path().to_path_buf()));
+    use fhe_batch_core::pipeline::ChunkEvaluator;
+    assert!(cold.has_eval_key(&key_id()));
+    assert!(cold.last_cold_start().unwrap().from_disk_cache);
+    // A damaged cached file is discarded, not trusted.
+    let cached = disk.path().join(format!("{}.key", key_id()));
+    let mut bytes = std::fs::read(&cached).unwrap();
+    bytes[500] ^= 1;
+    std::fs::write(&cached, bytes).unwrap();
+    assert!(!FheEvaluator::new(Some(disk.path().to_path_buf())).has_eval_key(&key_id()));
+    assert!(!cached.exists());
+}
+
+#[tokio::test]
+async fn a_damaged_evaluation_key_fails_the_job_with_its_id() {
+    let env = Env::new().await;
+    let t = tree();
+    publish(&env.store, &t.pkg).await;
+    let mut damaged = t.key_bytes.clone();
+    damaged[2000] ^= 0x40;
+    // Stored under the real key's id: the content no longer hashes to it.
+    env.store
+        .put(&layout::eval_key(&key_id()), damaged)
+        .await
+        .unwrap();
+    let q = queue(Duration::from_secs(60));
+    let job = env
+        .upload(
+            "damaged",
+            batch(ChunkLayout {
+                slots: 64,
+                eval_key: Some(key_id()),
+            }),
+        )
+        .await;
+    env.ingest(&q, &job).await;
+    let worker = Arc::new(Worker::new(
+        env.store.clone(),
+        FheEvaluator::new(None),
+        WorkerConfig { max_receives: 5 },
+    ));
+    drain(worker, &q, 1).await;
+    let st = env.status(&job).await;
+    assert_eq!(st.state, JobState::Failed, "{st:?}");
+    assert!(
+        st.failures[0].reason.contains(&key_id().to_string()),
+        "{:?}",
+        st.failures
+    );
+}
