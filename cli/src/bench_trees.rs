@@ -124,6 +124,10 @@ pub fn run(models: &[PathBuf], data: &Dataset, records: usize, json: bool) -> Re
             &|_| {},
         )?;
         let decrypt_s = t.elapsed().as_secs_f64();
+        // The data set's labels written as the model's class labels.
+        let labels: Vec<String> = fhe_batch_train::trees::labelled_rows(&e, data)
+            .map(|rows| rows.into_iter().map(|(_, l)| l).collect())
+            .unwrap_or_default();
         let outputs = pkg.client.n_scores();
         let mut exact = 0;
         let mut correct = 0;
@@ -131,9 +135,7 @@ pub fn run(models: &[PathBuf], data: &Dataset, records: usize, json: bool) -> Re
             let x: Vec<f32> = r.iter().map(|&v| v as f32).collect();
             exact += usize::from(s == c.model.eval_plain(&c.model.bits(&x)).as_slice());
             let label = pkg.client.predict(s).label;
-            if let fhe_batch_train::Target::Classes { names, idx } = &data.y {
-                correct += usize::from(names[idx[i]] == label);
-            }
+            correct += usize::from(labels.get(i) == Some(&label));
         }
         if exact != n {
             bail!(

@@ -785,3 +785,127 @@ impl ForestClient {
             .collect()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    /// A random tree from a stream of choices: depth <= `depth`, bits < `bits`.
+    fn grow(
+        choices: &mut impl Iterator<Item = u32>,
+        nodes: &mut Vec<QNode>,
+        depth: usize,
+        bits: u32,
+        outputs: usize,
+    ) -> u32 {
+        let i = nodes.len();
+        let c = choices.next().unwrap_or(0);
+        if depth == 0 || c % 5 == 0 {
+            let values = (0..outputs)
+                .map(|o| (choices.next().unwrap_or(0) as i64 + o as i64) % 9 - 4)
+                .collect();
+            nodes.push(QNode::Leaf { values });
+            return i as u32;
+        }
+        nodes.push(QNode::Leaf { values: vec![] });
+        let yes = grow(choices, nodes, depth - 1, bits, outputs);
+        let no = grow(choices, nodes, depth - 1, bits, outputs);
+        nodes[i] = QNode::Branch {
+            bit: c % bits,
+            yes_when: c % 2 == 0,
+            yes,
+            no,
+        };
+        i as u32
+    }
+
+    proptest! {
+        /// For random trees (depth 1..=8, repeated bits on a path, 1..=3 outputs), every
+        /// bootstrap input stays in range, the plan is proven, and on every bit pattern the
+        /// slot sums read back to the integer reference exactly: one leaf fires per tree.
+        #[test]
+        fn plans_reproduce_the_reference_on_every_bit_pattern(
+            choices in proptest::collection::vec(any::<u32>(), 64..400),
+            trees in 1usize..4,
+            depth in 1usize..=8,
+            outputs in 1usize..=3,
+        ) {
+            let bits = 5u32;
+            let mut it = choices.into_iter();
+            let model = TreeModel {
+                n_features: 1,
+                n_outputs: outputs as u32,
+                thresholds: (0..bits)
+                    .map(|j| Threshold { feature: 0, value: j as f32, inclusive: false })
+                    .collect(),
+                trees: (0..trees)
+                    .map(|_| {
+                        let mut nodes = Vec::new();
+                        grow(&mut it, &mut nodes, depth, bits, outputs);
+                        QTree { nodes }
+                    })
+                    .collect(),
+                leaf_bits: 8,
+                scale: 1.0,
+            };
+            prop_assume!(model.trees.iter().any(|t| t.nodes.len() > 1));
+            let (plan, readout) = build_plan(&model).unwrap();
+            plan.validate().unwrap();
+            for pattern in 0..(1u32 << bits) {
+                let b: Vec<bool> = (0..bits).map(|j| pattern >> j & 1 == 1).collect();
+                let slots = plan.eval_slots(&b);
+                prop_assert!(slots.iter().all(|&s| s < 1 << plan.slot_bits));
+                prop_assert_eq!(readout.scores(&slots), model.eval_plain(&b));
+            }
+        }
+    }
+
+    #[test]
+    fn slot_widths_follow_the_noise() {
+        // More summed bootstrap outputs, fewer exact bits.
+        assert_eq!(slot_bits_for(7), 8);
+        assert_eq!(slot_bits_for(137), 6);
+        assert!(slot_bits_for(10_000) < slot_bits_for(100));
+        assert_eq!(records_per_chunk(137, 2048), 131);
+        assert_eq!(records_per_chunk(7, 2048), 2048);
+        assert_eq!(records_per_chunk(1_000_000, 2048), 1);
+    }
+
+    #[test]
+    fn plans_outside_the_proof_are_refused() {
+        let lut = |slot| Lut {
+            slot,
+            table: vec![0; 8],
+        };
+        let mut plan = ForestPlan {
+            n_bits: 2,
+            functions: 2,
+            programs: vec![Program {
+                tree: 0,
+                terms: vec![(0, 4), (1, 4)],
+                constant: 0,
+                luts: vec![lut(0)],
+            }],
+            n_slots: 1,
+            slot_bits: 6,
+        };
+        // u reaches 8: outside a two-table bootstrap's inputs.
+        assert!(matches!(plan.validate(), Err(PlanError::InputRange { .. })));
+        plan.programs[0].terms = vec![(0, 1), (1, 1)];
+        plan.validate().unwrap();
+        // A slot wider than the noise allows for its bootstrap count.
+        plan.slot_bits = 12;
+        assert!(matches!(plan.validate(), Err(PlanError::Slot { .. })));
+        plan.slot_bits = 6;
+        // An input whose noise exceeds the analysed bound.
+        plan.programs[0].terms = vec![(0, 1 << 30)];
+        plan.programs[0].constant = -(1 << 30);
+        assert!(plan.validate().is_err());
+        // A table value that overflows the slot.
+        plan.programs[0].terms = vec![(0, 1)];
+        plan.programs[0].constant = 0;
+        plan.programs[0].luts[0].table[1] = 64;
+        assert!(matches!(plan.validate(), Err(PlanError::Slot { .. })));
+    }
+}
