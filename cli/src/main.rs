@@ -363,6 +363,9 @@ fn compile_trees(
         per_chunk as f64 * plan.pbs_per_record() as f64
             / fhe_batch_core::tree::WORKER_PBS_PER_SECOND
     );
+    println!(
+        "  evaluation key: about 64 MB per data owner, uploaded once (tfhe's compressed server key and a packing key)"
+    );
     let report = match fhe_batch_train::trees::labelled_rows(e, eval) {
         Ok(rows) => {
             let r = fhe_batch_train::trees::tree_report(e, &c, &rows);

@@ -801,7 +801,7 @@ mod tests {
     ) -> u32 {
         let i = nodes.len();
         let c = choices.next().unwrap_or(0);
-        if depth == 0 || c % 5 == 0 {
+        if depth == 0 || c.is_multiple_of(5) {
             let values = (0..outputs)
                 .map(|o| (choices.next().unwrap_or(0) as i64 + o as i64) % 9 - 4)
                 .collect();
@@ -813,7 +813,7 @@ mod tests {
         let no = grow(choices, nodes, depth - 1, bits, outputs);
         nodes[i] = QNode::Branch {
             bit: c % bits,
-            yes_when: c % 2 == 0,
+            yes_when: c.is_multiple_of(2),
             yes,
             no,
         };
