@@ -65,6 +65,7 @@ pub fn run(models: &[PathBuf], data: &Dataset, records: usize, json: bool) -> Re
             data.feature_names.clone(),
             data.target_name.clone(),
             None,
+            None,
             "",
         )?;
         let n = records.min(data.len());

@@ -385,6 +385,10 @@ fn compile_trees(
         &c,
         ds.feature_names.clone(),
         ds.target_name.clone(),
+        match &ds.y {
+            fhe_batch_train::Target::Classes { names, .. } => Some(names.as_slice()),
+            _ => None,
+        },
         report.as_ref(),
         on,
     )?;

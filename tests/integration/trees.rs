@@ -47,6 +47,7 @@ fn tree() -> &'static Tree {
             ds.feature_names.clone(),
             "label".into(),
             None,
+            None,
             "",
         )
         .unwrap();

@@ -328,8 +328,8 @@ fn breast_cancer_ensembles_decrypt_exactly_on_every_test_record() {
             .collect();
         let c = fhe_batch_train::trees::quantize_trees(&e).unwrap();
         let names = (0..e.n_features).map(|j| format!("f{j}")).collect();
-        let pkg =
-            fhe_batch_train::trees::package_forest(&e, &c, names, "y".into(), None, "").unwrap();
+        let pkg = fhe_batch_train::trees::package_forest(&e, &c, names, "y".into(), None, None, "")
+            .unwrap();
         let bits: Vec<Vec<bool>> = rows
             .iter()
             .map(|x| pkg.client.columns(x).iter().map(|&b| b == 1).collect())

@@ -290,12 +290,15 @@ pub fn labelled_rows(
 
 /// Builds the model package of a compiled ensemble: the server part carries the bootstrap plan
 /// (the leaf values live only in its lookup tables), the client part the thresholds, the slot
-/// readout and the post-processing. `feature_names` name the ensemble's inputs in order.
+/// readout and the post-processing. `feature_names` name the ensemble's inputs in order; with
+/// `class_names` (the data set's, sorted) predictions are written with those names instead of the
+/// model's own labels (matched as the linear import matches them).
 pub fn package_forest(
     e: &TreeEnsemble,
     c: &CompiledForest,
     feature_names: Vec<String>,
     target: String,
+    class_names: Option<&[String]>,
     report: Option<&TreeReport>,
     evaluated_on: &str,
 ) -> Result<ModelPackage, TrainError> {
@@ -308,7 +311,13 @@ pub fn package_forest(
     }
     let params = ParamSet::Glwe2048TUniform17;
     let plan = c.plan.clone();
-    let readout = e.readout();
+    let mut readout = e.readout();
+    if let Some(names) = class_names.filter(|_| !readout.labels.is_empty()) {
+        let model_class = crate::onnx::model_class_of(&readout.labels, names)?;
+        for (c, &k) in model_class.iter().enumerate() {
+            readout.labels[k] = names[c].clone();
+        }
+    }
     let server = ServerModel {
         format_version: MODEL_FORMAT_VERSION,
         kind: ModelKind::TreeEnsemble,
