@@ -79,6 +79,11 @@ fn batch(layout: ChunkLayout) -> Vec<u8> {
     )
 }
 
+/// The decision tree's model package (also a fuzz seed).
+pub fn tree_package() -> &'static ModelPackage {
+    &tree().pkg
+}
+
 fn key_id() -> EvalKeyId {
     eval_key_id(&tree().key_bytes)
 }

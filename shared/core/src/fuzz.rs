@@ -85,7 +85,7 @@ pub fn model(data: &[u8]) {
         && c.validate().is_ok()
     {
         let record = vec![0.5f64; c.n_features()];
-        assert_eq!(c.quantize(&record).len(), c.n_features());
+        assert_eq!(c.columns(&record).len(), c.n_columns());
     }
 }
 

@@ -324,9 +324,18 @@ impl ServerModel {
         &self.weights[output * f..(output + 1) * f]
     }
 
-    /// The plaintext integer reference: exactly what the encrypted evaluation must produce.
+    /// The plaintext integer reference: exactly what the encrypted evaluation must produce
+    /// (tree ensembles: `x` are thermometer bits, the outputs are score-slot sums).
     pub fn eval_plain(&self, x: &[u64]) -> Vec<i64> {
         assert_eq!(x.len(), self.n_features as usize, "feature count");
+        if let Some(plan) = &self.forest {
+            let bits: Vec<bool> = x.iter().map(|&v| v != 0).collect();
+            return plan
+                .eval_slots(&bits)
+                .into_iter()
+                .map(|v| v as i64)
+                .collect();
+        }
         (0..self.n_outputs as usize)
             .map(|c| {
                 self.row(c)
