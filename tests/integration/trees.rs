@@ -266,3 +266,46 @@ async fn a_damaged_evaluation_key_fails_the_job_with_its_id() {
         st.failures
     );
 }
+
+#[tokio::test]
+async fn an_evaluation_key_of_another_secret_key_fails_the_job_instead_of_giving_garbage() {
+    let env = Env::new().await;
+    let t = tree();
+    publish(&env.store, &t.pkg).await;
+    let stranger =
+        fhe_batch_fhe::SecretKey::generate(fhe_batch_core::params::ParamSet::Glwe2048TUniform17);
+    let bytes = EvalKey::generate(&stranger).to_bytes();
+    let id = eval_key_id(&bytes);
+    env.store.put(&layout::eval_key(&id), bytes).await.unwrap();
+    let q = queue(Duration::from_secs(60));
+    let job = env
+        .upload(
+            "stranger",
+            batch(ChunkLayout {
+                slots: 64,
+                eval_key: Some(id),
+            }),
+        )
+        .await;
+    env.ingest(&q, &job).await;
+    let worker = Arc::new(Worker::new(
+        env.store.clone(),
+        FheEvaluator::new(None),
+        WorkerConfig { max_receives: 5 },
+    ));
+    drain(worker, &q, 1).await;
+    let st = env.status(&job).await;
+    assert_eq!(st.state, JobState::Failed, "{st:?}");
+    assert!(
+        st.failures[0].reason.contains("belongs to secret key"),
+        "{:?}",
+        st.failures
+    );
+    assert!(
+        env.store
+            .list(&layout::results_prefix(&job))
+            .await
+            .unwrap()
+            .is_empty()
+    );
+}

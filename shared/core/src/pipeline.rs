@@ -363,6 +363,11 @@ pub trait ChunkEvaluator: Send + Sync {
         false
     }
 
+    /// The fingerprint of the secret key a loaded evaluation key belongs to, when known.
+    fn eval_key_owner(&self, _id: &EvalKeyId) -> Option<crate::ids::KeyFingerprint> {
+        None
+    }
+
     /// Loads an evaluation key from its uploaded bytes (checked against `id`, deserialized
     /// with size and parameter checks). An `Err` means the key can never be used.
     fn install_eval_key(&self, id: &EvalKeyId, _bytes: Vec<u8>) -> Result<(), EvalError> {
@@ -633,6 +638,17 @@ impl<S: ObjectStore, E: ChunkEvaluator> Worker<S, E> {
             };
             if let Err(reason) = self.eval_key(id).await? {
                 return Ok(Attempt::Permanent(FailureKind::Model, reason));
+            }
+            if let Some(owner) = self.evaluator.eval_key_owner(id)
+                && owner != msg.key_fingerprint
+            {
+                return Ok(Attempt::Permanent(
+                    FailureKind::Model,
+                    format!(
+                        "evaluation key {id} belongs to secret key {owner}, but the batch was encrypted under {}; publish this key's evaluation key (`fhe-batch publish-key`) and name it",
+                        msg.key_fingerprint
+                    ),
+                ));
             }
         }
         fault(FaultPoint::BeforeRead)?;

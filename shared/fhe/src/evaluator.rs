@@ -129,6 +129,10 @@ impl ChunkEvaluator for FheEvaluator {
         }
     }
 
+    fn eval_key_owner(&self, id: &EvalKeyId) -> Option<fhe_batch_core::ids::KeyFingerprint> {
+        self.cached(id).map(|k| k.owner())
+    }
+
     fn install_eval_key(&self, id: &EvalKeyId, bytes: Vec<u8>) -> Result<(), EvalError> {
         self.load(id, &bytes, false)?;
         if let Some(path) = self.disk_path(id) {

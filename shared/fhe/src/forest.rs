@@ -16,7 +16,7 @@
 use crate::keys::SecretKey;
 use crate::params::shortint_params;
 use fhe_batch_core::format::{ResultHeader, read_u64s, write_u64s};
-use fhe_batch_core::ids::{EvalKeyId, ModelId};
+use fhe_batch_core::ids::{EvalKeyId, KeyFingerprint, ModelId};
 use fhe_batch_core::model::ClientModel;
 use fhe_batch_core::params::ParamSet;
 use fhe_batch_core::pipeline::EvalError;
@@ -53,21 +53,29 @@ pub enum EvalKeyError {
 pub struct EvalKey {
     server: CompressedServerKey,
     packing: SeededLwePackingKeyswitchKeyOwned<u64>,
+    /// Fingerprint of the secret key it was generated from: a worker refuses to evaluate a
+    /// batch encrypted under another key with it (the results would decrypt to garbage).
+    owner: u128,
 }
 
 impl tfhe::named::Named for EvalKey {
     const NAME: &'static str = "fhe_batch::EvalKey";
 }
 
-type VersionedPair<'a> = (
+type VersionedParts<'a> = (
     <CompressedServerKey as tfhe::Versionize>::Versioned<'a>,
     <SeededLwePackingKeyswitchKeyOwned<u64> as tfhe::Versionize>::Versioned<'a>,
+    u128,
 );
 
 impl tfhe::Versionize for EvalKey {
-    type Versioned<'vers> = VersionedPair<'vers>;
+    type Versioned<'vers> = VersionedParts<'vers>;
     fn versionize(&self) -> Self::Versioned<'_> {
-        (self.server.versionize(), self.packing.versionize())
+        (
+            self.server.versionize(),
+            self.packing.versionize(),
+            self.owner,
+        )
     }
 }
 
@@ -75,11 +83,13 @@ impl tfhe_versionable::VersionizeOwned for EvalKey {
     type VersionedOwned = (
         <CompressedServerKey as tfhe_versionable::VersionizeOwned>::VersionedOwned,
         <SeededLwePackingKeyswitchKeyOwned<u64> as tfhe_versionable::VersionizeOwned>::VersionedOwned,
+        u128,
     );
     fn versionize_owned(self) -> Self::VersionedOwned {
         (
             self.server.versionize_owned(),
             self.packing.versionize_owned(),
+            self.owner,
         )
     }
 }
@@ -89,6 +99,7 @@ impl tfhe::Unversionize for EvalKey {
         Ok(Self {
             server: CompressedServerKey::unversionize(v.0)?,
             packing: SeededLwePackingKeyswitchKeyOwned::unversionize(v.1)?,
+            owner: v.2,
         })
     }
 }
@@ -135,15 +146,29 @@ impl EvalKey {
             CiphertextModulus::new_native(),
             seeder.as_mut(),
         );
-        Self { server, packing }
+        Self {
+            server,
+            packing,
+            owner: u128::from_le_bytes(*key.fingerprint().as_bytes()),
+        }
     }
 
     /// Assembles a key from its parts (tests build non-conformant ones with it).
     pub fn from_parts(
         server: CompressedServerKey,
         packing: SeededLwePackingKeyswitchKeyOwned<u64>,
+        owner: KeyFingerprint,
     ) -> Self {
-        Self { server, packing }
+        Self {
+            server,
+            packing,
+            owner: u128::from_le_bytes(*owner.as_bytes()),
+        }
+    }
+
+    /// The fingerprint of the secret key this evaluation key belongs to.
+    pub fn owner(&self) -> KeyFingerprint {
+        KeyFingerprint::from_bytes(self.owner.to_le_bytes())
     }
 
     /// The parts, for inspection.
@@ -189,6 +214,7 @@ impl EvalKey {
     /// Expands the key for evaluation (decompression of both parts).
     pub fn prepare(self) -> PreparedEvalKey {
         PreparedEvalKey {
+            owner: self.owner(),
             server: self.server.decompress(),
             packing: self.packing.decompress_into_lwe_packing_keyswitch_key(),
         }
@@ -199,6 +225,7 @@ impl EvalKey {
 pub struct PreparedEvalKey {
     server: ServerKey,
     packing: LwePackingKeyswitchKeyOwned<u64>,
+    owner: KeyFingerprint,
 }
 
 /// The lookup tables of one bootstrap, as tfhe accumulators.
@@ -261,6 +288,10 @@ fn tables_of(plan: &ForestPlan, program: usize, n: usize) -> Tables {
 }
 
 impl PreparedEvalKey {
+    pub fn owner(&self) -> KeyFingerprint {
+        self.owner
+    }
+
     /// Evaluates `plan` on one chunk of expanded column GLWEs (`n_bits x (k+1) x N` words,
     /// record `i` in coefficient `i`), returning the packed result body.
     pub fn evaluate(

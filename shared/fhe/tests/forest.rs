@@ -213,6 +213,7 @@ fn evaluation_keys_are_checked_on_the_way_in() {
     let k = keys();
     let id = eval_key_id(&k.bytes);
     let key = EvalKey::from_bytes(&id, &k.bytes, PARAMS).unwrap();
+    assert_eq!(key.owner(), k.secret.fingerprint());
     let _: PreparedEvalKey = key.prepare();
     // Another id, a flipped byte (the id no longer matches), a truncation: refused.
     let other = ModelId::from_bytes([1; 16]).to_string();
@@ -232,6 +233,7 @@ fn evaluation_keys_are_checked_on_the_way_in() {
     let wrong = EvalKey::from_parts(
         tfhe::shortint::CompressedServerKey::new(&other_params),
         key_packing(&k.bytes),
+        k.secret.fingerprint(),
     );
     let bytes = wrong.to_bytes();
     let err = EvalKey::from_bytes(&eval_key_id(&bytes), &bytes, PARAMS)
