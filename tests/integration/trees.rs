@@ -161,6 +161,37 @@ async fn ingest_refuses_tree_batches_it_cannot_run() {
     assert!(q.is_idle());
 }
 
+/// Uploads a tree batch naming `key` in chunks of `slots`, ingests it (returning the outcome)
+/// and drains the queue with `workers` workers over one `FheEvaluator` (its disk cache in
+/// `disk`).
+async fn run_tree_job(
+    env: &Env,
+    name: &str,
+    slots: u32,
+    key: EvalKeyId,
+    disk: Option<std::path::PathBuf>,
+    workers: usize,
+) -> (fhe_batch_core::ids::JobId, IngestOutcome) {
+    let q = queue(Duration::from_secs(60));
+    let job = env
+        .upload(
+            name,
+            batch(ChunkLayout {
+                slots,
+                eval_key: Some(key),
+            }),
+        )
+        .await;
+    let outcome = env.ingest(&q, &job).await;
+    let worker = Arc::new(Worker::new(
+        env.store.clone(),
+        FheEvaluator::new(disk),
+        WorkerConfig { max_receives: 5 },
+    ));
+    drain(worker, &q, workers).await;
+    (job, outcome)
+}
+
 #[tokio::test]
 async fn a_tree_job_runs_with_the_key_loaded_once_and_decrypts_exactly() {
     let env = Env::new().await;
@@ -170,27 +201,17 @@ async fn a_tree_job_runs_with_the_key_loaded_once_and_decrypts_exactly() {
         .put(&layout::eval_key(&key_id()), t.key_bytes.clone())
         .await
         .unwrap();
-    let q = queue(Duration::from_secs(60));
-    let job = env
-        .upload(
-            "tree",
-            batch(ChunkLayout {
-                slots: 16,
-                eval_key: Some(key_id()),
-            }),
-        )
-        .await;
-    assert!(matches!(
-        env.ingest(&q, &job).await,
-        IngestOutcome::Queued { chunks: 3, .. }
-    ));
     let disk = tempfile::tempdir().unwrap();
-    let worker = Arc::new(Worker::new(
-        env.store.clone(),
-        FheEvaluator::new(Some(disk.path().to_path_buf())),
-        WorkerConfig { max_receives: 5 },
-    ));
-    drain(worker, &q, 2).await;
+    let (job, outcome) = run_tree_job(
+        &env,
+        "tree",
+        16,
+        key_id(),
+        Some(disk.path().to_path_buf()),
+        2,
+    )
+    .await;
+    assert!(matches!(outcome, IngestOutcome::Queued { chunks: 3, .. }));
     let st = env.status(&job).await;
     assert_eq!(st.state, JobState::Succeeded, "{st:?}");
     let mut files = Vec::new();
@@ -241,23 +262,7 @@ async fn a_damaged_evaluation_key_fails_the_job_with_its_id() {
         .put(&layout::eval_key(&key_id()), damaged)
         .await
         .unwrap();
-    let q = queue(Duration::from_secs(60));
-    let job = env
-        .upload(
-            "damaged",
-            batch(ChunkLayout {
-                slots: 64,
-                eval_key: Some(key_id()),
-            }),
-        )
-        .await;
-    env.ingest(&q, &job).await;
-    let worker = Arc::new(Worker::new(
-        env.store.clone(),
-        FheEvaluator::new(None),
-        WorkerConfig { max_receives: 5 },
-    ));
-    drain(worker, &q, 1).await;
+    let (job, _) = run_tree_job(&env, "damaged", 64, key_id(), None, 1).await;
     let st = env.status(&job).await;
     assert_eq!(st.state, JobState::Failed, "{st:?}");
     assert!(
@@ -277,23 +282,7 @@ async fn an_evaluation_key_of_another_secret_key_fails_the_job_instead_of_giving
     let bytes = EvalKey::generate(&stranger).to_bytes();
     let id = eval_key_id(&bytes);
     env.store.put(&layout::eval_key(&id), bytes).await.unwrap();
-    let q = queue(Duration::from_secs(60));
-    let job = env
-        .upload(
-            "stranger",
-            batch(ChunkLayout {
-                slots: 64,
-                eval_key: Some(id),
-            }),
-        )
-        .await;
-    env.ingest(&q, &job).await;
-    let worker = Arc::new(Worker::new(
-        env.store.clone(),
-        FheEvaluator::new(None),
-        WorkerConfig { max_receives: 5 },
-    ));
-    drain(worker, &q, 1).await;
+    let (job, _) = run_tree_job(&env, "stranger", 64, id, None, 1).await;
     let st = env.status(&job).await;
     assert_eq!(st.state, JobState::Failed, "{st:?}");
     assert!(
