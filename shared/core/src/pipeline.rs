@@ -246,7 +246,7 @@ async fn check_model<S: ObjectStore>(
     if manifest.kind.bootstraps() {
         let Some(key) = header.eval_key else {
             return Ok(Err(format!(
-                "model {id} bootstraps and needs an evaluation key, but the batch names none (upload one with `fhe-batch keys publish` and encrypt with it)"
+                "model {id} bootstraps and needs an evaluation key, but the batch names none (upload one with `fhe-batch publish-key` and encrypt with it)"
             )));
         };
         match store.size(&layout::eval_key(&key)).await? {
