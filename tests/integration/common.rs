@@ -125,7 +125,7 @@ impl Env {
         )
         .unwrap();
         let f = pkg.client.n_features();
-        let outputs = pkg.client.n_outputs as usize;
+        let outputs = pkg.client.n_scores();
         assert_eq!(logits.len(), quantized.len() / f * outputs);
         for (q, l) in quantized.chunks_exact(f).zip(logits.chunks_exact(outputs)) {
             assert_eq!(pkg.server.eval_plain(q), l);

@@ -1,7 +1,7 @@
 //! Training and compilation on the bundled data sets.
 
 use crate::common::*;
-use fhe_batch_core::model::ModelKind;
+use fhe_batch_core::model::LinearTask;
 use fhe_batch_core::params::ParamSet;
 use fhe_batch_train::data::{Dataset, Target, read_labelled_csv, synthetic_classification};
 use fhe_batch_train::{Task, TrainOptions, compile, train};
@@ -10,7 +10,7 @@ use fhe_batch_train::{Task, TrainOptions, compile, train};
 fn iris_multinomial_is_accurate_and_quantization_agrees() {
     let (tr, ho) = iris().split(0.2, 42);
     let m = train(&tr, &TrainOptions::default()).unwrap();
-    assert_eq!(m.kind, ModelKind::MultinomialLogistic);
+    assert_eq!(m.task, LinearTask::MultinomialLogistic);
     let pkg = compile(&m, &tr, &ho, 8, ParamSet::Glwe2048TUniform17).unwrap();
     let r = &pkg.manifest.report;
     assert!(r.float_score >= 0.9, "{r:?}");
@@ -26,7 +26,7 @@ fn breast_cancer_binary_is_accurate() {
     let ds = read_labelled_csv(&data_path("breast_cancer.csv"), "label", Task::Auto).unwrap();
     let (tr, ho) = ds.split(0.2, 42);
     let m = train(&tr, &TrainOptions::default()).unwrap();
-    assert_eq!(m.kind, ModelKind::BinaryLogistic);
+    assert_eq!(m.task, LinearTask::BinaryLogistic);
     let pkg = compile(&m, &tr, &ho, 8, ParamSet::Glwe2048TUniform17).unwrap();
     let r = &pkg.manifest.report;
     assert!(r.float_score >= 0.93, "{r:?}");
@@ -48,7 +48,7 @@ fn linear_regression_recovers_a_linear_target() {
     };
     let (tr, ho) = ds.split(0.2, 1);
     let m = train(&tr, &TrainOptions::default()).unwrap();
-    assert_eq!(m.kind, ModelKind::LinearRegression);
+    assert_eq!(m.task, LinearTask::Regression);
     let pkg = compile(&m, &tr, &ho, 8, ParamSet::Glwe2048TUniform17).unwrap();
     let r = &pkg.manifest.report;
     assert!(r.float_score > 0.99, "{r:?}");

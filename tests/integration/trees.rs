@@ -97,7 +97,7 @@ async fn ingest_refuses_tree_batches_it_cannot_run() {
         (
             "no-key",
             ChunkLayout {
-                slots: 16,
+                records_per_chunk: 16,
                 eval_key: None,
             },
             "needs an evaluation key",
@@ -105,7 +105,7 @@ async fn ingest_refuses_tree_batches_it_cannot_run() {
         (
             "key-missing",
             ChunkLayout {
-                slots: 16,
+                records_per_chunk: 16,
                 eval_key: Some(key_id()),
             },
             "is not uploaded",
@@ -141,7 +141,7 @@ async fn ingest_refuses_tree_batches_it_cannot_run() {
         .upload(
             "too-big",
             batch(ChunkLayout {
-                slots: 2048,
+                records_per_chunk: 2048,
                 eval_key: Some(key_id()),
             }),
         )
@@ -177,7 +177,7 @@ async fn run_tree_job(
         .upload(
             name,
             batch(ChunkLayout {
-                slots,
+                records_per_chunk: slots,
                 eval_key: Some(key),
             }),
         )

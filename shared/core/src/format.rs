@@ -10,18 +10,18 @@
 //! batch header, fixed part (64 bytes)
 //!   0  magic "FHEB"            4  format version u16     6  parameter set u16
 //!   8  header length u32      12  feature count u32     16  record count u64
-//!  24  chunk count u32        28  slots per chunk u32   32  model id [16]
+//!  24  chunk count u32        28  records per chunk u32   32  model id [16]
 //!  48  key fingerprint [16]
 //! version 2 only (80-byte fixed part):
 //!  64  evaluation key id [16] (all zero: none)
 //! chunk table: per chunk (56 bytes) offset u64, length u64, records u32, reserved u32, sha256 [32]
 //! header checksum: sha256 of everything above [32]
-//! chunk payload: compression seed u128, then feature count x slots ciphertext bodies (u64 each)
+//! chunk payload: compression seed u128, then input columns x records-per-chunk ciphertext bodies (u64 each)
 //!
-//! Version 1 has N slots per chunk (one record per GLWE coefficient) and no evaluation key.
+//! Version 1 has N records per chunk (one record per GLWE coefficient) and no evaluation key.
 //! Version 2 lets a chunk hold fewer records (models that bootstrap cost far more per record, so
 //! their chunks are sized to finish inside a worker's time limit): each column then sends only
-//! the bodies of its first `slots` coefficients, the others are never decrypted. It also names
+//! the bodies of its first `records_per_chunk` coefficients, the others are never decrypted. It also names
 //! the evaluation key the worker needs.
 //!
 //! result file
@@ -41,7 +41,7 @@ pub const BATCH_MAGIC: [u8; 4] = *b"FHEB";
 pub const RESULT_MAGIC: [u8; 4] = *b"FHER";
 pub const FORMAT_VERSION: u16 = 1;
 pub const FIXED_HEADER_LEN: usize = 64;
-/// Batch format version 2: variable slots per chunk and an evaluation key id.
+/// Batch format version 2: variable records per chunk and an evaluation key id.
 pub const BATCH_VERSION_2: u16 = 2;
 pub const FIXED_HEADER_LEN_V2: usize = 80;
 pub const CHUNK_ENTRY_LEN: usize = 56;
@@ -122,12 +122,12 @@ pub struct ChunkEntry {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BatchHeader {
     pub params: ParamSet,
-    pub feature_count: u32,
+    pub input_columns: u32,
     pub record_count: u64,
     pub model_id: ModelId,
     pub key_fingerprint: KeyFingerprint,
     /// Records per chunk (all chunks but the last are full).
-    pub slots: u32,
+    pub records_per_chunk: u32,
     /// The evaluation key a worker needs (models that bootstrap).
     pub eval_key: Option<crate::ids::EvalKeyId>,
     pub chunks: Vec<ChunkEntry>,
@@ -159,18 +159,13 @@ impl<'a> Reader<'a> {
     }
 }
 
-/// Bytes of one chunk payload: the seed, then `slots` bodies per column.
-pub fn chunk_payload_len(_params: ParamSet, feature_count: u32, slots: u32) -> u64 {
-    SEED_LEN as u64 + feature_count as u64 * slots as u64 * 8
-}
-
-/// Header length of a version 1 batch with a number of chunks.
-pub fn header_len(chunk_count: u32) -> u64 {
-    header_len_of(FORMAT_VERSION, chunk_count)
+/// Bytes of one chunk payload: the seed, then `records_per_chunk` bodies per column.
+pub fn chunk_payload_len(_params: ParamSet, input_columns: u32, records_per_chunk: u32) -> u64 {
+    SEED_LEN as u64 + input_columns as u64 * records_per_chunk as u64 * 8
 }
 
 /// Header length for a format version and a number of chunks.
-pub fn header_len_of(version: u16, chunk_count: u32) -> u64 {
+pub fn batch_header_len(version: u16, chunk_count: u32) -> u64 {
     let fixed = if version == BATCH_VERSION_2 {
         FIXED_HEADER_LEN_V2
     } else {
@@ -213,7 +208,7 @@ impl BatchHeader {
         }
         r.pos = 8;
         let declared = r.u32() as u64;
-        let expected = header_len_of(version, chunk_count);
+        let expected = batch_header_len(version, chunk_count);
         if declared != expected {
             return Err(malformed(
                 "batch header",
@@ -249,10 +244,10 @@ impl BatchHeader {
         let params =
             ParamSet::from_wire_id(param_id).ok_or(FormatError::UnknownParams { id: param_id })?;
         r.pos = 12;
-        let feature_count = r.u32();
+        let input_columns = r.u32();
         let record_count = r.u64();
         let chunk_count = r.u32();
-        let slots = r.u32();
+        let records_per_chunk = r.u32();
         let model_id = ModelId::from_bytes(r.bytes());
         let key_fingerprint = KeyFingerprint::from_bytes(r.bytes());
         let eval_key = if version == BATCH_VERSION_2 {
@@ -261,10 +256,10 @@ impl BatchHeader {
         } else {
             None
         };
-        if feature_count == 0 || feature_count > limits.max_features {
+        if input_columns == 0 || input_columns > limits.max_features {
             return Err(FormatError::TooLarge {
                 what: "feature count",
-                value: feature_count as u64,
+                value: input_columns as u64,
                 limit: limits.max_features as u64,
             });
         }
@@ -279,25 +274,25 @@ impl BatchHeader {
             return Err(malformed("batch header", "the batch holds no records"));
         }
         let n = params.polynomial_size() as u64;
-        let slots_ok = if version == BATCH_VERSION_2 {
-            (1..=n).contains(&(slots as u64))
+        let chunk_size_ok = if version == BATCH_VERSION_2 {
+            (1..=n).contains(&(records_per_chunk as u64))
         } else {
-            slots as u64 == n
+            records_per_chunk as u64 == n
         };
-        if !slots_ok {
+        if !chunk_size_ok {
             return Err(malformed(
                 "batch header",
-                format!("{slots} slots per chunk; parameter set {params} has {n}"),
+                format!("{records_per_chunk} records per chunk; parameter set {params} has {n}"),
             ));
         }
-        let expected_chunks = record_count.div_ceil(slots as u64);
+        let expected_chunks = record_count.div_ceil(records_per_chunk as u64);
         if chunk_count as u64 != expected_chunks {
             return Err(FormatError::RecordCount {
                 header: record_count,
-                chunks: chunk_count as u64 * slots as u64,
+                chunks: chunk_count as u64 * records_per_chunk as u64,
             });
         }
-        let payload = chunk_payload_len(params, feature_count, slots);
+        let payload = chunk_payload_len(params, input_columns, records_per_chunk);
         let mut chunks = Vec::with_capacity(chunk_count as usize);
         let mut total_records = 0u64;
         let mut expected_offset = hlen as u64;
@@ -313,10 +308,10 @@ impl BatchHeader {
                     format!("chunk {i} at {offset}+{length}; expected {expected_offset}+{payload}"),
                 ));
             }
-            if records == 0 || records > slots {
+            if records == 0 || records > records_per_chunk {
                 return Err(malformed(
                     "chunk table",
-                    format!("chunk {i} claims {records} records (1..={slots} allowed)"),
+                    format!("chunk {i} claims {records} records (1..={records_per_chunk} allowed)"),
                 ));
             }
             total_records += records as u64;
@@ -343,11 +338,11 @@ impl BatchHeader {
         }
         Ok(Self {
             params,
-            feature_count,
+            input_columns,
             record_count,
             model_id,
             key_fingerprint,
-            slots,
+            records_per_chunk,
             eval_key,
             chunks,
         })
@@ -355,7 +350,7 @@ impl BatchHeader {
 
     /// Version 1 when it can say everything, else version 2.
     pub fn version(&self) -> u16 {
-        if self.eval_key.is_none() && self.slots as usize == self.params.polynomial_size() {
+        if self.eval_key.is_none() && self.records_per_chunk as usize == self.params.polynomial_size() {
             FORMAT_VERSION
         } else {
             BATCH_VERSION_2
@@ -363,7 +358,7 @@ impl BatchHeader {
     }
 
     pub fn header_len(&self) -> u64 {
-        header_len_of(self.version(), self.chunks.len() as u32)
+        batch_header_len(self.version(), self.chunks.len() as u32)
     }
 
     /// Total object size the header describes.
@@ -385,16 +380,16 @@ impl BatchHeader {
     pub fn encode(&self) -> Vec<u8> {
         let chunk_count = self.chunks.len() as u32;
         let version = self.version();
-        let hlen = header_len_of(version, chunk_count);
+        let hlen = batch_header_len(version, chunk_count);
         let mut out = Vec::with_capacity(hlen as usize);
         out.extend_from_slice(&BATCH_MAGIC);
         out.extend_from_slice(&version.to_le_bytes());
         out.extend_from_slice(&self.params.wire_id().to_le_bytes());
         out.extend_from_slice(&(hlen as u32).to_le_bytes());
-        out.extend_from_slice(&self.feature_count.to_le_bytes());
+        out.extend_from_slice(&self.input_columns.to_le_bytes());
         out.extend_from_slice(&self.record_count.to_le_bytes());
         out.extend_from_slice(&chunk_count.to_le_bytes());
-        out.extend_from_slice(&self.slots.to_le_bytes());
+        out.extend_from_slice(&self.records_per_chunk.to_le_bytes());
         out.extend_from_slice(self.model_id.as_bytes());
         out.extend_from_slice(self.key_fingerprint.as_bytes());
         if version == BATCH_VERSION_2 {
@@ -416,7 +411,7 @@ impl BatchHeader {
 /// How a batch's chunks are laid out: records per chunk and the evaluation key they need.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ChunkLayout {
-    pub slots: u32,
+    pub records_per_chunk: u32,
     pub eval_key: Option<crate::ids::EvalKeyId>,
 }
 
@@ -424,7 +419,7 @@ impl ChunkLayout {
     /// One record per GLWE coefficient, no evaluation key (linear models; format version 1).
     pub fn full(params: ParamSet) -> Self {
         Self {
-            slots: params.polynomial_size() as u32,
+            records_per_chunk: params.polynomial_size() as u32,
             eval_key: None,
         }
     }
@@ -433,7 +428,7 @@ impl ChunkLayout {
 /// Assembles a batch file from encrypted chunk payloads (in order).
 pub fn assemble_batch(
     params: ParamSet,
-    feature_count: u32,
+    input_columns: u32,
     layout: ChunkLayout,
     model_id: ModelId,
     key_fingerprint: KeyFingerprint,
@@ -444,7 +439,7 @@ pub fn assemble_batch(
     } else {
         BATCH_VERSION_2
     };
-    let hlen = header_len_of(version, payloads.len() as u32);
+    let hlen = batch_header_len(version, payloads.len() as u32);
     let mut offset = hlen;
     let chunks: Vec<ChunkEntry> = payloads
         .iter()
@@ -461,11 +456,11 @@ pub fn assemble_batch(
         .collect();
     let header = BatchHeader {
         params,
-        feature_count,
+        input_columns,
         record_count: payloads.iter().map(|(r, _)| *r as u64).sum(),
         model_id,
         key_fingerprint,
-        slots: layout.slots,
+        records_per_chunk: layout.records_per_chunk,
         eval_key: layout.eval_key,
         chunks,
     };
@@ -497,11 +492,13 @@ pub fn verify_chunk(payload: &[u8], length: u64, sha256: &[u8; 32]) -> Result<()
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ResultHeader {
     pub params: ParamSet,
-    pub n_outputs: u32,
+    /// Output GLWE ciphertexts in the body.
+    pub ciphertexts: u32,
     pub chunk_index: u32,
     pub chunk_count: u32,
     pub records: u32,
-    pub plaintext_bits: u8,
+    /// Result values decode from the top `output_bits` bits of each coefficient.
+    pub output_bits: u8,
     pub model_id: ModelId,
     pub key_fingerprint: KeyFingerprint,
     pub first_record: u64,
@@ -510,7 +507,7 @@ pub struct ResultHeader {
 impl ResultHeader {
     /// Bytes of the ciphertext body for this header.
     pub fn body_len(&self) -> usize {
-        self.n_outputs as usize * self.params.glwe_bytes()
+        self.ciphertexts as usize * self.params.glwe_bytes()
     }
 
     /// Wraps ciphertext bytes into a result file.
@@ -520,11 +517,11 @@ impl ResultHeader {
         out.extend_from_slice(&RESULT_MAGIC);
         out.extend_from_slice(&FORMAT_VERSION.to_le_bytes());
         out.extend_from_slice(&self.params.wire_id().to_le_bytes());
-        out.extend_from_slice(&self.n_outputs.to_le_bytes());
+        out.extend_from_slice(&self.ciphertexts.to_le_bytes());
         out.extend_from_slice(&self.chunk_index.to_le_bytes());
         out.extend_from_slice(&self.chunk_count.to_le_bytes());
         out.extend_from_slice(&self.records.to_le_bytes());
-        out.extend_from_slice(&[self.plaintext_bits, 0, 0, 0]);
+        out.extend_from_slice(&[self.output_bits, 0, 0, 0]);
         out.extend_from_slice(&0u32.to_le_bytes());
         out.extend_from_slice(self.model_id.as_bytes());
         out.extend_from_slice(self.key_fingerprint.as_bytes());
@@ -559,42 +556,42 @@ impl ResultHeader {
         let param_id = r.u16();
         let params =
             ParamSet::from_wire_id(param_id).ok_or(FormatError::UnknownParams { id: param_id })?;
-        let n_outputs = r.u32();
+        let ciphertexts = r.u32();
         let chunk_index = r.u32();
         let chunk_count = r.u32();
         let records = r.u32();
-        let plaintext_bits = r.bytes::<4>()[0];
+        let output_bits = r.bytes::<4>()[0];
         let _reserved = r.u32();
         let model_id = ModelId::from_bytes(r.bytes());
         let key_fingerprint = KeyFingerprint::from_bytes(r.bytes());
         let first_record = r.u64();
-        if n_outputs == 0 || n_outputs > max_outputs {
+        if ciphertexts == 0 || ciphertexts > max_outputs {
             return Err(FormatError::TooLarge {
                 what: "result output count",
-                value: n_outputs as u64,
+                value: ciphertexts as u64,
                 limit: max_outputs as u64,
             });
         }
         if chunk_index >= chunk_count
             || records == 0
             || records as usize > params.polynomial_size()
-            || plaintext_bits == 0
-            || plaintext_bits > 62
+            || output_bits == 0
+            || output_bits > 62
         {
             return Err(malformed(
                 "result",
                 format!(
-                    "chunk {chunk_index} of {chunk_count}, {records} records, {plaintext_bits} plaintext bits"
+                    "chunk {chunk_index} of {chunk_count}, {records} records, {output_bits} plaintext bits"
                 ),
             ));
         }
         let header = Self {
             params,
-            n_outputs,
+            ciphertexts,
             chunk_index,
             chunk_count,
             records,
-            plaintext_bits,
+            output_bits,
             model_id,
             key_fingerprint,
             first_record,
@@ -645,8 +642,8 @@ mod tests {
 
     fn sample_with(records: u64, features: u32, layout: ChunkLayout) -> Vec<u8> {
         let p = ParamSet::Glwe2048TUniform17;
-        let n = layout.slots as u64;
-        let len = chunk_payload_len(p, features, layout.slots) as usize;
+        let n = layout.records_per_chunk as u64;
+        let len = chunk_payload_len(p, features, layout.records_per_chunk) as usize;
         let payloads: Vec<(u32, Vec<u8>)> = (0..records.div_ceil(n))
             .map(|i| {
                 let r = (records - i * n).min(n) as u32;
@@ -667,18 +664,18 @@ mod tests {
     fn version_2_carries_small_chunks_and_the_evaluation_key() {
         let key = crate::ids::EvalKeyId::from_bytes([7; 16]);
         let layout = ChunkLayout {
-            slots: 131,
+            records_per_chunk: 131,
             eval_key: Some(key),
         };
         let bytes = sample_with(1000, 196, layout);
         let limits = BatchLimits::default();
         let h = BatchHeader::parse(&bytes, &limits).unwrap();
         assert_eq!(h.version(), BATCH_VERSION_2);
-        assert_eq!((h.slots, h.eval_key), (131, Some(key)));
+        assert_eq!((h.records_per_chunk, h.eval_key), (131, Some(key)));
         assert_eq!(h.chunks.len(), 8);
         assert_eq!(h.chunks[7].records, 1000 - 7 * 131);
         assert_eq!(h.chunks[0].length, 16 + 196 * 131 * 8);
-        assert_eq!(h.header_len(), header_len_of(BATCH_VERSION_2, 8));
+        assert_eq!(h.header_len(), batch_header_len(BATCH_VERSION_2, 8));
         h.check_object_size(bytes.len() as u64).unwrap();
         assert_eq!(h.encode(), bytes[..h.header_len() as usize]);
         // The header length comes from the first 64 bytes, as for version 1.
@@ -689,7 +686,7 @@ mod tests {
         // A full layout stays version 1, byte for byte what older readers expect.
         let v1 = sample(1000, 3);
         assert_eq!(u16::from_le_bytes([v1[4], v1[5]]), FORMAT_VERSION);
-        // Version 1 may not claim fewer slots than N; version 2 not more.
+        // Version 1 may not claim fewer records per chunk than N; version 2 not more.
         let mut forged = v1.clone();
         forged[28..32].copy_from_slice(&100u32.to_le_bytes());
         assert!(BatchHeader::parse(&forged, &limits).is_err());
@@ -767,11 +764,11 @@ mod tests {
     fn result_round_trip_and_corruption() {
         let h = ResultHeader {
             params: ParamSet::Glwe2048TUniform17,
-            n_outputs: 2,
+            ciphertexts: 2,
             chunk_index: 1,
             chunk_count: 3,
             records: 10,
-            plaintext_bits: 20,
+            output_bits: 20,
             model_id: ModelId::from_bytes([3; 16]),
             key_fingerprint: KeyFingerprint::from_bytes([4; 16]),
             first_record: 2048,

@@ -35,7 +35,9 @@ pub struct JobManifest {
     pub key_fingerprint: KeyFingerprint,
     pub params: ParamSet,
     pub record_count: u64,
-    pub feature_count: u32,
+    /// Ciphertext columns per record.
+    #[serde(alias = "feature_count")]
+    pub input_columns: u32,
     pub chunk_count: u32,
     pub created_unix_ms: u64,
 }
@@ -58,8 +60,8 @@ pub struct ChunkMessage {
     pub key_fingerprint: KeyFingerprint,
     pub params: ParamSet,
     /// Records per chunk of the batch when fewer than N (format version 2).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub slots: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none", alias = "slots")]
+    pub records_per_chunk: Option<u32>,
     /// The evaluation key the chunk needs (models that bootstrap).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub eval_key: Option<crate::ids::EvalKeyId>,
@@ -79,7 +81,7 @@ impl ChunkMessage {
         entry: &ChunkEntry,
     ) -> Self {
         let n = header.params.polynomial_size() as u32;
-        let slots = header.slots;
+        let per_chunk = header.records_per_chunk;
         Self {
             v: JOB_FORMAT_VERSION,
             job: job.clone(),
@@ -89,19 +91,19 @@ impl ChunkMessage {
             offset: entry.offset,
             length: entry.length,
             records: entry.records,
-            first_record: index as u64 * slots as u64,
+            first_record: index as u64 * per_chunk as u64,
             sha256: hex::encode(entry.sha256),
             model_id: header.model_id,
             key_fingerprint: header.key_fingerprint,
             params: header.params,
-            slots: (slots != n).then_some(slots),
+            records_per_chunk: (per_chunk != n).then_some(per_chunk),
             eval_key: header.eval_key,
         }
     }
 
     /// Records per chunk of this message's batch.
-    pub fn slots(&self) -> u32 {
-        self.slots.unwrap_or(self.params.polynomial_size() as u32)
+    pub fn records_per_chunk(&self) -> u32 {
+        self.records_per_chunk.unwrap_or(self.params.polynomial_size() as u32)
     }
 
     pub fn to_body(&self) -> String {
@@ -133,12 +135,12 @@ impl ChunkMessage {
             )));
         }
         m.sha256_bytes()?;
-        if m.slots
+        if m.records_per_chunk
             .is_some_and(|s| s == 0 || s as usize > m.params.polynomial_size())
         {
-            return Err(MessageError(format!("{:?} slots per chunk", m.slots)));
+            return Err(MessageError(format!("{:?} records per chunk", m.records_per_chunk)));
         }
-        if m.records == 0 || m.records > m.slots() || m.offset.checked_add(m.length).is_none() {
+        if m.records == 0 || m.records > m.records_per_chunk() || m.offset.checked_add(m.length).is_none() {
             return Err(MessageError(format!(
                 "chunk {} describes {} records at {}+{} bytes",
                 m.chunk, m.records, m.offset, m.length

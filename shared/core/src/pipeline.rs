@@ -121,7 +121,7 @@ pub async fn ingest_object<S: ObjectStore, Q: JobQueue>(
         key_fingerprint: header.key_fingerprint,
         params: header.params,
         record_count: header.record_count,
-        feature_count: header.feature_count,
+        input_columns: header.input_columns,
         chunk_count: header.chunks.len() as u32,
         created_unix_ms: now_unix_ms(),
     };
@@ -237,13 +237,13 @@ async fn check_model<S: ObjectStore>(
             header.params, manifest.params
         )));
     }
-    if manifest.n_features != header.feature_count {
+    if manifest.input_columns != header.input_columns {
         return Ok(Err(format!(
-            "the batch has {} features per record but model {id} takes {}",
-            header.feature_count, manifest.n_features
+            "the batch has {} ciphertext columns per record but model {id} takes {}",
+            header.input_columns, manifest.input_columns
         )));
     }
-    if manifest.kind.bootstraps() {
+    if manifest.family.bootstraps() {
         let Some(key) = header.eval_key else {
             return Ok(Err(format!(
                 "model {id} bootstraps and needs an evaluation key, but the batch names none (upload one with `fhe-batch publish-key` and encrypt with it)"
@@ -262,14 +262,15 @@ async fn check_model<S: ObjectStore>(
             }
             Some(_) => {}
         }
-        let seconds = header.slots as f64 * manifest.pbs_per_record as f64
-            / crate::tree::WORKER_PBS_PER_SECOND;
-        if seconds > crate::tree::MAX_CHUNK_SECONDS {
+        let budget = crate::budget::ChunkBudget::from_env();
+        let seconds =
+            budget.chunk_seconds(header.records_per_chunk as u64, manifest.pbs_per_record);
+        if seconds > budget.max_chunk_seconds() {
             return Ok(Err(format!(
                 "chunks of {} records cost about {seconds:.0} s each at {} bootstraps per record, past the {:.0} s a worker may spend; encrypt with smaller chunks",
-                header.slots,
+                header.records_per_chunk,
                 manifest.pbs_per_record,
-                crate::tree::MAX_CHUNK_SECONDS
+                budget.max_chunk_seconds()
             )));
         }
     } else if header.eval_key.is_some() {
@@ -346,7 +347,7 @@ pub struct ChunkInput<'a> {
     pub payload: &'a [u8],
     /// Records in this chunk, and records per chunk of its batch (the payload's column width).
     pub records: u32,
-    pub slots: u32,
+    pub records_per_chunk: u32,
     /// The evaluation key the chunk's model needs, installed beforehand.
     pub eval_key: Option<&'a EvalKeyId>,
 }
@@ -354,7 +355,7 @@ pub struct ChunkInput<'a> {
 /// The FHE side of the worker: turns a chunk payload into result ciphertexts.
 pub trait ChunkEvaluator: Send + Sync {
     /// Evaluates `model` on one chunk; returns the result body
-    /// (`model.result_ciphertexts(records)` GLWE ciphertexts, as [`ResultHeader::encode`]
+    /// (`model.output_ciphertexts(records, n)` GLWE ciphertexts, as [`ResultHeader::encode`]
     /// expects).
     fn evaluate(&self, model: &ServerModel, chunk: &ChunkInput<'_>) -> Result<Vec<u8>, EvalError>;
 
@@ -612,7 +613,7 @@ impl<S: ObjectStore, E: ChunkEvaluator> Worker<S, E> {
             Err(reason) => return Ok(Attempt::Permanent(FailureKind::Model, reason)),
         };
         let expected_len =
-            crate::format::chunk_payload_len(msg.params, model.n_features, msg.slots());
+            crate::format::chunk_payload_len(msg.params, model.input_columns(), msg.records_per_chunk());
         if msg.length != expected_len {
             return Ok(Attempt::Permanent(
                 FailureKind::InvalidChunk,
@@ -626,7 +627,7 @@ impl<S: ObjectStore, E: ChunkEvaluator> Worker<S, E> {
             Ok(s) => s,
             Err(e) => return Ok(Attempt::Permanent(FailureKind::InvalidChunk, e.to_string())),
         };
-        if model.kind.bootstraps() {
+        if model.family().bootstraps() {
             let Some(id) = msg.eval_key.as_ref() else {
                 return Ok(Attempt::Permanent(
                     FailureKind::Model,
@@ -666,7 +667,7 @@ impl<S: ObjectStore, E: ChunkEvaluator> Worker<S, E> {
         let input = ChunkInput {
             payload: &payload,
             records: msg.records,
-            slots: msg.slots(),
+            records_per_chunk: msg.records_per_chunk(),
             eval_key: msg.eval_key.as_ref(),
         };
         let evaluated = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
@@ -691,11 +692,11 @@ impl<S: ObjectStore, E: ChunkEvaluator> Worker<S, E> {
         fault(FaultPoint::AfterEvaluate)?;
         let header = ResultHeader {
             params: msg.params,
-            n_outputs: model.result_ciphertexts(msg.records, msg.params.polynomial_size()),
+            ciphertexts: model.output_ciphertexts(msg.records, msg.params.polynomial_size()),
             chunk_index: chunk,
             chunk_count: msg.chunk_count,
             records: msg.records,
-            plaintext_bits: model.plaintext_bits,
+            output_bits: model.output_bits(),
             model_id: msg.model_id,
             key_fingerprint: msg.key_fingerprint,
             first_record: msg.first_record,

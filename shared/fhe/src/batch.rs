@@ -1,11 +1,12 @@
 //! Whole batches: encrypt many records into a `.fheb` file and decrypt a job's results, with
 //! chunks processed in parallel (rayon).
 
-use crate::glwe::{DecryptError, decrypt_result, encrypt_columns};
+use crate::glwe::{DecryptError, decrypt_linear_result, encrypt_columns};
+use fhe_batch_core::format::ResultHeader;
 use crate::keys::SecretKey;
 use fhe_batch_core::format::{ChunkLayout, assemble_batch};
 use fhe_batch_core::ids::ModelId;
-use fhe_batch_core::model::ClientModel;
+use fhe_batch_core::model::{ClientBody, ClientModel};
 use rayon::prelude::*;
 
 /// Encrypts quantized records (row-major, `records x n_features`) into a complete batch file.
@@ -37,18 +38,18 @@ pub fn encrypt_batch_with(
     layout: ChunkLayout,
     progress: &(dyn Fn(u64) + Sync),
 ) -> Vec<u8> {
-    let f = model.n_columns();
-    let slots = layout.slots as usize;
+    let f = model.input_columns();
+    let per_chunk = layout.records_per_chunk as usize;
     assert!(
         !columns.is_empty() && columns.len().is_multiple_of(f),
         "whole records"
     );
-    let bits = model.input_plaintext_bits();
+    let bits = model.column_bits();
     let payloads: Vec<(u32, Vec<u8>)> = columns
-        .par_chunks(slots * f)
+        .par_chunks(per_chunk * f)
         .map(|chunk| {
             let records = (chunk.len() / f) as u32;
-            let payload = encrypt_columns(key, f, bits, chunk, slots);
+            let payload = encrypt_columns(key, f, bits, chunk, per_chunk);
             progress(records as u64);
             (records, payload)
         })
@@ -90,8 +91,24 @@ pub enum JobDecryptError {
     },
 }
 
-/// Decrypts every chunk result of one job and returns all records' logits in record order
-/// (`records x n_outputs`). Refuses incomplete, duplicated or mixed result sets.
+/// Decrypts one chunk result into its records' scores (`records x model.n_scores()`): the
+/// family's decryption and readout.
+pub fn decrypt_result(
+    key: &SecretKey,
+    model: &ClientModel,
+    model_id: &ModelId,
+    bytes: &[u8],
+) -> Result<(ResultHeader, Vec<i64>), DecryptError> {
+    match &model.body {
+        ClientBody::Linear(linear) => decrypt_linear_result(key, linear, model_id, bytes),
+        ClientBody::TreeEnsemble(forest) => {
+            crate::forest::decrypt_forest_result(key, forest, model_id, bytes)
+        }
+    }
+}
+
+/// Decrypts every chunk result of one job and returns all records' scores in record order
+/// (`records x model.n_scores()`). Refuses incomplete, duplicated or mixed result sets.
 pub fn decrypt_job(
     key: &SecretKey,
     model: &ClientModel,
@@ -105,11 +122,7 @@ pub fn decrypt_job(
     let mut decrypted = results
         .par_iter()
         .map(|(name, bytes)| {
-            let r = if model.forest.is_some() {
-                crate::forest::decrypt_forest_result(key, model, model_id, bytes)
-            } else {
-                decrypt_result(key, model, model_id, bytes)
-            };
+            let r = decrypt_result(key, model, model_id, bytes);
             let r = r.map_err(|source| JobDecryptError::File {
                 name: name.clone(),
                 source,

@@ -4,7 +4,7 @@
 use crate::forest::{EvalKey, PreparedEvalKey};
 use crate::glwe::GlweEvaluator;
 use fhe_batch_core::ids::EvalKeyId;
-use fhe_batch_core::model::ServerModel;
+use fhe_batch_core::model::{ServerBody, ServerModel};
 use fhe_batch_core::pipeline::{ChunkEvaluator, ChunkInput, EvalError};
 use std::collections::VecDeque;
 use std::path::PathBuf;
@@ -89,8 +89,11 @@ impl FheEvaluator {
 
 impl ChunkEvaluator for FheEvaluator {
     fn evaluate(&self, model: &ServerModel, chunk: &ChunkInput<'_>) -> Result<Vec<u8>, EvalError> {
-        let Some(plan) = &model.forest else {
-            return GlweEvaluator.evaluate(model, chunk);
+        let plan = match &model.body {
+            ServerBody::Linear(linear) => {
+                return GlweEvaluator::evaluate_linear(model.params, linear, chunk);
+            }
+            ServerBody::TreeEnsemble(plan) => plan,
         };
         let id = chunk
             .eval_key
@@ -100,8 +103,8 @@ impl ChunkEvaluator for FheEvaluator {
             .ok_or_else(|| EvalError(format!("evaluation key {id} is not loaded")))?;
         let columns = GlweEvaluator::expand(
             model.params,
-            model.n_features as usize,
-            chunk.slots as usize,
+            plan.thermometer_bits as usize,
+            chunk.records_per_chunk as usize,
             chunk.payload,
         )?;
         key.evaluate(model.params, plan, &columns, chunk.records as usize)

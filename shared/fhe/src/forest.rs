@@ -17,7 +17,7 @@ use crate::keys::SecretKey;
 use crate::params::shortint_params;
 use fhe_batch_core::format::{ResultHeader, read_u64s, write_u64s};
 use fhe_batch_core::ids::{EvalKeyId, KeyFingerprint, ModelId};
-use fhe_batch_core::model::ClientModel;
+use fhe_batch_core::tree::ForestClient;
 use fhe_batch_core::params::ParamSet;
 use fhe_batch_core::pipeline::EvalError;
 use fhe_batch_core::tree::ForestPlan;
@@ -303,11 +303,11 @@ impl PreparedEvalKey {
     ) -> Result<Vec<u8>, EvalError> {
         let n = params.polynomial_size();
         let glwe_len = (params.glwe_dimension() + 1) * n;
-        if columns.len() != plan.n_bits as usize * glwe_len || records == 0 || records > n {
+        if columns.len() != plan.thermometer_bits as usize * glwe_len || records == 0 || records > n {
             return Err(EvalError(format!(
                 "{} column words for {} bits and {records} records",
                 columns.len(),
-                plan.n_bits
+                plan.thermometer_bits
             )));
         }
         // u of every bootstrap, on whole GLWEs: sum(c * column) + constant * 2^59.
@@ -333,7 +333,7 @@ impl PreparedEvalKey {
         let tables: Vec<Tables> = (0..plan.programs.len())
             .map(|i| tables_of(plan, i, n))
             .collect();
-        let slots = plan.n_slots as usize;
+        let slots = plan.score_slots as usize;
         let lwe_size = LweSize(glwe_len - n + 1);
         // Per record: every bootstrap, outputs summed into the record's slots.
         let per_record: Vec<Vec<u64>> = (0..records)
@@ -411,28 +411,24 @@ impl PreparedEvalKey {
 /// (`records x outputs`), through the model's slot readout.
 pub fn decrypt_forest_result(
     key: &SecretKey,
-    model: &ClientModel,
+    forest: &ForestClient,
     model_id: &ModelId,
     bytes: &[u8],
 ) -> Result<(ResultHeader, Vec<i64>), crate::glwe::DecryptError> {
     use crate::glwe::DecryptError;
-    let forest = model
-        .forest
-        .as_ref()
-        .ok_or_else(|| DecryptError::Mismatch("not a tree ensemble".into()))?;
     let (header, body) = crate::glwe::open_result(key, model_id, bytes)?;
     let params = header.params;
     let n = params.polynomial_size();
-    let slots = model.n_outputs as usize;
+    let slots = forest.score_slots as usize;
     let records = header.records as usize;
     let glwes = (records * slots).div_ceil(n);
     if params != key.params()
-        || header.n_outputs as usize != glwes
-        || header.plaintext_bits != model.plaintext_bits
+        || header.ciphertexts as usize != glwes
+        || header.output_bits != forest.slot_bits
     {
         return Err(DecryptError::Mismatch(format!(
             "{} ciphertexts at {} bits for {records} records; the model needs {glwes} at {} bits",
-            header.n_outputs, header.plaintext_bits, model.plaintext_bits
+            header.ciphertexts, header.output_bits, forest.slot_bits
         )));
     }
     let glwe_len = (params.glwe_dimension() + 1) * n;
@@ -447,8 +443,8 @@ pub fn decrypt_forest_result(
     debug_assert_eq!(list.as_ref().len(), glwes * glwe_len);
     let mut plain = PlaintextList::new(0u64, PlaintextCount(glwes * n));
     decrypt_glwe_ciphertext_list(key.output_glwe(), &list, &mut plain);
-    let shift = 64 - header.plaintext_bits as u32;
-    let mask = (1u64 << header.plaintext_bits) - 1;
+    let shift = 64 - header.output_bits as u32;
+    let mask = (1u64 << header.output_bits) - 1;
     let sums: Vec<u64> = plain
         .as_ref()
         .iter()

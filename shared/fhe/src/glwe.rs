@@ -14,7 +14,7 @@
 use crate::keys::SecretKey;
 use crate::params::glwe_noise;
 use fhe_batch_core::format::{ResultHeader, SEED_LEN, chunk_payload_len, read_u64s, write_u64s};
-use fhe_batch_core::model::{ClientModel, ServerModel};
+use fhe_batch_core::model::{ClientModel, LinearClient, LinearServer, ServerBody, ServerModel};
 use fhe_batch_core::params::ParamSet;
 use fhe_batch_core::pipeline::{ChunkEvaluator, ChunkInput, EvalError};
 use tfhe::core_crypto::commons::math::random::RandomGenerator;
@@ -35,8 +35,8 @@ pub fn encrypt_chunk(key: &SecretKey, model: &ClientModel, quantized: &[u64]) ->
     let n = key.params().polynomial_size();
     encrypt_columns(
         key,
-        model.n_columns(),
-        model.input_plaintext_bits(),
+        model.input_columns(),
+        model.column_bits(),
         quantized,
         n,
     )
@@ -138,17 +138,28 @@ fn expand_seeded(seed: u128, n: usize, glwe_len: usize, out: &mut [u64]) {
 
 impl ChunkEvaluator for GlweEvaluator {
     fn evaluate(&self, model: &ServerModel, chunk: &ChunkInput<'_>) -> Result<Vec<u8>, EvalError> {
-        if model.forest.is_some() {
-            return Err(EvalError(
-                "tree ensembles need the bootstrapping evaluator (FheEvaluator)".into(),
-            ));
-        }
-        let params = model.params;
+        let ServerBody::Linear(linear) = &model.body else {
+            return Err(EvalError(format!(
+                "{} models need the bootstrapping evaluator (FheEvaluator)",
+                model.family()
+            )));
+        };
+        Self::evaluate_linear(model.params, linear, chunk)
+    }
+}
+
+impl GlweEvaluator {
+    /// `W x + b` on a chunk's columns: plaintext-scalar multiply-adds, no key.
+    pub fn evaluate_linear(
+        params: ParamSet,
+        model: &LinearServer,
+        chunk: &ChunkInput<'_>,
+    ) -> Result<Vec<u8>, EvalError> {
         let f = model.n_features as usize;
         let glwe_len = (params.glwe_dimension() + 1) * params.polynomial_size();
         let n = params.polynomial_size();
-        let cts = Self::expand(params, f, chunk.slots as usize, chunk.payload)?;
-        let shift = delta_shift(model.plaintext_bits);
+        let cts = Self::expand(params, f, chunk.records_per_chunk as usize, chunk.payload)?;
+        let shift = delta_shift(model.output_bits);
         let outputs = model.n_outputs as usize;
         let mut acc = vec![0u64; outputs * glwe_len];
         // Feature-major: each input ciphertext is read once and feeds every output.
@@ -219,30 +230,31 @@ pub(crate) fn open_result<'a>(
     Ok((header, body))
 }
 
-/// Decrypts one chunk result into its records' integer logits (`records x n_outputs`).
-pub fn decrypt_result(
+/// Decrypts one chunk result of a linear model into its records' integer outputs
+/// (`records x n_outputs`).
+pub fn decrypt_linear_result(
     key: &SecretKey,
-    model: &ClientModel,
+    model: &LinearClient,
     model_id: &fhe_batch_core::ids::ModelId,
     bytes: &[u8],
 ) -> Result<(ResultHeader, Vec<i64>), DecryptError> {
     let (header, body) = open_result(key, model_id, bytes)?;
     if header.params != key.params()
-        || header.n_outputs != model.n_outputs
-        || header.plaintext_bits != model.plaintext_bits
+        || header.ciphertexts != model.n_outputs
+        || header.output_bits != model.output_bits
     {
         return Err(DecryptError::Mismatch(format!(
             "{} outputs at {} bits with {}; model has {} outputs at {} bits",
-            header.n_outputs,
-            header.plaintext_bits,
+            header.ciphertexts,
+            header.output_bits,
             header.params,
             model.n_outputs,
-            model.plaintext_bits
+            model.output_bits
         )));
     }
     let params = header.params;
     let n = params.polynomial_size();
-    let outputs = header.n_outputs as usize;
+    let outputs = header.ciphertexts as usize;
     let glwe_len = (params.glwe_dimension() + 1) * n;
     let mut words = vec![0u64; body.len() / 8];
     read_u64s(body, &mut words);
@@ -252,7 +264,7 @@ pub fn decrypt_result(
         phase.copy_from_slice(&glwe[glwe_len - n..]);
         key.mask_product(phase, &glwe[..glwe_len - n], true);
     }
-    let p = header.plaintext_bits as u32;
+    let p = header.output_bits as u32;
     let shift = 64 - p;
     let half = 1u64 << (shift - 1);
     let records = header.records as usize;
@@ -272,8 +284,9 @@ mod tests {
     use super::*;
     use crate::params::{glwe_size, polynomial_size};
     use fhe_batch_core::ids::{KeyFingerprint, ModelId};
+    use crate::batch::decrypt_result;
     use fhe_batch_core::model::{
-        CompileReport, MODEL_FORMAT_VERSION, ModelKind, ModelPackage, Quantizer, prove_bounds,
+        ClientBody, CompileReport, LinearTask, ModelPackage, Quantizer, linear::prove_bounds,
     };
     use proptest::prelude::*;
     use rand::{Rng, SeedableRng};
@@ -283,7 +296,7 @@ mod tests {
         ChunkInput {
             payload,
             records: records as u32,
-            slots: 2048,
+            records_per_chunk: 2048,
             eval_key: None,
         }
     }
@@ -301,47 +314,46 @@ mod tests {
         let bias: Vec<i64> = (0..c).map(|_| rng.gen_range(-bmax..=bmax)).collect();
         let params = ParamSet::Glwe2048TUniform17;
         let bounds = prove_bounds(params, f, bits, &weights, &bias).unwrap();
-        let kind = if c == 1 {
-            ModelKind::BinaryLogistic
+        let task = if c == 1 {
+            LinearTask::BinaryLogistic
         } else {
-            ModelKind::MultinomialLogistic
+            LinearTask::MultinomialLogistic
         };
-        let classes = match kind {
-            ModelKind::BinaryLogistic => vec!["no".into(), "yes".into()],
+        let classes = match task {
+            LinearTask::BinaryLogistic => vec!["no".into(), "yes".into()],
             _ => (0..c).map(|i| format!("c{i}")).collect(),
         };
-        let server = ServerModel {
-            format_version: MODEL_FORMAT_VERSION,
-            kind,
+        let server = ServerModel::new(
             params,
-            n_features: f as u32,
-            n_outputs: c as u32,
-            input_bits: bits,
-            plaintext_bits: bounds.plaintext_bits,
-            weights,
-            bias,
-            forest: None,
-        };
-        let client = ClientModel {
-            format_version: MODEL_FORMAT_VERSION,
-            kind,
+            ServerBody::Linear(LinearServer {
+                n_features: f as u32,
+                n_outputs: c as u32,
+                input_bits: bits,
+                output_bits: bounds.output_bits,
+                weights,
+                bias,
+            }),
+        );
+        let client = ClientModel::new(
             params,
-            feature_names: (0..f).map(|j| format!("f{j}")).collect(),
-            quantizers: vec![
-                Quantizer {
-                    min: 0.0,
-                    scale: 1.0
-                };
-                f
-            ],
-            input_bits: bits,
-            plaintext_bits: bounds.plaintext_bits,
-            n_outputs: c as u32,
-            classes,
-            target: "label".into(),
-            output_scale: 1.0,
-            forest: None,
-        };
+            (0..f).map(|j| format!("f{j}")).collect(),
+            "label".into(),
+            ClientBody::Linear(LinearClient {
+                task,
+                quantizers: vec![
+                    Quantizer {
+                        min: 0.0,
+                        scale: 1.0
+                    };
+                    f
+                ],
+                input_bits: bits,
+                output_bits: bounds.output_bits,
+                n_outputs: c as u32,
+                classes,
+                output_scale: 1.0,
+            }),
+        );
         ModelPackage::build(server, client, CompileReport::default()).unwrap()
     }
 
@@ -353,11 +365,11 @@ mod tests {
             .unwrap();
         let header = ResultHeader {
             params: pkg.server.params,
-            n_outputs: pkg.server.n_outputs,
+            ciphertexts: pkg.server.output_ciphertexts(records as u32, 2048),
             chunk_index: 0,
             chunk_count: 1,
             records: records as u32,
-            plaintext_bits: pkg.server.plaintext_bits,
+            output_bits: pkg.server.output_bits(),
             model_id: pkg.manifest.model_id,
             key_fingerprint: key().fingerprint(),
             first_record: 0,
@@ -402,11 +414,10 @@ mod tests {
         use tfhe::shortint::{
             AtomicPatternKind, CarryModulus, Ciphertext, MessageModulus, PBSOrder, ServerKey,
         };
-        let mut pkg = package(1, 1, 2, 5);
-        pkg.client.plaintext_bits = 5; // 2^59: padding bit, 2 carry bits, 2 message bits
         let records = 64;
         let q: Vec<u64> = (0..records as u64).map(|i| i % 4).collect();
-        let payload = encrypt_chunk(key(), &pkg.client, &q);
+        // 2^59: padding bit, 2 carry bits, 2 message bits.
+        let payload = encrypt_columns(key(), 1, 5, &q, 2048);
         let params = ParamSet::Glwe2048TUniform17;
         let full = GlweEvaluator::expand(params, 1, 2048, &payload).unwrap();
         let glwe = GlweCiphertext::from_container(
@@ -453,7 +464,7 @@ mod tests {
         );
         let mut plain = PlaintextList::new(0u64, PlaintextCount(3 * 2048));
         decrypt_glwe_ciphertext_list(key().glwe(), &list, &mut plain);
-        let shift = delta_shift(pkg.client.plaintext_bits);
+        let shift = delta_shift(pkg.client.column_bits());
         for (j, poly) in plain.as_ref().chunks_exact(2048).enumerate() {
             for (i, &v) in poly.iter().enumerate() {
                 let m = v.wrapping_add(1 << (shift - 1)) >> shift;
@@ -479,11 +490,11 @@ mod tests {
             .unwrap();
         let header = ResultHeader {
             params: pkg.server.params,
-            n_outputs: 3,
+            ciphertexts: 3,
             chunk_index: 0,
             chunk_count: 1,
             records: 1,
-            plaintext_bits: pkg.server.plaintext_bits,
+            output_bits: pkg.server.output_bits(),
             model_id: ModelId::from_bytes([9; 16]),
             key_fingerprint: KeyFingerprint::from_bytes([8; 16]),
             first_record: 0,

@@ -5,12 +5,12 @@
 use fhe_batch_core::format::ResultHeader;
 use fhe_batch_core::ids::ModelId;
 use fhe_batch_core::model::{
-    ClientModel, CompileReport, MODEL_FORMAT_VERSION, ModelKind, ModelPackage, ServerModel,
+    ClientBody, ClientModel, CompileReport, ModelPackage, ServerBody, ServerModel,
 };
 use fhe_batch_core::params::ParamSet;
 use fhe_batch_core::pipeline::{ChunkEvaluator, ChunkInput};
 use fhe_batch_core::tree::{self, ForestClient, QNode, QTree, Threshold, TreeModel};
-use fhe_batch_fhe::forest::{EvalKey, PreparedEvalKey, decrypt_forest_result, eval_key_id};
+use fhe_batch_fhe::forest::{EvalKey, PreparedEvalKey, eval_key_id};
 use fhe_batch_fhe::glwe::encrypt_columns;
 use fhe_batch_fhe::{FheEvaluator, SecretKey};
 use rand::{Rng, SeedableRng};
@@ -43,33 +43,16 @@ fn keys() -> &'static Keys {
 
 /// A package around a quantized ensemble, as the compiler builds it.
 fn package(model: &TreeModel, labels: Vec<String>) -> ModelPackage {
-    let (plan, slots) = tree::build_plan(model).unwrap();
-    let server = ServerModel {
-        format_version: MODEL_FORMAT_VERSION,
-        kind: ModelKind::TreeEnsemble,
-        params: PARAMS,
-        n_features: plan.n_bits,
-        n_outputs: plan.n_slots,
-        input_bits: 1,
-        plaintext_bits: plan.slot_bits,
-        weights: vec![],
-        bias: vec![],
-        forest: Some(plan.clone()),
-    };
-    let client = ClientModel {
-        format_version: MODEL_FORMAT_VERSION,
-        kind: ModelKind::TreeEnsemble,
-        params: PARAMS,
-        feature_names: (0..model.n_features).map(|j| format!("f{j}")).collect(),
-        quantizers: vec![],
-        input_bits: 1,
-        plaintext_bits: plan.slot_bits,
-        n_outputs: plan.n_slots,
-        classes: labels.clone(),
-        target: "y".into(),
-        output_scale: 1.0,
-        forest: Some(ForestClient {
+    let (plan, slots) = tree::build_plan(model, PARAMS).unwrap();
+    let server = ServerModel::new(PARAMS, ServerBody::TreeEnsemble(plan.clone()));
+    let client = ClientModel::new(
+        PARAMS,
+        (0..model.n_features).map(|j| format!("f{j}")).collect(),
+        "y".into(),
+        ClientBody::TreeEnsemble(ForestClient {
             thresholds: model.thresholds.clone(),
+            score_slots: plan.score_slots,
+            slot_bits: plan.slot_bits,
             slots,
             scale: 1.0,
             readout: tree::Readout {
@@ -79,14 +62,14 @@ fn package(model: &TreeModel, labels: Vec<String>) -> ModelPackage {
                 weights_positive: true,
             },
         }),
-    };
+    );
     ModelPackage::build(server, client, CompileReport::default()).unwrap()
 }
 
 /// Encrypts bit records, evaluates through the worker's evaluator, decrypts.
 fn run(pkg: &ModelPackage, bits: &[Vec<bool>], slots: usize) -> Vec<i64> {
     let k = keys();
-    let cols = pkg.client.n_columns();
+    let cols = pkg.client.input_columns();
     let values: Vec<u64> = bits.iter().flatten().map(|&b| u64::from(b)).collect();
     let payload = encrypt_columns(&k.secret, cols, 5, &values, slots);
     let id = eval_key_id(&k.bytes);
@@ -97,24 +80,24 @@ fn run(pkg: &ModelPackage, bits: &[Vec<bool>], slots: usize) -> Vec<i64> {
             &ChunkInput {
                 payload: &payload,
                 records: bits.len() as u32,
-                slots: slots as u32,
+                records_per_chunk: slots as u32,
                 eval_key: Some(&id),
             },
         )
         .unwrap();
     let header = ResultHeader {
         params: PARAMS,
-        n_outputs: pkg.server.result_ciphertexts(bits.len() as u32, 2048),
+        ciphertexts: pkg.server.output_ciphertexts(bits.len() as u32, 2048),
         chunk_index: 0,
         chunk_count: 1,
         records: bits.len() as u32,
-        plaintext_bits: pkg.server.plaintext_bits,
+        output_bits: pkg.server.output_bits(),
         model_id: pkg.manifest.model_id,
         key_fingerprint: k.secret.fingerprint(),
         first_record: 0,
     };
     let bytes = header.encode(&body);
-    decrypt_forest_result(&k.secret, &pkg.client, &pkg.manifest.model_id, &bytes)
+    fhe_batch_fhe::batch::decrypt_result(&k.secret, &pkg.client, &pkg.manifest.model_id, &bytes)
         .unwrap()
         .1
 }
@@ -184,7 +167,7 @@ fn random_forests_decrypt_to_the_integer_reference() {
             scale: 1.0,
         };
         // Leaves as wide as the layout allows.
-        let layout = tree::plan_layout(&model.trees, outputs).unwrap();
+        let layout = tree::plan_layout(&model.trees, outputs, PARAMS).unwrap();
         let r = (layout.leaf_range / 2) as i64;
         for t in &mut model.trees {
             for n in &mut t.nodes {
@@ -281,16 +264,17 @@ fn noise_constants_are_tfhes_formulas() {
     let pbs_log2 = pbs.0.log2() + 128.0;
     let pack_log2 = pack.0.log2() + 128.0;
     eprintln!("pbs output 2^{pbs_log2:.3}, packing 2^{pack_log2:.3}");
+    let noise = tree::BootstrapNoise::of(PARAMS);
     assert!(
-        (pbs_log2 - tree::PBS_OUTPUT_VARIANCE_LOG2).abs() < 0.01,
+        (pbs_log2 - noise.pbs_output_variance_log2).abs() < 0.01,
         "{pbs_log2}"
     );
     assert!(
-        (pack_log2 - tree::PACKING_VARIANCE_LOG2).abs() < 0.01,
+        (pack_log2 - noise.packing_variance_log2).abs() < 0.01,
         "{pack_log2}"
     );
     let fresh = ((2f64.powi(35) + 1.0) / 6.0).log2();
-    assert!((fresh - tree::FRESH_VARIANCE_LOG2).abs() < 1e-6, "{fresh}");
+    assert!((fresh - noise.fresh_variance_log2).abs() < 1e-6, "{fresh}");
 }
 
 /// The breast-cancer test sets of the issue (decision tree depth 4, random forest 20 x 4,

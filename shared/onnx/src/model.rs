@@ -3,7 +3,8 @@
 //! it is quantized.
 
 pub use fhe_batch_core::tree::PostTransform;
-use fhe_batch_core::tree::{argmax_f32 as argmax, transform};
+use fhe_batch_core::model::argmax;
+use fhe_batch_core::tree::transform;
 
 /// A branch's test: the *true* child is taken when `x CMP threshold`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

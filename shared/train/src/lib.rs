@@ -14,4 +14,4 @@ pub mod onnx;
 pub mod trees;
 
 pub use data::{Dataset, Target, Task};
-pub use model::{FloatModel, TrainError, TrainOptions, compile, train};
+pub use model::{LinearFloatModel, TrainError, TrainOptions, compile, train};

@@ -1,9 +1,10 @@
 //! Training (linfa) and compilation to the quantized integer model.
 
 use crate::data::{Dataset, Target, column_stats};
+use fhe_batch_core::model::linear::prove_bounds;
 use fhe_batch_core::model::{
-    ClientModel, CompileReport, MODEL_FORMAT_VERSION, ModelError, ModelKind, ModelPackage,
-    Quantizer, ServerModel, prove_bounds,
+    ClientBody, ClientFamily, ClientModel, CompileReport, LinearClient, LinearServer, LinearTask,
+    ModelError, ModelPackage, Quantizer, ServerBody, ServerModel,
 };
 use fhe_batch_core::params::ParamSet;
 use linfa::prelude::*;
@@ -26,8 +27,8 @@ pub enum TrainError {
 
 /// A trained floating-point linear model over raw (unscaled) features.
 #[derive(Debug, Clone, PartialEq)]
-pub struct FloatModel {
-    pub kind: ModelKind,
+pub struct LinearFloatModel {
+    pub task: LinearTask,
     pub feature_names: Vec<String>,
     pub target_name: String,
     pub classes: Vec<String>,
@@ -53,7 +54,7 @@ impl Default for TrainOptions {
     }
 }
 
-impl FloatModel {
+impl LinearFloatModel {
     pub fn n_outputs(&self) -> usize {
         self.bias.len()
     }
@@ -73,8 +74,8 @@ impl FloatModel {
     /// Predicted class index (classifiers) for one record.
     pub fn predict_class(&self, x: &[f64]) -> usize {
         let z = self.logits(x);
-        match self.kind {
-            ModelKind::BinaryLogistic => usize::from(z[0] >= 0.0),
+        match self.task {
+            LinearTask::BinaryLogistic => usize::from(z[0] >= 0.0),
             _ => z
                 .iter()
                 .enumerate()
@@ -86,7 +87,7 @@ impl FloatModel {
 /// Trains a logistic regression (binary or multinomial, by the number of classes) or a linear
 /// regression on `ds`. Features are standardised for the optimiser and the scaling is folded
 /// back into the weights, so the model applies to raw features.
-pub fn train(ds: &Dataset, opts: &TrainOptions) -> Result<FloatModel, TrainError> {
+pub fn train(ds: &Dataset, opts: &TrainOptions) -> Result<LinearFloatModel, TrainError> {
     if ds.is_empty() {
         return Err(TrainError::Empty);
     }
@@ -96,7 +97,7 @@ pub fn train(ds: &Dataset, opts: &TrainOptions) -> Result<FloatModel, TrainError
     let sd = |j: usize| if stats[j].1 > 0.0 { stats[j].1 } else { 1.0 };
     let z = Array2::from_shape_fn((n, f), |(i, j)| (ds.x[i * f + j] - stats[j].0) / sd(j));
     // (outputs x features) weights and biases on standardised features.
-    let (kind, classes, w_std, b_std): (ModelKind, Vec<String>, Vec<Vec<f64>>, Vec<f64>) =
+    let (task, classes, w_std, b_std): (LinearTask, Vec<String>, Vec<Vec<f64>>, Vec<f64>) =
         match &ds.y {
             Target::Classes { names, idx } if names.len() == 2 => {
                 let y = Array1::from_iter(idx.iter().copied());
@@ -111,7 +112,7 @@ pub fn train(ds: &Dataset, opts: &TrainOptions) -> Result<FloatModel, TrainError
                     w.iter_mut().for_each(|v| *v = -*v);
                     b = -b;
                 }
-                (ModelKind::BinaryLogistic, names.clone(), vec![w], vec![b])
+                (LinearTask::BinaryLogistic, names.clone(), vec![w], vec![b])
             }
             Target::Classes { names, idx } => {
                 let y = Array1::from_iter(idx.iter().copied());
@@ -129,7 +130,7 @@ pub fn train(ds: &Dataset, opts: &TrainOptions) -> Result<FloatModel, TrainError
                     }
                     b[class] = fit.intercept()[col];
                 }
-                (ModelKind::MultinomialLogistic, names.clone(), w, b)
+                (LinearTask::MultinomialLogistic, names.clone(), w, b)
             }
             Target::Values(v) => {
                 let y = Array1::from_vec(v.clone());
@@ -137,7 +138,7 @@ pub fn train(ds: &Dataset, opts: &TrainOptions) -> Result<FloatModel, TrainError
                     .fit(&DatasetBase::new(z, y))
                     .map_err(|e| TrainError::Fit(e.to_string()))?;
                 (
-                    ModelKind::LinearRegression,
+                    LinearTask::Regression,
                     Vec::new(),
                     vec![fit.params().to_vec()],
                     vec![fit.intercept()],
@@ -155,8 +156,8 @@ pub fn train(ds: &Dataset, opts: &TrainOptions) -> Result<FloatModel, TrainError
         }
         bias.push(braw);
     }
-    Ok(FloatModel {
-        kind,
+    Ok(LinearFloatModel {
+        task,
         feature_names: ds.feature_names.clone(),
         target_name: ds.target_name.clone(),
         classes,
@@ -173,7 +174,7 @@ pub fn train(ds: &Dataset, opts: &TrainOptions) -> Result<FloatModel, TrainError
 /// noise and range proof runs before anything is written; a model that could overflow is
 /// refused. The report is computed on `evaluation`.
 pub fn compile(
-    model: &FloatModel,
+    model: &LinearFloatModel,
     calibration: &Dataset,
     evaluation: &Dataset,
     n_bits: u8,
@@ -219,41 +220,40 @@ pub fn compile(
         .collect();
     let bias: Vec<i64> = offsets.iter().map(|v| (v / scale).round() as i64).collect();
     let bounds = prove_bounds(params, f, n_bits, &weights, &bias)?;
-    let server = ServerModel {
-        format_version: MODEL_FORMAT_VERSION,
-        kind: model.kind,
+    let server = ServerModel::new(
         params,
-        n_features: f as u32,
-        n_outputs: outputs as u32,
-        input_bits: n_bits,
-        plaintext_bits: bounds.plaintext_bits,
-        weights,
-        bias,
-        forest: None,
-    };
-    let client = ClientModel {
-        format_version: MODEL_FORMAT_VERSION,
-        kind: model.kind,
-        params,
-        feature_names: model.feature_names.clone(),
+        ServerBody::Linear(LinearServer {
+            n_features: f as u32,
+            n_outputs: outputs as u32,
+            input_bits: n_bits,
+            output_bits: bounds.output_bits,
+            weights,
+            bias,
+        }),
+    );
+    let linear = LinearClient {
+        task: model.task,
         quantizers,
         input_bits: n_bits,
-        plaintext_bits: bounds.plaintext_bits,
+        output_bits: bounds.output_bits,
         n_outputs: outputs as u32,
         classes: model.classes.clone(),
-        target: model.target_name.clone(),
         output_scale: scale,
-        forest: None,
     };
-    let report = evaluate(model, &server, &client, evaluation);
+    let report = evaluate(model, &server, &linear, evaluation);
+    let client = ClientModel::new(
+        params,
+        model.feature_names.clone(),
+        model.target_name.clone(),
+        ClientBody::Linear(linear),
+    );
     Ok(ModelPackage::build(server, client, report)?)
 }
-
 /// Float score, quantized score and their agreement on a data set.
 pub fn evaluate(
-    model: &FloatModel,
+    model: &LinearFloatModel,
     server: &ServerModel,
-    client: &ClientModel,
+    client: &LinearClient,
     ds: &Dataset,
 ) -> CompileReport {
     let n = ds.len();

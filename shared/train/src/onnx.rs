@@ -1,9 +1,9 @@
-//! Models trained elsewhere: an imported ONNX linear model becomes the same [`FloatModel`] that
+//! Models trained elsewhere: an imported ONNX linear model becomes the same [`LinearFloatModel`] that
 //! training produces, so it is quantized, proven and packaged the same way.
 
 use crate::data::{Dataset, Target};
-use crate::model::{FloatModel, TrainError};
-use fhe_batch_core::model::ModelKind;
+use crate::model::{LinearFloatModel, TrainError};
+use fhe_batch_core::model::LinearTask;
 use fhe_batch_onnx::{FloatModel as OnnxModel, Imported, Linear, PostTransform, Task};
 
 /// Converts an imported model, naming features and classes from the calibration data set
@@ -12,7 +12,7 @@ use fhe_batch_onnx::{FloatModel as OnnxModel, Imported, Linear, PostTransform, T
 /// Class labels: string labels must be the data set's class names; integer labels `0..C` are
 /// taken as the data set's `C` class names in sorted order (how scikit-learn's `LabelEncoder`
 /// and the export script number them).
-pub fn from_onnx(imported: &Imported, data: &Dataset) -> Result<FloatModel, TrainError> {
+pub fn from_onnx(imported: &Imported, data: &Dataset) -> Result<LinearFloatModel, TrainError> {
     let unsupported = |why: String| TrainError::Unsupported(why);
     let linear: &Linear = match &imported.model {
         OnnxModel::Linear(l) => l,
@@ -34,7 +34,7 @@ pub fn from_onnx(imported: &Imported, data: &Dataset) -> Result<FloatModel, Trai
         )));
     }
     let row = |r: usize| linear.coefficients[r].iter().map(|&w| w as f64);
-    let (kind, classes, weights, bias): (ModelKind, Vec<String>, Vec<f64>, Vec<f64>) =
+    let (kind, classes, weights, bias): (LinearTask, Vec<String>, Vec<f64>, Vec<f64>) =
         match (&linear.task, &data.y) {
             (Task::Regressor { targets }, Target::Values(_)) => {
                 if *targets != 1 || linear.post != PostTransform::None {
@@ -43,7 +43,7 @@ pub fn from_onnx(imported: &Imported, data: &Dataset) -> Result<FloatModel, Trai
                     ));
                 }
                 (
-                    ModelKind::LinearRegression,
+                    LinearTask::Regression,
                     Vec::new(),
                     row(0).collect(),
                     vec![linear.intercepts[0] as f64],
@@ -71,10 +71,10 @@ pub fn from_onnx(imported: &Imported, data: &Dataset) -> Result<FloatModel, Trai
                             (linear.intercepts[1] - linear.intercepts[0]) as f64,
                         )
                     };
-                    (ModelKind::BinaryLogistic, classes, w, vec![b])
+                    (LinearTask::BinaryLogistic, classes, w, vec![b])
                 } else {
                     (
-                        ModelKind::MultinomialLogistic,
+                        LinearTask::MultinomialLogistic,
                         classes,
                         (0..rows).flat_map(row).collect(),
                         linear.intercepts.iter().map(|&b| b as f64).collect(),
@@ -92,8 +92,8 @@ pub fn from_onnx(imported: &Imported, data: &Dataset) -> Result<FloatModel, Trai
                 ));
             }
         };
-    Ok(FloatModel {
-        kind,
+    Ok(LinearFloatModel {
+        task: kind,
         feature_names: data.feature_names.clone(),
         target_name: data.target_name.clone(),
         classes,

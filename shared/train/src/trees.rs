@@ -4,7 +4,7 @@
 
 use crate::model::TrainError;
 use fhe_batch_core::model::{
-    ClientModel, CompileReport, MODEL_FORMAT_VERSION, ModelKind, ModelPackage, ServerModel,
+    ClientBody, ClientModel, CompileReport, ModelPackage, ServerBody, ServerModel,
 };
 use fhe_batch_core::params::ParamSet;
 use fhe_batch_core::tree::{
@@ -13,6 +13,9 @@ use fhe_batch_core::tree::{
 };
 use fhe_batch_onnx::{Cmp, Node, Prediction, TreeEnsemble};
 use std::collections::BTreeMap;
+
+/// The parameter set tree ensembles are compiled and bootstrapped under.
+pub const TREE_PARAMS: ParamSet = ParamSet::Glwe2048TUniform17;
 
 /// A compiled ensemble: the quantized trees (integer reference), the server's bootstrap plan
 /// and the client's slot readout.
@@ -29,11 +32,11 @@ pub struct CompiledForest {
 /// the slot width), then the bootstrap plan is built and proven ([`build_plan`]).
 pub fn quantize_trees(e: &TreeEnsemble) -> Result<CompiledForest, TrainError> {
     let shaped = structure(e, |_| vec![0; e.n_slots]);
-    let layout = plan_layout(&shaped.trees, e.n_slots)
+    let layout = plan_layout(&shaped.trees, e.n_slots, TREE_PARAMS)
         .map_err(|err| TrainError::Unsupported(err.to_string()))?;
     let model = quantize_with_range(e, layout.leaf_range)?;
-    let (plan, readout) =
-        build_plan(&model).map_err(|err| TrainError::Unsupported(err.to_string()))?;
+    let (plan, readout) = build_plan(&model, TREE_PARAMS)
+        .map_err(|err| TrainError::Unsupported(err.to_string()))?;
     Ok(CompiledForest {
         model,
         layout,
@@ -309,7 +312,7 @@ pub fn package_forest(
             feature_names.len()
         )));
     }
-    let params = ParamSet::Glwe2048TUniform17;
+    let params = TREE_PARAMS;
     let plan = c.plan.clone();
     let mut readout = e.readout();
     if let Some(names) = class_names.filter(|_| !readout.labels.is_empty()) {
@@ -318,37 +321,20 @@ pub fn package_forest(
             readout.labels[k] = names[c].clone();
         }
     }
-    let server = ServerModel {
-        format_version: MODEL_FORMAT_VERSION,
-        kind: ModelKind::TreeEnsemble,
-        params,
-        n_features: plan.n_bits,
-        n_outputs: plan.n_slots,
-        input_bits: 1,
-        plaintext_bits: plan.slot_bits,
-        weights: Vec::new(),
-        bias: Vec::new(),
-        forest: Some(plan.clone()),
-    };
-    let client = ClientModel {
-        format_version: MODEL_FORMAT_VERSION,
-        kind: ModelKind::TreeEnsemble,
+    let server = ServerModel::new(params, ServerBody::TreeEnsemble(plan.clone()));
+    let client = ClientModel::new(
         params,
         feature_names,
-        quantizers: Vec::new(),
-        input_bits: 1,
-        plaintext_bits: plan.slot_bits,
-        n_outputs: plan.n_slots,
-        classes: readout.labels.clone(),
         target,
-        output_scale: c.model.scale,
-        forest: Some(ForestClient {
+        ClientBody::TreeEnsemble(ForestClient {
             thresholds: c.model.thresholds.clone(),
+            score_slots: plan.score_slots,
+            slot_bits: plan.slot_bits,
             slots: c.readout.clone(),
             scale: c.model.scale,
             readout,
         }),
-    };
+    );
     let report = report.map_or_else(CompileReport::default, |r| CompileReport {
         evaluated_on: evaluated_on.to_string(),
         records: r.records,
