@@ -4,7 +4,8 @@
   timeout (the queue reads it from a mapping keyed by the timeout parameter);
 - the dead-letter limit is 5 receives and the worker reports partial batch failures;
 - the ingest trigger only fires on inbox/*.fheb (no recursive triggers from results/ or jobs/);
-- the worker cannot delete objects and the status function cannot write.
+- the worker cannot delete objects and the status function cannot write;
+- ingest reads the worker's timeout from the same parameter as the worker (chunk sizing).
 Exits non-zero with a message on the first violation.
 """
 import sys
@@ -42,6 +43,11 @@ def main(path):
             fail(f"visibility {vis}s < 6 x worker timeout {timeout}s")
     if set(map(str, allowed)) != set(table):
         fail("the visibility mapping must cover exactly the allowed worker timeouts")
+    ingest_env = res["IngestFunction"]["Properties"]["Environment"]["Variables"]
+    if ingest_env.get("FHE_BATCH_WORKER_TIMEOUT_SECONDS") != {"Ref": "WorkerTimeout"}:
+        fail("ingest must read the worker timeout from the WorkerTimeout parameter")
+    if res["WorkerFunction"]["Properties"]["Timeout"] != {"Ref": "WorkerTimeout"}:
+        fail("the worker timeout must be the WorkerTimeout parameter")
     if res["JobsQueue"]["Properties"]["RedrivePolicy"]["maxReceiveCount"] != 5:
         fail("maxReceiveCount must be 5")
     ev = res["WorkerFunction"]["Properties"]["Events"]["Chunks"]["Properties"]

@@ -9,8 +9,8 @@
 //! ```text
 //! batch header, fixed part (64 bytes)
 //!   0  magic "FHEB"            4  format version u16     6  parameter set u16
-//!   8  header length u32      12  feature count u32     16  record count u64
-//!  24  chunk count u32        28  records per chunk u32   32  model id [16]
+//!   8  header length u32      12  input columns u32     16  record count u64
+//!  24  chunk count u32        28  records per chunk u32 32  model id [16]
 //!  48  key fingerprint [16]
 //! version 2 only (80-byte fixed part):
 //!  64  evaluation key id [16] (all zero: none)
@@ -21,16 +21,47 @@
 //! Version 1 has N records per chunk (one record per GLWE coefficient) and no evaluation key.
 //! Version 2 lets a chunk hold fewer records (models that bootstrap cost far more per record, so
 //! their chunks are sized to finish inside a worker's time limit): each column then sends only
-//! the bodies of its first `records_per_chunk` coefficients, the others are never decrypted. It also names
-//! the evaluation key the worker needs.
+//! the bodies of its first `records_per_chunk` coefficients, the others are never decrypted. It
+//! also names the evaluation key the worker needs.
 //!
 //! result file
 //!   0  magic "FHER"            4  format version u16     6  parameter set u16
-//!   8  output count u32       12  chunk index u32       16  chunk count u32
-//!  20  records u32            24  plaintext bits u8 (+3 reserved)
+//!   8  output ciphertexts u32 12  chunk index u32       16  chunk count u32
+//!  20  records u32            24  output bits u8 (+3 reserved)
 //!  28  reserved u32           32  model id [16]          48  key fingerprint [16]
-//!  64  first record u64       72  output count x GLWE ciphertexts (mask then body, u64 each)
+//!  64  first record u64       72  output ciphertexts x GLWE (mask then body, u64 each)
 //!  end sha256 of everything before it [32]
+//! ```
+//!
+//! A batch of two small chunks, written and read back; the reader finds each chunk's byte
+//! range and checks its hash:
+//!
+//! ```
+//! use fhe_batch_core::format::{
+//!     BatchHeader, BatchLimits, ChunkLayout, assemble_batch, chunk_payload_len, verify_chunk,
+//! };
+//! use fhe_batch_core::ids::{KeyFingerprint, ModelId};
+//! use fhe_batch_core::params::ParamSet;
+//!
+//! let params = ParamSet::Glwe2048TUniform17;
+//! let layout = ChunkLayout { records_per_chunk: 4, eval_key: None };
+//! let len = chunk_payload_len(params, 3, 4) as usize; // seed + 3 columns x 4 bodies
+//! let payloads = vec![(4, vec![1u8; len]), (2, vec![2u8; len])];
+//! let bytes = assemble_batch(
+//!     params,
+//!     3,
+//!     layout,
+//!     ModelId::from_bytes([7; 16]),
+//!     KeyFingerprint::from_bytes([9; 16]),
+//!     &payloads,
+//! );
+//! let header = BatchHeader::parse(&bytes, &BatchLimits::default()).unwrap();
+//! assert_eq!((header.record_count, header.records_per_chunk), (6, 4));
+//! assert_eq!(header.version(), 2); // fewer than 2,048 records per chunk
+//! let c = &header.chunks[1];
+//! let payload = &bytes[c.offset as usize..(c.offset + c.length) as usize];
+//! verify_chunk(payload, c.length, &c.sha256).unwrap();
+//! assert!(verify_chunk(&payloads[0].1, c.length, &c.sha256).is_err());
 //! ```
 
 use crate::ids::{KeyFingerprint, ModelId};
@@ -350,7 +381,9 @@ impl BatchHeader {
 
     /// Version 1 when it can say everything, else version 2.
     pub fn version(&self) -> u16 {
-        if self.eval_key.is_none() && self.records_per_chunk as usize == self.params.polynomial_size() {
+        if self.eval_key.is_none()
+            && self.records_per_chunk as usize == self.params.polynomial_size()
+        {
             FORMAT_VERSION
         } else {
             BATCH_VERSION_2

@@ -103,7 +103,8 @@ impl ChunkMessage {
 
     /// Records per chunk of this message's batch.
     pub fn records_per_chunk(&self) -> u32 {
-        self.records_per_chunk.unwrap_or(self.params.polynomial_size() as u32)
+        self.records_per_chunk
+            .unwrap_or(self.params.polynomial_size() as u32)
     }
 
     pub fn to_body(&self) -> String {
@@ -138,9 +139,15 @@ impl ChunkMessage {
         if m.records_per_chunk
             .is_some_and(|s| s == 0 || s as usize > m.params.polynomial_size())
         {
-            return Err(MessageError(format!("{:?} records per chunk", m.records_per_chunk)));
+            return Err(MessageError(format!(
+                "{:?} records per chunk",
+                m.records_per_chunk
+            )));
         }
-        if m.records == 0 || m.records > m.records_per_chunk() || m.offset.checked_add(m.length).is_none() {
+        if m.records == 0
+            || m.records > m.records_per_chunk()
+            || m.offset.checked_add(m.length).is_none()
+        {
             return Err(MessageError(format!(
                 "chunk {} describes {} records at {}+{} bytes",
                 m.chunk, m.records, m.offset, m.length

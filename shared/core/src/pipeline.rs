@@ -612,8 +612,11 @@ impl<S: ObjectStore, E: ChunkEvaluator> Worker<S, E> {
             Ok(m) => m,
             Err(reason) => return Ok(Attempt::Permanent(FailureKind::Model, reason)),
         };
-        let expected_len =
-            crate::format::chunk_payload_len(msg.params, model.input_columns(), msg.records_per_chunk());
+        let expected_len = crate::format::chunk_payload_len(
+            msg.params,
+            model.input_columns(),
+            msg.records_per_chunk(),
+        );
         if msg.length != expected_len {
             return Ok(Attempt::Permanent(
                 FailureKind::InvalidChunk,

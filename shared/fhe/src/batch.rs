@@ -1,9 +1,66 @@
 //! Whole batches: encrypt many records into a `.fheb` file and decrypt a job's results, with
 //! chunks processed in parallel (rayon).
+//!
+//! The data owner's round trip for a linear model, with the worker's evaluation in between:
+//!
+//! ```
+//! use fhe_batch_core::format::{BatchHeader, BatchLimits, ResultHeader};
+//! use fhe_batch_core::params::ParamSet;
+//! use fhe_batch_core::ports::{ChunkEvaluator, ChunkInput};
+//! use fhe_batch_fhe::batch::{decrypt_job, encrypt_batch};
+//! use fhe_batch_fhe::{GlweEvaluator, SecretKey};
+//! use fhe_batch_train::data::synthetic_classification;
+//! use fhe_batch_train::{TrainOptions, compile, train};
+//!
+//! // A model (on the model owner's side): 3 classes, 4 features, 8-bit inputs.
+//! let data = synthetic_classification(300, 4, 3, 7);
+//! let float = train(&data, &TrainOptions::default()).unwrap();
+//! let pkg = compile(&float, &data, &data, 8, ParamSet::Glwe2048TUniform17).unwrap();
+//!
+//! // The data owner: a secret key that never leaves, records quantized and encrypted.
+//! let key = SecretKey::generate(ParamSet::Glwe2048TUniform17);
+//! let records: Vec<u64> = (0..10).flat_map(|i| pkg.client.columns(data.row(i))).collect();
+//! let batch = encrypt_batch(&key, &pkg.client, pkg.manifest.model_id, &records, &|_| {});
+//!
+//! // The service: reads the header, evaluates the one chunk without any key.
+//! let header = BatchHeader::parse(&batch, &BatchLimits::default()).unwrap();
+//! let chunk = &header.chunks[0];
+//! let payload = &batch[chunk.offset as usize..(chunk.offset + chunk.length) as usize];
+//! let input = ChunkInput {
+//!     payload,
+//!     records: chunk.records,
+//!     records_per_chunk: header.records_per_chunk,
+//!     eval_key: None,
+//! };
+//! let body = GlweEvaluator.evaluate(&pkg.server, &input).unwrap();
+//! let result = ResultHeader {
+//!     params: header.params,
+//!     ciphertexts: pkg.server.output_ciphertexts(chunk.records, 2048),
+//!     chunk_index: 0,
+//!     chunk_count: 1,
+//!     records: chunk.records,
+//!     output_bits: pkg.server.output_bits(),
+//!     model_id: header.model_id,
+//!     key_fingerprint: header.key_fingerprint,
+//!     first_record: 0,
+//! }
+//! .encode(&body);
+//!
+//! // Back with the data owner: exact integer scores, equal to the plaintext reference.
+//! let files = vec![("000000.fher".to_string(), result)];
+//! let scores = decrypt_job(&key, &pkg.client, &pkg.manifest.model_id, &files, &|_| {}).unwrap();
+//! let reference: Vec<i64> = records
+//!     .chunks_exact(4)
+//!     .flat_map(|r| pkg.server.eval_plain(r))
+//!     .collect();
+//! assert_eq!(scores, reference);
+//! let first = pkg.client.predict(&scores[..3]);
+//! assert!(pkg.client.classes().contains(&first.label));
+//! ```
 
 use crate::glwe::{DecryptError, decrypt_linear_result, encrypt_columns};
-use fhe_batch_core::format::ResultHeader;
 use crate::keys::SecretKey;
+use fhe_batch_core::format::ResultHeader;
 use fhe_batch_core::format::{ChunkLayout, assemble_batch};
 use fhe_batch_core::ids::ModelId;
 use fhe_batch_core::model::{ClientBody, ClientModel};

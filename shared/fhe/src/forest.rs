@@ -17,9 +17,9 @@ use crate::keys::SecretKey;
 use crate::params::shortint_params;
 use fhe_batch_core::format::{ResultHeader, read_u64s, write_u64s};
 use fhe_batch_core::ids::{EvalKeyId, KeyFingerprint, ModelId};
-use fhe_batch_core::tree::ForestClient;
 use fhe_batch_core::params::ParamSet;
 use fhe_batch_core::pipeline::EvalError;
+use fhe_batch_core::tree::ForestClient;
 use fhe_batch_core::tree::ForestPlan;
 use rayon::prelude::*;
 use sha2::{Digest, Sha256};
@@ -303,7 +303,8 @@ impl PreparedEvalKey {
     ) -> Result<Vec<u8>, EvalError> {
         let n = params.polynomial_size();
         let glwe_len = (params.glwe_dimension() + 1) * n;
-        if columns.len() != plan.thermometer_bits as usize * glwe_len || records == 0 || records > n {
+        if columns.len() != plan.thermometer_bits as usize * glwe_len || records == 0 || records > n
+        {
             return Err(EvalError(format!(
                 "{} column words for {} bits and {records} records",
                 columns.len(),

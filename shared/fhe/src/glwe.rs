@@ -282,9 +282,9 @@ pub fn decrypt_linear_result(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::batch::decrypt_result;
     use crate::params::{glwe_size, polynomial_size};
     use fhe_batch_core::ids::{KeyFingerprint, ModelId};
-    use crate::batch::decrypt_result;
     use fhe_batch_core::model::{
         ClientBody, CompileReport, LinearTask, ModelPackage, Quantizer, linear::prove_bounds,
     };

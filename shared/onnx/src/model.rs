@@ -2,8 +2,8 @@
 //! comparisons and sums), so an import can be checked against the exporter's own outputs before
 //! it is quantized.
 
-pub use fhe_batch_core::tree::PostTransform;
 use fhe_batch_core::model::argmax;
+pub use fhe_batch_core::tree::PostTransform;
 use fhe_batch_core::tree::transform;
 
 /// A branch's test: the *true* child is taken when `x CMP threshold`.

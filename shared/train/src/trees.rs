@@ -35,8 +35,8 @@ pub fn quantize_trees(e: &TreeEnsemble) -> Result<CompiledForest, TrainError> {
     let layout = plan_layout(&shaped.trees, e.n_slots, TREE_PARAMS)
         .map_err(|err| TrainError::Unsupported(err.to_string()))?;
     let model = quantize_with_range(e, layout.leaf_range)?;
-    let (plan, readout) = build_plan(&model, TREE_PARAMS)
-        .map_err(|err| TrainError::Unsupported(err.to_string()))?;
+    let (plan, readout) =
+        build_plan(&model, TREE_PARAMS).map_err(|err| TrainError::Unsupported(err.to_string()))?;
     Ok(CompiledForest {
         model,
         layout,

@@ -145,7 +145,9 @@ fn leaf_values_use_the_full_range_and_plans_reproduce_the_reference() {
     ] {
         let (e, rows) = load(name);
         let c = quantize_trees(&e).unwrap();
-        c.plan.validate(fhe_batch_train::trees::TREE_PARAMS).unwrap();
+        c.plan
+            .validate(fhe_batch_train::trees::TREE_PARAMS)
+            .unwrap();
         for (x, _) in &rows {
             let bits = c.model.bits(x);
             let slots = c.plan.eval_slots(&bits);

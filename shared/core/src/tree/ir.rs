@@ -4,7 +4,6 @@
 
 use serde::{Deserialize, Serialize};
 
-
 /// One comparison the client evaluates: bit = `x[feature] > value`, or `>=` when `inclusive`.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct Threshold {

@@ -145,7 +145,8 @@ impl ForestPlan {
     /// `slot_bits` and decodes with the noise of its bootstrap outputs and the packing.
     pub fn validate(&self, params: ParamSet) -> Result<(), PlanError> {
         let noise = BootstrapNoise::of(params);
-        if !(1..=2).contains(&self.functions) || self.score_slots == 0 || self.thermometer_bits == 0 {
+        if !(1..=2).contains(&self.functions) || self.score_slots == 0 || self.thermometer_bits == 0
+        {
             return Err(PlanError::Malformed(format!(
                 "{} functions, {} slots, {} bits",
                 self.functions, self.score_slots, self.thermometer_bits
@@ -154,7 +155,8 @@ impl ForestPlan {
         let limit = self.input_values(params);
         let fresh_in_nominal = (noise.fresh_variance_log2 - noise.pbs_output_variance_log2).exp2();
         // Per slot: tree -> its largest entry.
-        let mut per_tree: Vec<BTreeMap<u32, u64>> = vec![BTreeMap::new(); self.score_slots as usize];
+        let mut per_tree: Vec<BTreeMap<u32, u64>> =
+            vec![BTreeMap::new(); self.score_slots as usize];
         for (i, p) in self.programs.iter().enumerate() {
             let (lo, hi) = p.u_range();
             if lo < 0 || hi >= limit as i64 {
@@ -245,7 +247,10 @@ mod tests {
             slot_bits: 6,
         };
         // u reaches 8: outside a two-table bootstrap's inputs.
-        assert!(matches!(plan.validate(P), Err(PlanError::InputRange { .. })));
+        assert!(matches!(
+            plan.validate(P),
+            Err(PlanError::InputRange { .. })
+        ));
         plan.programs[0].terms = vec![(0, 1), (1, 1)];
         plan.validate(P).unwrap();
         // A slot wider than the noise allows for its bootstrap count.

@@ -159,7 +159,8 @@ pub fn build_plan(
 ) -> Result<(ForestPlan, SlotReadout), PlanError> {
     let layout = plan_layout(&model.trees, model.n_outputs as usize, params)?;
     let outputs = model.n_outputs as usize;
-    let input_values = (BootstrapNoise::of(params).pbs_input_values / layout.functions as u32) as usize;
+    let input_values =
+        (BootstrapNoise::of(params).pbs_input_values / layout.functions as u32) as usize;
     let mut offsets = vec![0i64; outputs];
     let mut programs = Vec::new();
     for (ti, t) in model.trees.iter().enumerate() {
