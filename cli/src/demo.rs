@@ -1,13 +1,12 @@
 //! `fhe-batch demo`: the whole product, end to end, on the embedded default.
 
 use crate::local::{bar, run_local};
-use crate::output::{bytes, dur, write_predictions};
+use crate::output::{bytes, dur, print_model, status_line, write_predictions};
 use crate::store;
 use anyhow::{Context, Result, bail};
 use fhe_batch_core::ids::JobId;
-use fhe_batch_core::job::{JobState, JobStatus};
+use fhe_batch_core::job::JobState;
 use fhe_batch_core::layout;
-use fhe_batch_core::model::{ModelKind, ModelPackage};
 use fhe_batch_core::params::ParamSet;
 use fhe_batch_core::pipeline::job_status;
 use fhe_batch_core::ports::ObjectStore;
@@ -46,49 +45,6 @@ pub struct DemoArgs {
     /// Working directory (keys, batch, local bucket, predictions). Emptied first.
     #[arg(long, default_value = ".fhe-batch/demo")]
     pub dir: PathBuf,
-}
-
-pub fn print_model(pkg: &ModelPackage) {
-    let m = &pkg.manifest;
-    let metric = if m.kind == ModelKind::LinearRegression {
-        "R^2"
-    } else {
-        "accuracy"
-    };
-    println!(
-        "  model {} ({:?}, {} features, {} outputs, {}-bit inputs and weights)",
-        m.model_id, m.kind, m.n_features, m.n_outputs, m.input_bits
-    );
-    println!(
-        "  on {} {} records: float {metric} {:.1}%, quantized {metric} {:.1}%, agreement {:.1}%",
-        m.report.records,
-        m.report.evaluated_on,
-        100.0 * m.report.float_score,
-        100.0 * m.report.quantized_score,
-        100.0 * m.report.agreement
-    );
-    println!(
-        "  proven: logits in [{}, {}] fit {} bits; worst-case noise 2^{:.1}, {:.1} bits below the decoding limit",
-        m.bounds.logit_min,
-        m.bounds.logit_max,
-        m.bounds.plaintext_bits,
-        m.bounds.noise_log2,
-        m.bounds.noise_margin_bits
-    );
-}
-
-pub fn status_line(st: &JobStatus) -> String {
-    if st.state == JobState::Queued && st.chunks_total == 0 && st.failures.is_empty() {
-        return format!("job {}: QUEUED (uploaded, waiting for ingest)", st.job);
-    }
-    let mut s = format!(
-        "job {}: {} {}/{} chunks, {} records",
-        st.job, st.state, st.chunks_done, st.chunks_total, st.records
-    );
-    if st.state == JobState::Failed {
-        s.push_str(&format!(" ({} failures)", st.failures.len().max(1)));
-    }
-    s
 }
 
 struct Phase {
