@@ -5,10 +5,10 @@
 //! predictions. `fhe-batch demo` does all of it in one command.
 //!
 //! This file has the command line and the dispatch; each subcommand is a module of [`cmd`],
-//! the demo is [`demo`] and the benchmarks are [`bench`].
+//! the demo is [`demo`] and the benchmarks, which are not part of the product's path, are
+//! [`bench`].
 
 mod bench;
-mod bench_trees;
 mod cmd;
 mod demo;
 mod local;
@@ -66,7 +66,6 @@ enum Command {
     Worker(worker::WorkerArgs),
     /// Run the whole product on the bundled Iris data, end to end, on the local bucket.
     Demo(demo::DemoArgs),
-    /// Measure encrypt / evaluate / decrypt time and bytes up / down per record.
     Bench(bench::BenchArgs),
 }
 
