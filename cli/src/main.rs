@@ -35,7 +35,10 @@ use cmd::{
 ///   fhe-batch status claims
 ///   fhe-batch decrypt --model model/ --key client.key --job claims --out predictions.csv
 ///
-/// On AWS, add `--bucket NAME` to publish, submit, status, fetch and decrypt --job.
+/// Tree ensembles imported from ONNX (`fhe-batch import`) also need your evaluation key,
+/// uploaded once: `fhe-batch publish-key --key client.key` before `encrypt`.
+///
+/// On AWS, add `--bucket NAME` to publish-key, publish, submit, status, fetch and decrypt --job.
 /// Or see it all at once: `fhe-batch demo`.
 #[derive(Parser, Debug)]
 #[command(name = "fhe-batch", version, verbatim_doc_comment)]

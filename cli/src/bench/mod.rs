@@ -17,6 +17,10 @@ use fhe_batch_train::data::{Dataset, read_labelled_csv};
 use std::time::Duration;
 
 /// Measure encrypt / evaluate / decrypt time and bytes up / down per record.
+///
+/// By default: linear models on the bundled data sets and a synthetic 64 x 10 model, then the
+/// local pipeline at scale (--pipeline-records) and, with --pbs, bootstrapping. With --trees,
+/// imported tree ensembles instead.
 #[derive(clap::Args, Debug)]
 pub struct BenchArgs {
     /// Print one JSON document instead of the table and key=value lines.

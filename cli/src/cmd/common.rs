@@ -32,7 +32,9 @@ impl StoreArg {
 /// How a model is quantized, evaluated and written (train and import).
 #[derive(clap::Args, Debug)]
 pub struct CompileArgs {
-    /// Bits per quantized input and per integer weight (2..=16).
+    /// Bits per quantized input and per integer weight (2..=16) of linear models. Tree
+    /// ensembles ignore it: their inputs are threshold bits and their leaves are sized to
+    /// what the encrypted score slots carry exactly.
     #[arg(long, default_value_t = 8)]
     pub n_bits: u8,
     /// Share of records held out to report accuracy on (0 reports on all records).

@@ -21,7 +21,10 @@ use std::path::PathBuf;
 /// TreeEnsembleRegressor graphs and names anything else it cannot read. Linear models
 /// are quantized against --data (a labelled CSV whose feature columns are the model's
 /// inputs, in order), proven exact and written like `train` writes them. Tree ensembles
-/// are read and checked, but cannot be compiled for encrypted evaluation in this version.
+/// are compiled for evaluation with programmable bootstrapping: thresholds become
+/// thermometer bits the client encrypts, leaves are quantized to what the score slots carry
+/// exactly, and the bootstrap plan is proven; data owners then need an evaluation key
+/// (`fhe-batch publish-key`).
 #[derive(clap::Args, Debug)]
 pub struct ImportArgs {
     /// The .onnx file.
