@@ -1,7 +1,9 @@
-//! Human output helpers: sizes, durations, predictions CSV.
+//! Human output helpers: sizes, durations, a compiled model's summary, a job's status line,
+//! predictions CSV.
 
 use anyhow::{Context, Result};
-use fhe_batch_core::model::{ClientModel, ModelKind};
+use fhe_batch_core::job::{JobState, JobStatus};
+use fhe_batch_core::model::{ClientModel, ModelKind, ModelPackage};
 use std::io::Write;
 use std::path::Path;
 use std::time::Duration;
@@ -30,6 +32,51 @@ pub fn dur(d: Duration) -> String {
     } else {
         format!("{:.1} us", s * 1e6)
     }
+}
+
+/// A compiled model's manifest: kind and size, the compile report, and the proven bounds.
+pub fn print_model(pkg: &ModelPackage) {
+    let m = &pkg.manifest;
+    let metric = if m.kind == ModelKind::LinearRegression {
+        "R^2"
+    } else {
+        "accuracy"
+    };
+    println!(
+        "  model {} ({:?}, {} features, {} outputs, {}-bit inputs and weights)",
+        m.model_id, m.kind, m.n_features, m.n_outputs, m.input_bits
+    );
+    println!(
+        "  on {} {} records: float {metric} {:.1}%, quantized {metric} {:.1}%, agreement {:.1}%",
+        m.report.records,
+        m.report.evaluated_on,
+        100.0 * m.report.float_score,
+        100.0 * m.report.quantized_score,
+        100.0 * m.report.agreement
+    );
+    println!(
+        "  proven: logits in [{}, {}] fit {} bits; worst-case noise 2^{:.1}, {:.1} bits below the decoding limit",
+        m.bounds.logit_min,
+        m.bounds.logit_max,
+        m.bounds.plaintext_bits,
+        m.bounds.noise_log2,
+        m.bounds.noise_margin_bits
+    );
+}
+
+/// One line of a job's state: `job ID: STATE done/total chunks, N records`.
+pub fn status_line(st: &JobStatus) -> String {
+    if st.state == JobState::Queued && st.chunks_total == 0 && st.failures.is_empty() {
+        return format!("job {}: QUEUED (uploaded, waiting for ingest)", st.job);
+    }
+    let mut s = format!(
+        "job {}: {} {}/{} chunks, {} records",
+        st.job, st.state, st.chunks_done, st.chunks_total, st.records
+    );
+    if st.state == JobState::Failed {
+        s.push_str(&format!(" ({} failures)", st.failures.len().max(1)));
+    }
+    s
 }
 
 /// Writes decrypted predictions as CSV: `record,prediction` then one probability column per

@@ -9,6 +9,7 @@
 //!   accuracy, quantized accuracy and their agreement.
 
 pub mod data;
+pub mod import;
 pub mod model;
 pub mod onnx;
 pub mod trees;

@@ -1,0 +1,98 @@
+//! `fhe-batch bench`: measurements for the people building and operating fhe-batch, kept
+//! apart from the commands data owners run. The linear workloads ([`linear`]: per-record
+//! cost on the bundled data sets and a synthetic 64 x 10 model), the local pipeline at scale
+//! ([`pipeline`]), programmable bootstrapping on our parameters ([`pbs`]) and imported tree
+//! ensembles ([`trees`]) each have their module; this one has the arguments, the dispatch and
+//! the helpers they share.
+
+mod linear;
+mod pbs;
+mod pipeline;
+mod trees;
+
+use crate::demo::BREAST_CANCER_CSV;
+use anyhow::Result;
+use fhe_batch_train::Task;
+use fhe_batch_train::data::{Dataset, read_labelled_csv};
+use std::time::Duration;
+
+/// Measure encrypt / evaluate / decrypt time and bytes up / down per record.
+///
+/// By default: linear models on the bundled data sets and a synthetic 64 x 10 model, then the
+/// local pipeline at scale (--pipeline-records) and, with --pbs, bootstrapping. With --trees,
+/// imported tree ensembles instead.
+#[derive(clap::Args, Debug)]
+pub struct BenchArgs {
+    /// Print one JSON document instead of the table and key=value lines.
+    #[arg(long)]
+    json: bool,
+    /// Repetitions per measurement (the median is reported).
+    #[arg(long, default_value_t = 5)]
+    iters: usize,
+    /// Records per "at scale" workload.
+    #[arg(long, default_value_t = 65_536)]
+    scale_records: usize,
+    /// Records for the end-to-end local pipeline run (0 skips it).
+    #[arg(long, default_value_t = 1_000_000)]
+    pipeline_records: usize,
+    /// Workers for the pipeline run.
+    #[arg(long, default_value_t = 4)]
+    workers: usize,
+    /// Also measure programmable bootstrapping (tfhe shortint server key on our parameters):
+    /// key generation, key sizes, and this many bootstraps on one thread and on all cores
+    /// (0 skips it).
+    #[arg(long, default_value_t = 0)]
+    pbs: usize,
+    /// Benchmark these tree-ensemble ONNX files instead (comma-separated; e.g. the ones in
+    /// tests/fixtures/onnx): compiled, encrypted, evaluated with bootstraps and decrypted on
+    /// the bundled breast-cancer records, every score checked against the plaintext reference.
+    #[arg(long, value_delimiter = ',')]
+    trees: Vec<std::path::PathBuf>,
+    /// Records per tree model (the first ones of the breast-cancer data).
+    #[arg(long, default_value_t = 128)]
+    tree_records: usize,
+}
+
+pub fn run(args: BenchArgs) -> Result<()> {
+    if !args.trees.is_empty() {
+        let bc = dataset("breast_cancer", BREAST_CANCER_CSV)?;
+        return trees::run(&args.trees, &bc, args.tree_records, args.json);
+    }
+    linear::run(&args)
+}
+
+fn median(mut v: Vec<Duration>) -> Duration {
+    v.sort();
+    v[v.len() / 2]
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1e3
+}
+
+/// A bundled CSV read as a classification data set.
+fn dataset(name: &str, csv: &str) -> Result<Dataset> {
+    let path =
+        std::env::temp_dir().join(format!("fhe-batch-bench-{}-{name}.csv", std::process::id()));
+    std::fs::write(&path, csv)?;
+    let ds = read_labelled_csv(&path, "label", Task::Classification);
+    let _ = std::fs::remove_file(&path);
+    Ok(ds?)
+}
+
+/// The CPU model and thread count, for the report's header.
+fn machine() -> String {
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("model name"))
+                .and_then(|l| l.split(':').nth(1))
+                .map(|s| s.trim().to_string())
+        })
+        .unwrap_or_else(|| "unknown CPU".into());
+    format!(
+        "{cpu}, {} threads",
+        std::thread::available_parallelism().map_or(1, |n| n.get())
+    )
+}

@@ -1,0 +1,124 @@
+//! `fhe-batch import`: compile a model trained elsewhere and exported to ONNX. The train
+//! crate's [`compile_imported`] does the compiling for every family it reads; this module reads
+//! the files, prints the report and writes the package.
+
+use super::common::CompileArgs;
+use crate::{output, store};
+use anyhow::{Context, Result};
+use fhe_batch_core::params::ParamSet;
+use fhe_batch_core::tree::WORKER_PBS_PER_SECOND;
+use fhe_batch_train::Task;
+use fhe_batch_train::data::read_labelled_csv;
+use fhe_batch_train::import::{
+    ImportData, ImportOptions, ImportSummary, TreeSummary, compile_imported,
+};
+use std::path::PathBuf;
+
+/// Import a model trained in Python and exported to ONNX (skl2onnx, onnxmltools) and compile
+/// it for encrypted inference, like `train` does for its own models.
+///
+/// Reads LinearClassifier, LinearRegressor, TreeEnsembleClassifier and
+/// TreeEnsembleRegressor graphs and names anything else it cannot read. Linear models
+/// are quantized against --data (a labelled CSV whose feature columns are the model's
+/// inputs, in order), proven exact and written like `train` writes them. Tree ensembles
+/// are compiled for evaluation with programmable bootstrapping: thresholds become
+/// thermometer bits the client encrypts, leaves are quantized to what the score slots carry
+/// exactly, and the bootstrap plan is proven; data owners then need an evaluation key
+/// (`fhe-batch publish-key`).
+#[derive(clap::Args, Debug)]
+pub struct ImportArgs {
+    /// The .onnx file.
+    #[arg(long)]
+    onnx: PathBuf,
+    /// Labelled CSV: the model's features (in its input order) and the label column.
+    #[arg(long)]
+    data: PathBuf,
+    #[arg(long, default_value = "label")]
+    label: String,
+    #[command(flatten)]
+    compile: CompileArgs,
+}
+
+pub fn run(args: ImportArgs) -> Result<()> {
+    let onnx = &args.onnx;
+    let bytes = std::fs::read(onnx).with_context(|| format!("reading {}", onnx.display()))?;
+    let imported = fhe_batch_onnx::import_onnx(&bytes)
+        .with_context(|| format!("importing {}", onnx.display()))?;
+    println!(
+        "{}: {} from {}",
+        onnx.display(),
+        imported.op_type,
+        if imported.producer.is_empty() {
+            "an unnamed producer"
+        } else {
+            &imported.producer
+        }
+    );
+    let ds = read_labelled_csv(&args.data, &args.label, Task::Auto)?;
+    let (calibration, eval, on) = args.compile.split(&ds)?;
+    let data = ImportData {
+        all: &ds,
+        calibration: &calibration,
+        eval: &eval,
+        evaluated_on: on,
+    };
+    let options = ImportOptions {
+        n_bits: args.compile.n_bits,
+        params: ParamSet::Glwe2048TUniform17,
+    };
+    let compiled = compile_imported(&imported, data, &options)?;
+    let (pkg, out) = (&compiled.package, &args.compile.out);
+    match &compiled.summary {
+        ImportSummary::Linear => {
+            store::write_model_dir(pkg, out)?;
+            output::print_model(pkg);
+            println!("model written to {}", out.display());
+        }
+        ImportSummary::TreeEnsemble(t) => {
+            print_trees(t, on);
+            store::write_model_dir(pkg, out)?;
+            println!(
+                "model {} written to {}; data owners need an evaluation key: `fhe-batch publish-key`",
+                pkg.manifest.model_id,
+                out.display()
+            );
+        }
+    }
+    Ok(())
+}
+
+/// A compiled tree ensemble's report: its size, its bootstrap plan, the time it should take,
+/// and its accuracy when the data set's labels are the model's classes.
+fn print_trees(t: &TreeSummary, on: &str) {
+    println!(
+        "  {} trees, depth <= {}, {} leaves; {} thermometer bits per record ({} B up)",
+        t.trees,
+        t.max_depth,
+        t.leaves,
+        t.thermometer_bits,
+        t.thermometer_bits * 8,
+    );
+    println!(
+        "  {} bootstraps per record ({} lookup tables each), {} score slots of {} bits, leaves spread over {} integers",
+        t.pbs_per_record, t.functions, t.n_slots, t.slot_bits, t.leaf_range
+    );
+    println!(
+        "  estimated {:.2} s per record on a 2-vCPU worker ({} bootstraps/s); chunks of {} records (~{:.0} s each)",
+        t.pbs_per_record as f64 / WORKER_PBS_PER_SECOND,
+        WORKER_PBS_PER_SECOND,
+        t.records_per_chunk,
+        t.records_per_chunk as f64 * t.pbs_per_record as f64 / WORKER_PBS_PER_SECOND
+    );
+    println!(
+        "  evaluation key: about 64 MB per data owner, uploaded once (tfhe's compressed server key and a packing key)"
+    );
+    if let Some(r) = &t.report {
+        println!(
+            "  on {} {on} records: float accuracy {:.1}%, quantized {:.1}%, agreement {:.1}%",
+            r.records,
+            r.float_accuracy * 100.0,
+            r.quantized_accuracy * 100.0,
+            r.agreement * 100.0
+        );
+    }
+}

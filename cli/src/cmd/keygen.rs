@@ -1,0 +1,33 @@
+//! `fhe-batch keygen`: the data owner's secret key, written owner-only.
+
+use crate::output;
+use anyhow::Result;
+use fhe_batch_core::params::ParamSet;
+use fhe_batch_fhe::SecretKey;
+use std::path::PathBuf;
+use std::time::Instant;
+
+/// Generate a secret key (written owner-only; it never leaves this machine).
+#[derive(clap::Args, Debug)]
+pub struct KeygenArgs {
+    #[arg(long, short, default_value = "client.key")]
+    out: PathBuf,
+    /// Replace an existing key file.
+    #[arg(long)]
+    force: bool,
+}
+
+pub fn run(args: KeygenArgs) -> Result<()> {
+    let t = Instant::now();
+    let key = SecretKey::generate(ParamSet::Glwe2048TUniform17);
+    key.save(&args.out, args.force)?;
+    println!(
+        "secret key {} written to {} (owner-only, {}); fingerprint {}",
+        key.params(),
+        args.out.display(),
+        output::dur(t.elapsed()),
+        key.fingerprint()
+    );
+    println!("keep it private: it is the only way to read your results");
+    Ok(())
+}

@@ -1,0 +1,48 @@
+//! `fhe-batch publish-key`: the evaluation key of a secret key (public material for
+//! bootstrapping), uploaded once under its content hash; its id is saved next to the key.
+
+use super::common::{StoreArg, runtime};
+use crate::{output, store};
+use anyhow::{Context, Result};
+use fhe_batch_core::layout;
+use fhe_batch_core::ports::ObjectStore;
+use fhe_batch_fhe::SecretKey;
+use std::path::PathBuf;
+use std::time::Instant;
+
+/// Generate the evaluation key of your secret key (tfhe's compressed server key and a
+/// packing key: public material that lets the service bootstrap, never decrypt) and upload
+/// it once to keys/<id>/eval.key, where id is a hash of its content. Tree ensembles need
+/// it. The id is saved next to the key file (KEY.evalkey) for `encrypt`.
+#[derive(clap::Args, Debug)]
+pub struct PublishKeyArgs {
+    #[arg(long, short, default_value = "client.key")]
+    key: PathBuf,
+    #[command(flatten)]
+    store: StoreArg,
+}
+
+pub fn run(args: PublishKeyArgs) -> Result<()> {
+    let sk = SecretKey::load(&args.key)?;
+    let t = Instant::now();
+    let bytes = fhe_batch_fhe::forest::EvalKey::generate(&sk).to_bytes();
+    let id = fhe_batch_fhe::forest::eval_key_id(&bytes);
+    let generated = t.elapsed();
+    let n = bytes.len() as u64;
+    runtime()?.block_on(async {
+        let s = args.store.open().await?;
+        s.put_if_absent(&layout::eval_key(&id), bytes).await?;
+        let saved = store::eval_key_file(&args.key);
+        std::fs::write(&saved, format!("{id}\n"))
+            .with_context(|| format!("writing {}", saved.display()))?;
+        println!(
+            "evaluation key {id} ({}, generated in {}) uploaded to {}/{}; its id is saved in {}",
+            output::bytes(n),
+            output::dur(generated),
+            s.describe(),
+            layout::eval_key(&id),
+            saved.display()
+        );
+        Ok(())
+    })
+}

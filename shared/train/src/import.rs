@@ -1,0 +1,202 @@
+//! One compile entry point for models imported from ONNX, whatever their family: a linear
+//! model is converted ([`crate::onnx::from_onnx`]) and compiled like a trained one
+//! ([`crate::compile`]); a tree ensemble is quantized, planned and packaged
+//! ([`crate::trees`]). Either way the caller gets the package to write and the figures to
+//! report, as [`crate::train`] + [`crate::compile`] give them for trained models.
+
+use crate::data::{Dataset, Target};
+use crate::model::TrainError;
+use crate::trees::{TreeReport, labelled_rows, package_forest, quantize_trees, tree_report};
+use fhe_batch_core::model::ModelPackage;
+use fhe_batch_core::params::ParamSet;
+use fhe_batch_core::tree::records_per_chunk;
+use fhe_batch_onnx::{FloatModel as OnnxModel, Imported, TreeEnsemble};
+
+/// The records an import is compiled and reported on.
+#[derive(Debug, Clone, Copy)]
+pub struct ImportData<'a> {
+    /// The whole labelled data set: it names the model's features (in its input order), the
+    /// target and the classes.
+    pub all: &'a Dataset,
+    /// The records linear models are quantized against (tree ensembles need none: their
+    /// thresholds are compared exactly).
+    pub calibration: &'a Dataset,
+    /// The records the compile report is on...
+    pub eval: &'a Dataset,
+    /// ...and what they are, for the report ("holdout", "all records").
+    pub evaluated_on: &'a str,
+}
+
+/// How an imported model is compiled.
+#[derive(Debug, Clone, Copy)]
+pub struct ImportOptions {
+    /// Bits per quantized input and per integer weight of linear models (tree ensembles size
+    /// their leaves from the score slots instead).
+    pub n_bits: u8,
+    pub params: ParamSet,
+}
+
+impl Default for ImportOptions {
+    fn default() -> Self {
+        ImportOptions {
+            n_bits: 8,
+            params: ParamSet::Glwe2048TUniform17,
+        }
+    }
+}
+
+/// What compiling a tree ensemble decided, for the compile report.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TreeSummary {
+    pub trees: usize,
+    pub max_depth: usize,
+    pub leaves: usize,
+    /// Thermometer bits per record: one encrypted input column each.
+    pub thermometer_bits: usize,
+    pub pbs_per_record: usize,
+    /// Lookup tables evaluated per bootstrap.
+    pub functions: u8,
+    pub n_slots: u32,
+    pub slot_bits: u8,
+    /// How many integers one tree's leaves spread over.
+    pub leaf_range: u64,
+    /// Records per chunk at the parameters' polynomial size.
+    pub records_per_chunk: usize,
+    /// Float against quantized accuracy (classifiers whose labels match the data set's).
+    pub report: Option<TreeReport>,
+}
+
+/// What was compiled, beyond the package's own manifest.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ImportSummary {
+    /// A linear model: its manifest carries the report and the proven bounds.
+    Linear,
+    TreeEnsemble(TreeSummary),
+}
+
+/// A compiled import: the package to write, and the figures to report.
+#[derive(Debug, Clone)]
+pub struct CompiledImport {
+    pub package: ModelPackage,
+    pub summary: ImportSummary,
+}
+
+/// Compiles an imported model for encrypted evaluation, dispatching on its family.
+pub fn compile_imported(
+    imported: &Imported,
+    data: ImportData<'_>,
+    options: &ImportOptions,
+) -> Result<CompiledImport, TrainError> {
+    match &imported.model {
+        OnnxModel::Trees(e) => compile_trees(e, data, options),
+        OnnxModel::Linear(_) => {
+            let model = crate::onnx::from_onnx(imported, data.all)?;
+            let mut package = crate::compile(
+                &model,
+                data.calibration,
+                data.eval,
+                options.n_bits,
+                options.params,
+            )?;
+            package.manifest.report.evaluated_on = data.evaluated_on.into();
+            Ok(CompiledImport {
+                package,
+                summary: ImportSummary::Linear,
+            })
+        }
+    }
+}
+
+/// Thresholds become the client's thermometer bits, leaves are quantized to what the score
+/// slots carry exactly, and the bootstrap plan is proven.
+fn compile_trees(
+    e: &TreeEnsemble,
+    data: ImportData<'_>,
+    options: &ImportOptions,
+) -> Result<CompiledImport, TrainError> {
+    let c = quantize_trees(e)?;
+    // Accuracy is reported where the data set's labels are the model's classes.
+    let report = labelled_rows(e, data.eval)
+        .ok()
+        .map(|rows| tree_report(e, &c, &rows));
+    let class_names = match &data.all.y {
+        Target::Classes { names, .. } => Some(names.as_slice()),
+        _ => None,
+    };
+    let package = package_forest(
+        e,
+        &c,
+        data.all.feature_names.clone(),
+        data.all.target_name.clone(),
+        class_names,
+        report.as_ref(),
+        data.evaluated_on,
+    )?;
+    let pbs_per_record = c.plan.pbs_per_record();
+    let summary = TreeSummary {
+        trees: c.model.trees.len(),
+        max_depth: c.model.max_depth(),
+        leaves: e.trees.iter().map(|t| t.leaves()).sum(),
+        thermometer_bits: c.model.thresholds.len(),
+        pbs_per_record,
+        functions: c.plan.functions,
+        n_slots: c.plan.n_slots,
+        slot_bits: c.plan.slot_bits,
+        leaf_range: c.layout.leaf_range,
+        records_per_chunk: records_per_chunk(pbs_per_record, options.params.polynomial_size()),
+        report,
+    };
+    Ok(CompiledImport {
+        package,
+        summary: ImportSummary::TreeEnsemble(summary),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::data::{Task, read_labelled_csv};
+    use std::path::PathBuf;
+
+    fn root() -> PathBuf {
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
+    }
+
+    fn compile(onnx: &str) -> CompiledImport {
+        let bytes = std::fs::read(root().join("tests/fixtures/onnx").join(onnx)).unwrap();
+        let imported = fhe_batch_onnx::import_onnx(&bytes).unwrap();
+        let ds =
+            read_labelled_csv(&root().join("data/breast_cancer.csv"), "label", Task::Auto).unwrap();
+        let (calibration, eval) = ds.split(0.2, 42);
+        let data = ImportData {
+            all: &ds,
+            calibration: &calibration,
+            eval: &eval,
+            evaluated_on: "holdout",
+        };
+        compile_imported(&imported, data, &ImportOptions::default()).unwrap()
+    }
+
+    #[test]
+    fn a_linear_import_compiles_like_a_trained_model() {
+        let c = compile("bc-logistic.onnx");
+        assert_eq!(c.summary, ImportSummary::Linear);
+        assert_eq!(c.package.manifest.report.evaluated_on, "holdout");
+    }
+
+    #[test]
+    fn a_tree_import_is_quantized_planned_and_packaged() {
+        let c = compile("bc-tree-d4.onnx");
+        let ImportSummary::TreeEnsemble(t) = &c.summary else {
+            panic!("{:?}", c.summary)
+        };
+        assert_eq!((t.trees, t.pbs_per_record), (1, 7));
+        assert!(t.records_per_chunk > 0);
+        let r = t
+            .report
+            .as_ref()
+            .expect("a classifier with the data set's labels");
+        assert!(r.quantized_accuracy > 0.8, "{r:?}");
+        assert_eq!(c.package.manifest.report.evaluated_on, "holdout");
+    }
+}
