@@ -3,7 +3,7 @@
 
 use anyhow::{Context, Result};
 use fhe_batch_core::job::{JobState, JobStatus};
-use fhe_batch_core::model::{ClientModel, ModelKind, ModelPackage};
+use fhe_batch_core::model::{ClientModel, ModelPackage};
 use std::io::Write;
 use std::path::Path;
 use std::time::Duration;
@@ -34,17 +34,22 @@ pub fn dur(d: Duration) -> String {
     }
 }
 
-/// A compiled model's manifest: kind and size, the compile report, and the proven bounds.
+/// A compiled model's summary: family and shape, the compile report, and the proven bounds.
 pub fn print_model(pkg: &ModelPackage) {
     let m = &pkg.manifest;
-    let metric = if m.kind == ModelKind::LinearRegression {
-        "R^2"
-    } else {
+    let metric = if pkg.client.is_classifier() {
         "accuracy"
+    } else {
+        "R^2"
     };
     println!(
-        "  model {} ({:?}, {} features, {} outputs, {}-bit inputs and weights)",
-        m.model_id, m.kind, m.n_features, m.n_outputs, m.input_bits
+        "  model {} ({}, {} features, {} encrypted columns per record, {} scores, {} bootstraps per record)",
+        m.model_id,
+        m.family,
+        pkg.client.n_features(),
+        m.input_columns,
+        pkg.client.n_scores(),
+        m.pbs_per_record
     );
     println!(
         "  on {} {} records: float {metric} {:.1}%, quantized {metric} {:.1}%, agreement {:.1}%",
@@ -55,10 +60,10 @@ pub fn print_model(pkg: &ModelPackage) {
         100.0 * m.report.agreement
     );
     println!(
-        "  proven: logits in [{}, {}] fit {} bits; worst-case noise 2^{:.1}, {:.1} bits below the decoding limit",
-        m.bounds.logit_min,
-        m.bounds.logit_max,
-        m.bounds.plaintext_bits,
+        "  proven: results in [{}, {}] fit {} bits; worst-case noise 2^{:.1}, {:.1} bits below the decoding limit",
+        m.bounds.output_min,
+        m.bounds.output_max,
+        m.bounds.output_bits,
         m.bounds.noise_log2,
         m.bounds.noise_margin_bits
     );
@@ -86,9 +91,9 @@ pub fn write_predictions(path: &Path, model: &ClientModel, logits: &[i64]) -> Re
     let f = std::fs::File::create(path).with_context(|| format!("creating {}", path.display()))?;
     let mut w = std::io::BufWriter::with_capacity(1 << 20, f);
     let mut header = format!("record,{}", model.target);
-    let probabilities = model.kind != ModelKind::LinearRegression && !model.classes.is_empty();
+    let probabilities = model.is_classifier();
     if probabilities {
-        for c in &model.classes {
+        for c in model.classes() {
             header.push_str(&format!(",p_{c}"));
         }
     }

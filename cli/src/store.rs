@@ -200,17 +200,17 @@ pub fn chunk_layout(
     chunk_records: Option<u32>,
 ) -> Result<fhe_batch_core::format::ChunkLayout> {
     let n = params.polynomial_size();
-    let slots = match chunk_records {
+    let records_per_chunk = match chunk_records {
         Some(r) if r == 0 || r as usize > n => {
             anyhow::bail!("--chunk-records must be between 1 and {n}")
         }
         Some(r) => r,
-        None if side.manifest.pbs_per_record > 0 => {
-            fhe_batch_core::tree::records_per_chunk(side.manifest.pbs_per_record as usize, n) as u32
-        }
+        None if side.manifest.pbs_per_record > 0 => fhe_batch_core::budget::ChunkBudget::default()
+            .records_per_chunk(side.manifest.pbs_per_record as usize, n)
+            as u32,
         None => n as u32,
     };
-    let eval_key = if side.manifest.kind.bootstraps() {
+    let eval_key = if side.manifest.family.bootstraps() {
         let text = match eval_key {
             Some(id) => id.to_string(),
             None => {
@@ -233,5 +233,8 @@ pub fn chunk_layout(
     } else {
         None
     };
-    Ok(fhe_batch_core::format::ChunkLayout { slots, eval_key })
+    Ok(fhe_batch_core::format::ChunkLayout {
+        records_per_chunk,
+        eval_key,
+    })
 }

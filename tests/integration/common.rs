@@ -43,7 +43,7 @@ pub fn iris_package() -> &'static ModelPackage {
 
 pub fn quantize(pkg: &ModelPackage, ds: &Dataset) -> Vec<u64> {
     (0..ds.len())
-        .flat_map(|i| pkg.client.quantize(ds.row(i)))
+        .flat_map(|i| pkg.client.columns(ds.row(i)))
         .collect()
 }
 

@@ -123,7 +123,7 @@ fn measure(
     let f = pkg.client.n_features();
     let n = records.len();
     let quantized: Vec<u64> = (0..n)
-        .flat_map(|i| pkg.client.quantize(records.row(i)))
+        .flat_map(|i| pkg.client.columns(records.row(i)))
         .collect();
     let rounds = (0..iters.max(1))
         .map(|_| round(name, &pkg, key, &quantized))
@@ -138,7 +138,7 @@ fn measure(
         workload: name.to_string(),
         records: n,
         features: f,
-        outputs: pkg.server.n_outputs as usize,
+        outputs: pkg.server.result_values() as usize,
         chunks,
         encrypt_ms: ms(enc),
         eval_ms: ms(eval),
@@ -175,7 +175,7 @@ fn round(name: &str, pkg: &ModelPackage, key: &SecretKey, quantized: &[u64]) -> 
                 &ChunkInput {
                     payload: &batch[c.offset as usize..(c.offset + c.length) as usize],
                     records: c.records,
-                    slots: header.slots,
+                    records_per_chunk: header.records_per_chunk,
                     eval_key: None,
                 },
             )
@@ -189,11 +189,11 @@ fn round(name: &str, pkg: &ModelPackage, key: &SecretKey, quantized: &[u64]) -> 
         .map(|(i, body)| {
             let h = ResultHeader {
                 params: server.params,
-                n_outputs: server.n_outputs,
+                ciphertexts: server.output_ciphertexts(header.chunks[i].records, 2048),
                 chunk_index: i as u32,
                 chunk_count: chunks as u32,
                 records: header.chunks[i].records,
-                plaintext_bits: server.plaintext_bits,
+                output_bits: server.output_bits(),
                 model_id,
                 key_fingerprint: key.fingerprint(),
                 first_record: i as u64 * ParamSet::Glwe2048TUniform17.polynomial_size() as u64,
@@ -207,7 +207,7 @@ fn round(name: &str, pkg: &ModelPackage, key: &SecretKey, quantized: &[u64]) -> 
     let decrypt = t.elapsed();
     let exact = quantized
         .chunks_exact(client.n_features())
-        .zip(logits.chunks_exact(server.n_outputs as usize))
+        .zip(logits.chunks_exact(server.result_values() as usize))
         .all(|(q, l)| server.eval_plain(q) == l);
     if !exact {
         bail!("{name}: decrypted logits differ from the plaintext reference");

@@ -5,11 +5,11 @@
 
 use crate::output::dur;
 use anyhow::{Context, Result, bail};
+use fhe_batch_core::budget::ChunkBudget;
 use fhe_batch_core::format::{BatchHeader, BatchLimits, ChunkLayout, ResultHeader};
 use fhe_batch_core::ids::EvalKeyId;
 use fhe_batch_core::model::ModelPackage;
 use fhe_batch_core::pipeline::{ChunkEvaluator, ChunkInput};
-use fhe_batch_core::tree::records_per_chunk;
 use fhe_batch_fhe::forest::{EvalKey, eval_key_id};
 use fhe_batch_fhe::{FheEvaluator, SecretKey};
 use fhe_batch_train::data::Dataset;
@@ -100,9 +100,9 @@ fn measure(path: &Path, keys: &Keys, data: &Dataset, records: usize) -> Result<T
     let n = records.min(data.len());
     let rows: Vec<Vec<f64>> = (0..n).map(|i| data.row(i).to_vec()).collect();
     let columns: Vec<u64> = rows.iter().flat_map(|r| pkg.client.columns(r)).collect();
-    let slots = records_per_chunk(c.plan.pbs_per_record(), 2048);
+    let slots = ChunkBudget::default().records_per_chunk(c.plan.pbs_per_record(), 2048);
     let layout = ChunkLayout {
-        slots: slots as u32,
+        records_per_chunk: slots as u32,
         eval_key: Some(keys.id),
     };
     let t = Instant::now();
@@ -180,21 +180,21 @@ fn evaluate(
                 &ChunkInput {
                     payload: &batch[ch.offset as usize..(ch.offset + ch.length) as usize],
                     records: ch.records,
-                    slots: header.slots,
+                    records_per_chunk: header.records_per_chunk,
                     eval_key: Some(id),
                 },
             )
             .map_err(|e| anyhow::anyhow!("{e}"))?;
         let h = ResultHeader {
             params: header.params,
-            n_outputs: pkg.server.result_ciphertexts(ch.records, 2048),
+            ciphertexts: pkg.server.output_ciphertexts(ch.records, 2048),
             chunk_index: i as u32,
             chunk_count: header.chunks.len() as u32,
             records: ch.records,
-            plaintext_bits: pkg.server.plaintext_bits,
+            output_bits: pkg.server.output_bits(),
             model_id: pkg.manifest.model_id,
             key_fingerprint: key.fingerprint(),
-            first_record: i as u64 * header.slots as u64,
+            first_record: i as u64 * header.records_per_chunk as u64,
         };
         results.push((format!("chunk-{i}"), h.encode(&body)));
     }

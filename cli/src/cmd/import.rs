@@ -5,8 +5,8 @@
 use super::common::CompileArgs;
 use crate::{output, store};
 use anyhow::{Context, Result};
+use fhe_batch_core::budget::ChunkBudget;
 use fhe_batch_core::params::ParamSet;
-use fhe_batch_core::tree::WORKER_PBS_PER_SECOND;
 use fhe_batch_train::Task;
 use fhe_batch_train::data::read_labelled_csv;
 use fhe_batch_train::import::{
@@ -100,14 +100,15 @@ fn print_trees(t: &TreeSummary, on: &str) {
     );
     println!(
         "  {} bootstraps per record ({} lookup tables each), {} score slots of {} bits, leaves spread over {} integers",
-        t.pbs_per_record, t.functions, t.n_slots, t.slot_bits, t.leaf_range
+        t.pbs_per_record, t.functions, t.score_slots, t.slot_bits, t.leaf_range
     );
+    let budget = ChunkBudget::default();
     println!(
         "  estimated {:.2} s per record on a 2-vCPU worker ({} bootstraps/s); chunks of {} records (~{:.0} s each)",
-        t.pbs_per_record as f64 / WORKER_PBS_PER_SECOND,
-        WORKER_PBS_PER_SECOND,
+        budget.chunk_seconds(1, t.pbs_per_record as u64),
+        budget.pbs_per_second,
         t.records_per_chunk,
-        t.records_per_chunk as f64 * t.pbs_per_record as f64 / WORKER_PBS_PER_SECOND
+        budget.chunk_seconds(t.records_per_chunk as u64, t.pbs_per_record as u64)
     );
     println!(
         "  evaluation key: about 64 MB per data owner, uploaded once (tfhe's compressed server key and a packing key)"

@@ -16,7 +16,7 @@ use fhe_batch_core::ports::ObjectStore;
 use fhe_batch_fhe::SecretKey;
 use fhe_batch_local::FsStore;
 use fhe_batch_train::data::{read_labelled_csv, read_records, write_csv};
-use fhe_batch_train::{Dataset, FloatModel, Task, TrainOptions};
+use fhe_batch_train::{Dataset, LinearFloatModel, Task, TrainOptions};
 use std::path::PathBuf;
 use std::time::Instant;
 use tokio::runtime::Runtime;
@@ -25,7 +25,7 @@ use tokio::runtime::Runtime;
 pub(super) struct Trained {
     pub iris: Dataset,
     pub iris_path: PathBuf,
-    pub model: FloatModel,
+    pub model: LinearFloatModel,
     pub pkg: ModelPackage,
     pub model_dir: PathBuf,
 }
@@ -139,7 +139,7 @@ impl Demo<'_> {
         let n = raw.len() / f;
         let quantized: Vec<u64> = raw
             .chunks_exact(f)
-            .flat_map(|r| side.client.quantize(r))
+            .flat_map(|r| side.client.columns(r))
             .collect();
         self.lap("read + quantize CSV", t);
         let t = Instant::now();

@@ -28,7 +28,7 @@ const SAMPLE: usize = 5;
 
 pub(super) fn check(trained: &Trained, enc: &Encrypted, dec: &Decrypted) -> Result<Check> {
     let client = &enc.side.client;
-    let outputs = client.n_outputs as usize;
+    let outputs = client.n_scores();
     let Target::Classes { names, idx } = &enc.labelled.y else {
         bail!("Iris labels are classes")
     };
@@ -44,7 +44,7 @@ pub(super) fn check(trained: &Trained, enc: &Encrypted, dec: &Decrypted) -> Resu
         agree_f +=
             usize::from(trained.model.predict_class(&enc.raw[i * f..(i + 1) * f]) == fhe_class);
         let truth = &names[idx[i]];
-        correct += usize::from(client.classes[fhe_class] == *truth);
+        correct += usize::from(client.classes()[fhe_class] == *truth);
     }
     let sample_truth = (0..enc.n.min(SAMPLE))
         .map(|i| names[idx[i]].clone())

@@ -7,9 +7,9 @@
 use crate::data::{Dataset, Target};
 use crate::model::TrainError;
 use crate::trees::{TreeReport, labelled_rows, package_forest, quantize_trees, tree_report};
+use fhe_batch_core::budget::ChunkBudget;
 use fhe_batch_core::model::ModelPackage;
 use fhe_batch_core::params::ParamSet;
-use fhe_batch_core::tree::records_per_chunk;
 use fhe_batch_onnx::{FloatModel as OnnxModel, Imported, TreeEnsemble};
 
 /// The records an import is compiled and reported on.
@@ -56,7 +56,7 @@ pub struct TreeSummary {
     pub pbs_per_record: usize,
     /// Lookup tables evaluated per bootstrap.
     pub functions: u8,
-    pub n_slots: u32,
+    pub score_slots: u32,
     pub slot_bits: u8,
     /// How many integers one tree's leaves spread over.
     pub leaf_range: u64,
@@ -140,10 +140,11 @@ fn compile_trees(
         thermometer_bits: c.model.thresholds.len(),
         pbs_per_record,
         functions: c.plan.functions,
-        n_slots: c.plan.n_slots,
+        score_slots: c.plan.score_slots,
         slot_bits: c.plan.slot_bits,
         leaf_range: c.layout.leaf_range,
-        records_per_chunk: records_per_chunk(pbs_per_record, options.params.polynomial_size()),
+        records_per_chunk: ChunkBudget::default()
+            .records_per_chunk(pbs_per_record, options.params.polynomial_size()),
         report,
     };
     Ok(CompiledImport {
