@@ -17,6 +17,9 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tracing::{info, warn};
 
+// The evaluator port lives in `ports`; these paths keep naming it here.
+pub use crate::ports::{ChunkEvaluator, ChunkInput, EvalError, MAX_EVAL_KEY_BYTES};
+
 /// Milliseconds since the Unix epoch.
 pub fn now_unix_ms() -> u64 {
     std::time::SystemTime::now()
@@ -334,51 +337,6 @@ async fn chunk_set<S: ObjectStore>(
 
 // ---------------------------------------------------------------------------------------------
 // Worker
-
-/// A chunk evaluation that can never succeed (damaged payload, model mismatch).
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{0}")]
-pub struct EvalError(pub String);
-
-/// One chunk to evaluate.
-#[derive(Debug, Clone, Copy)]
-pub struct ChunkInput<'a> {
-    pub payload: &'a [u8],
-    /// Records in this chunk, and records per chunk of its batch (the payload's column width).
-    pub records: u32,
-    pub slots: u32,
-    /// The evaluation key the chunk's model needs, installed beforehand.
-    pub eval_key: Option<&'a EvalKeyId>,
-}
-
-/// The FHE side of the worker: turns a chunk payload into result ciphertexts.
-pub trait ChunkEvaluator: Send + Sync {
-    /// Evaluates `model` on one chunk; returns the result body
-    /// (`model.result_ciphertexts(records)` GLWE ciphertexts, as [`ResultHeader::encode`]
-    /// expects).
-    fn evaluate(&self, model: &ServerModel, chunk: &ChunkInput<'_>) -> Result<Vec<u8>, EvalError>;
-
-    /// Whether evaluation key `id` is ready (already loaded, or in a local cache).
-    fn has_eval_key(&self, _id: &EvalKeyId) -> bool {
-        false
-    }
-
-    /// The fingerprint of the secret key a loaded evaluation key belongs to, when known.
-    fn eval_key_owner(&self, _id: &EvalKeyId) -> Option<crate::ids::KeyFingerprint> {
-        None
-    }
-
-    /// Loads an evaluation key from its uploaded bytes (checked against `id`, deserialized
-    /// with size and parameter checks). An `Err` means the key can never be used.
-    fn install_eval_key(&self, id: &EvalKeyId, _bytes: Vec<u8>) -> Result<(), EvalError> {
-        Err(EvalError(format!(
-            "this worker cannot evaluate models that need an evaluation key ({id})"
-        )))
-    }
-}
-
-/// Largest evaluation key file a worker downloads.
-pub const MAX_EVAL_KEY_BYTES: u64 = 256 << 20;
 
 /// What the worker did with one chunk message. Every outcome means "acknowledge the message".
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -1,6 +1,12 @@
-//! Ports: the two capabilities the pipeline needs from its environment. The AWS adapters (S3,
-//! SQS) and the embedded adapters (a directory, an in-process queue) both implement them.
+//! Ports: the capabilities the pipeline needs from its environment.
+//!
+//! - [`ObjectStore`] and [`JobQueue`]: storage and messaging. The AWS adapters (S3, SQS) and
+//!   the embedded adapters (a directory, an in-process queue) both implement them;
+//! - [`ChunkEvaluator`]: the FHE side of the worker (implemented in `fhe-batch-fhe`), with the
+//!   types it exchanges ([`ChunkInput`], [`EvalError`]).
 
+use crate::ids::{EvalKeyId, KeyFingerprint};
+use crate::model::ServerModel;
 use std::future::Future;
 use std::time::Duration;
 
@@ -116,4 +122,49 @@ pub trait JobQueue: Send + Sync {
     ) -> impl Future<Output = Result<Vec<Delivery>, QueueError>> + Send;
     /// Deletes a delivered message: its work is done.
     fn ack(&self, receipt: &str) -> impl Future<Output = Result<(), QueueError>> + Send;
+}
+
+/// A chunk evaluation that can never succeed (damaged payload, model mismatch).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct EvalError(pub String);
+
+/// One chunk to evaluate.
+#[derive(Debug, Clone, Copy)]
+pub struct ChunkInput<'a> {
+    pub payload: &'a [u8],
+    /// Records in this chunk, and records per chunk of its batch (the payload's column width).
+    pub records: u32,
+    pub slots: u32,
+    /// The evaluation key the chunk's model needs, installed beforehand.
+    pub eval_key: Option<&'a EvalKeyId>,
+}
+
+/// Largest evaluation key file a worker downloads.
+pub const MAX_EVAL_KEY_BYTES: u64 = 256 << 20;
+
+/// The FHE side of the worker: turns a chunk payload into result ciphertexts.
+pub trait ChunkEvaluator: Send + Sync {
+    /// Evaluates `model` on one chunk; returns the result body
+    /// (`model.result_ciphertexts(records)` GLWE ciphertexts, as
+    /// [`ResultHeader::encode`](crate::format::ResultHeader::encode) expects).
+    fn evaluate(&self, model: &ServerModel, chunk: &ChunkInput<'_>) -> Result<Vec<u8>, EvalError>;
+
+    /// Whether evaluation key `id` is ready (already loaded, or in a local cache).
+    fn has_eval_key(&self, _id: &EvalKeyId) -> bool {
+        false
+    }
+
+    /// The fingerprint of the secret key a loaded evaluation key belongs to, when known.
+    fn eval_key_owner(&self, _id: &EvalKeyId) -> Option<KeyFingerprint> {
+        None
+    }
+
+    /// Loads an evaluation key from its uploaded bytes (checked against `id`, deserialized
+    /// with size and parameter checks). An `Err` means the key can never be used.
+    fn install_eval_key(&self, id: &EvalKeyId, _bytes: Vec<u8>) -> Result<(), EvalError> {
+        Err(EvalError(format!(
+            "this worker cannot evaluate models that need an evaluation key ({id})"
+        )))
+    }
 }

@@ -5,7 +5,7 @@ use crate::forest::{EvalKey, PreparedEvalKey};
 use crate::glwe::GlweEvaluator;
 use fhe_batch_core::ids::EvalKeyId;
 use fhe_batch_core::model::ServerModel;
-use fhe_batch_core::pipeline::{ChunkEvaluator, ChunkInput, EvalError};
+use fhe_batch_core::ports::{ChunkEvaluator, ChunkInput, EvalError};
 use std::collections::VecDeque;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
