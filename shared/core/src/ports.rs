@@ -1,8 +1,15 @@
-//! Ports: the two capabilities the pipeline needs from its environment. The AWS adapters (S3,
-//! SQS) and the embedded adapters (a directory, an in-process queue) both implement them.
+//! Ports: the capabilities the pipeline needs from its environment.
+//!
+//! - [`ObjectStore`] and [`JobQueue`]: storage and messaging. The AWS adapters (S3, SQS) and
+//!   the embedded adapters (a directory, an in-process queue) both implement them;
+//! - [`ChunkEvaluator`]: the FHE side of the worker (implemented in `fhe-batch-fhe`), with the
+//!   types it exchanges ([`ChunkInput`], [`EvalError`], [`KeyFetch`], [`KeyLoadError`]).
 
+use crate::ids::{EvalKeyId, KeyFingerprint};
+use crate::model::ServerModel;
 use std::future::Future;
-use std::time::Duration;
+use std::pin::Pin;
+use std::time::{Duration, Instant};
 
 /// A storage failure. `NotFound` is a normal answer; the others say whether a retry may help.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -116,4 +123,111 @@ pub trait JobQueue: Send + Sync {
     ) -> impl Future<Output = Result<Vec<Delivery>, QueueError>> + Send;
     /// Deletes a delivered message: its work is done.
     fn ack(&self, receipt: &str) -> impl Future<Output = Result<(), QueueError>> + Send;
+}
+
+/// A chunk evaluation that can never succeed (damaged payload, model mismatch).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct EvalError(pub String);
+
+/// One chunk to evaluate.
+#[derive(Debug, Clone, Copy)]
+pub struct ChunkInput<'a> {
+    pub payload: &'a [u8],
+    /// Records in this chunk, and records per chunk of its batch (the payload's column width).
+    pub records: u32,
+    pub records_per_chunk: u32,
+    /// The evaluation key the chunk's model needs, installed beforehand.
+    pub eval_key: Option<&'a EvalKeyId>,
+}
+
+/// Largest evaluation key file a worker downloads.
+pub const MAX_EVAL_KEY_BYTES: u64 = 256 << 20;
+
+/// Why an evaluation key could not be made ready.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum KeyLoadError {
+    /// Its download failed (`NotFound`: it was never uploaded).
+    #[error(transparent)]
+    Fetch(StoreError),
+    /// Its bytes can never be used (hash, size, version or parameter check).
+    #[error(transparent)]
+    Unusable(EvalError),
+    /// Loading it panicked.
+    #[error("loading panicked")]
+    Panicked,
+}
+
+/// The FHE side of the worker: turns a chunk payload into result ciphertexts.
+pub trait ChunkEvaluator: Send + Sync {
+    /// Evaluates `model` on one chunk; returns the result body
+    /// (`model.output_ciphertexts(records, n)` GLWE ciphertexts, as
+    /// [`ResultHeader::encode`](crate::format::ResultHeader::encode) expects).
+    fn evaluate(&self, model: &ServerModel, chunk: &ChunkInput<'_>) -> Result<Vec<u8>, EvalError>;
+
+    /// Whether evaluation key `id` is ready (already loaded, or in a local cache).
+    fn has_eval_key(&self, _id: &EvalKeyId) -> bool {
+        false
+    }
+
+    /// The fingerprint of the secret key a loaded evaluation key belongs to, when known.
+    fn eval_key_owner(&self, _id: &EvalKeyId) -> Option<KeyFingerprint> {
+        None
+    }
+
+    /// Loads an evaluation key from its uploaded bytes (checked against `id`, deserialized
+    /// with size and parameter checks). An `Err` means the key can never be used.
+    fn install_eval_key(&self, id: &EvalKeyId, _bytes: Vec<u8>) -> Result<(), EvalError> {
+        Err(EvalError(format!(
+            "this worker cannot evaluate models that need an evaluation key ({id})"
+        )))
+    }
+
+    /// Makes evaluation key `id` ready, awaiting `fetch` (the download of its uploaded bytes)
+    /// only when no cache has it. The default checks [`has_eval_key`](Self::has_eval_key),
+    /// then downloads and [installs](Self::install_eval_key) the key; an evaluator that keeps
+    /// keys may instead share one download among concurrent callers.
+    fn prepare_eval_key<'a>(
+        &'a self,
+        id: &'a EvalKeyId,
+        fetch: KeyFetch<'a>,
+    ) -> impl Future<Output = Result<(), KeyLoadError>> + Send + 'a {
+        async move {
+            if self.has_eval_key(id) {
+                return Ok(());
+            }
+            fetch_and_install(id, fetch, |bytes| self.install_eval_key(id, bytes)).await
+        }
+    }
+}
+
+/// The download of an evaluation key's bytes (a future that does nothing until awaited).
+pub type KeyFetch<'a> = Pin<Box<dyn Future<Output = Result<Vec<u8>, StoreError>> + Send + 'a>>;
+
+/// Downloads an evaluation key with `fetch` and hands it to `install` (a panic there is
+/// caught), logging the time each step took.
+pub async fn fetch_and_install<T>(
+    id: &EvalKeyId,
+    fetch: impl Future<Output = Result<Vec<u8>, StoreError>>,
+    install: impl FnOnce(Vec<u8>) -> Result<T, EvalError>,
+) -> Result<T, KeyLoadError> {
+    let started = Instant::now();
+    let bytes = fetch.await.map_err(KeyLoadError::Fetch)?;
+    let fetched = started.elapsed();
+    let len = bytes.len();
+    let installed = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| install(bytes)));
+    match installed {
+        Ok(Ok(key)) => {
+            tracing::info!(
+                key = %id,
+                bytes = len,
+                fetch_ms = fetched.as_millis() as u64,
+                total_ms = started.elapsed().as_millis() as u64,
+                "evaluation key loaded"
+            );
+            Ok(key)
+        }
+        Ok(Err(e)) => Err(KeyLoadError::Unusable(e)),
+        Err(_) => Err(KeyLoadError::Panicked),
+    }
 }

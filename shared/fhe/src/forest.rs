@@ -18,7 +18,7 @@ use crate::params::shortint_params;
 use fhe_batch_core::format::{ResultHeader, read_u64s, write_u64s};
 use fhe_batch_core::ids::{EvalKeyId, KeyFingerprint, ModelId};
 use fhe_batch_core::params::ParamSet;
-use fhe_batch_core::pipeline::EvalError;
+use fhe_batch_core::ports::EvalError;
 use fhe_batch_core::tree::ForestClient;
 use fhe_batch_core::tree::ForestPlan;
 use rayon::prelude::*;
@@ -187,7 +187,7 @@ impl EvalKey {
         tfhe::safe_serialization::safe_serialize(
             self,
             &mut out,
-            fhe_batch_core::pipeline::MAX_EVAL_KEY_BYTES,
+            fhe_batch_core::ports::MAX_EVAL_KEY_BYTES,
         )
         .expect("evaluation key serializes within the limit");
         out
@@ -205,7 +205,7 @@ impl EvalKey {
         }
         tfhe::safe_serialization::safe_deserialize_conformant::<Self>(
             bytes,
-            fhe_batch_core::pipeline::MAX_EVAL_KEY_BYTES,
+            fhe_batch_core::ports::MAX_EVAL_KEY_BYTES,
             &params,
         )
         .map_err(EvalKeyError::Decode)

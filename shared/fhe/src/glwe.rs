@@ -16,7 +16,7 @@ use crate::params::glwe_noise;
 use fhe_batch_core::format::{ResultHeader, SEED_LEN, chunk_payload_len, read_u64s, write_u64s};
 use fhe_batch_core::model::{ClientModel, LinearClient, LinearServer, ServerBody, ServerModel};
 use fhe_batch_core::params::ParamSet;
-use fhe_batch_core::pipeline::{ChunkEvaluator, ChunkInput, EvalError};
+use fhe_batch_core::ports::{ChunkEvaluator, ChunkInput, EvalError};
 use tfhe::core_crypto::commons::math::random::RandomGenerator;
 use tfhe::core_crypto::prelude::*;
 

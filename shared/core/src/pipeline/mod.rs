@@ -1,0 +1,77 @@
+//! The pipeline's logic over the ports: ingest, worker and status. The Lambda functions and the
+//! local runner are thin wiring around these.
+//!
+//! - [`ingest`](ingest_object): validates an uploaded batch from its header and queues one
+//!   message per chunk;
+//! - [`Worker`]: evaluates one chunk message into a result object, idempotently, and records
+//!   the chunks that can never succeed;
+//! - [`run_queue_worker`]: the receive, process, acknowledge loop of a worker outside Lambda;
+//! - [`job_status`] and [`list_jobs`]: a job's state, derived from the objects in the store;
+//! - [`FaultPoint`] and [`FaultProbe`]: where tests and the chaos benchmark inject faults.
+//!
+//! The evaluator port ([`ChunkEvaluator`]) lives in [`crate::ports`]; it is re-exported here
+//! for the paths that name it under `pipeline`.
+
+mod faults;
+mod ingest;
+mod queue_loop;
+mod status;
+mod worker;
+
+pub use crate::ports::{ChunkEvaluator, ChunkInput, EvalError, MAX_EVAL_KEY_BYTES};
+pub use faults::{FaultPoint, FaultProbe};
+pub use ingest::{IngestOutcome, ingest_object};
+pub use queue_loop::run_queue_worker;
+pub use status::{StatusError, job_status, list_jobs};
+pub use worker::{ChunkOutcome, RetryLater, Worker, WorkerConfig};
+
+use crate::ids::JobId;
+use crate::job::{JobManifest, MAX_RECORD_BYTES};
+use crate::layout;
+use crate::ports::{ObjectStore, QueueError, StoreError};
+use std::collections::HashMap;
+
+/// Milliseconds since the Unix epoch.
+pub fn now_unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// Something broke that a retry may fix (the event or message should be redelivered).
+#[derive(Debug, thiserror::Error)]
+pub enum PipelineError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Queue(#[from] QueueError),
+}
+
+/// A job's manifest, or `None` when it has none (or an unreadable one).
+async fn read_manifest<S: ObjectStore>(
+    store: &S,
+    job: &JobId,
+) -> Result<Option<JobManifest>, StoreError> {
+    match store
+        .get(&layout::job_manifest(job), MAX_RECORD_BYTES)
+        .await
+    {
+        Ok(b) => Ok(serde_json::from_slice(&b).ok()),
+        Err(StoreError::NotFound { .. }) => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+/// Chunk indices present under a prefix, with their keys.
+async fn chunk_set<S: ObjectStore>(
+    store: &S,
+    prefix: &str,
+) -> Result<HashMap<u32, String>, StoreError> {
+    Ok(store
+        .list(prefix)
+        .await?
+        .into_iter()
+        .filter_map(|k| layout::chunk_of_name(&k).map(|c| (c, k)))
+        .collect())
+}

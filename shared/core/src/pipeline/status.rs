@@ -1,0 +1,119 @@
+//! Status: a job's state derived from the objects in the store (no database), and the list of
+//! known jobs.
+
+use super::{chunk_set, read_manifest};
+use crate::ids::JobId;
+use crate::job::{FailureRecord, JobManifest, JobState, JobStatus, MAX_RECORD_BYTES};
+use crate::layout;
+use crate::ports::{ObjectStore, StoreError};
+
+/// Why a status request cannot be answered.
+#[derive(Debug, thiserror::Error)]
+pub enum StatusError {
+    #[error("no job named {0}")]
+    NotFound(JobId),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// Derives a job's state from the objects in the store (no database).
+pub async fn job_status<S: ObjectStore>(store: &S, job: &JobId) -> Result<JobStatus, StatusError> {
+    let mut status = JobStatus {
+        job: job.clone(),
+        state: JobState::Queued,
+        chunks_done: 0,
+        chunks_total: 0,
+        chunks_failed: 0,
+        records: 0,
+        model_id: None,
+        created_unix_ms: None,
+        failures: Vec::new(),
+        results_prefix: layout::results_prefix(job),
+    };
+    let manifest = read_manifest(store, job).await?;
+    let job_failure = read_failure(store, &layout::job_failure(job)).await?;
+    let Some(manifest) = manifest else {
+        if let Some(f) = job_failure {
+            status.state = JobState::Failed;
+            status.failures.push(f);
+            return Ok(status);
+        }
+        // Uploaded but not yet ingested.
+        if store.size(&layout::inbox(job)).await?.is_some() {
+            return Ok(status);
+        }
+        return Err(StatusError::NotFound(job.clone()));
+    };
+    count_chunks(store, job, &manifest, &mut status).await?;
+    if let Some(f) = job_failure {
+        status.failures.insert(0, f);
+    }
+    status.state = if !status.failures.is_empty() || status.chunks_failed > 0 {
+        JobState::Failed
+    } else if status.chunks_done == status.chunks_total {
+        JobState::Succeeded
+    } else if status.chunks_done > 0 || store.size(&layout::job_started(job)).await?.is_some() {
+        JobState::Running
+    } else {
+        JobState::Queued
+    };
+    Ok(status)
+}
+
+/// Fills in what the manifest says, the chunks done, and the chunks failed (with the records
+/// of the first 20 of them).
+async fn count_chunks<S: ObjectStore>(
+    store: &S,
+    job: &JobId,
+    manifest: &JobManifest,
+    status: &mut JobStatus,
+) -> Result<(), StoreError> {
+    status.chunks_total = manifest.chunk_count;
+    status.records = manifest.record_count;
+    status.model_id = Some(manifest.model_id);
+    status.created_unix_ms = Some(manifest.created_unix_ms);
+    let done = chunk_set(store, &layout::results_prefix(job)).await?;
+    status.chunks_done = done.keys().filter(|&&c| c < manifest.chunk_count).count() as u32;
+    let errors = chunk_set(store, &layout::job_errors_prefix(job)).await?;
+    let mut failed: Vec<(u32, String)> = errors
+        .into_iter()
+        .filter(|(c, _)| !done.contains_key(c))
+        .collect();
+    failed.sort();
+    status.chunks_failed = failed.len() as u32;
+    for (_, key) in failed.iter().take(20) {
+        status.failures.extend(read_failure(store, key).await?);
+    }
+    Ok(())
+}
+
+/// A failure record, or `None` when there is none (or an unreadable one).
+async fn read_failure<S: ObjectStore>(
+    store: &S,
+    key: &str,
+) -> Result<Option<FailureRecord>, StoreError> {
+    match store.get(key, MAX_RECORD_BYTES).await {
+        Ok(b) => Ok(serde_json::from_slice::<FailureRecord>(&b).ok()),
+        Err(StoreError::NotFound { .. }) => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+/// Every job known to the store (those with a manifest or a job-level failure).
+pub async fn list_jobs<S: ObjectStore>(store: &S) -> Result<Vec<JobId>, StoreError> {
+    let mut jobs: Vec<JobId> = store
+        .list(layout::jobs_prefix())
+        .await?
+        .iter()
+        .filter_map(|k| {
+            let rest = k.strip_prefix(layout::jobs_prefix())?;
+            let (job, file) = rest.split_once('/')?;
+            (file == "manifest.json" || file == "failed.json")
+                .then(|| JobId::parse(job).ok())
+                .flatten()
+        })
+        .collect();
+    jobs.sort();
+    jobs.dedup();
+    Ok(jobs)
+}

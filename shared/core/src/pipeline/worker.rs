@@ -1,0 +1,495 @@
+//! The worker: evaluates one chunk message into a result object. It is idempotent (a result is
+//! written create-once, a duplicate delivery is answered from it), records the chunks that can
+//! never succeed, and leaves transient failures for redelivery until the dead-letter limit.
+//!
+//! An attempt's steps return [`AttemptError`], which `?` builds from storage errors; the
+//! attempt then settles it as a retry or as the chunk's recorded failure.
+
+use super::faults::{FaultPoint, FaultProbe};
+use super::now_unix_ms;
+use crate::format::ResultHeader;
+use crate::ids::{EvalKeyId, JobId, ModelId};
+use crate::job::{ChunkMessage, FailureKind, FailureRecord};
+use crate::layout;
+use crate::model::{MAX_CLIENT_PART_BYTES, MAX_SERVER_PART_BYTES, ModelManifest, ServerModel};
+use crate::params::ParamSet;
+use crate::ports::{
+    ChunkEvaluator, ChunkInput, KeyLoadError, MAX_EVAL_KEY_BYTES, ObjectStore, PutOutcome,
+    StoreError,
+};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use tracing::warn;
+
+/// What the worker did with one chunk message. Every outcome means "acknowledge the message".
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ChunkOutcome {
+    /// The result was written now.
+    Written { job: JobId, chunk: u32 },
+    /// The result already existed (a duplicate delivery); nothing changed.
+    AlreadyDone { job: JobId, chunk: u32 },
+    /// The job has already failed; the chunk is skipped.
+    Skipped { job: JobId, chunk: u32 },
+    /// The chunk can never succeed; its failure is recorded and the job shows FAILED.
+    Failed {
+        job: Option<JobId>,
+        chunk: u32,
+        reason: String,
+    },
+}
+
+impl ChunkOutcome {
+    /// The job (when the message named one) and chunk of this outcome.
+    pub fn chunk(&self) -> (Option<&JobId>, u32) {
+        match self {
+            ChunkOutcome::Written { job, chunk }
+            | ChunkOutcome::AlreadyDone { job, chunk }
+            | ChunkOutcome::Skipped { job, chunk } => (Some(job), *chunk),
+            ChunkOutcome::Failed { job, chunk, .. } => (job.as_ref(), *chunk),
+        }
+    }
+}
+
+/// A failed attempt that should be retried (the message stays in the queue).
+#[derive(Debug, thiserror::Error)]
+#[error("chunk attempt failed, will retry: {0}")]
+pub struct RetryLater(pub String);
+
+/// Worker settings.
+#[derive(Debug, Clone)]
+pub struct WorkerConfig {
+    /// The queue's dead-letter limit: on the attempt with this receive count a transient
+    /// failure is recorded as the chunk's failure before the message goes to the dead-letter
+    /// queue.
+    pub max_receives: u32,
+}
+
+impl Default for WorkerConfig {
+    fn default() -> Self {
+        Self { max_receives: 5 }
+    }
+}
+
+/// Why an attempt stopped before it had an outcome.
+#[derive(Debug)]
+enum AttemptError {
+    /// Storage trouble: retried when the error is retryable, else the chunk fails (see
+    /// [`AttemptError::settle`]).
+    Store(StoreError),
+    /// A failure a retry may fix: an injected fault, a panic in the evaluator.
+    Transient(String),
+    /// The chunk can never succeed.
+    Permanent { kind: FailureKind, reason: String },
+}
+
+impl From<StoreError> for AttemptError {
+    fn from(e: StoreError) -> Self {
+        AttemptError::Store(e)
+    }
+}
+
+/// How a failed attempt ends: left for redelivery, or recorded as the chunk's failure.
+enum Settled {
+    Retry(String),
+    Fail(FailureKind, String),
+}
+
+impl AttemptError {
+    fn model(reason: String) -> Self {
+        AttemptError::Permanent {
+            kind: FailureKind::Model,
+            reason,
+        }
+    }
+
+    fn invalid_chunk(reason: String) -> Self {
+        AttemptError::Permanent {
+            kind: FailureKind::InvalidChunk,
+            reason,
+        }
+    }
+
+    /// Decides whether a retry may help. A storage error that is not retryable fails the
+    /// chunk; the batch object being gone is named as such.
+    fn settle(self, msg: &ChunkMessage) -> Settled {
+        match self {
+            AttemptError::Transient(reason) => Settled::Retry(reason),
+            AttemptError::Permanent { kind, reason } => Settled::Fail(kind, reason),
+            AttemptError::Store(e) if e.is_retryable() => Settled::Retry(e.to_string()),
+            AttemptError::Store(StoreError::NotFound { key }) if key == msg.batch_key => {
+                Settled::Fail(
+                    FailureKind::InvalidChunk,
+                    format!(
+                        "the batch {key} was deleted before chunk {} was read",
+                        msg.chunk
+                    ),
+                )
+            }
+            AttemptError::Store(e) => Settled::Fail(FailureKind::InvalidChunk, e.to_string()),
+        }
+    }
+}
+
+/// The worker: stateless apart from a cache of loaded models (kept across warm invocations).
+pub struct Worker<S, E> {
+    store: S,
+    evaluator: E,
+    config: WorkerConfig,
+    models: Mutex<HashMap<ModelId, Arc<ServerModel>>>,
+    probe: Option<Arc<dyn FaultProbe>>,
+}
+
+impl<S: ObjectStore, E: ChunkEvaluator> Worker<S, E> {
+    pub fn new(store: S, evaluator: E, config: WorkerConfig) -> Self {
+        Self {
+            store,
+            evaluator,
+            config,
+            models: Mutex::new(HashMap::new()),
+            probe: None,
+        }
+    }
+
+    /// Installs a fault probe (tests and the chaos benchmark only).
+    pub fn with_probe(mut self, probe: Arc<dyn FaultProbe>) -> Self {
+        self.probe = Some(probe);
+        self
+    }
+
+    pub fn store(&self) -> &S {
+        &self.store
+    }
+
+    /// Runs the fault probe, if any, at `point`.
+    pub(super) fn probe(&self, point: FaultPoint, job: &JobId, chunk: u32) -> Result<(), String> {
+        match &self.probe {
+            Some(p) => p.check(point, job, chunk),
+            None => Ok(()),
+        }
+    }
+
+    /// The fault probe at `point` for `msg`'s chunk; an injected fault is transient.
+    fn fault(&self, point: FaultPoint, msg: &ChunkMessage) -> Result<(), AttemptError> {
+        self.probe(point, &msg.job, msg.chunk)
+            .map_err(AttemptError::Transient)
+    }
+
+    /// Processes one delivery of a chunk message. `Ok` means acknowledge (done, duplicate,
+    /// or permanently failed and recorded); `Err` means leave it for redelivery.
+    pub async fn handle_message(
+        &self,
+        body: &str,
+        receive_count: u32,
+    ) -> Result<ChunkOutcome, RetryLater> {
+        let msg = match ChunkMessage::parse(body) {
+            Ok(m) => m,
+            Err(e) => {
+                warn!(error = %e, "dropping malformed message");
+                return Ok(ChunkOutcome::Failed {
+                    job: None,
+                    chunk: 0,
+                    reason: e.to_string(),
+                });
+            }
+        };
+        let error = match self.try_attempt(&msg).await {
+            Ok(outcome) => return Ok(outcome),
+            Err(e) => e,
+        };
+        let (job, chunk) = (&msg.job, msg.chunk);
+        let (kind, reason) = match error.settle(&msg) {
+            Settled::Fail(kind, reason) => (kind, reason),
+            Settled::Retry(reason) if receive_count >= self.config.max_receives => (
+                FailureKind::RetriesExhausted,
+                format!("chunk {chunk} failed {receive_count} times; last error: {reason}"),
+            ),
+            Settled::Retry(reason) => {
+                warn!(%job, chunk, receive_count, %reason, "chunk attempt failed; will retry");
+                return Err(RetryLater(reason));
+            }
+        };
+        self.record_failure(&msg, kind, reason).await
+    }
+
+    /// Writes the chunk's failure record. A chunk whose retries ran out is still not
+    /// acknowledged, so that its message reaches the dead-letter queue.
+    async fn record_failure(
+        &self,
+        msg: &ChunkMessage,
+        kind: FailureKind,
+        reason: String,
+    ) -> Result<ChunkOutcome, RetryLater> {
+        let (job, chunk) = (&msg.job, msg.chunk);
+        warn!(%job, chunk, %reason, "chunk failed");
+        let record = FailureRecord {
+            chunk: Some(chunk),
+            kind,
+            reason: reason.clone(),
+            at_unix_ms: now_unix_ms(),
+        };
+        let written = self
+            .store
+            .put_if_absent(
+                &layout::chunk_error(job, chunk),
+                serde_json::to_vec_pretty(&record).expect("record serializes"),
+            )
+            .await;
+        match written {
+            Ok(_) if kind == FailureKind::RetriesExhausted => Err(RetryLater(reason)),
+            Ok(_) => Ok(ChunkOutcome::Failed {
+                job: Some(job.clone()),
+                chunk,
+                reason,
+            }),
+            Err(e) => Err(RetryLater(format!(
+                "could not record the failure ({reason}): {e}"
+            ))),
+        }
+    }
+
+    /// One attempt at a chunk: the checks, the read, the evaluation and the create-once write.
+    async fn try_attempt(&self, msg: &ChunkMessage) -> Result<ChunkOutcome, AttemptError> {
+        if let Some(outcome) = self.already_settled(msg).await? {
+            return Ok(outcome);
+        }
+        self.mark_started(&msg.job).await?;
+        let model = self.model(&msg.model_id, msg.params).await?;
+        let sha = check_message(msg, &model)?;
+        if model.family().bootstraps() {
+            self.ready_eval_key(msg).await?;
+        }
+        self.fault(FaultPoint::BeforeRead, msg)?;
+        let payload = self.read_chunk(msg, &sha).await?;
+        let started = std::time::Instant::now();
+        let body = self.evaluate(&model, msg, &payload)?;
+        self.fault(FaultPoint::AfterEvaluate, msg)?;
+        let header = result_header(msg, &model);
+        if body.len() != header.body_len() {
+            return Err(AttemptError::Permanent {
+                kind: FailureKind::Internal,
+                reason: format!(
+                    "evaluator returned {} bytes for chunk {}",
+                    body.len(),
+                    msg.chunk
+                ),
+            });
+        }
+        let eval_us = started.elapsed().as_micros() as u64;
+        self.write_result(msg, &header, &body, eval_us).await
+    }
+
+    /// The outcome of a chunk that needs no work: its result exists, or its job has failed.
+    async fn already_settled(
+        &self,
+        msg: &ChunkMessage,
+    ) -> Result<Option<ChunkOutcome>, StoreError> {
+        let (job, chunk) = (msg.job.clone(), msg.chunk);
+        if self
+            .store
+            .size(&layout::chunk_result(&job, chunk))
+            .await?
+            .is_some()
+        {
+            return Ok(Some(ChunkOutcome::AlreadyDone { job, chunk }));
+        }
+        if self.store.size(&layout::job_failure(&job)).await?.is_some() {
+            return Ok(Some(ChunkOutcome::Skipped { job, chunk }));
+        }
+        Ok(None)
+    }
+
+    /// Marks the job as started (its status shows RUNNING).
+    async fn mark_started(&self, job: &JobId) -> Result<(), StoreError> {
+        // A HEAD first: on S3 a PUT costs ten times a GET, and only the first chunk creates it.
+        let started = layout::job_started(job);
+        if self.store.size(&started).await?.is_none() {
+            self.store.put_if_absent(&started, Vec::new()).await?;
+        }
+        Ok(())
+    }
+
+    /// Reads the chunk's ciphertexts and checks them against the message's hash.
+    async fn read_chunk(
+        &self,
+        msg: &ChunkMessage,
+        sha: &[u8; 32],
+    ) -> Result<Vec<u8>, AttemptError> {
+        let payload = self
+            .store
+            .get_range(&msg.batch_key, msg.offset, msg.length)
+            .await?;
+        crate::format::verify_chunk(&payload, msg.length, sha)
+            .map_err(|e| AttemptError::invalid_chunk(format!("chunk {}: {e}", msg.chunk)))?;
+        Ok(payload)
+    }
+
+    /// Runs the evaluator on the chunk, containing a panic.
+    fn evaluate(
+        &self,
+        model: &ServerModel,
+        msg: &ChunkMessage,
+        payload: &[u8],
+    ) -> Result<Vec<u8>, AttemptError> {
+        let chunk = msg.chunk;
+        let input = ChunkInput {
+            payload,
+            records: msg.records,
+            records_per_chunk: msg.records_per_chunk(),
+            eval_key: msg.eval_key.as_ref(),
+        };
+        let evaluated = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            self.evaluator.evaluate(model, &input)
+        }));
+        match evaluated {
+            Ok(Ok(body)) => Ok(body),
+            Ok(Err(e)) => Err(AttemptError::invalid_chunk(format!("chunk {chunk}: {e}"))),
+            // A panic may come from a passing condition of this machine as well as from a
+            // bug that this chunk triggers: retry it, and let the dead-letter limit decide.
+            Err(_) => Err(AttemptError::Transient(format!(
+                "internal error (panic) while evaluating chunk {chunk}"
+            ))),
+        }
+    }
+
+    /// Writes the result create-once; a result written meanwhile by another delivery wins.
+    async fn write_result(
+        &self,
+        msg: &ChunkMessage,
+        header: &ResultHeader,
+        body: &[u8],
+        eval_us: u64,
+    ) -> Result<ChunkOutcome, AttemptError> {
+        let (job, chunk) = (msg.job.clone(), msg.chunk);
+        self.fault(FaultPoint::BeforeResultWrite, msg)?;
+        let outcome = self
+            .store
+            .put_if_absent(&layout::chunk_result(&job, chunk), header.encode(body))
+            .await?;
+        self.fault(FaultPoint::AfterResultWrite, msg)?;
+        tracing::debug!(%job, chunk, eval_us, ?outcome, "chunk result");
+        Ok(match outcome {
+            PutOutcome::Created => ChunkOutcome::Written { job, chunk },
+            PutOutcome::AlreadyExists => ChunkOutcome::AlreadyDone { job, chunk },
+        })
+    }
+
+    /// Makes the evaluation key the chunk names ready (from the evaluator's caches, else
+    /// downloaded), and checks that it belongs to the secret key the batch was encrypted under.
+    async fn ready_eval_key(&self, msg: &ChunkMessage) -> Result<(), AttemptError> {
+        let Some(id) = msg.eval_key.as_ref() else {
+            return Err(AttemptError::model(format!(
+                "model {} needs an evaluation key and the batch names none",
+                msg.model_id
+            )));
+        };
+        self.eval_key(id).await?;
+        if let Some(owner) = self.evaluator.eval_key_owner(id)
+            && owner != msg.key_fingerprint
+        {
+            return Err(AttemptError::model(format!(
+                "evaluation key {id} belongs to secret key {owner}, but the batch was encrypted under {}; publish this key's evaluation key (`fhe-batch publish-key`) and name it",
+                msg.key_fingerprint
+            )));
+        }
+        Ok(())
+    }
+
+    /// Makes evaluation key `id` ready: from the evaluator's caches, else downloaded once.
+    async fn eval_key(&self, id: &EvalKeyId) -> Result<(), AttemptError> {
+        let key = layout::eval_key(id);
+        let fetch = Box::pin(self.store.get(&key, MAX_EVAL_KEY_BYTES));
+        match self.evaluator.prepare_eval_key(id, fetch).await {
+            Ok(()) => Ok(()),
+            Err(KeyLoadError::Fetch(StoreError::NotFound { .. })) => Err(AttemptError::model(
+                format!("evaluation key {id} is not uploaded (keys/{id}/eval.key)"),
+            )),
+            Err(KeyLoadError::Fetch(e)) => Err(e.into()),
+            Err(KeyLoadError::Unusable(e)) => {
+                Err(AttemptError::model(format!("evaluation key {id}: {e}")))
+            }
+            Err(KeyLoadError::Panicked) => Err(AttemptError::model(format!(
+                "evaluation key {id} could not be loaded"
+            ))),
+        }
+    }
+
+    /// Loads a model's server part once per worker and keeps it.
+    async fn model(
+        &self,
+        id: &ModelId,
+        params: ParamSet,
+    ) -> Result<Arc<ServerModel>, AttemptError> {
+        if let Some(m) = self.models.lock().expect("model cache").get(id) {
+            return Ok(m.clone());
+        }
+        let manifest = self
+            .get_model_part(&layout::model_manifest(id), MAX_CLIENT_PART_BYTES)
+            .await?
+            .ok_or_else(|| AttemptError::model(format!("model {id} is not published")))?;
+        let manifest = ModelManifest::from_bytes(&manifest)
+            .map_err(|e| AttemptError::model(format!("model {id}: {e}")))?;
+        let server = self
+            .get_model_part(&layout::model_server(id), MAX_SERVER_PART_BYTES)
+            .await?
+            .ok_or_else(|| AttemptError::model(format!("model {id} has no server part")))?;
+        let model = match manifest.open_server(&server) {
+            Ok(m) if m.params == params && manifest.model_id == *id => Arc::new(m),
+            Ok(_) => {
+                return Err(AttemptError::model(format!(
+                    "model {id} does not match the batch"
+                )));
+            }
+            Err(e) => return Err(AttemptError::model(format!("model {id}: {e}"))),
+        };
+        self.models
+            .lock()
+            .expect("model cache")
+            .insert(*id, model.clone());
+        Ok(model)
+    }
+
+    /// One part of a published model, or `None` when it is missing.
+    async fn get_model_part(
+        &self,
+        key: &str,
+        max_bytes: u64,
+    ) -> Result<Option<Vec<u8>>, StoreError> {
+        match self.store.get(key, max_bytes).await {
+            Ok(b) => Ok(Some(b)),
+            Err(StoreError::NotFound { .. }) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+}
+
+/// Checks the message against its model: the chunk's length, and a well-formed hash (returned).
+fn check_message(msg: &ChunkMessage, model: &ServerModel) -> Result<[u8; 32], AttemptError> {
+    let expected_len = crate::format::chunk_payload_len(
+        msg.params,
+        model.input_columns(),
+        msg.records_per_chunk(),
+    );
+    if msg.length != expected_len {
+        return Err(AttemptError::invalid_chunk(format!(
+            "chunk {} is {} bytes; model {} needs {expected_len}",
+            msg.chunk, msg.length, msg.model_id
+        )));
+    }
+    msg.sha256_bytes()
+        .map_err(|e| AttemptError::invalid_chunk(e.to_string()))
+}
+
+/// The header of the chunk's result file.
+fn result_header(msg: &ChunkMessage, model: &ServerModel) -> ResultHeader {
+    ResultHeader {
+        params: msg.params,
+        ciphertexts: model.output_ciphertexts(msg.records, msg.params.polynomial_size()),
+        chunk_index: msg.chunk,
+        chunk_count: msg.chunk_count,
+        records: msg.records,
+        output_bits: model.output_bits(),
+        model_id: msg.model_id,
+        key_fingerprint: msg.key_fingerprint,
+        first_record: msg.first_record,
+    }
+}
