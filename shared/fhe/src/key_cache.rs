@@ -65,7 +65,7 @@ impl EvalKeyCache {
 
     /// A key in memory, else from the disk cache (checked again like a download).
     pub fn get_local(&self, id: &EvalKeyId) -> Option<Arc<PreparedEvalKey>> {
-        self.get(id).or_else(|| self.from_disk(id))
+        self.get(id).or_else(|| self.load_from_disk(id))
     }
 
     /// Makes a key ready from its uploaded bytes, and caches the file on disk.
@@ -102,7 +102,7 @@ impl EvalKeyCache {
 
     /// A key file cached on this machine by an earlier (cold) invocation: re-checked like a
     /// download (its name is its hash), and deleted when damaged.
-    fn from_disk(&self, id: &EvalKeyId) -> Option<Arc<PreparedEvalKey>> {
+    fn load_from_disk(&self, id: &EvalKeyId) -> Option<Arc<PreparedEvalKey>> {
         let path = self.disk_path(id)?;
         let bytes = std::fs::read(&path).ok()?;
         match self.load(id, &bytes, true) {
