@@ -18,9 +18,9 @@ pub fn from_onnx(imported: &Imported, data: &Dataset) -> Result<LinearFloatModel
         OnnxModel::Linear(l) => l,
         OnnxModel::Trees(t) => {
             return Err(unsupported(format!(
-                "{} with {} trees imports and evaluates in floating point, but encrypted \
-                 evaluation of tree ensembles is not available in this version; linear models \
-                 (LinearClassifier, LinearRegressor) are",
+                "{} with {} trees is a tree ensemble, not a linear model: compile it with \
+                 `fhe_batch_train::import::compile_imported` (what `fhe-batch import` calls), \
+                 which compiles every family it reads",
                 imported.op_type,
                 t.trees.len()
             )));
