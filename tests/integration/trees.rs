@@ -298,3 +298,91 @@ async fn an_evaluation_key_of_another_secret_key_fails_the_job_instead_of_giving
             .is_empty()
     );
 }
+
+/// A store that counts the whole-object GETs of one key, each slowed down so that concurrent
+/// callers overlap.
+struct CountingStore {
+    inner: fhe_batch_local::FsStore,
+    counted: String,
+    gets: std::sync::atomic::AtomicUsize,
+}
+
+impl ObjectStore for CountingStore {
+    async fn get(
+        &self,
+        key: &str,
+        max_bytes: u64,
+    ) -> Result<Vec<u8>, fhe_batch_core::ports::StoreError> {
+        if key == self.counted {
+            self.gets.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        self.inner.get(key, max_bytes).await
+    }
+    async fn get_range(
+        &self,
+        key: &str,
+        start: u64,
+        len: u64,
+    ) -> Result<Vec<u8>, fhe_batch_core::ports::StoreError> {
+        self.inner.get_range(key, start, len).await
+    }
+    async fn size(&self, key: &str) -> Result<Option<u64>, fhe_batch_core::ports::StoreError> {
+        self.inner.size(key).await
+    }
+    async fn put(
+        &self,
+        key: &str,
+        bytes: Vec<u8>,
+    ) -> Result<(), fhe_batch_core::ports::StoreError> {
+        self.inner.put(key, bytes).await
+    }
+    async fn put_if_absent(
+        &self,
+        key: &str,
+        bytes: Vec<u8>,
+    ) -> Result<fhe_batch_core::ports::PutOutcome, fhe_batch_core::ports::StoreError> {
+        self.inner.put_if_absent(key, bytes).await
+    }
+    async fn list(&self, prefix: &str) -> Result<Vec<String>, fhe_batch_core::ports::StoreError> {
+        self.inner.list(prefix).await
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn workers_meeting_a_new_key_at_once_download_and_expand_it_once() {
+    use fhe_batch_core::pipeline::ChunkEvaluator;
+    use fhe_batch_core::ports::MAX_EVAL_KEY_BYTES;
+    let env = Env::new().await;
+    let path = layout::eval_key(&key_id());
+    env.store
+        .put(&path, tree().key_bytes.clone())
+        .await
+        .unwrap();
+    let store = Arc::new(CountingStore {
+        inner: env.store.clone(),
+        counted: path.clone(),
+        gets: Default::default(),
+    });
+    let evaluator = Arc::new(FheEvaluator::new(None));
+    // What the worker does for each chunk that names the key, from 6 chunks at once.
+    let mut loads = tokio::task::JoinSet::new();
+    for _ in 0..6 {
+        let (store, evaluator, path) = (store.clone(), evaluator.clone(), path.clone());
+        loads.spawn(async move {
+            let id = key_id();
+            let fetch = Box::pin(store.get(&path, MAX_EVAL_KEY_BYTES));
+            evaluator.prepare_eval_key(&id, fetch).await
+        });
+    }
+    for loaded in loads.join_all().await {
+        loaded.unwrap();
+    }
+    assert_eq!(store.gets.load(std::sync::atomic::Ordering::SeqCst), 1);
+    assert!(evaluator.has_eval_key(&key_id()));
+    assert!(!evaluator.last_cold_start().unwrap().from_disk_cache);
+    // Once loaded, the key needs no download.
+    let fetch = Box::pin(store.get(&path, MAX_EVAL_KEY_BYTES));
+    evaluator.prepare_eval_key(&key_id(), fetch).await.unwrap();
+    assert_eq!(store.gets.load(std::sync::atomic::Ordering::SeqCst), 1);
+}

@@ -3,12 +3,13 @@
 //! - [`ObjectStore`] and [`JobQueue`]: storage and messaging. The AWS adapters (S3, SQS) and
 //!   the embedded adapters (a directory, an in-process queue) both implement them;
 //! - [`ChunkEvaluator`]: the FHE side of the worker (implemented in `fhe-batch-fhe`), with the
-//!   types it exchanges ([`ChunkInput`], [`EvalError`]).
+//!   types it exchanges ([`ChunkInput`], [`EvalError`], [`KeyFetch`], [`KeyLoadError`]).
 
 use crate::ids::{EvalKeyId, KeyFingerprint};
 use crate::model::ServerModel;
 use std::future::Future;
-use std::time::Duration;
+use std::pin::Pin;
+use std::time::{Duration, Instant};
 
 /// A storage failure. `NotFound` is a normal answer; the others say whether a retry may help.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -143,6 +144,20 @@ pub struct ChunkInput<'a> {
 /// Largest evaluation key file a worker downloads.
 pub const MAX_EVAL_KEY_BYTES: u64 = 256 << 20;
 
+/// Why an evaluation key could not be made ready.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum KeyLoadError {
+    /// Its download failed (`NotFound`: it was never uploaded).
+    #[error(transparent)]
+    Fetch(StoreError),
+    /// Its bytes can never be used (hash, size, version or parameter check).
+    #[error(transparent)]
+    Unusable(EvalError),
+    /// Loading it panicked.
+    #[error("loading panicked")]
+    Panicked,
+}
+
 /// The FHE side of the worker: turns a chunk payload into result ciphertexts.
 pub trait ChunkEvaluator: Send + Sync {
     /// Evaluates `model` on one chunk; returns the result body
@@ -166,5 +181,53 @@ pub trait ChunkEvaluator: Send + Sync {
         Err(EvalError(format!(
             "this worker cannot evaluate models that need an evaluation key ({id})"
         )))
+    }
+
+    /// Makes evaluation key `id` ready, awaiting `fetch` (the download of its uploaded bytes)
+    /// only when no cache has it. The default checks [`has_eval_key`](Self::has_eval_key),
+    /// then downloads and [installs](Self::install_eval_key) the key; an evaluator that keeps
+    /// keys may instead share one download among concurrent callers.
+    fn prepare_eval_key<'a>(
+        &'a self,
+        id: &'a EvalKeyId,
+        fetch: KeyFetch<'a>,
+    ) -> impl Future<Output = Result<(), KeyLoadError>> + Send + 'a {
+        async move {
+            if self.has_eval_key(id) {
+                return Ok(());
+            }
+            fetch_and_install(id, fetch, |bytes| self.install_eval_key(id, bytes)).await
+        }
+    }
+}
+
+/// The download of an evaluation key's bytes (a future that does nothing until awaited).
+pub type KeyFetch<'a> = Pin<Box<dyn Future<Output = Result<Vec<u8>, StoreError>> + Send + 'a>>;
+
+/// Downloads an evaluation key with `fetch` and hands it to `install` (a panic there is
+/// caught), logging the time each step took.
+pub async fn fetch_and_install<T>(
+    id: &EvalKeyId,
+    fetch: impl Future<Output = Result<Vec<u8>, StoreError>>,
+    install: impl FnOnce(Vec<u8>) -> Result<T, EvalError>,
+) -> Result<T, KeyLoadError> {
+    let started = Instant::now();
+    let bytes = fetch.await.map_err(KeyLoadError::Fetch)?;
+    let fetched = started.elapsed();
+    let len = bytes.len();
+    let installed = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| install(bytes)));
+    match installed {
+        Ok(Ok(key)) => {
+            tracing::info!(
+                key = %id,
+                bytes = len,
+                fetch_ms = fetched.as_millis() as u64,
+                total_ms = started.elapsed().as_millis() as u64,
+                "evaluation key loaded"
+            );
+            Ok(key)
+        }
+        Ok(Err(e)) => Err(KeyLoadError::Unusable(e)),
+        Err(_) => Err(KeyLoadError::Panicked),
     }
 }

@@ -1,36 +1,18 @@
 //! The worker's evaluator: linear models on GLWE columns (no key), tree ensembles with the
-//! data owner's evaluation key, kept across warm invocations in memory and on local disk.
+//! data owner's evaluation key. The keys' lifecycle (download, checks, expansion, caches in
+//! memory and on local disk) is the [`EvalKeyCache`]'s.
 
-use crate::forest::{EvalKey, PreparedEvalKey};
 use crate::glwe::GlweEvaluator;
-use fhe_batch_core::ids::EvalKeyId;
+pub use crate::key_cache::ColdStart;
+use crate::key_cache::EvalKeyCache;
+use fhe_batch_core::ids::{EvalKeyId, KeyFingerprint};
 use fhe_batch_core::model::ServerModel;
-use fhe_batch_core::ports::{ChunkEvaluator, ChunkInput, EvalError};
-use std::collections::VecDeque;
+use fhe_batch_core::ports::{ChunkEvaluator, ChunkInput, EvalError, KeyFetch, KeyLoadError};
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
-use std::time::Instant;
-
-/// Prepared keys kept in memory (about 190 MB each).
-const MEMORY_KEYS: usize = 2;
-
-/// Time spent making a key ready, reported in the worker's logs and by `bench`.
-#[derive(Debug, Clone, Copy, Default, serde::Serialize)]
-pub struct ColdStart {
-    pub bytes: usize,
-    pub from_disk_cache: bool,
-    /// Hash check, safe deserialization and conformance check.
-    pub deserialize_s: f64,
-    /// Decompression of the bootstrapping and packing keys.
-    pub prepare_s: f64,
-}
 
 /// Evaluates every model kind; holds the evaluation keys it has loaded.
 pub struct FheEvaluator {
-    keys: Mutex<VecDeque<(EvalKeyId, Arc<PreparedEvalKey>)>>,
-    /// Where key files are cached between cold starts of one machine (`/tmp` on Lambda).
-    disk: Option<PathBuf>,
-    last_cold_start: Mutex<Option<ColdStart>>,
+    keys: EvalKeyCache,
 }
 
 impl Default for FheEvaluator {
@@ -40,50 +22,20 @@ impl Default for FheEvaluator {
 }
 
 impl FheEvaluator {
+    /// An evaluator whose key files are cached in `disk` (none: memory only).
     pub fn new(disk: Option<PathBuf>) -> Self {
         Self {
-            keys: Mutex::new(VecDeque::new()),
-            disk,
-            last_cold_start: Mutex::new(None),
+            keys: EvalKeyCache::new(disk),
         }
     }
 
     pub fn last_cold_start(&self) -> Option<ColdStart> {
-        *self.last_cold_start.lock().expect("cold start")
+        self.keys.last_cold_start()
     }
 
-    fn cached(&self, id: &EvalKeyId) -> Option<Arc<PreparedEvalKey>> {
-        let keys = self.keys.lock().expect("key cache");
-        keys.iter().find(|(k, _)| k == id).map(|(_, v)| v.clone())
-    }
-
-    fn disk_path(&self, id: &EvalKeyId) -> Option<PathBuf> {
-        self.disk.as_ref().map(|d| d.join(format!("{id}.key")))
-    }
-
-    /// Deserializes (hash, size, version and conformance checks), expands and caches a key.
-    fn load(&self, id: &EvalKeyId, bytes: &[u8], from_disk: bool) -> Result<(), EvalError> {
-        let params = fhe_batch_core::params::ParamSet::Glwe2048TUniform17;
-        let t = Instant::now();
-        let key = EvalKey::from_bytes(id, bytes, params).map_err(|e| EvalError(e.to_string()))?;
-        let deserialize_s = t.elapsed().as_secs_f64();
-        let t = Instant::now();
-        let prepared = Arc::new(key.prepare());
-        let prepare_s = t.elapsed().as_secs_f64();
-        *self.last_cold_start.lock().expect("cold start") = Some(ColdStart {
-            bytes: bytes.len(),
-            from_disk_cache: from_disk,
-            deserialize_s,
-            prepare_s,
-        });
-        let mut keys = self.keys.lock().expect("key cache");
-        if !keys.iter().any(|(k, _)| k == id) {
-            if keys.len() == MEMORY_KEYS {
-                keys.pop_front();
-            }
-            keys.push_back((*id, prepared));
-        }
-        Ok(())
+    /// The evaluation keys this evaluator holds.
+    pub fn key_cache(&self) -> &EvalKeyCache {
+        &self.keys
     }
 }
 
@@ -96,7 +48,8 @@ impl ChunkEvaluator for FheEvaluator {
             .eval_key
             .ok_or_else(|| EvalError("tree ensemble chunk names no evaluation key".into()))?;
         let key = self
-            .cached(id)
+            .keys
+            .get(id)
             .ok_or_else(|| EvalError(format!("evaluation key {id} is not loaded")))?;
         let columns = GlweEvaluator::expand(
             model.params,
@@ -108,46 +61,23 @@ impl ChunkEvaluator for FheEvaluator {
     }
 
     fn has_eval_key(&self, id: &EvalKeyId) -> bool {
-        if self.cached(id).is_some() {
-            return true;
-        }
-        // A key file cached on this machine by an earlier (cold) invocation: re-checked like
-        // a download (its name is its hash).
-        let Some(path) = self.disk_path(id) else {
-            return false;
-        };
-        match std::fs::read(&path) {
-            Ok(bytes) => match self.load(id, &bytes, true) {
-                Ok(()) => true,
-                Err(e) => {
-                    tracing::warn!(key = %id, error = %e, "discarding a damaged cached key");
-                    let _ = std::fs::remove_file(&path);
-                    false
-                }
-            },
-            Err(_) => false,
-        }
+        self.keys.get_local(id).is_some()
     }
 
-    fn eval_key_owner(&self, id: &EvalKeyId) -> Option<fhe_batch_core::ids::KeyFingerprint> {
-        self.cached(id).map(|k| k.owner())
+    fn eval_key_owner(&self, id: &EvalKeyId) -> Option<KeyFingerprint> {
+        self.keys.get(id).map(|k| k.owner())
     }
 
     fn install_eval_key(&self, id: &EvalKeyId, bytes: Vec<u8>) -> Result<(), EvalError> {
-        self.load(id, &bytes, false)?;
-        if let Some(path) = self.disk_path(id) {
-            // Best effort: a full disk only costs the next cold start a download.
-            let tmp = path.with_extension(format!("tmp{}", std::process::id()));
-            let written = path
-                .parent()
-                .map_or(Ok(()), std::fs::create_dir_all)
-                .and_then(|()| std::fs::write(&tmp, &bytes))
-                .and_then(|()| std::fs::rename(&tmp, &path));
-            if let Err(e) = written {
-                tracing::warn!(key = %id, error = %e, "could not cache the key on disk");
-                let _ = std::fs::remove_file(&tmp);
-            }
-        }
-        Ok(())
+        self.keys.install(id, &bytes).map(|_| ())
+    }
+
+    /// One download and one expansion per key, however many workers meet it at once.
+    async fn prepare_eval_key<'a>(
+        &'a self,
+        id: &'a EvalKeyId,
+        fetch: KeyFetch<'a>,
+    ) -> Result<(), KeyLoadError> {
+        self.keys.get_or_load(id, fetch).await.map(|_| ())
     }
 }

@@ -10,8 +10,10 @@
 //!   logits;
 //! - [`forest`]: tree ensembles: the evaluation key (tfhe's compressed server key and a packing
 //!   key), bootstrapped evaluation of a compiled plan, decryption of packed score slots;
-//! - [`evaluator`]: the worker's [`FheEvaluator`] (every model kind, evaluation keys cached in
-//!   memory and on local disk);
+//! - [`evaluator`]: the worker's [`FheEvaluator`] (every model kind);
+//! - [`key_cache`]: the evaluation keys' lifecycle for the worker ([`key_cache::EvalKeyCache`]:
+//!   download, checks, expansion, caches in memory and on local disk, one load per key however
+//!   many workers meet it at once);
 //! - [`batch`]: whole-batch encryption (CSV records to a `.fheb` file) and decryption of a
 //!   job's results, in parallel.
 //!
@@ -21,6 +23,7 @@ pub mod batch;
 pub mod evaluator;
 pub mod forest;
 pub mod glwe;
+pub mod key_cache;
 pub mod keys;
 pub mod mask;
 pub mod negacyclic;

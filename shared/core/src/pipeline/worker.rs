@@ -14,11 +14,12 @@ use crate::layout;
 use crate::model::{MAX_CLIENT_PART_BYTES, MAX_SERVER_PART_BYTES, ModelManifest, ServerModel};
 use crate::params::ParamSet;
 use crate::ports::{
-    ChunkEvaluator, ChunkInput, MAX_EVAL_KEY_BYTES, ObjectStore, PutOutcome, StoreError,
+    ChunkEvaluator, ChunkInput, KeyLoadError, MAX_EVAL_KEY_BYTES, ObjectStore, PutOutcome,
+    StoreError,
 };
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
-use tracing::{info, warn};
+use tracing::warn;
 
 /// What the worker did with one chunk message. Every outcome means "acknowledge the message".
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -395,42 +396,18 @@ impl<S: ObjectStore, E: ChunkEvaluator> Worker<S, E> {
 
     /// Makes evaluation key `id` ready: from the evaluator's caches, else downloaded once.
     async fn eval_key(&self, id: &EvalKeyId) -> Result<(), AttemptError> {
-        if self.evaluator.has_eval_key(id) {
-            return Ok(());
-        }
-        let started = std::time::Instant::now();
-        let bytes = match self
-            .store
-            .get(&layout::eval_key(id), MAX_EVAL_KEY_BYTES)
-            .await
-        {
-            Ok(b) => b,
-            Err(StoreError::NotFound { .. }) => {
-                return Err(AttemptError::model(format!(
-                    "evaluation key {id} is not uploaded (keys/{id}/eval.key)"
-                )));
+        let key = layout::eval_key(id);
+        let fetch = Box::pin(self.store.get(&key, MAX_EVAL_KEY_BYTES));
+        match self.evaluator.prepare_eval_key(id, fetch).await {
+            Ok(()) => Ok(()),
+            Err(KeyLoadError::Fetch(StoreError::NotFound { .. })) => Err(AttemptError::model(
+                format!("evaluation key {id} is not uploaded (keys/{id}/eval.key)"),
+            )),
+            Err(KeyLoadError::Fetch(e)) => Err(e.into()),
+            Err(KeyLoadError::Unusable(e)) => {
+                Err(AttemptError::model(format!("evaluation key {id}: {e}")))
             }
-            Err(e) => return Err(e.into()),
-        };
-        let fetched = started.elapsed();
-        let len = bytes.len();
-        let evaluator = &self.evaluator;
-        let installed = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            evaluator.install_eval_key(id, bytes)
-        }));
-        match installed {
-            Ok(Ok(())) => {
-                info!(
-                    key = %id,
-                    bytes = len,
-                    fetch_ms = fetched.as_millis() as u64,
-                    total_ms = started.elapsed().as_millis() as u64,
-                    "evaluation key loaded"
-                );
-                Ok(())
-            }
-            Ok(Err(e)) => Err(AttemptError::model(format!("evaluation key {id}: {e}"))),
-            Err(_) => Err(AttemptError::model(format!(
+            Err(KeyLoadError::Panicked) => Err(AttemptError::model(format!(
                 "evaluation key {id} could not be loaded"
             ))),
         }
