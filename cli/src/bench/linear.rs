@@ -231,7 +231,7 @@ fn print_text(report: &Report, keygen: Duration) {
         dur(keygen)
     );
     println!(
-        "\n{:<24}{:>9}{:>7}{:>11}{:>11}{:>11}{:>11}{:>10}{:>10}",
+        "\n{:<24}{:>9}{:>7}{:>11}{:>11}{:>11}{:>11}{:>10}{:>12}",
         "workload",
         "records",
         "chunks",
@@ -244,7 +244,7 @@ fn print_text(report: &Report, keygen: Duration) {
     );
     for w in &report.workloads {
         println!(
-            "{:<24}{:>9}{:>7}{:>11}{:>11}{:>11}{:>11}{:>10.1}{:>10.1}",
+            "{:<24}{:>9}{:>7}{:>11}{:>11}{:>11}{:>11}{:>10.1}{:>12.1}",
             w.workload,
             w.records,
             w.chunks,

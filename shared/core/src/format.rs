@@ -38,14 +38,15 @@
 //!
 //! ```
 //! use fhe_batch_core::format::{
-//!     BatchHeader, BatchLimits, ChunkLayout, assemble_batch, chunk_payload_len, verify_chunk,
+//!     BatchHeader, BatchLimits, ChunkLayout, ChunkShape, assemble_batch, verify_chunk,
 //! };
 //! use fhe_batch_core::ids::{KeyFingerprint, ModelId};
 //! use fhe_batch_core::params::ParamSet;
 //!
 //! let params = ParamSet::Glwe2048TUniform17;
 //! let layout = ChunkLayout { records_per_chunk: 4, eval_key: None };
-//! let len = chunk_payload_len(params, 3, 4) as usize; // seed + 3 columns x 4 bodies
+//! let shape = ChunkShape { input_columns: 3, records_per_chunk: 4 };
+//! let len = shape.payload_len() as usize; // seed + 3 columns x 4 bodies
 //! let payloads = vec![(4, vec![1u8; len]), (2, vec![2u8; len])];
 //! let bytes = assemble_batch(
 //!     params,
@@ -190,9 +191,20 @@ impl<'a> Reader<'a> {
     }
 }
 
-/// Bytes of one chunk payload: the seed, then `records_per_chunk` bodies per column.
-pub fn chunk_payload_len(_params: ParamSet, input_columns: u32, records_per_chunk: u32) -> u64 {
-    SEED_LEN as u64 + input_columns as u64 * records_per_chunk as u64 * 8
+/// The shape of a chunk payload: ciphertext columns per record, and records per chunk (the
+/// body coefficients each column sends). Two counts of the same type, so they travel as one
+/// value with named fields and cannot be swapped at a call.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ChunkShape {
+    pub input_columns: u32,
+    pub records_per_chunk: u32,
+}
+
+impl ChunkShape {
+    /// Bytes of one chunk payload: the seed, then `records_per_chunk` bodies per column.
+    pub fn payload_len(self) -> u64 {
+        SEED_LEN as u64 + self.input_columns as u64 * self.records_per_chunk as u64 * 8
+    }
 }
 
 /// Header length for a format version and a number of chunks.
@@ -323,7 +335,11 @@ impl BatchHeader {
                 chunks: chunk_count as u64 * records_per_chunk as u64,
             });
         }
-        let payload = chunk_payload_len(params, input_columns, records_per_chunk);
+        let payload = ChunkShape {
+            input_columns,
+            records_per_chunk,
+        }
+        .payload_len();
         let mut chunks = Vec::with_capacity(chunk_count as usize);
         let mut total_records = 0u64;
         let mut expected_offset = hlen as u64;
@@ -676,7 +692,11 @@ mod tests {
     fn sample_with(records: u64, features: u32, layout: ChunkLayout) -> Vec<u8> {
         let p = ParamSet::Glwe2048TUniform17;
         let n = layout.records_per_chunk as u64;
-        let len = chunk_payload_len(p, features, layout.records_per_chunk) as usize;
+        let shape = ChunkShape {
+            input_columns: features,
+            records_per_chunk: layout.records_per_chunk,
+        };
+        let len = shape.payload_len() as usize;
         let payloads: Vec<(u32, Vec<u8>)> = (0..records.div_ceil(n))
             .map(|i| {
                 let r = (records - i * n).min(n) as u32;

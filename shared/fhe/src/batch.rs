@@ -61,7 +61,7 @@
 use crate::glwe::{DecryptError, decrypt_linear_result, encrypt_columns};
 use crate::keys::SecretKey;
 use fhe_batch_core::format::ResultHeader;
-use fhe_batch_core::format::{ChunkLayout, assemble_batch};
+use fhe_batch_core::format::{ChunkLayout, ChunkShape, assemble_batch};
 use fhe_batch_core::ids::ModelId;
 use fhe_batch_core::model::{ClientBody, ClientModel};
 use rayon::prelude::*;
@@ -106,7 +106,11 @@ pub fn encrypt_batch_with(
         .par_chunks(per_chunk * f)
         .map(|chunk| {
             let records = (chunk.len() / f) as u32;
-            let payload = encrypt_columns(key, f, bits, chunk, per_chunk);
+            let shape = ChunkShape {
+                input_columns: f as u32,
+                records_per_chunk: per_chunk as u32,
+            };
+            let payload = encrypt_columns(key, shape, bits, chunk);
             progress(records as u64);
             (records, payload)
         })

@@ -5,6 +5,7 @@
 use crate::glwe::GlweEvaluator;
 pub use crate::key_cache::ColdStart;
 use crate::key_cache::EvalKeyCache;
+use fhe_batch_core::format::ChunkShape;
 use fhe_batch_core::ids::{EvalKeyId, KeyFingerprint};
 use fhe_batch_core::model::{ServerBody, ServerModel};
 use fhe_batch_core::ports::{ChunkEvaluator, ChunkInput, EvalError, KeyFetch, KeyLoadError};
@@ -54,12 +55,11 @@ impl ChunkEvaluator for FheEvaluator {
             .keys
             .get(id)
             .ok_or_else(|| EvalError(format!("evaluation key {id} is not loaded")))?;
-        let columns = GlweEvaluator::expand(
-            model.params,
-            plan.thermometer_bits as usize,
-            chunk.records_per_chunk as usize,
-            chunk.payload,
-        )?;
+        let shape = ChunkShape {
+            input_columns: plan.thermometer_bits,
+            records_per_chunk: chunk.records_per_chunk,
+        };
+        let columns = GlweEvaluator::expand(model.params, shape, chunk.payload)?;
         key.evaluate(model.params, plan, &columns, chunk.records as usize)
     }
 

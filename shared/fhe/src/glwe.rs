@@ -13,7 +13,7 @@
 
 use crate::keys::SecretKey;
 use crate::params::glwe_noise;
-use fhe_batch_core::format::{ResultHeader, SEED_LEN, chunk_payload_len, read_u64s, write_u64s};
+use fhe_batch_core::format::{ChunkShape, ResultHeader, SEED_LEN, read_u64s, write_u64s};
 use fhe_batch_core::model::{ClientModel, LinearClient, LinearServer, ServerBody, ServerModel};
 use fhe_batch_core::params::ParamSet;
 use fhe_batch_core::ports::{ChunkEvaluator, ChunkInput, EvalError};
@@ -32,30 +32,29 @@ fn delta_shift(plaintext_bits: u8) -> u32 {
 /// drawn by tfhe's generator from a CSPRNG seeded by the OS seeder. The mask-key product is an
 /// exact FFT product ([`crate::negacyclic`]).
 pub fn encrypt_chunk(key: &SecretKey, model: &ClientModel, quantized: &[u64]) -> Vec<u8> {
-    let n = key.params().polynomial_size();
-    encrypt_columns(
-        key,
-        model.input_columns(),
-        model.column_bits(),
-        quantized,
-        n,
-    )
+    let shape = ChunkShape {
+        input_columns: model.input_columns() as u32,
+        records_per_chunk: key.params().polynomial_size() as u32,
+    };
+    encrypt_columns(key, shape, model.column_bits(), quantized)
 }
 
-/// Encrypts up to `slots` records (row-major, `records x n_columns` values) into one chunk
-/// payload: the seed, then the first `slots` body coefficients of each column's GLWE (the
-/// others hold no record and are not sent).
+/// Encrypts up to `shape.records_per_chunk` records (row-major, `records x input_columns`
+/// values, each encoded at `2^(64 - column_bits)`) into one chunk payload: the seed, then the
+/// first `records_per_chunk` body coefficients of each column's GLWE (the others hold no
+/// record and are not sent).
 pub fn encrypt_columns(
     key: &SecretKey,
-    n_columns: usize,
-    plaintext_bits: u8,
+    shape: ChunkShape,
+    column_bits: u8,
     quantized: &[u64],
-    slots: usize,
 ) -> Vec<u8> {
     let params = key.params();
     let n = params.polynomial_size();
     let glwe_len = (params.glwe_dimension() + 1) * n;
-    let f = n_columns;
+    let f = shape.input_columns as usize;
+    let slots = shape.records_per_chunk as usize;
+    let plaintext_bits = column_bits;
     assert!(quantized.len().is_multiple_of(f), "whole records");
     let records = quantized.len() / f;
     assert!(
@@ -83,7 +82,7 @@ pub fn encrypt_columns(
         }
         key.mask_product(body, &glwe[..glwe_len - n], false);
     }
-    let mut out = Vec::with_capacity(chunk_payload_len(params, f as u32, slots as u32) as usize);
+    let mut out = Vec::with_capacity(shape.payload_len() as usize);
     out.extend_from_slice(&mask_seed.to_le_bytes());
     for body in bodies.chunks_exact(n) {
         write_u64s(&body[..slots], &mut out);
@@ -96,15 +95,16 @@ pub fn encrypt_columns(
 pub struct GlweEvaluator;
 
 impl GlweEvaluator {
-    /// Expands a chunk payload into its full GLWE ciphertexts (`n_features x (k+1) x N`);
-    /// body coefficients past `slots` are zero.
+    /// Expands a chunk payload into its full GLWE ciphertexts (`input_columns x (k+1) x N`);
+    /// body coefficients past `records_per_chunk` are zero.
     pub(crate) fn expand(
         params: ParamSet,
-        n_features: usize,
-        slots: usize,
+        shape: ChunkShape,
         payload: &[u8],
     ) -> Result<Vec<u64>, EvalError> {
-        let expected = chunk_payload_len(params, n_features as u32, slots as u32) as usize;
+        let n_features = shape.input_columns as usize;
+        let slots = shape.records_per_chunk as usize;
+        let expected = shape.payload_len() as usize;
         if payload.len() != expected {
             return Err(EvalError(format!(
                 "payload is {} bytes, expected {expected}",
@@ -158,7 +158,11 @@ impl GlweEvaluator {
         let f = model.n_features as usize;
         let glwe_len = (params.glwe_dimension() + 1) * params.polynomial_size();
         let n = params.polynomial_size();
-        let cts = Self::expand(params, f, chunk.records_per_chunk as usize, chunk.payload)?;
+        let shape = ChunkShape {
+            input_columns: model.n_features,
+            records_per_chunk: chunk.records_per_chunk,
+        };
+        let cts = Self::expand(params, shape, chunk.payload)?;
         let shift = delta_shift(model.output_bits);
         let outputs = model.n_outputs as usize;
         let mut acc = vec![0u64; outputs * glwe_len];
@@ -417,9 +421,13 @@ mod tests {
         let records = 64;
         let q: Vec<u64> = (0..records as u64).map(|i| i % 4).collect();
         // 2^59: padding bit, 2 carry bits, 2 message bits.
-        let payload = encrypt_columns(key(), 1, 5, &q, 2048);
+        let shape = ChunkShape {
+            input_columns: 1,
+            records_per_chunk: 2048,
+        };
+        let payload = encrypt_columns(key(), shape, 5, &q);
         let params = ParamSet::Glwe2048TUniform17;
-        let full = GlweEvaluator::expand(params, 1, 2048, &payload).unwrap();
+        let full = GlweEvaluator::expand(params, shape, &payload).unwrap();
         let glwe = GlweCiphertext::from_container(
             full,
             polynomial_size(params),
@@ -455,7 +463,11 @@ mod tests {
         let q: Vec<u64> = (0..2048 * 3).map(|i| (i as u64 * 7) % 256).collect();
         let payload = encrypt_chunk(key(), &pkg.client, &q);
         let params = ParamSet::Glwe2048TUniform17;
-        let full = GlweEvaluator::expand(params, 3, 2048, &payload).unwrap();
+        let shape = ChunkShape {
+            input_columns: 3,
+            records_per_chunk: 2048,
+        };
+        let full = GlweEvaluator::expand(params, shape, &payload).unwrap();
         let list = GlweCiphertextList::from_container(
             full,
             glwe_size(params),

@@ -2,7 +2,7 @@
 //! reference exactly; the evaluation key goes through tfhe's safe, parameter-checked
 //! deserialization; the noise constants of the compile-time proof are tfhe's own formulas.
 
-use fhe_batch_core::format::ResultHeader;
+use fhe_batch_core::format::{ChunkShape, ResultHeader};
 use fhe_batch_core::ids::ModelId;
 use fhe_batch_core::model::{
     ClientBody, ClientModel, CompileReport, ModelPackage, ServerBody, ServerModel,
@@ -71,7 +71,11 @@ fn run(pkg: &ModelPackage, bits: &[Vec<bool>], slots: usize) -> Vec<i64> {
     let k = keys();
     let cols = pkg.client.input_columns();
     let values: Vec<u64> = bits.iter().flatten().map(|&b| u64::from(b)).collect();
-    let payload = encrypt_columns(&k.secret, cols, 5, &values, slots);
+    let shape = ChunkShape {
+        input_columns: cols as u32,
+        records_per_chunk: slots as u32,
+    };
+    let payload = encrypt_columns(&k.secret, shape, 5, &values);
     let id = eval_key_id(&k.bytes);
     let body = k
         .evaluator

@@ -1,7 +1,7 @@
 //! From ONNX bytes to a [`FloatModel`]: the graph is checked to be one supported model operator
 //! with only shape-preserving helpers around it, and every attribute is checked before use.
 
-use crate::model::{Cmp, FloatModel, Linear, Node, PostTransform, Task, Tree, TreeEnsemble};
+use crate::model::{Cmp, FloatModel, Linear, Node, OnnxTask, PostTransform, Tree, TreeEnsemble};
 use crate::proto::{AttributeProto, ModelProto, NodeProto, attr_type, data_type};
 use prost::Message;
 use std::collections::HashMap;
@@ -298,14 +298,14 @@ fn linear(node: &NodeProto, a: &Attrs, declared: Option<i64>) -> Result<Linear, 
         } else {
             labels.len()
         };
-        (Task::Classifier { labels }, rows)
+        (OnnxTask::Classifier { labels }, rows)
     } else {
         let targets = a.int("targets")?.unwrap_or(1);
         if !(1..=64).contains(&targets) {
             return Err(unsupported(node, "targets", &targets.to_string()));
         }
         (
-            Task::Regressor {
+            OnnxTask::Regressor {
                 targets: targets as usize,
             },
             targets as usize,
@@ -383,7 +383,7 @@ fn trees(node: &NodeProto, a: &Attrs, declared: Option<i64>) -> Result<TreeEnsem
             format!("the {prefix}_* lists disagree in length"),
         ));
     }
-    let (task, n_slots) = if classifier {
+    let (task, n_scores) = if classifier {
         let labels = a.labels()?;
         let max_slot = leaf_slot.iter().copied().max().unwrap_or(0);
         let slots = if labels.len() == 2 && max_slot == 0 {
@@ -391,14 +391,14 @@ fn trees(node: &NodeProto, a: &Attrs, declared: Option<i64>) -> Result<TreeEnsem
         } else {
             labels.len()
         };
-        (Task::Classifier { labels }, slots)
+        (OnnxTask::Classifier { labels }, slots)
     } else {
         let targets = a.int("n_targets")?.unwrap_or(1);
         if !(1..=64).contains(&targets) {
             return Err(unsupported(node, "n_targets", &targets.to_string()));
         }
         (
-            Task::Regressor {
+            OnnxTask::Regressor {
                 targets: targets as usize,
             },
             targets as usize,
@@ -410,10 +410,10 @@ fn trees(node: &NodeProto, a: &Attrs, declared: Option<i64>) -> Result<TreeEnsem
         Some(other) => return Err(unsupported(node, "aggregate_function", other)),
     };
     let base_values = a.floats("base_values")?;
-    if !base_values.is_empty() && base_values.len() != n_slots {
+    if !base_values.is_empty() && base_values.len() != n_scores {
         return Err(invalid(
             node,
-            format!("{} base values for {n_slots} scores", base_values.len()),
+            format!("{} base values for {n_scores} scores", base_values.len()),
         ));
     }
 
@@ -430,10 +430,10 @@ fn trees(node: &NodeProto, a: &Attrs, declared: Option<i64>) -> Result<TreeEnsem
     let mut leaves: HashMap<(i64, i64), Vec<(usize, f32)>> = HashMap::new();
     for j in 0..m {
         let slot = leaf_slot[j];
-        if slot < 0 || slot as usize >= n_slots {
+        if slot < 0 || slot as usize >= n_scores {
             return Err(invalid(
                 node,
-                format!("{prefix}_ids holds {slot}; {n_slots} scores"),
+                format!("{prefix}_ids holds {slot}; {n_scores} scores"),
             ));
         }
         leaves
@@ -517,7 +517,7 @@ fn trees(node: &NodeProto, a: &Attrs, declared: Option<i64>) -> Result<TreeEnsem
         task,
         n_features: feature_count(node, declared, max_feature + 1)?,
         trees: out,
-        n_slots,
+        n_scores,
         base_values,
         post: a.post_transform()?,
         average,

@@ -18,5 +18,5 @@ pub mod proto;
 
 pub use import::{ImportError, Imported, MAX_ONNX_BYTES, MAX_TREE_DEPTH, import_onnx};
 pub use model::{
-    Cmp, FloatModel, Linear, Node, PostTransform, Prediction, Task, Tree, TreeEnsemble,
+    Cmp, FloatModel, FloatPrediction, Linear, Node, OnnxTask, PostTransform, Tree, TreeEnsemble,
 };

@@ -96,7 +96,7 @@ impl Tree {
 
 /// Classifier or regressor.
 #[derive(Debug, Clone, PartialEq)]
-pub enum Task {
+pub enum OnnxTask {
     /// Class labels, in the model's order (integers are written in decimal).
     Classifier {
         labels: Vec<String>,
@@ -108,11 +108,11 @@ pub enum Task {
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct TreeEnsemble {
-    pub task: Task,
+    pub task: OnnxTask,
     pub n_features: usize,
     pub trees: Vec<Tree>,
     /// Score slots the leaves write (a binary classifier may use one: the positive class).
-    pub n_slots: usize,
+    pub n_scores: usize,
     pub base_values: Vec<f32>,
     pub post: PostTransform,
     /// Regressors: divide the sum by the number of trees (`aggregate_function = AVERAGE`).
@@ -123,7 +123,7 @@ pub struct TreeEnsemble {
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct Linear {
-    pub task: Task,
+    pub task: OnnxTask,
     pub n_features: usize,
     /// One row of coefficients per class or target.
     pub coefficients: Vec<Vec<f32>>,
@@ -140,7 +140,7 @@ pub enum FloatModel {
 /// A prediction as ONNX Runtime reports it: the label (classifiers) and the probabilities or
 /// predicted values.
 #[derive(Debug, Clone, PartialEq)]
-pub struct Prediction {
+pub struct FloatPrediction {
     pub label: Option<String>,
     pub scores: Vec<f32>,
 }
@@ -153,7 +153,7 @@ impl FloatModel {
         }
     }
 
-    pub fn task(&self) -> &Task {
+    pub fn task(&self) -> &OnnxTask {
         match self {
             FloatModel::Linear(m) => &m.task,
             FloatModel::Trees(m) => &m.task,
@@ -161,7 +161,7 @@ impl FloatModel {
     }
 
     /// Evaluates one record (`x.len() == n_features`).
-    pub fn predict(&self, x: &[f32]) -> Prediction {
+    pub fn predict(&self, x: &[f32]) -> FloatPrediction {
         assert_eq!(x.len(), self.n_features(), "feature count");
         match self {
             FloatModel::Linear(m) => m.predict(x),
@@ -171,7 +171,7 @@ impl FloatModel {
 }
 
 impl Linear {
-    fn predict(&self, x: &[f32]) -> Prediction {
+    fn predict(&self, x: &[f32]) -> FloatPrediction {
         let mut z: Vec<f32> = self
             .coefficients
             .iter()
@@ -179,20 +179,20 @@ impl Linear {
             .map(|(w, b)| w.iter().zip(x).map(|(w, x)| w * x).sum::<f32>() + b)
             .collect();
         match &self.task {
-            Task::Regressor { .. } => {
+            OnnxTask::Regressor { .. } => {
                 transform(self.post, &mut z);
-                Prediction {
+                FloatPrediction {
                     label: None,
                     scores: z,
                 }
             }
-            Task::Classifier { labels } => {
+            OnnxTask::Classifier { labels } => {
                 if z.len() == 1 && labels.len() == 2 {
                     z = vec![-z[0], z[0]];
                 }
                 let label = labels[argmax(&z)].clone();
                 transform(self.post, &mut z);
-                Prediction {
+                FloatPrediction {
                     label: Some(label),
                     scores: z,
                 }
@@ -204,7 +204,7 @@ impl Linear {
 impl TreeEnsemble {
     /// Raw per-slot sums over the trees (averaged when asked), before base values.
     pub fn raw_scores(&self, x: &[f32]) -> Vec<f32> {
-        let mut s = vec![0f32; self.n_slots];
+        let mut s = vec![0f32; self.n_scores];
         for t in &self.trees {
             for &(slot, w) in t.leaf(x) {
                 s[slot] += w;
@@ -217,23 +217,23 @@ impl TreeEnsemble {
         s
     }
 
-    fn predict(&self, x: &[f32]) -> Prediction {
+    fn predict(&self, x: &[f32]) -> FloatPrediction {
         self.finish(self.raw_scores(x))
     }
 
     /// Turns raw per-slot sums (as [`TreeEnsemble::raw_scores`] returns them) into the
     /// prediction: base values, the binary rule, the post-transform.
-    pub fn finish(&self, s: Vec<f32>) -> Prediction {
+    pub fn finish(&self, s: Vec<f32>) -> FloatPrediction {
         let (label, scores) = self.readout().finish(s);
-        Prediction { label, scores }
+        FloatPrediction { label, scores }
     }
 
     /// The readout the client part of a compiled model carries.
     pub fn readout(&self) -> fhe_batch_core::tree::Readout {
         fhe_batch_core::tree::Readout {
             labels: match &self.task {
-                Task::Classifier { labels } => labels.clone(),
-                Task::Regressor { .. } => Vec::new(),
+                OnnxTask::Classifier { labels } => labels.clone(),
+                OnnxTask::Regressor { .. } => Vec::new(),
             },
             base_values: self.base_values.clone(),
             post: self.post,

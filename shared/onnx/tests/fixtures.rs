@@ -2,7 +2,7 @@
 //! labels and probabilities (or predictions) on the held-out rows; unsupported models are
 //! refused with the operator named. The files come from `infra/export_models.py`.
 
-use fhe_batch_onnx::{FloatModel, ImportError, Task, import_onnx};
+use fhe_batch_onnx::{FloatModel, ImportError, OnnxTask, import_onnx};
 use serde_json::Value;
 use std::path::PathBuf;
 
@@ -51,7 +51,7 @@ fn check(name: &str, op: &str, scores_key: &str) -> Option<f64> {
             }
         }
     }
-    matches!(model.task(), Task::Classifier { .. }).then(|| correct as f64 / xs.len() as f64)
+    matches!(model.task(), OnnxTask::Classifier { .. }).then(|| correct as f64 / xs.len() as f64)
 }
 
 #[test]

@@ -4,7 +4,7 @@
 use crate::data::{Dataset, Target};
 use crate::model::{LinearFloatModel, TrainError};
 use fhe_batch_core::model::LinearTask;
-use fhe_batch_onnx::{FloatModel as OnnxModel, Imported, Linear, PostTransform, Task};
+use fhe_batch_onnx::{FloatModel as OnnxModel, Imported, Linear, OnnxTask, PostTransform};
 
 /// Converts an imported model, naming features and classes from the calibration data set
 /// (ONNX files carry one input tensor, not column names).
@@ -36,7 +36,7 @@ pub fn from_onnx(imported: &Imported, data: &Dataset) -> Result<LinearFloatModel
     let row = |r: usize| linear.coefficients[r].iter().map(|&w| w as f64);
     let (kind, classes, weights, bias): (LinearTask, Vec<String>, Vec<f64>, Vec<f64>) =
         match (&linear.task, &data.y) {
-            (Task::Regressor { targets }, Target::Values(_)) => {
+            (OnnxTask::Regressor { targets }, Target::Values(_)) => {
                 if *targets != 1 || linear.post != PostTransform::None {
                     return Err(unsupported(
                         "only single-target linear regression without a post-transform".into(),
@@ -49,7 +49,7 @@ pub fn from_onnx(imported: &Imported, data: &Dataset) -> Result<LinearFloatModel
                     vec![linear.intercepts[0] as f64],
                 )
             }
-            (Task::Classifier { labels }, Target::Classes { names, .. }) => {
+            (OnnxTask::Classifier { labels }, Target::Classes { names, .. }) => {
                 let mut classes = vec![String::new(); labels.len()];
                 for (c, &m) in model_class_of(labels, names)?.iter().enumerate() {
                     classes[m] = names[c].clone();
@@ -81,12 +81,12 @@ pub fn from_onnx(imported: &Imported, data: &Dataset) -> Result<LinearFloatModel
                     )
                 }
             }
-            (Task::Classifier { .. }, Target::Values(_)) => {
+            (OnnxTask::Classifier { .. }, Target::Values(_)) => {
                 return Err(unsupported(
                     "the model is a classifier but the label column is numeric".into(),
                 ));
             }
-            (Task::Regressor { .. }, Target::Classes { .. }) => {
+            (OnnxTask::Regressor { .. }, Target::Classes { .. }) => {
                 return Err(unsupported(
                     "the model is a regressor but the label column holds classes".into(),
                 ));

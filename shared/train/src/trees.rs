@@ -11,7 +11,7 @@ use fhe_batch_core::tree::{
     ForestClient, ForestPlan, Layout, QNode, QTree, SlotReadout, Threshold, TreeModel, build_plan,
     plan_layout,
 };
-use fhe_batch_onnx::{Cmp, Node, Prediction, TreeEnsemble};
+use fhe_batch_onnx::{Cmp, FloatPrediction, Node, TreeEnsemble};
 use std::collections::BTreeMap;
 
 /// The parameter set tree ensembles are compiled and bootstrapped under.
@@ -31,8 +31,8 @@ pub struct CompiledForest {
 /// slots can carry exactly ([`plan_layout`]: the noise of the summed bootstrap outputs decides
 /// the slot width), then the bootstrap plan is built and proven ([`build_plan`]).
 pub fn quantize_trees(e: &TreeEnsemble) -> Result<CompiledForest, TrainError> {
-    let shaped = structure(e, |_| vec![0; e.n_slots]);
-    let layout = plan_layout(&shaped.trees, e.n_slots, TREE_PARAMS)
+    let shaped = structure(e, |_| vec![0; e.n_scores]);
+    let layout = plan_layout(&shaped.trees, e.n_scores, TREE_PARAMS)
         .map_err(|err| TrainError::Unsupported(err.to_string()))?;
     let model = quantize_with_range(e, layout.leaf_range)?;
     let (plan, readout) =
@@ -112,7 +112,7 @@ fn structure(e: &TreeEnsemble, leaf: impl Fn(&[(usize, f32)]) -> Vec<i64>) -> Tr
         .collect();
     TreeModel {
         n_features: e.n_features as u32,
-        n_outputs: e.n_slots as u32,
+        n_outputs: e.n_scores as u32,
         thresholds,
         trees,
         leaf_bits: 0,
@@ -132,7 +132,7 @@ pub fn quantize_with_range(e: &TreeEnsemble, range: u64) -> Result<TreeModel, Tr
         1.0
     };
     let float_leaf = |weights: &[(usize, f32)]| {
-        let mut v = vec![0f64; e.n_slots];
+        let mut v = vec![0f64; e.n_scores];
         for (slot, w) in weights {
             v[*slot] += *w as f64 * per_tree;
         }
@@ -149,7 +149,7 @@ pub fn quantize_with_range(e: &TreeEnsemble, range: u64) -> Result<TreeModel, Tr
                 _ => None,
             })
             .collect();
-        for o in 0..e.n_slots {
+        for o in 0..e.n_scores {
             let hi = leaves.iter().map(|l| l[o]).fold(f64::MIN, f64::max);
             let lo = leaves.iter().map(|l| l[o]).fold(f64::MAX, f64::min);
             spread = spread.max(hi - lo);
@@ -168,7 +168,7 @@ pub fn quantize_with_range(e: &TreeEnsemble, range: u64) -> Result<TreeModel, Tr
                 .collect()
         });
         let fits = model.trees.iter().all(|t| {
-            (0..e.n_slots).all(|o| {
+            (0..e.n_scores).all(|o| {
                 let vals = t.nodes.iter().filter_map(|n| match n {
                     QNode::Leaf { values } => Some(values[o]),
                     _ => None,
@@ -207,7 +207,7 @@ pub fn quantize_with_range(e: &TreeEnsemble, range: u64) -> Result<TreeModel, Tr
 }
 
 /// The quantized model's prediction for one record, through the integer reference.
-pub fn predict_quantized(e: &TreeEnsemble, q: &TreeModel, x: &[f32]) -> Prediction {
+pub fn predict_quantized(e: &TreeEnsemble, q: &TreeModel, x: &[f32]) -> FloatPrediction {
     let sums = q.eval_plain(&q.bits(x));
     e.finish(sums.iter().map(|&s| (s as f64 * q.scale) as f32).collect())
 }
@@ -265,7 +265,7 @@ pub fn labelled_rows(
     e: &TreeEnsemble,
     ds: &crate::data::Dataset,
 ) -> Result<Vec<(Vec<f32>, String)>, TrainError> {
-    let fhe_batch_onnx::Task::Classifier { labels } = &e.task else {
+    let fhe_batch_onnx::OnnxTask::Classifier { labels } = &e.task else {
         return Err(TrainError::Unsupported(
             "accuracy reports need a classifier".into(),
         ));

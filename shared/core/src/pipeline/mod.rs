@@ -12,6 +12,7 @@
 //! The evaluator port ([`ChunkEvaluator`]) lives in [`crate::ports`]; it is re-exported here
 //! for the paths that name it under `pipeline`.
 
+mod attempt;
 mod faults;
 mod ingest;
 mod queue_loop;

@@ -5,6 +5,7 @@
 //! An attempt's steps return [`AttemptError`], which `?` builds from storage errors; the
 //! attempt then settles it as a retry or as the chunk's recorded failure.
 
+use super::attempt::{AttemptError, Settled, check_message, result_header};
 use super::faults::{FaultPoint, FaultProbe};
 use super::now_unix_ms;
 use crate::format::ResultHeader;
@@ -67,66 +68,6 @@ pub struct WorkerConfig {
 impl Default for WorkerConfig {
     fn default() -> Self {
         Self { max_receives: 5 }
-    }
-}
-
-/// Why an attempt stopped before it had an outcome.
-#[derive(Debug)]
-enum AttemptError {
-    /// Storage trouble: retried when the error is retryable, else the chunk fails (see
-    /// [`AttemptError::settle`]).
-    Store(StoreError),
-    /// A failure a retry may fix: an injected fault, a panic in the evaluator.
-    Transient(String),
-    /// The chunk can never succeed.
-    Permanent { kind: FailureKind, reason: String },
-}
-
-impl From<StoreError> for AttemptError {
-    fn from(e: StoreError) -> Self {
-        AttemptError::Store(e)
-    }
-}
-
-/// How a failed attempt ends: left for redelivery, or recorded as the chunk's failure.
-enum Settled {
-    Retry(String),
-    Fail(FailureKind, String),
-}
-
-impl AttemptError {
-    fn model(reason: String) -> Self {
-        AttemptError::Permanent {
-            kind: FailureKind::Model,
-            reason,
-        }
-    }
-
-    fn invalid_chunk(reason: String) -> Self {
-        AttemptError::Permanent {
-            kind: FailureKind::InvalidChunk,
-            reason,
-        }
-    }
-
-    /// Decides whether a retry may help. A storage error that is not retryable fails the
-    /// chunk; the batch object being gone is named as such.
-    fn settle(self, msg: &ChunkMessage) -> Settled {
-        match self {
-            AttemptError::Transient(reason) => Settled::Retry(reason),
-            AttemptError::Permanent { kind, reason } => Settled::Fail(kind, reason),
-            AttemptError::Store(e) if e.is_retryable() => Settled::Retry(e.to_string()),
-            AttemptError::Store(StoreError::NotFound { key }) if key == msg.batch_key => {
-                Settled::Fail(
-                    FailureKind::InvalidChunk,
-                    format!(
-                        "the batch {key} was deleted before chunk {} was read",
-                        msg.chunk
-                    ),
-                )
-            }
-            AttemptError::Store(e) => Settled::Fail(FailureKind::InvalidChunk, e.to_string()),
-        }
     }
 }
 
@@ -459,37 +400,5 @@ impl<S: ObjectStore, E: ChunkEvaluator> Worker<S, E> {
             Err(StoreError::NotFound { .. }) => Ok(None),
             Err(e) => Err(e),
         }
-    }
-}
-
-/// Checks the message against its model: the chunk's length, and a well-formed hash (returned).
-fn check_message(msg: &ChunkMessage, model: &ServerModel) -> Result<[u8; 32], AttemptError> {
-    let expected_len = crate::format::chunk_payload_len(
-        msg.params,
-        model.input_columns(),
-        msg.records_per_chunk(),
-    );
-    if msg.length != expected_len {
-        return Err(AttemptError::invalid_chunk(format!(
-            "chunk {} is {} bytes; model {} needs {expected_len}",
-            msg.chunk, msg.length, msg.model_id
-        )));
-    }
-    msg.sha256_bytes()
-        .map_err(|e| AttemptError::invalid_chunk(e.to_string()))
-}
-
-/// The header of the chunk's result file.
-fn result_header(msg: &ChunkMessage, model: &ServerModel) -> ResultHeader {
-    ResultHeader {
-        params: msg.params,
-        ciphertexts: model.output_ciphertexts(msg.records, msg.params.polynomial_size()),
-        chunk_index: msg.chunk,
-        chunk_count: msg.chunk_count,
-        records: msg.records,
-        output_bits: model.output_bits(),
-        model_id: msg.model_id,
-        key_fingerprint: msg.key_fingerprint,
-        first_record: msg.first_record,
     }
 }
