@@ -5,12 +5,21 @@
 - the dead-letter limit is 5 receives and the worker reports partial batch failures;
 - the ingest trigger only fires on inbox/*.fheb (no recursive triggers from results/ or jobs/);
 - the worker cannot delete objects and the status function cannot write;
-- ingest reads the worker's timeout from the same parameter as the worker (chunk sizing).
+- ingest reads the worker's timeout from the same parameter as the worker (chunk sizing);
+- each function's S3 grants equal what its code was recorded to need
+  (tests/fixtures/permissions.json, written from tests/integration/permissions.rs).
 Exits non-zero with a message on the first violation.
 """
+import json
+import os
 import sys
 
 from samtranslator.yaml_helper import yaml_parse
+
+# What each function's code needs, recorded by the Rust test
+# tests/integration/permissions.rs from every store call it makes.
+PERMISSIONS = os.path.join(os.path.dirname(__file__), "..", "tests", "fixtures", "permissions.json")
+FUNCTIONS = {"ingest": "IngestFunction", "worker": "WorkerFunction", "status": "StatusFunction"}
 
 
 def fail(msg):
@@ -30,6 +39,40 @@ def actions(fn):
         acts = stmt.get("Action", [])
         out.update([acts] if isinstance(acts, str) else acts)
     return out
+
+
+def s3_grants(fn):
+    """(action, key prefix) pairs a function's S3 statements grant; "" is the bucket itself."""
+    out = set()
+    for stmt in statements(fn):
+        acts = stmt.get("Action", [])
+        acts = [acts] if isinstance(acts, str) else acts
+        res = stmt.get("Resource", [])
+        res = res if isinstance(res, list) else [res]
+        for a in acts:
+            if not a.startswith("s3:"):
+                continue
+            for r in res:
+                arn = r.get("Fn::Sub", "") if isinstance(r, dict) else str(r)
+                bucket, _, key = arn.partition("}/")
+                if not key and "/" not in arn.split(":::", 1)[-1]:
+                    out.add((a, ""))
+                else:
+                    out.add((a, key.rstrip("*")))
+    return out
+
+
+def check_permissions(res):
+    """Each function is granted exactly the S3 access its code was recorded to need."""
+    with open(PERMISSIONS) as f:
+        needed = json.load(f)
+    for name, logical in FUNCTIONS.items():
+        want = {tuple(g) for g in needed[name]}
+        have = s3_grants(res[logical])
+        if have - want:
+            fail(f"{logical} is granted more than its code uses: {sorted(have - want)}")
+        if want - have:
+            fail(f"{logical} lacks grants its code needs: {sorted(want - have)}")
 
 
 def main(path):
@@ -64,7 +107,11 @@ def main(path):
         if "s3:GetObject" in stmt.get("Action", []):
             if any("results/" in str(r) for r in stmt.get("Resource", [])):
                 fail("ingest must not read results")
-    print(f"template checks passed ({len(allowed)} worker timeouts, visibility >= 6x)")
+    check_permissions(res)
+    print(
+        f"template checks passed ({len(allowed)} worker timeouts, visibility >= 6x, "
+        "S3 grants equal the recorded needs of ingest, worker and status)"
+    )
 
 
 if __name__ == "__main__":

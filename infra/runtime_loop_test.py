@@ -113,6 +113,17 @@ def main(argv):
                "--invoke-port", str(PORT)], log=watch_log)
         time.sleep(2.0)
 
+        # status before ingest, through the status binary: the uploaded job is QUEUED, a job
+        # nobody uploaded is 404 (not "storage unavailable").
+        out = with_function(fns["status"], env, FIXTURES / "status-get-job.json", work)
+        assert out["statusCode"] == 200, out
+        assert json.loads(out["body"])["state"] == "QUEUED", out
+        unknown = json.loads((FIXTURES / "status-get-job.json").read_text())
+        unknown["rawPath"] = unknown["requestContext"]["http"]["path"] = "/jobs/nobody-uploaded-this"
+        (work / "status-unknown.json").write_text(json.dumps(unknown))
+        out = with_function(fns["status"], env, work / "status-unknown.json", work)
+        assert out["statusCode"] == 404, out
+
         # ingest: the S3 fixture, pointed at this bucket.
         event = json.loads((FIXTURES / "s3-put.json").read_text())
         event["Records"][0]["s3"]["bucket"]["name"] = bucket

@@ -5,6 +5,7 @@ mod aws;
 mod common;
 mod faults;
 mod hostile;
+mod permissions;
 mod pipeline;
 mod reliability;
 mod training;

@@ -17,14 +17,14 @@ use fhe_batch_train::trees::CompiledForest;
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
-struct Tree {
-    pkg: ModelPackage,
+pub(crate) struct Tree {
+    pub(crate) pkg: ModelPackage,
     compiled: CompiledForest,
     rows: Vec<Vec<f64>>,
-    key_bytes: Vec<u8>,
+    pub(crate) key_bytes: Vec<u8>,
 }
 
-fn tree() -> &'static Tree {
+pub(crate) fn tree() -> &'static Tree {
     static T: OnceLock<Tree> = OnceLock::new();
     T.get_or_init(|| {
         let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/onnx");
@@ -62,7 +62,7 @@ fn tree() -> &'static Tree {
     })
 }
 
-fn batch(layout: ChunkLayout) -> Vec<u8> {
+pub(crate) fn batch(layout: ChunkLayout) -> Vec<u8> {
     let t = tree();
     let cols: Vec<u64> = t
         .rows
@@ -84,7 +84,7 @@ pub fn tree_package() -> &'static ModelPackage {
     &tree().pkg
 }
 
-fn key_id() -> EvalKeyId {
+pub(crate) fn key_id() -> EvalKeyId {
     eval_key_id(&tree().key_bytes)
 }
 
