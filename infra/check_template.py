@@ -5,6 +5,8 @@
 - the dead-letter limit is 5 receives and the worker reports partial batch failures;
 - the ingest trigger only fires on inbox/*.fheb (no recursive triggers from results/ or jobs/);
 - the worker cannot delete objects and the status function cannot write;
+- every function logs to a stack log group with a retention, every alarm has an action, and
+  inbox/, results/ and jobs/ expire;
 - ingest reads the worker's timeout from the same parameter as the worker (chunk sizing);
 - each function's S3 grants equal what its code was recorded to need
   (tests/fixtures/permissions.json, written from tests/integration/permissions.rs).
@@ -108,6 +110,17 @@ def main(path):
             if any("results/" in str(r) for r in stmt.get("Resource", [])):
                 fail("ingest must not read results")
     check_permissions(res)
+    for logical in FUNCTIONS.values():
+        group = res[logical]["Properties"].get("LoggingConfig", {}).get("LogGroup", {}).get("Ref")
+        if not group or "RetentionInDays" not in res.get(group, {}).get("Properties", {}):
+            fail(f"{logical} must log to a group of the stack with a retention")
+    for name, r in res.items():
+        if r["Type"] == "AWS::CloudWatch::Alarm" and not r["Properties"].get("AlarmActions"):
+            fail(f"alarm {name} has no action")
+    rules = res["Bucket"]["Properties"]["LifecycleConfiguration"]["Rules"]
+    expiring = {r.get("Prefix") for r in rules if "ExpirationInDays" in r}
+    if not {"inbox/", "results/", "jobs/"} <= expiring:
+        fail(f"inbox/, results/ and jobs/ must expire (expiring: {sorted(map(str, expiring))})")
     print(
         f"template checks passed ({len(allowed)} worker timeouts, visibility >= 6x, "
         "S3 grants equal the recorded needs of ingest, worker and status)"
