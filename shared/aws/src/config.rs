@@ -57,17 +57,24 @@ impl Config {
 }
 
 /// Builds the S3 and SQS clients from the standard AWS configuration chain (so
-/// `AWS_ENDPOINT_URL` points both at a local endpoint). `S3_FORCE_PATH_STYLE=true` selects
-/// path-style addressing, which local endpoints need.
+/// `AWS_ENDPOINT_URL` points both at a local endpoint). `FHE_BATCH_ENDPOINT_URL`, when set and
+/// not empty, does the same; the template declares it empty, so `sam local invoke --env-vars`
+/// can set it (SAM only passes variables the template declares). `S3_FORCE_PATH_STYLE=true`
+/// selects path-style addressing, which local endpoints need.
 ///
 /// The SDK's own retries are off: callers wrap the adapters in
 /// [`fhe_batch_core::retry::Retrying`], one bounded retry layer whose behaviour under injected
 /// faults is tested (two layers would multiply the attempts).
 pub async fn clients() -> (aws_sdk_s3::Client, aws_sdk_sqs::Client) {
-    let shared = aws_config::defaults(aws_config::BehaviorVersion::latest())
-        .retry_config(aws_config::retry::RetryConfig::standard().with_max_attempts(1))
-        .load()
-        .await;
+    let mut loader = aws_config::defaults(aws_config::BehaviorVersion::latest())
+        .retry_config(aws_config::retry::RetryConfig::standard().with_max_attempts(1));
+    if let Some(url) = std::env::var("FHE_BATCH_ENDPOINT_URL")
+        .ok()
+        .filter(|u| !u.trim().is_empty())
+    {
+        loader = loader.endpoint_url(url.trim());
+    }
+    let shared = loader.load().await;
     let path_style = std::env::var("S3_FORCE_PATH_STYLE").is_ok_and(|v| v == "true" || v == "1");
     let s3 = aws_sdk_s3::config::Builder::from(&shared)
         .force_path_style(path_style)
