@@ -107,11 +107,47 @@ pub fn read_result_dir(dir: &Path) -> Result<Vec<(String, Vec<u8>)>> {
     Ok(out)
 }
 
-/// Reads every result object of a job from a bucket.
+/// Refuses, with the job's state and the next step, to read the results of a job that has not
+/// succeeded: partial results would decrypt to a partial predictions file.
+pub async fn require_succeeded(
+    store: &impl ObjectStore,
+    job: &fhe_batch_core::ids::JobId,
+) -> Result<()> {
+    use fhe_batch_core::job::JobState;
+    use fhe_batch_core::pipeline::{StatusError, job_status};
+    let st = match job_status(store, job).await {
+        Ok(st) => st,
+        Err(StatusError::NotFound(_)) => anyhow::bail!(
+            "there is no job {job} in this bucket: check the name (`fhe-batch status` lists the jobs), or upload the batch with `fhe-batch submit`"
+        ),
+        Err(e) => return Err(e.into()),
+    };
+    match st.state {
+        JobState::Succeeded => Ok(()),
+        JobState::Queued | JobState::Running => anyhow::bail!(
+            "job {job} is {} ({}/{} chunks done): nothing to decrypt yet; wait until `fhe-batch status {job}` says SUCCEEDED",
+            st.state,
+            st.chunks_done,
+            st.chunks_total
+        ),
+        JobState::Failed => {
+            let reason = st
+                .failures
+                .first()
+                .map_or("no reason recorded".to_string(), |f| f.reason.clone());
+            anyhow::bail!(
+                "job {job} FAILED ({reason}): its results are incomplete and are not decrypted; fix the batch and upload it under a new job name"
+            )
+        }
+    }
+}
+
+/// Reads every result object of a job from a bucket (the job must have succeeded).
 pub async fn read_results_from_store(
     store: &impl ObjectStore,
     job: &fhe_batch_core::ids::JobId,
 ) -> Result<Vec<(String, Vec<u8>)>> {
+    require_succeeded(store, job).await?;
     let keys = store.list(&layout::results_prefix(job)).await?;
     let mut out = Vec::with_capacity(keys.len());
     for k in keys {

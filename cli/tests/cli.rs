@@ -73,6 +73,36 @@ fn the_documented_session_works_step_by_step() {
     ok(d, &["submit", "claims.fheb"]);
     let out = ok(d, &["status", "claims"]);
     assert!(out.contains("QUEUED"), "{out}");
+    // Decrypting before the job ran states the job's state and what to do, writes nothing.
+    let early = fhe_batch(
+        d,
+        &[
+            "decrypt",
+            "--model",
+            "model",
+            "--key",
+            "client.key",
+            "--job",
+            "claims",
+            "--out",
+            "early.csv",
+        ],
+    );
+    assert!(!early.status.success());
+    let err = String::from_utf8_lossy(&early.stderr);
+    assert!(
+        err.contains("job claims is QUEUED") && err.contains("wait until"),
+        "{err}"
+    );
+    assert!(!d.join("early.csv").exists());
+    let out = fhe_batch(
+        d,
+        &[
+            "decrypt", "--model", "model", "--job", "nobody", "--out", "x.csv",
+        ],
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("there is no job nobody"), "{err}");
     let out = ok(d, &["run", "--workers", "2"]);
     assert!(out.contains("job claims: queued 1 chunks"), "{out}");
     let out = ok(d, &["status", "claims", "--json"]);

@@ -172,3 +172,32 @@ async fn messages_carry_pointers_not_ciphertext() {
     let m = ChunkMessage::parse(&d[0].body).unwrap();
     assert_eq!(m.batch_key, layout::inbox(&job));
 }
+
+/// `aws s3 cp claims.v2.fheb s3://BUCKET/inbox/`: a file name that is not a job id is not
+/// ignored; it runs as the job the documented rule names (`claims-v2`).
+#[tokio::test]
+async fn an_upload_whose_name_is_not_a_job_id_runs_under_the_mapped_name() {
+    let env = Env::new().await;
+    let (bytes, q) = iris_batch(150, 3);
+    let key = "inbox/claims.v2.fheb";
+    env.store.put(key, bytes).await.unwrap();
+    let queue = queue(Duration::from_secs(60));
+    let job = fhe_batch_core::ids::JobId::parse("claims-v2").unwrap();
+    let out = fhe_batch_core::pipeline::ingest_object(
+        &env.store,
+        &queue,
+        key,
+        &fhe_batch_core::format::BatchLimits::default(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        out,
+        IngestOutcome::Queued {
+            job: job.clone(),
+            chunks: 1
+        }
+    );
+    drain(env.worker(), &queue, 1).await;
+    env.assert_exact(&job, &q).await;
+}

@@ -71,5 +71,8 @@ pub fn runtime() -> Result<tokio::runtime::Runtime> {
 }
 
 pub fn job_arg(s: &str) -> Result<JobId> {
-    JobId::parse(s).with_context(|| format!("invalid job id {s:?}"))
+    JobId::parse(s).with_context(|| {
+        let (mapped, _) = JobId::from_file_name(s);
+        format!("invalid job id {s:?} (an upload named {s}.fheb runs as job {mapped})")
+    })
 }

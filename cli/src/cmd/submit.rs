@@ -27,7 +27,13 @@ pub fn run(args: SubmitArgs) -> Result<()> {
                 .file_stem()
                 .and_then(|s| s.to_str())
                 .context("batch file name")?;
-            job_arg(stem)?
+            let (job, renamed) = fhe_batch_core::ids::JobId::from_file_name(stem);
+            if renamed {
+                eprintln!(
+                    "note: {stem:?} is not a job id (letters, digits, '-' and '_'); submitting as job {job}"
+                );
+            }
+            job
         }
     };
     let bytes = std::fs::read(batch).with_context(|| format!("reading {}", batch.display()))?;

@@ -98,6 +98,9 @@ pub fn s3_event(data: &[u8]) {
                 assert_eq!(layout::inbox(&job), key);
                 keys_stay_in_prefix(&job);
             }
+            if let Ok((job, _)) = layout::job_for_upload(&key) {
+                keys_stay_in_prefix(&job);
+            }
         }
     }
 }

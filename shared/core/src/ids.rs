@@ -73,6 +73,78 @@ impl JobId {
     pub fn as_str(&self) -> &str {
         &self.0
     }
+
+    /// The job an uploaded file name (without `.fheb`) runs as, and whether it had to be
+    /// renamed. A valid job id is kept; otherwise, the documented rule:
+    ///
+    /// 1. every character other than an ASCII letter, digit, `-` or `_` becomes `-`
+    ///    (`claims.v2` -> `claims-v2`, `2026/claims` -> `2026-claims`);
+    /// 2. a name that does not start with a letter or digit gets a `j` in front;
+    /// 3. a name longer than [`JobId::MAX_LEN`] keeps its first 55 characters, then `-` and 8
+    ///    hex digits of the SHA-256 of the original name (so long names stay distinct).
+    ///
+    /// ```
+    /// use fhe_batch_core::ids::JobId;
+    /// assert_eq!(JobId::from_file_name("claims-1"), (JobId::parse("claims-1").unwrap(), false));
+    /// let (job, renamed) = JobId::from_file_name("claims.v2");
+    /// assert_eq!((job.as_str(), renamed), ("claims-v2", true));
+    /// assert_eq!(JobId::from_file_name(".hidden").0.as_str(), "j-hidden");
+    /// ```
+    pub fn from_file_name(name: &str) -> (Self, bool) {
+        if let Ok(job) = Self::parse(name) {
+            return (job, false);
+        }
+        let mut s: String = name
+            .chars()
+            .map(|c| {
+                if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
+                    c
+                } else {
+                    '-'
+                }
+            })
+            .collect();
+        if !s.starts_with(|c: char| c.is_ascii_alphanumeric()) {
+            s.insert(0, 'j');
+        }
+        if s.len() > Self::MAX_LEN {
+            use sha2::Digest;
+            let digest = sha2::Sha256::digest(name.as_bytes());
+            s.truncate(55);
+            s.push('-');
+            s.push_str(&hex::encode(&digest[..4]));
+        }
+        let job = Self::parse(&s).expect("the rule yields a valid job id");
+        (job, true)
+    }
+}
+
+#[cfg(test)]
+mod file_name_tests {
+    use super::JobId;
+
+    #[test]
+    fn every_file_name_maps_to_a_valid_distinct_job() {
+        for (name, want) in [
+            ("claims", "claims"),
+            ("claims.v2", "claims-v2"),
+            ("2026-11-30.claims", "2026-11-30-claims"),
+            ("-x", "j-x"),
+            ("", "j"),
+            ("a/b", "a-b"),
+            ("caf\u{e9}", "caf-"),
+        ] {
+            assert_eq!(JobId::from_file_name(name).0.as_str(), want, "{name:?}");
+        }
+        let long_a = "a".repeat(70);
+        let long_b = format!("{}b", "a".repeat(69));
+        let (a, b) = (
+            JobId::from_file_name(&long_a).0,
+            JobId::from_file_name(&long_b).0,
+        );
+        assert_eq!(a.as_str().len(), 64);
+        assert_ne!(a, b);
+    }
 }
 
 impl TryFrom<String> for JobId {

@@ -129,7 +129,7 @@ impl ChunkMessage {
                 m.chunk, m.chunk_count
             )));
         }
-        if m.batch_key != crate::layout::inbox(&m.job) {
+        if crate::layout::job_for_upload(&m.batch_key).map(|(job, _)| job) != Ok(m.job.clone()) {
             return Err(MessageError(format!(
                 "batch key {:?} does not belong to job {}",
                 m.batch_key, m.job

@@ -91,8 +91,12 @@ pub async fn ingest_object<S: ObjectStore, Q: JobQueue>(
             reason,
         })
     };
-    let job = match layout::job_of_inbox_key(key) {
-        Ok(job) => job,
+    let job = match layout::job_for_upload(key) {
+        Ok((job, false)) => job,
+        Ok((job, true)) => {
+            warn!(key, %job, "the file name is not a job id; it runs under the mapped name");
+            job
+        }
         Err(e) => {
             warn!(key, error = %e, "ignoring object");
             return ignored(e.to_string());
