@@ -110,6 +110,8 @@ def main(path):
             if any("results/" in str(r) for r in stmt.get("Resource", [])):
                 fail("ingest must not read results")
     check_permissions(res)
+    if "sqs:ChangeMessageVisibility" not in actions(res["WorkerFunction"]):
+        fail("the worker must be able to schedule retries (sqs:ChangeMessageVisibility)")
     for logical in FUNCTIONS.values():
         group = res[logical]["Properties"].get("LoggingConfig", {}).get("LogGroup", {}).get("Ref")
         if not group or "RetentionInDays" not in res.get(group, {}).get("Properties", {}):

@@ -5,7 +5,7 @@ use anyhow::Result;
 use fhe_batch_core::format::BatchLimits;
 use fhe_batch_core::layout;
 use fhe_batch_core::pipeline::{
-    ChunkOutcome, IngestOutcome, Worker, WorkerConfig, ingest_object, run_queue_worker,
+    ChunkOutcome, IngestOutcome, LoopConfig, Worker, WorkerConfig, ingest_object, run_queue_worker,
 };
 use fhe_batch_core::ports::ObjectStore;
 use fhe_batch_fhe::FheEvaluator;
@@ -69,9 +69,11 @@ pub async fn run_local(store: &FsStore, workers: usize, show_progress: bool) -> 
             (worker.clone(), queue.clone(), counters.clone(), pb.clone());
         handles.push(tokio::spawn(async move {
             let idle = queue.clone();
+            let config = LoopConfig::for_visibility(queue.visibility_timeout());
             run_queue_worker(
                 &worker,
                 &queue,
+                &config,
                 || idle.is_idle(),
                 |o, _| {
                     let i = match o {

@@ -7,7 +7,7 @@ use fhe_batch_aws::{S3Store, SqsQueue};
 use fhe_batch_core::format::BatchLimits;
 use fhe_batch_core::layout;
 use fhe_batch_core::pipeline::{
-    ChunkOutcome, Worker, WorkerConfig, ingest_object, run_queue_worker,
+    ChunkOutcome, LoopConfig, Worker, WorkerConfig, ingest_object, run_queue_worker,
 };
 use fhe_batch_core::ports::ObjectStore;
 use fhe_batch_core::retry::{RetryPolicy, Retrying};
@@ -82,10 +82,16 @@ pub async fn worker(
                     Duration::from_millis(idle) >= limit
                 })
             };
-            run_queue_worker(&worker, &queue, stop, |outcome, delivery| {
-                last_busy.store(started.elapsed().as_millis() as u64, Ordering::Relaxed);
-                print_outcome(outcome, delivery.receive_count);
-            })
+            run_queue_worker(
+                &worker,
+                &queue,
+                &LoopConfig::default(),
+                stop,
+                |outcome, delivery| {
+                    last_busy.store(started.elapsed().as_millis() as u64, Ordering::Relaxed);
+                    print_outcome(outcome, delivery.receive_count);
+                },
+            )
             .await
         }));
     }

@@ -12,7 +12,7 @@ use fhe_batch_core::format::BatchLimits;
 use fhe_batch_core::ids::JobId;
 use fhe_batch_core::job::JobStatus;
 use fhe_batch_core::layout;
-use fhe_batch_core::pipeline::{IngestOutcome, Worker, WorkerConfig};
+use fhe_batch_core::pipeline::{IngestOutcome, RetryDelays, Worker, WorkerConfig, ingest_object};
 use fhe_batch_core::ports::{JobQueue, ObjectStore, PutOutcome};
 use fhe_batch_fhe::GlweEvaluator;
 use std::collections::HashMap;
@@ -188,14 +188,24 @@ async fn pipeline_over_s3_and_sqs_with_the_lambda_handlers() {
         deliveries.iter().all(|d| d.body.len() < 1024),
         "pointers only"
     );
-    let response = handle_sqs_event(worker.clone(), sqs_event(&deliveries)).await;
+    let response = handle_sqs_event(
+        worker.clone(),
+        Some((&aws.queue, RetryDelays::default())),
+        sqs_event(&deliveries),
+    )
+    .await;
     assert!(response.batch_item_failures.is_empty());
     for d in &deliveries {
         aws.queue.ack(&d.receipt).await.unwrap();
     }
     // A duplicate delivery of the same messages changes nothing.
     let before = results(&aws.store, &job).await;
-    let response = handle_sqs_event(worker.clone(), sqs_event(&deliveries)).await;
+    let response = handle_sqs_event(
+        worker.clone(),
+        Some((&aws.queue, RetryDelays::default())),
+        sqs_event(&deliveries),
+    )
+    .await;
     assert!(response.batch_item_failures.is_empty());
     assert_eq!(results(&aws.store, &job).await, before);
 
@@ -302,4 +312,52 @@ async fn results(store: &S3Store, job: &JobId) -> Vec<(String, Vec<u8>)> {
         out.push((k, b));
     }
     out
+}
+
+/// A chunk whose attempt fails comes back after the worker function's retry delay
+/// (`ChangeMessageVisibility` over the SQS wire protocol), not after the queue's visibility
+/// timeout: here the delay (5 s) is longer than the test queue's 2 s timeout, so the message
+/// stays hidden past it, then returns.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_chunk_comes_back_after_the_retry_delay_set_over_sqs() {
+    if endpoint().is_none() {
+        return;
+    }
+    struct Panicking;
+    impl fhe_batch_core::ports::ChunkEvaluator for Panicking {
+        fn evaluate(
+            &self,
+            _: &fhe_batch_core::model::ServerModel,
+            _: &fhe_batch_core::ports::ChunkInput<'_>,
+        ) -> Result<Vec<u8>, fhe_batch_core::ports::EvalError> {
+            panic!("a passing failure")
+        }
+    }
+    let aws = setup("retry").await;
+    publish(&aws.store, iris_package()).await;
+    let (bytes, _) = iris_batch(150, 31);
+    let key = "inbox/retry-1.fheb";
+    aws.store.put(key, bytes).await.unwrap();
+    ingest_object(&aws.store, &aws.queue, key, &BatchLimits::default())
+        .await
+        .unwrap();
+    let deliveries = receive_n(&aws.queue, 1).await;
+    assert_eq!(deliveries.len(), 1);
+    let worker = Arc::new(Worker::new(
+        aws.store.clone(),
+        Panicking,
+        WorkerConfig::default(),
+    ));
+    let delays = RetryDelays {
+        first: Duration::from_secs(5),
+        max: Duration::from_secs(5),
+    };
+    let response =
+        handle_sqs_event(worker, Some((&aws.queue, delays)), sqs_event(&deliveries)).await;
+    assert_eq!(response.batch_item_failures.len(), 1);
+    let early = aws.queue.receive(1, Duration::from_secs(3)).await.unwrap();
+    assert!(early.is_empty(), "back before its retry delay: {early:?}");
+    let later = receive_n(&aws.queue, 1).await;
+    assert_eq!(later.len(), 1);
+    assert_eq!(later[0].receive_count, 2);
 }

@@ -5,7 +5,7 @@ use fhe_batch_core::layout;
 use fhe_batch_core::model::ModelPackage;
 use fhe_batch_core::params::ParamSet;
 use fhe_batch_core::pipeline::{
-    ChunkEvaluator, IngestOutcome, Worker, WorkerConfig, ingest_object, job_status,
+    ChunkEvaluator, IngestOutcome, LoopConfig, Worker, WorkerConfig, ingest_object, job_status,
     run_queue_worker,
 };
 use fhe_batch_core::ports::{JobQueue, ObjectStore};
@@ -160,7 +160,8 @@ where
         let (w, q) = (worker.clone(), q.clone());
         handles.push(tokio::spawn(async move {
             let idle = q.clone();
-            run_queue_worker(&w, &q, || idle.is_idle(), |_, _| {})
+            let config = LoopConfig::for_visibility(q.visibility_timeout());
+            run_queue_worker(&w, &q, &config, || idle.is_idle(), |_, _| {})
                 .await
                 .unwrap();
         }));

@@ -8,8 +8,8 @@ use fhe_batch_core::job::{FailureKind, JobState};
 use fhe_batch_core::layout;
 use fhe_batch_core::model::ServerModel;
 use fhe_batch_core::pipeline::{
-    ChunkEvaluator, ChunkInput, ChunkOutcome, EvalError, IngestOutcome, Worker, WorkerConfig,
-    ingest_object,
+    ChunkEvaluator, ChunkInput, ChunkOutcome, EvalError, IngestOutcome, LoopConfig, RetryDelays,
+    Worker, WorkerConfig, ingest_object, run_queue_worker,
 };
 use fhe_batch_core::ports::{JobQueue, ObjectStore, PutOutcome, StoreError};
 use fhe_batch_fhe::GlweEvaluator;
@@ -108,20 +108,29 @@ async fn record_count_disagreeing_with_the_header_fails() {
 }
 
 #[tokio::test]
-async fn uploads_outside_the_inbox_convention_are_ignored() {
+async fn objects_that_are_not_batches_are_ignored_and_every_inbox_batch_becomes_a_job() {
     let env = Env::new().await;
     let q = queue(Duration::from_secs(60));
-    for key in [
-        "inbox/notes.txt",
-        "inbox/a/b.fheb",
-        "results/x.fheb",
-        "inbox/-x.fheb",
-    ] {
+    for key in ["inbox/notes.txt", "results/x.fheb"] {
         env.store.put(key, b"x".to_vec()).await.unwrap();
         let o = ingest_object(&env.store, &q, key, &BatchLimits::default())
             .await
             .unwrap();
         assert!(matches!(o, IngestOutcome::Ignored { .. }), "{key}: {o:?}");
+    }
+    // Names that are not job ids run under their mapped name: these are not batches, so the
+    // jobs fail visibly with a reason instead of vanishing.
+    for (key, job) in [("inbox/a/b.fheb", "a-b"), ("inbox/-x.fheb", "j-x")] {
+        env.store.put(key, b"x".to_vec()).await.unwrap();
+        let o = ingest_object(&env.store, &q, key, &BatchLimits::default())
+            .await
+            .unwrap();
+        assert!(
+            matches!(&o, IngestOutcome::Rejected { job: j, .. } if j.as_str() == job),
+            "{key}: {o:?}"
+        );
+        let st = env.status(&JobId::parse(job).unwrap()).await;
+        assert_eq!(st.state, JobState::Failed, "{st:?}");
     }
     assert!(q.is_idle());
 }
@@ -239,4 +248,98 @@ async fn status_of_unknown_and_invalid_jobs() {
         Err(fhe_batch_core::pipeline::StatusError::NotFound(_))
     ));
     assert!(JobId::parse("../etc").is_err());
+}
+
+/// The linear evaluator, `delay` slower: a chunk longer than the queue's visibility timeout.
+struct Slow(Duration);
+impl ChunkEvaluator for Slow {
+    fn evaluate(&self, m: &ServerModel, c: &ChunkInput<'_>) -> Result<Vec<u8>, EvalError> {
+        std::thread::sleep(self.0);
+        GlweEvaluator.evaluate(m, c)
+    }
+}
+
+/// A chunk that takes 4x the visibility timeout is held by its worker (visibility renewed while
+/// it runs), so no second worker gets it and it is received once: the cause of the dead letter
+/// the 20%-faults test once saw on a loaded machine (slow attempts redelivered until their
+/// fifth receive).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_chunk_longer_than_the_visibility_timeout_is_held_not_redelivered() {
+    let env = Env::new().await;
+    let (bytes, q) = iris_batch(150, 21);
+    let job = env.upload("slow", bytes).await;
+    let queue = queue(Duration::from_millis(300));
+    env.ingest(&queue, &job).await;
+    let worker = std::sync::Arc::new(Worker::new(
+        env.store.clone(),
+        Slow(Duration::from_millis(1200)),
+        WorkerConfig::default(),
+    ));
+    let receives = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let mut handles = Vec::new();
+    for _ in 0..2 {
+        let (w, qu, r) = (worker.clone(), queue.clone(), receives.clone());
+        handles.push(tokio::spawn(async move {
+            let idle = qu.clone();
+            let config = LoopConfig::for_visibility(qu.visibility_timeout());
+            run_queue_worker(
+                &w,
+                &qu,
+                &config,
+                || idle.is_idle(),
+                |_, d| r.lock().unwrap().push(d.receive_count),
+            )
+            .await
+            .unwrap();
+        }));
+    }
+    for h in handles {
+        h.await.unwrap();
+    }
+    assert_eq!(
+        *receives.lock().unwrap(),
+        vec![1],
+        "handled once, on its first receive"
+    );
+    assert_eq!(queue.stats().acked, 1);
+    env.assert_exact(&job, &q).await;
+}
+
+/// A failed attempt's message comes back after the retry delay for its receive count, not
+/// after the queue's visibility timeout.
+#[tokio::test]
+async fn a_failed_attempt_comes_back_after_its_retry_delay() {
+    let env = Env::new().await;
+    let (bytes, _) = iris_batch(150, 22);
+    let job = env.upload("retry-delay", bytes).await;
+    let queue = queue(Duration::from_secs(3600));
+    env.ingest(&queue, &job).await;
+    let worker = Worker::new(env.store.clone(), Panicking, WorkerConfig::default());
+    let config = LoopConfig {
+        hold: None,
+        retry: RetryDelays {
+            first: Duration::from_millis(200),
+            max: Duration::from_secs(1),
+        },
+    };
+    // Work for a second: each failed attempt sets its message's next delivery (200 ms,
+    // 400 ms, 800 ms); with the hour-long visibility timeout alone it would come back once.
+    let started = std::time::Instant::now();
+    run_queue_worker(
+        &worker,
+        &queue,
+        &config,
+        || started.elapsed() > Duration::from_secs(1),
+        |_, _| {},
+    )
+    .await
+    .unwrap();
+    let d = queue.receive(1, Duration::from_secs(2)).await.unwrap();
+    assert_eq!(
+        d.len(),
+        1,
+        "back after the retry delay, long before the hour"
+    );
+    assert!(d[0].receive_count >= 3, "{}", d[0].receive_count);
+    assert!(started.elapsed() < Duration::from_secs(4));
 }

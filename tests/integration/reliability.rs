@@ -11,8 +11,8 @@ use fhe_batch_core::ids::JobId;
 use fhe_batch_core::job::JobState;
 use fhe_batch_core::layout;
 use fhe_batch_core::pipeline::{
-    ChunkOutcome, FaultPoint, FaultProbe, Worker, WorkerConfig, ingest_object, job_status,
-    run_queue_worker,
+    ChunkOutcome, FaultPoint, FaultProbe, LoopConfig, Worker, WorkerConfig, ingest_object,
+    job_status, run_queue_worker,
 };
 use fhe_batch_core::ports::{JobQueue, ObjectStore, PutOutcome, StoreError};
 use fhe_batch_core::retry::{RetryPolicy, Retrying};
@@ -205,7 +205,8 @@ async fn run_workers<S, Q>(
     for _ in 0..n {
         let (w, q, t, idle) = (worker.clone(), q.clone(), tally.clone(), idle.clone());
         handles.push(tokio::spawn(async move {
-            run_queue_worker(&w, &q, || idle.is_idle(), |o, _| t.count(o))
+            let config = LoopConfig::for_visibility(idle.visibility_timeout());
+            run_queue_worker(&w, &q, &config, || idle.is_idle(), |o, _| t.count(o))
                 .await
                 .unwrap();
         }));
@@ -333,7 +334,8 @@ async fn supervised_drain<S: ObjectStore + 'static>(
                 let (w, q, t) = (w.clone(), q.clone(), t.clone());
                 let run = tokio::spawn(async move {
                     let idle = q.clone();
-                    run_queue_worker(&w, &q, || idle.is_idle(), |o, _| t.count(o)).await
+                    let config = LoopConfig::for_visibility(q.visibility_timeout());
+                    run_queue_worker(&w, &q, &config, || idle.is_idle(), |o, _| t.count(o)).await
                 });
                 match run.await {
                     Ok(r) => return r.unwrap(),

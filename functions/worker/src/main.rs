@@ -4,10 +4,10 @@
 //! worker (and its model cache) lives across warm invocations.
 
 use aws_lambda_events::event::sqs::SqsEvent;
-use fhe_batch_aws::S3Store;
 use fhe_batch_aws::config::{Config, clients, init_tracing};
 use fhe_batch_aws::handlers::handle_sqs_event;
-use fhe_batch_core::pipeline::{Worker, WorkerConfig};
+use fhe_batch_aws::{S3Store, SqsQueue};
+use fhe_batch_core::pipeline::{RetryDelays, Worker, WorkerConfig};
 use fhe_batch_core::retry::{RetryPolicy, Retrying};
 use fhe_batch_fhe::FheEvaluator;
 use lambda_runtime::{Error, LambdaEvent, service_fn};
@@ -17,7 +17,13 @@ use std::sync::Arc;
 async fn main() -> Result<(), Error> {
     init_tracing();
     let config = Config::from_env()?;
-    let (s3, _) = clients().await;
+    let (s3, sqs) = clients().await;
+    // Failed chunks are retried after 15 s, doubling, rather than the queue's visibility
+    // timeout (JOBS_QUEUE_URL is set by the template; without it the timeout applies).
+    let queue = config
+        .queue_url
+        .as_deref()
+        .map(|url| Retrying::new(SqsQueue::new(sqs, url), RetryPolicy::default()));
     let worker = Arc::new(Worker::new(
         Retrying::new(S3Store::new(s3, &config.bucket), RetryPolicy::default()),
         FheEvaluator::default(),
@@ -25,9 +31,13 @@ async fn main() -> Result<(), Error> {
             max_receives: config.max_receives,
         },
     ));
+    let queue = Arc::new(queue);
     lambda_runtime::run(service_fn(move |event: LambdaEvent<SqsEvent>| {
-        let worker = worker.clone();
-        async move { Ok::<_, Error>(handle_sqs_event(worker, event.payload).await) }
+        let (worker, queue) = (worker.clone(), queue.clone());
+        async move {
+            let retry = queue.as_ref().as_ref().map(|q| (q, RetryDelays::default()));
+            Ok::<_, Error>(handle_sqs_event(worker, retry, event.payload).await)
+        }
     }))
     .await
 }

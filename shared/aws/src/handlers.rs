@@ -6,8 +6,8 @@ use fhe_batch_core::events::{S3Notification, s3_notification};
 use fhe_batch_core::format::BatchLimits;
 use fhe_batch_core::ids::JobId;
 use fhe_batch_core::pipeline::{
-    ChunkEvaluator, IngestOutcome, PipelineError, StatusError, Worker, ingest_object, job_status,
-    list_jobs,
+    ChunkEvaluator, IngestOutcome, PipelineError, RetryDelays, StatusError, Worker, ingest_object,
+    job_status, list_jobs,
 };
 use fhe_batch_core::ports::{JobQueue, ObjectStore};
 use std::sync::Arc;
@@ -64,12 +64,19 @@ pub async fn handle_s3_event<S: ObjectStore, Q: JobQueue>(
 }
 
 /// Handles an SQS batch for the worker function with partial batch failures: a record whose
-/// attempt fails (or panics) is reported alone and comes back after the visibility timeout;
-/// the others are deleted by the event source mapping.
-pub async fn handle_sqs_event<S, E>(worker: Arc<Worker<S, E>>, event: SqsEvent) -> SqsBatchResponse
+/// attempt fails (or panics) is reported alone, and (with `retry`) its message comes back after
+/// [`RetryDelays::after`] its receive count (15 s, doubling, at most 15 min) instead of the
+/// queue's visibility timeout (6x the worker timeout: 90 minutes); the others are deleted by the
+/// event source mapping.
+pub async fn handle_sqs_event<S, E, Q>(
+    worker: Arc<Worker<S, E>>,
+    retry: Option<(&Q, RetryDelays)>,
+    event: SqsEvent,
+) -> SqsBatchResponse
 where
     S: ObjectStore + 'static,
     E: ChunkEvaluator + 'static,
+    Q: JobQueue,
 {
     let mut response = SqsBatchResponse::default();
     for message in event.records {
@@ -99,6 +106,14 @@ where
             }
         };
         if failed {
+            if let (Some((queue, delays)), Some(receipt)) = (&retry, &message.receipt_handle) {
+                let delay = delays.after(receive_count);
+                if let Err(e) = queue.change_visibility(receipt, delay).await {
+                    warn!(message = %id, error = %e, "could not set the retry delay; the visibility timeout applies");
+                } else {
+                    info!(message = %id, ?delay, "retry scheduled");
+                }
+            }
             let mut f = BatchItemFailure::default();
             f.item_identifier = id;
             response.batch_item_failures.push(f);

@@ -128,4 +128,17 @@ impl JobQueue for SqsQueue {
             .map_err(backend)?;
         Ok(())
     }
+
+    /// SQS allows at most 12 hours; longer timeouts are capped.
+    async fn change_visibility(&self, receipt: &str, timeout: Duration) -> Result<(), QueueError> {
+        self.client
+            .change_message_visibility()
+            .queue_url(&self.url)
+            .receipt_handle(receipt)
+            .visibility_timeout(timeout.as_secs().min(43_200) as i32)
+            .send()
+            .await
+            .map_err(backend)?;
+        Ok(())
+    }
 }

@@ -123,6 +123,14 @@ pub trait JobQueue: Send + Sync {
     ) -> impl Future<Output = Result<Vec<Delivery>, QueueError>> + Send;
     /// Deletes a delivered message: its work is done.
     fn ack(&self, receipt: &str) -> impl Future<Output = Result<(), QueueError>> + Send;
+    /// Hides a delivered message for `timeout` from now (SQS `ChangeMessageVisibility`): a
+    /// worker extends it while a long chunk runs, and a failed attempt sets when it is tried
+    /// again. Only the latest delivery's receipt may do so.
+    fn change_visibility(
+        &self,
+        receipt: &str,
+        timeout: Duration,
+    ) -> impl Future<Output = Result<(), QueueError>> + Send;
 }
 
 /// A chunk evaluation that can never succeed (damaged payload, model mismatch).

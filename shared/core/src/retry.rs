@@ -210,6 +210,13 @@ impl<Q: JobQueue> JobQueue for Retrying<Q> {
     async fn ack(&self, receipt: &str) -> Result<(), QueueError> {
         self.run(|| self.inner.ack(receipt), queue_retryable).await
     }
+    async fn change_visibility(&self, receipt: &str, timeout: Duration) -> Result<(), QueueError> {
+        self.run(
+            || self.inner.change_visibility(receipt, timeout),
+            queue_retryable,
+        )
+        .await
+    }
 }
 
 #[cfg(test)]

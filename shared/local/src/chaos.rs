@@ -224,6 +224,10 @@ impl<Q: JobQueue> JobQueue for Chaos<Q> {
     async fn ack(&self, receipt: &str) -> Result<(), QueueError> {
         self.queue_call(self.inner.ack(receipt)).await
     }
+    async fn change_visibility(&self, receipt: &str, timeout: Duration) -> Result<(), QueueError> {
+        self.queue_call(self.inner.change_visibility(receipt, timeout))
+            .await
+    }
 }
 
 #[cfg(test)]

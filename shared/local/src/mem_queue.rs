@@ -67,6 +67,11 @@ pub struct QueueStats {
 }
 
 impl MemQueue {
+    /// How long a delivered message stays hidden unless its visibility is changed.
+    pub fn visibility_timeout(&self) -> Duration {
+        self.config.visibility_timeout
+    }
+
     pub fn new(config: MemQueueConfig) -> Self {
         Self {
             config,
@@ -190,9 +195,7 @@ impl JobQueue for MemQueue {
 
     async fn ack(&self, receipt: &str) -> Result<(), QueueError> {
         let unknown = || QueueError::UnknownReceipt(receipt.to_string());
-        let (id, generation) = receipt.split_once(':').ok_or_else(unknown)?;
-        let id: u64 = id.parse().map_err(|_| unknown())?;
-        let generation: u64 = generation.parse().map_err(|_| unknown())?;
+        let (id, generation) = parse_receipt(receipt).ok_or_else(unknown)?;
         let mut s = self.state.lock().expect("queue lock");
         match s.messages.get(&id) {
             // Only the current, still-invisible delivery may delete the message.
@@ -204,6 +207,29 @@ impl JobQueue for MemQueue {
             _ => Err(unknown()),
         }
     }
+
+    async fn change_visibility(&self, receipt: &str, timeout: Duration) -> Result<(), QueueError> {
+        let unknown = || QueueError::UnknownReceipt(receipt.to_string());
+        let (id, generation) = parse_receipt(receipt).ok_or_else(unknown)?;
+        {
+            let mut s = self.state.lock().expect("queue lock");
+            match s.messages.get_mut(&id) {
+                Some(m) if m.generation == generation && m.invisible_until.is_some() => {
+                    m.invisible_until = Some(Instant::now() + timeout);
+                }
+                _ => return Err(unknown()),
+            }
+        }
+        // A shorter timeout may make it visible sooner than a waiting receive expects.
+        self.notify.notify_waiters();
+        Ok(())
+    }
+}
+
+/// `id:generation`.
+fn parse_receipt(receipt: &str) -> Option<(u64, u64)> {
+    let (id, generation) = receipt.split_once(':')?;
+    Some((id.parse().ok()?, generation.parse().ok()?))
 }
 
 #[cfg(test)]

@@ -22,7 +22,7 @@ mod worker;
 pub use crate::ports::{ChunkEvaluator, ChunkInput, EvalError, MAX_EVAL_KEY_BYTES};
 pub use faults::{FaultPoint, FaultProbe};
 pub use ingest::{IngestOutcome, ingest_object};
-pub use queue_loop::run_queue_worker;
+pub use queue_loop::{LoopConfig, RetryDelays, run_queue_worker};
 pub use status::{StatusError, job_status, list_jobs};
 pub use worker::{ChunkOutcome, RetryLater, Worker, WorkerConfig};
 

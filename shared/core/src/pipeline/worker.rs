@@ -74,17 +74,17 @@ impl Default for WorkerConfig {
 /// The worker: stateless apart from a cache of loaded models (kept across warm invocations).
 pub struct Worker<S, E> {
     store: S,
-    evaluator: E,
+    evaluator: Arc<E>,
     config: WorkerConfig,
     models: Mutex<HashMap<ModelId, Arc<ServerModel>>>,
     probe: Option<Arc<dyn FaultProbe>>,
 }
 
-impl<S: ObjectStore, E: ChunkEvaluator> Worker<S, E> {
+impl<S: ObjectStore, E: ChunkEvaluator + 'static> Worker<S, E> {
     pub fn new(store: S, evaluator: E, config: WorkerConfig) -> Self {
         Self {
             store,
-            evaluator,
+            evaluator: Arc::new(evaluator),
             config,
             models: Mutex::new(HashMap::new()),
             probe: None,
@@ -202,7 +202,7 @@ impl<S: ObjectStore, E: ChunkEvaluator> Worker<S, E> {
         self.fault(FaultPoint::BeforeRead, msg)?;
         let payload = self.read_chunk(msg, &sha).await?;
         let started = std::time::Instant::now();
-        let body = self.evaluate(&model, msg, &payload)?;
+        let body = self.evaluate(&model, msg, payload).await?;
         self.fault(FaultPoint::AfterEvaluate, msg)?;
         let header = result_header(msg, &model);
         if body.len() != header.body_len() {
@@ -264,23 +264,29 @@ impl<S: ObjectStore, E: ChunkEvaluator> Worker<S, E> {
         Ok(payload)
     }
 
-    /// Runs the evaluator on the chunk, containing a panic.
-    fn evaluate(
+    /// Runs the evaluator on the chunk on the blocking thread pool (it is CPU work for up to
+    /// minutes: the async tasks of this process, such as the queue loop's visibility
+    /// heartbeat, keep running), containing a panic.
+    async fn evaluate(
         &self,
-        model: &ServerModel,
+        model: &Arc<ServerModel>,
         msg: &ChunkMessage,
-        payload: &[u8],
+        payload: Vec<u8>,
     ) -> Result<Vec<u8>, AttemptError> {
         let chunk = msg.chunk;
-        let input = ChunkInput {
-            payload,
-            records: msg.records,
-            records_per_chunk: msg.records_per_chunk(),
-            eval_key: msg.eval_key.as_ref(),
-        };
-        let evaluated = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            self.evaluator.evaluate(model, &input)
-        }));
+        let (records, records_per_chunk) = (msg.records, msg.records_per_chunk());
+        let eval_key = msg.eval_key;
+        let (evaluator, model) = (self.evaluator.clone(), model.clone());
+        let evaluated = tokio::task::spawn_blocking(move || {
+            let input = ChunkInput {
+                payload: &payload,
+                records,
+                records_per_chunk,
+                eval_key: eval_key.as_ref(),
+            };
+            evaluator.evaluate(&model, &input)
+        })
+        .await;
         match evaluated {
             Ok(Ok(body)) => Ok(body),
             Ok(Err(e)) => Err(AttemptError::invalid_chunk(format!("chunk {chunk}: {e}"))),
