@@ -21,7 +21,12 @@ from samtranslator.yaml_helper import yaml_parse
 # What each function's code needs, recorded by the Rust test
 # tests/integration/permissions.rs from every store call it makes.
 PERMISSIONS = os.path.join(os.path.dirname(__file__), "..", "tests", "fixtures", "permissions.json")
-FUNCTIONS = {"ingest": "IngestFunction", "worker": "WorkerFunction", "status": "StatusFunction"}
+FUNCTIONS = {
+    "ingest": "IngestFunction",
+    "worker": "WorkerFunction",
+    "status": "StatusFunction",
+    "deadletter": "DeadLetterFunction",
+}
 
 
 def fail(msg):
@@ -110,6 +115,9 @@ def main(path):
             if any("results/" in str(r) for r in stmt.get("Resource", [])):
                 fail("ingest must not read results")
     check_permissions(res)
+    dl = res["DeadLetterFunction"]["Properties"]["Events"]["DeadLetters"]["Properties"]
+    if dl["Queue"] != {"Fn::GetAtt": ["JobsDeadLetterQueue", "Arn"]}:
+        fail("the dead-letter function must consume the job queue's dead-letter queue")
     if "sqs:ChangeMessageVisibility" not in actions(res["WorkerFunction"]):
         fail("the worker must be able to schedule retries (sqs:ChangeMessageVisibility)")
     for logical in FUNCTIONS.values():
@@ -125,7 +133,7 @@ def main(path):
         fail(f"inbox/, results/ and jobs/ must expire (expiring: {sorted(map(str, expiring))})")
     print(
         f"template checks passed ({len(allowed)} worker timeouts, visibility >= 6x, "
-        "S3 grants equal the recorded needs of ingest, worker and status)"
+        "S3 grants equal the recorded needs of ingest, worker, status and deadletter)"
     )
 
 

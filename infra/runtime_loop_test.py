@@ -77,14 +77,17 @@ def with_function(binary, env, data_file, work):
             stop(p)
 
 
+FUNCTIONS = ("ingest", "worker", "status", "deadletter")
+
+
 def main(argv):
     if argv[0].startswith("--"):
         opts = dict(zip(argv[0::2], argv[1::2]))
-        fns = {k: pathlib.Path(opts[f"--{k}"]).resolve() for k in ("ingest", "worker", "status")}
+        fns = {k: pathlib.Path(opts[f"--{k}"]).resolve() for k in FUNCTIONS}
         cli = pathlib.Path(os.environ["FHE_BATCH_CLI"])
     else:
         release = pathlib.Path(argv[0])
-        fns = {k: release / k for k in ("ingest", "worker", "status")}
+        fns = {k: release / k for k in FUNCTIONS}
         cli = release / "fhe-batch"
     work = pathlib.Path(tempfile.mkdtemp(prefix="fheb-rt-"))
     s3 = boto3.client("s3", endpoint_url=ENDPOINT)
@@ -145,6 +148,35 @@ def main(argv):
         out = with_function(fns["worker"], env, work / "sqs.json", work)
         assert out == {"batchItemFailures": []}, out
 
+        # deadletter: a chunk of a second job whose worker "never finished" (its message is
+        # handed to the dead-letter function instead) is recorded, and that job ends FAILED; the
+        # finished job's message, dead-lettered too, changes nothing.
+        run(cli, "submit", work / "claims-2026.fheb", "--job", "claims-lost", "--bucket", bucket)
+        event = json.loads((FIXTURES / "s3-put.json").read_text())
+        event["Records"][0]["s3"]["bucket"]["name"] = bucket
+        event["Records"][0]["s3"]["object"]["key"] = "inbox/claims-lost.fheb"
+        (work / "s3-lost.json").write_text(json.dumps(event))
+        out = with_function(fns["ingest"], env, work / "s3-lost.json", work)
+        assert out["ingested"][0]["job"] == "claims-lost", out
+        lost = sqs.receive_message(QueueUrl=queue_url, MaxNumberOfMessages=1,
+                                   WaitTimeSeconds=2).get("Messages", [])
+        assert len(lost) == 1, lost
+        event = json.loads((FIXTURES / "sqs-chunk.json").read_text())
+        event["Records"][0].update(messageId=lost[0]["MessageId"],
+                                   receiptHandle=lost[0]["ReceiptHandle"], body=lost[0]["Body"])
+        (work / "dead.json").write_text(json.dumps(event))
+        out = with_function(fns["deadletter"], env, work / "dead.json", work)
+        assert out == {"batchItemFailures": []}, out
+        out = with_function(fns["deadletter"], env, work / "sqs.json", work)
+        assert out == {"batchItemFailures": []}, out
+        status_lost = json.loads((FIXTURES / "status-get-job.json").read_text())
+        status_lost["rawPath"] = status_lost["requestContext"]["http"]["path"] = "/jobs/claims-lost"
+        (work / "status-lost.json").write_text(json.dumps(status_lost))
+        out = with_function(fns["status"], env, work / "status-lost.json", work)
+        lost_status = json.loads(out["body"])
+        assert lost_status["state"] == "FAILED", lost_status
+        assert lost_status["failures"][0]["kind"] == "worker_lost", lost_status
+
         # status: the Function URL fixture.
         out = with_function(fns["status"], env, FIXTURES / "status-get-job.json", work)
         assert out["statusCode"] == 200, out
@@ -159,7 +191,7 @@ def main(argv):
             "--results", work / "results", "--out", work / "predictions.csv")
         lines = (work / "predictions.csv").read_text().splitlines()
         assert len(lines) == 151, len(lines)
-        print("runtime loop: ingest, worker and status answered their fixtures; 150 predictions decrypted")
+        print("runtime loop: ingest, worker, status and deadletter answered their fixtures; 150 predictions decrypted")
     finally:
         for p in procs:
             stop(p)

@@ -30,5 +30,6 @@ if [ -z "${SKIP_SMOKE:-}" ]; then
     "$FHE_BATCH_VENV/bin/python" infra/runtime_loop_test.py \
     --ingest .aws-sam/build/IngestFunction/bootstrap \
     --worker .aws-sam/build/WorkerFunction/bootstrap \
-    --status .aws-sam/build/StatusFunction/bootstrap
+    --status .aws-sam/build/StatusFunction/bootstrap \
+    --deadletter .aws-sam/build/DeadLetterFunction/bootstrap
 fi

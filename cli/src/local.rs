@@ -5,7 +5,8 @@ use anyhow::Result;
 use fhe_batch_core::format::BatchLimits;
 use fhe_batch_core::layout;
 use fhe_batch_core::pipeline::{
-    ChunkOutcome, IngestOutcome, LoopConfig, Worker, WorkerConfig, ingest_object, run_queue_worker,
+    ChunkOutcome, IngestOutcome, LoopConfig, Worker, WorkerConfig, ingest_object,
+    record_dead_letter, run_queue_worker,
 };
 use fhe_batch_core::ports::ObjectStore;
 use fhe_batch_fhe::FheEvaluator;
@@ -96,6 +97,11 @@ pub async fn run_local(store: &FsStore, workers: usize, show_progress: bool) -> 
     report.written = counters[0].load(Ordering::Relaxed);
     report.duplicates = counters[1].load(Ordering::Relaxed);
     report.failed = counters[2].load(Ordering::Relaxed);
-    report.dead_letters = queue.dead_letters().len();
+    // As the dead-letter function does on AWS: a chunk that never finished fails its job.
+    let dead = queue.dead_letters();
+    for body in &dead {
+        record_dead_letter(store, body, 5).await?;
+    }
+    report.dead_letters = dead.len();
     Ok(report)
 }

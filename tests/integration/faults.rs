@@ -8,8 +8,9 @@ use fhe_batch_core::job::{FailureKind, JobState};
 use fhe_batch_core::layout;
 use fhe_batch_core::model::ServerModel;
 use fhe_batch_core::pipeline::{
-    ChunkEvaluator, ChunkInput, ChunkOutcome, EvalError, IngestOutcome, LoopConfig, RetryDelays,
-    Worker, WorkerConfig, ingest_object, run_queue_worker,
+    ChunkEvaluator, ChunkInput, ChunkOutcome, DeadLetterOutcome, EvalError, IngestOutcome,
+    LoopConfig, RetryDelays, Worker, WorkerConfig, ingest_object, record_dead_letter,
+    run_queue_worker,
 };
 use fhe_batch_core::ports::{JobQueue, ObjectStore, PutOutcome, StoreError};
 use fhe_batch_fhe::GlweEvaluator;
@@ -342,4 +343,65 @@ async fn a_failed_attempt_comes_back_after_its_retry_delay() {
     );
     assert!(d[0].receive_count >= 3, "{}", d[0].receive_count);
     assert!(started.elapsed() < Duration::from_secs(4));
+}
+
+/// A chunk whose worker dies on every attempt (killed past its timeout, out of memory) writes
+/// nothing; after the dead-letter limit its message is dead-lettered, and the dead-letter
+/// handler records the failure: the job ends FAILED with the reason instead of RUNNING forever.
+#[tokio::test]
+async fn a_chunk_whose_worker_always_dies_ends_failed_with_the_reason() {
+    let env = Env::new().await;
+    let (bytes, _) = iris_batch(150, 23);
+    let job = env.upload("killed", bytes).await;
+    let queue = queue(Duration::from_millis(20));
+    env.ingest(&queue, &job).await;
+    // Five deliveries, each "killed" mid-chunk: received, never acknowledged, no result.
+    for _ in 0..5 {
+        let d = queue.receive(1, Duration::from_secs(1)).await.unwrap();
+        assert_eq!(d.len(), 1);
+        // The worker got as far as marking the job started.
+        env.store
+            .put_if_absent(&layout::job_started(&job), Vec::new())
+            .await
+            .unwrap();
+    }
+    assert!(
+        queue
+            .receive(1, Duration::from_millis(100))
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    let dead = queue.dead_letters();
+    assert_eq!(dead.len(), 1);
+    assert_eq!(
+        env.status(&job).await.state,
+        JobState::Running,
+        "before: stuck"
+    );
+    let out = record_dead_letter(&env.store, &dead[0], 5).await.unwrap();
+    assert_eq!(
+        out,
+        DeadLetterOutcome::Recorded {
+            job: job.clone(),
+            chunk: 0
+        }
+    );
+    let st = env.status(&job).await;
+    assert_eq!(st.state, JobState::Failed, "{st:?}");
+    assert_eq!(st.failures[0].kind, FailureKind::WorkerLost);
+    assert!(
+        st.failures[0].reason.contains("timed out"),
+        "{:?}",
+        st.failures
+    );
+    // Handled again (a duplicate delivery from the dead-letter queue): nothing changes.
+    let again = record_dead_letter(&env.store, &dead[0], 5).await.unwrap();
+    assert!(matches!(again, DeadLetterOutcome::AlreadySettled { .. }));
+    assert!(matches!(
+        record_dead_letter(&env.store, "not a chunk", 5)
+            .await
+            .unwrap(),
+        DeadLetterOutcome::Unattributable { .. }
+    ));
 }

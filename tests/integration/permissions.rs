@@ -21,6 +21,9 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+/// The chunk messages the worker scenario saw, replayed as dead letters.
+static BODIES: Mutex<Vec<String>> = Mutex::new(Vec::new());
+
 /// `(IAM action, key prefix)`; the prefix is the key's first segment with its slash, or `""`
 /// for the bucket itself (`s3:ListBucket`).
 type Grant = (String, String);
@@ -114,12 +117,29 @@ async fn worker_grants(env: &Env, q: &fhe_batch_local::MemQueue) -> BTreeSet<Gra
     ));
     let deliveries = receive_all(q).await;
     assert!(deliveries.len() >= 4, "{} messages", deliveries.len());
+    *BODIES.lock().unwrap() = deliveries.iter().map(|d| d.body.clone()).collect();
     for d in deliveries.iter().chain(&deliveries) {
         worker
             .handle_message(&d.body, d.receive_count)
             .await
             .unwrap();
     }
+    store.grants()
+}
+
+/// The dead-letter handler: a chunk with a result, a chunk without one (recorded), and a body
+/// that is not a chunk message.
+async fn deadletter_grants(env: &Env, bodies: &[String]) -> BTreeSet<Grant> {
+    let store = Recording::new(env.store.clone());
+    let mut event = aws_lambda_events::event::sqs::SqsEvent::default();
+    for body in bodies.iter().cloned().chain(["not a chunk".to_string()]) {
+        let mut m = aws_lambda_events::event::sqs::SqsMessage::default();
+        m.message_id = Some("m".into());
+        m.body = Some(body);
+        event.records.push(m);
+    }
+    let reply = fhe_batch_aws::handlers::handle_dead_letters(&store, event).await;
+    assert!(reply.batch_item_failures.is_empty());
     store.grants()
 }
 
@@ -184,7 +204,17 @@ async fn each_function_needs_exactly_the_grants_the_template_is_checked_against(
     env.upload("perm-linear", corrupt).await;
     let worker = worker_grants(&env, &q).await;
     let status = status_grants(&env).await;
+    // A job whose chunk never finished: its message, dead-lettered, is recorded.
+    let (lost, _) = iris_batch(100, 8);
+    env.upload("perm-lost", lost).await;
+    let lost_q = queue(Duration::from_secs(600));
+    let job = JobId::parse("perm-lost").unwrap();
+    env.ingest(&lost_q, &job).await;
+    let mut bodies = BODIES.lock().unwrap().clone();
+    bodies.extend(receive_all(&lost_q).await.into_iter().map(|d| d.body));
+    let deadletter = deadletter_grants(&env, &bodies).await;
     let observed = as_json(&BTreeMap::from([
+        ("deadletter", deadletter),
         ("ingest", ingest),
         ("worker", worker),
         ("status", status),
@@ -192,7 +222,7 @@ async fn each_function_needs_exactly_the_grants_the_template_is_checked_against(
     let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/permissions.json");
     let expected = std::fs::read_to_string(&path).unwrap_or_default();
     let parsed: serde_json::Value = serde_json::from_str(&observed).expect("valid JSON");
-    assert!(parsed.as_object().is_some_and(|m| m.len() == 3));
+    assert!(parsed.as_object().is_some_and(|m| m.len() == 4));
     assert_eq!(
         observed,
         expected,

@@ -7,7 +7,7 @@ use fhe_batch_core::format::BatchLimits;
 use fhe_batch_core::ids::JobId;
 use fhe_batch_core::pipeline::{
     ChunkEvaluator, IngestOutcome, PipelineError, RetryDelays, StatusError, Worker, ingest_object,
-    job_status, list_jobs,
+    job_status, list_jobs, record_dead_letter,
 };
 use fhe_batch_core::ports::{JobQueue, ObjectStore};
 use std::sync::Arc;
@@ -117,6 +117,35 @@ where
             let mut f = BatchItemFailure::default();
             f.item_identifier = id;
             response.batch_item_failures.push(f);
+        }
+    }
+    response
+}
+
+/// Handles a batch from the dead-letter queue: every chunk message is recorded as its chunk's
+/// failure unless the chunk has a result or a failure already, so its job ends FAILED with the
+/// reason instead of reading RUNNING forever. A record fails alone (and is retried from the
+/// dead-letter queue) only when storage failed.
+pub async fn handle_dead_letters<S: ObjectStore>(store: &S, event: SqsEvent) -> SqsBatchResponse {
+    let mut response = SqsBatchResponse::default();
+    for message in event.records {
+        let id = message.message_id.clone().unwrap_or_default();
+        let body = message.body.clone().unwrap_or_default();
+        let receive_count = message
+            .attributes
+            .get("ApproximateReceiveCount")
+            .and_then(|c| c.parse::<u32>().ok())
+            .unwrap_or(1);
+        // The job queue's receive count is not carried over; the dead-letter limit is 5.
+        let deliveries = receive_count.max(5);
+        match record_dead_letter(store, &body, deliveries).await {
+            Ok(outcome) => info!(message = %id, ?outcome, "dead letter handled"),
+            Err(e) => {
+                warn!(message = %id, error = %e, "dead letter will be retried");
+                let mut f = BatchItemFailure::default();
+                f.item_identifier = id;
+                response.batch_item_failures.push(f);
+            }
         }
     }
     response

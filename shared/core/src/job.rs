@@ -178,6 +178,10 @@ pub enum FailureKind {
     RetriesExhausted,
     /// The evaluator failed in an unexpected way (a bug); contained to this chunk.
     Internal,
+    /// No attempt at the chunk ever finished (the worker function timed out, ran out of memory
+    /// or was throttled), so nothing was recorded until its message reached the dead-letter
+    /// queue.
+    WorkerLost,
 }
 
 /// `jobs/<job>/failed.json` or `jobs/<job>/errors/<chunk>.json`.

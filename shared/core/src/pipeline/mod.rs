@@ -13,6 +13,7 @@
 //! for the paths that name it under `pipeline`.
 
 mod attempt;
+mod deadletter;
 mod faults;
 mod ingest;
 mod queue_loop;
@@ -20,6 +21,7 @@ mod status;
 mod worker;
 
 pub use crate::ports::{ChunkEvaluator, ChunkInput, EvalError, MAX_EVAL_KEY_BYTES};
+pub use deadletter::{DeadLetterOutcome, record_dead_letter};
 pub use faults::{FaultPoint, FaultProbe};
 pub use ingest::{IngestOutcome, ingest_object};
 pub use queue_loop::{LoopConfig, RetryDelays, run_queue_worker};
