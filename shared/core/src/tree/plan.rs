@@ -145,7 +145,10 @@ impl ForestPlan {
     /// `slot_bits` and decodes with the noise of its bootstrap outputs and the packing.
     pub fn validate(&self, params: ParamSet) -> Result<(), PlanError> {
         let noise = BootstrapNoise::of(params);
-        if !(1..=2).contains(&self.functions) || self.score_slots == 0 || self.thermometer_bits == 0
+        // Bounded before anything is sized from them (a hostile plan could name 2^32 slots).
+        if !(1..=2).contains(&self.functions)
+            || !(1..=crate::model::MAX_OUTPUTS as u32).contains(&self.score_slots)
+            || !(1..=crate::model::MAX_FEATURES as u32).contains(&self.thermometer_bits)
         {
             return Err(PlanError::Malformed(format!(
                 "{} functions, {} slots, {} bits",
