@@ -95,6 +95,7 @@ impl<S: ObjectStore> ObjectStore for Recording<S> {
 async fn ingest_grants(env: &Env, q: &fhe_batch_local::MemQueue) -> BTreeSet<Grant> {
     let store = Recording::new(env.store.clone());
     let limits = BatchLimits::default();
+    let notes = Notifications::default();
     for job in ["perm-linear", "perm-linear", "perm-bad", "perm-tree"] {
         let job = JobId::parse(job).unwrap();
         let out = ingest_object(&store, q, &layout::inbox(&job), &limits)
@@ -102,7 +103,12 @@ async fn ingest_grants(env: &Env, q: &fhe_batch_local::MemQueue) -> BTreeSet<Gra
             .unwrap();
         let rejected = matches!(out, IngestOutcome::Rejected { .. });
         assert_eq!(rejected, job.as_str() == "perm-bad", "{job}: {out:?}");
+        // A refused batch ends its job: the ingest function publishes that.
+        fhe_batch_aws::handlers::notify_refused(&store, &notes, &[out])
+            .await
+            .unwrap();
     }
+    assert_eq!(notes.sent.lock().unwrap().len(), 1);
     store.grants()
 }
 
@@ -110,11 +116,15 @@ async fn ingest_grants(env: &Env, q: &fhe_batch_local::MemQueue) -> BTreeSet<Gra
 /// failure is recorded), then every message delivered again (answered from the results).
 async fn worker_grants(env: &Env, q: &fhe_batch_local::MemQueue) -> BTreeSet<Grant> {
     let store = Recording::new(env.store.clone());
-    let worker = Arc::new(Worker::new(
-        store.clone(),
-        FheEvaluator::new(None),
-        WorkerConfig { max_receives: 5 },
-    ));
+    let notes = Arc::new(Notifications::default());
+    let worker = Arc::new(
+        Worker::new(
+            store.clone(),
+            FheEvaluator::new(None),
+            WorkerConfig { max_receives: 5 },
+        )
+        .with_notifier(notes.clone()),
+    );
     let deliveries = receive_all(q).await;
     assert!(deliveries.len() >= 4, "{} messages", deliveries.len());
     *BODIES.lock().unwrap() = deliveries.iter().map(|d| d.body.clone()).collect();
@@ -124,6 +134,10 @@ async fn worker_grants(env: &Env, q: &fhe_batch_local::MemQueue) -> BTreeSet<Gra
             .await
             .unwrap();
     }
+    assert!(
+        !notes.sent.lock().unwrap().is_empty(),
+        "job ends were published"
+    );
     store.grants()
 }
 
@@ -138,8 +152,13 @@ async fn deadletter_grants(env: &Env, bodies: &[String]) -> BTreeSet<Grant> {
         m.body = Some(body);
         event.records.push(m);
     }
-    let reply = fhe_batch_aws::handlers::handle_dead_letters(&store, event).await;
+    let notes = Notifications::default();
+    let reply = fhe_batch_aws::handlers::handle_dead_letters(&store, Some(&notes), event).await;
     assert!(reply.batch_item_failures.is_empty());
+    assert!(
+        !notes.sent.lock().unwrap().is_empty(),
+        "the lost job's end was published"
+    );
     store.grants()
 }
 

@@ -5,9 +5,9 @@
 //! `fhe_batch_core::pipeline::record_dead_letter`.
 
 use aws_lambda_events::event::sqs::SqsEvent;
-use fhe_batch_aws::S3Store;
-use fhe_batch_aws::config::{Config, clients, init_tracing};
+use fhe_batch_aws::config::{Config, all_clients, init_tracing};
 use fhe_batch_aws::handlers::handle_dead_letters;
+use fhe_batch_aws::{S3Store, SnsNotifier};
 use fhe_batch_core::retry::{RetryPolicy, Retrying};
 use lambda_runtime::{Error, LambdaEvent, service_fn};
 
@@ -15,10 +15,14 @@ use lambda_runtime::{Error, LambdaEvent, service_fn};
 async fn main() -> Result<(), Error> {
     init_tracing();
     let config = Config::from_env()?;
-    let (s3, _) = clients().await;
+    let (s3, _, sns) = all_clients().await;
     let store = &Retrying::new(S3Store::new(s3, &config.bucket), RetryPolicy::default());
+    let notifier = &SnsNotifier::from_env(sns);
     lambda_runtime::run(service_fn(move |event: LambdaEvent<SqsEvent>| async move {
-        Ok::<_, Error>(handle_dead_letters(store, event.payload).await)
+        let notifier = notifier
+            .as_ref()
+            .map(|n| n as &dyn fhe_batch_core::ports::Notifier);
+        Ok::<_, Error>(handle_dead_letters(store, notifier, event.payload).await)
     }))
     .await
 }

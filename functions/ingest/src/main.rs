@@ -1,9 +1,9 @@
 //! The `ingest` Lambda function: S3 `ObjectCreated` events on `inbox/*.fheb` in, one SQS message
 //! per chunk out. Wiring only; the logic is `fhe_batch_aws::handlers::handle_s3_event`.
 
-use fhe_batch_aws::config::{Config, clients, init_tracing};
-use fhe_batch_aws::handlers::handle_s3_event;
-use fhe_batch_aws::{S3Store, SqsQueue};
+use fhe_batch_aws::config::{Config, all_clients, init_tracing};
+use fhe_batch_aws::handlers::{handle_s3_event, notify_refused};
+use fhe_batch_aws::{S3Store, SnsNotifier, SqsQueue};
 use fhe_batch_core::retry::{RetryPolicy, Retrying};
 use lambda_runtime::{Error, LambdaEvent, service_fn};
 
@@ -11,18 +11,23 @@ use lambda_runtime::{Error, LambdaEvent, service_fn};
 async fn main() -> Result<(), Error> {
     init_tracing();
     let config = Config::from_env()?;
-    let (s3, sqs) = clients().await;
+    let (s3, sqs, sns) = all_clients().await;
+    let notifier = SnsNotifier::from_env(sns);
     let store = Retrying::new(S3Store::new(s3, &config.bucket), RetryPolicy::default());
     let queue = Retrying::new(
         SqsQueue::new(sqs, config.queue_url()?),
         RetryPolicy::default(),
     );
-    let (store, queue, config) = (&store, &queue, &config);
+    let (store, queue, config, notifier) = (&store, &queue, &config, &notifier);
     lambda_runtime::run(service_fn(
         move |event: LambdaEvent<serde_json::Value>| async move {
             let outcomes =
                 handle_s3_event(store, queue, &config.bucket, event.payload, &config.limits)
                     .await?;
+            // A refused batch ends its job: publish that (a failed publish retries the event).
+            if let Some(n) = notifier {
+                notify_refused(store, n, &outcomes).await?;
+            }
             Ok::<_, Error>(serde_json::json!({
                 "ingested": outcomes.iter().map(|o| o.to_json()).collect::<Vec<_>>()
             }))

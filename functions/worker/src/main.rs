@@ -4,9 +4,9 @@
 //! worker (and its model cache) lives across warm invocations.
 
 use aws_lambda_events::event::sqs::SqsEvent;
-use fhe_batch_aws::config::{Config, clients, init_tracing};
+use fhe_batch_aws::config::{Config, all_clients, init_tracing};
 use fhe_batch_aws::handlers::handle_sqs_event;
-use fhe_batch_aws::{S3Store, SqsQueue};
+use fhe_batch_aws::{S3Store, SnsNotifier, SqsQueue};
 use fhe_batch_core::pipeline::{RetryDelays, Worker, WorkerConfig};
 use fhe_batch_core::retry::{RetryPolicy, Retrying};
 use fhe_batch_fhe::FheEvaluator;
@@ -17,20 +17,25 @@ use std::sync::Arc;
 async fn main() -> Result<(), Error> {
     init_tracing();
     let config = Config::from_env()?;
-    let (s3, sqs) = clients().await;
+    let (s3, sqs, sns) = all_clients().await;
     // Failed chunks are retried after 15 s, doubling, rather than the queue's visibility
     // timeout (JOBS_QUEUE_URL is set by the template; without it the timeout applies).
     let queue = config
         .queue_url
         .as_deref()
         .map(|url| Retrying::new(SqsQueue::new(sqs, url), RetryPolicy::default()));
-    let worker = Arc::new(Worker::new(
+    let mut worker = Worker::new(
         Retrying::new(S3Store::new(s3, &config.bucket), RetryPolicy::default()),
         FheEvaluator::default(),
         WorkerConfig {
             max_receives: config.max_receives,
         },
-    ));
+    );
+    // The job-end notification goes out once, from whichever chunk ends the job.
+    if let Some(n) = SnsNotifier::from_env(sns) {
+        worker = worker.with_notifier(Arc::new(n));
+    }
+    let worker = Arc::new(worker);
     let queue = Arc::new(queue);
     lambda_runtime::run(service_fn(move |event: LambdaEvent<SqsEvent>| {
         let (worker, queue) = (worker.clone(), queue.clone());

@@ -66,6 +66,12 @@ impl Config {
 /// [`fhe_batch_core::retry::Retrying`], one bounded retry layer whose behaviour under injected
 /// faults is tested (two layers would multiply the attempts).
 pub async fn clients() -> (aws_sdk_s3::Client, aws_sdk_sqs::Client) {
+    let (s3, sqs, _) = all_clients().await;
+    (s3, sqs)
+}
+
+/// [`clients`], and an SNS client for job-end notifications, from the same configuration.
+pub async fn all_clients() -> (aws_sdk_s3::Client, aws_sdk_sqs::Client, aws_sdk_sns::Client) {
     let mut loader = aws_config::defaults(aws_config::BehaviorVersion::latest())
         .retry_config(aws_config::retry::RetryConfig::standard().with_max_attempts(1));
     if let Some(url) = std::env::var("FHE_BATCH_ENDPOINT_URL")
@@ -82,6 +88,7 @@ pub async fn clients() -> (aws_sdk_s3::Client, aws_sdk_sqs::Client) {
     (
         aws_sdk_s3::Client::from_conf(s3),
         aws_sdk_sqs::Client::new(&shared),
+        aws_sdk_sns::Client::new(&shared),
     )
 }
 

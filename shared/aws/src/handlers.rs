@@ -6,10 +6,11 @@ use fhe_batch_core::events::{S3Notification, s3_notification};
 use fhe_batch_core::format::BatchLimits;
 use fhe_batch_core::ids::JobId;
 use fhe_batch_core::pipeline::{
-    ChunkEvaluator, IngestOutcome, PipelineError, RetryDelays, StatusError, Worker, ingest_object,
-    job_status, list_jobs, record_dead_letter,
+    ChunkEvaluator, Claimant, DeadLetterOutcome, IngestOutcome, NotifyFailure, PipelineError,
+    RetryDelays, StatusError, Worker, ingest_object, job_status, list_jobs, notify_if_ended,
+    record_dead_letter,
 };
-use fhe_batch_core::ports::{JobQueue, ObjectStore};
+use fhe_batch_core::ports::{JobQueue, Notifier, ObjectStore};
 use std::sync::Arc;
 use tracing::{error, info, warn};
 
@@ -126,7 +127,11 @@ where
 /// failure unless the chunk has a result or a failure already, so its job ends FAILED with the
 /// reason instead of reading RUNNING forever. A record fails alone (and is retried from the
 /// dead-letter queue) only when storage failed.
-pub async fn handle_dead_letters<S: ObjectStore>(store: &S, event: SqsEvent) -> SqsBatchResponse {
+pub async fn handle_dead_letters<S: ObjectStore>(
+    store: &S,
+    notifier: Option<&dyn Notifier>,
+    event: SqsEvent,
+) -> SqsBatchResponse {
     let mut response = SqsBatchResponse::default();
     for message in event.records {
         let id = message.message_id.clone().unwrap_or_default();
@@ -138,8 +143,15 @@ pub async fn handle_dead_letters<S: ObjectStore>(store: &S, event: SqsEvent) -> 
             .unwrap_or(1);
         // The job queue's receive count is not carried over; the dead-letter limit is 5.
         let deliveries = receive_count.max(5);
-        match record_dead_letter(store, &body, deliveries).await {
-            Ok(outcome) => info!(message = %id, ?outcome, "dead letter handled"),
+        let handled = match record_dead_letter(store, &body, deliveries).await {
+            Ok(outcome) => {
+                info!(message = %id, ?outcome, "dead letter handled");
+                notify_dead_letter(store, notifier, &outcome).await
+            }
+            Err(e) => Err(e.to_string()),
+        };
+        match handled {
+            Ok(()) => {}
             Err(e) => {
                 warn!(message = %id, error = %e, "dead letter will be retried");
                 let mut f = BatchItemFailure::default();
@@ -149,6 +161,44 @@ pub async fn handle_dead_letters<S: ObjectStore>(store: &S, event: SqsEvent) -> 
         }
     }
     response
+}
+
+/// The job-end notification after a dead letter: the job has failed now (or had before).
+async fn notify_dead_letter<S: ObjectStore>(
+    store: &S,
+    notifier: Option<&dyn Notifier>,
+    outcome: &DeadLetterOutcome,
+) -> Result<(), String> {
+    let (Some(notifier), Some((job, chunk))) = (notifier, outcome.chunk()) else {
+        return Ok(());
+    };
+    notify_if_ended(store, notifier, job, Claimant::Chunk(chunk))
+        .await
+        .map(|_| ())
+        .map_err(|e| e.to_string())
+}
+
+/// Publishes the end of each job ingest refused (its job is FAILED at once), and of a refused
+/// job whose event came again (ingest ignores it; its notification may not have gone out).
+pub async fn notify_refused<S: ObjectStore>(
+    store: &S,
+    notifier: &dyn Notifier,
+    outcomes: &[IngestOutcome],
+) -> Result<(), NotifyFailure> {
+    for outcome in outcomes {
+        let job = match outcome {
+            IngestOutcome::Rejected { job, .. } => job.clone(),
+            // A retried event of a refused batch (its notification may not have gone out).
+            IngestOutcome::Ignored { key, .. } => match fhe_batch_core::layout::job_for_upload(key)
+            {
+                Ok((job, _)) => job,
+                Err(_) => continue,
+            },
+            _ => continue,
+        };
+        notify_if_ended(store, notifier, &job, Claimant::Ingest).await?;
+    }
+    Ok(())
 }
 
 /// An HTTP answer of the status function.

@@ -6,14 +6,19 @@
 //!   GETs, create-once PUTs with `If-None-Match: *` (412 means "already done"), paginated lists;
 //! - [`SqsQueue`]: the [`JobQueue`](fhe_batch_core::ports::JobQueue) port on SQS: batched sends
 //!   of pointer-only messages, receives with the receive count, deletes;
-//! - [`handlers`]: the three functions' event handlers (S3 notifications for ingest, SQS
-//!   batches with partial failures for the worker, HTTP routes for status);
+//! - [`SnsNotifier`]: the [`Notifier`](fhe_batch_core::ports::Notifier) port on SNS: job-end
+//!   notifications to a success and an error topic;
+//! - [`handlers`]: the four functions' event handlers (S3 notifications for ingest, SQS
+//!   batches with partial failures for the worker and the dead-letter function, HTTP routes
+//!   for status);
 //! - [`config`]: environment configuration and SDK clients (`AWS_ENDPOINT_URL` aware).
 
 pub mod config;
 pub mod handlers;
 mod s3;
+mod sns;
 mod sqs;
 
 pub use s3::S3Store;
+pub use sns::SnsNotifier;
 pub use sqs::SqsQueue;

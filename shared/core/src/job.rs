@@ -193,6 +193,23 @@ pub struct FailureRecord {
     pub at_unix_ms: u64,
 }
 
+/// The message published once when a job ends (SUCCEEDED or FAILED), as SageMaker
+/// Asynchronous Inference notifies: the job, its state, its counts, where its results are, and
+/// the first failure's reason.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JobNotification {
+    pub job: JobId,
+    pub state: JobState,
+    pub chunks_total: u32,
+    pub chunks_done: u32,
+    pub chunks_failed: u32,
+    pub records: u64,
+    pub results_prefix: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    pub at_unix_ms: u64,
+}
+
 /// The state of a job, derived from the objects in the store.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]

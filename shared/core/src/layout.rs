@@ -88,6 +88,14 @@ pub fn job_failure(job: &JobId) -> String {
 pub fn job_started(job: &JobId) -> String {
     format!("jobs/{job}/started")
 }
+/// `jobs/<job>/notify-claim`: created once by whoever publishes the job's end notification.
+pub fn job_notify_claim(job: &JobId) -> String {
+    format!("jobs/{job}/notify-claim")
+}
+/// `jobs/<job>/notified.json`: the notification, written once it was published.
+pub fn job_notified(job: &JobId) -> String {
+    format!("jobs/{job}/notified.json")
+}
 pub fn job_errors_prefix(job: &JobId) -> String {
     format!("jobs/{job}/errors/")
 }

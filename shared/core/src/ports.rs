@@ -107,6 +107,22 @@ pub struct Delivery {
     pub receive_count: u32,
 }
 
+/// A notification could not be published.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("notification not published: {0}")]
+pub struct NotifyError(pub String);
+
+/// Where job-end notifications go (SNS topics on AWS; a log, or nowhere, locally). Object safe,
+/// so a worker can hold one of any kind.
+pub trait Notifier: Send + Sync {
+    /// Publishes one job's end: to the success topic when it SUCCEEDED, else to the error
+    /// topic.
+    fn publish<'a>(
+        &'a self,
+        notification: &'a crate::job::JobNotification,
+    ) -> std::pin::Pin<Box<dyn Future<Output = Result<(), NotifyError>> + Send + 'a>>;
+}
+
 /// An at-least-once message queue with visibility timeouts and a dead-letter limit (SQS's model).
 pub trait JobQueue: Send + Sync {
     /// Sends messages (the adapter batches them as the service allows).

@@ -22,6 +22,18 @@ pub enum DeadLetterOutcome {
     Unattributable { reason: String },
 }
 
+impl DeadLetterOutcome {
+    /// The job and chunk the dead letter named.
+    pub fn chunk(&self) -> Option<(&JobId, u32)> {
+        match self {
+            Self::Recorded { job, chunk } | Self::AlreadySettled { job, chunk } => {
+                Some((job, *chunk))
+            }
+            Self::Unattributable { .. } => None,
+        }
+    }
+}
+
 /// Records the failure of the chunk a dead-lettered message names. `receive_count` is how
 /// often the job queue delivered it (the dead-letter limit). Only storage trouble is an error
 /// (the message is then retried from the dead-letter queue).

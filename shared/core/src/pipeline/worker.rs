@@ -7,6 +7,7 @@
 
 use super::attempt::{AttemptError, Settled, check_message, result_header};
 use super::faults::{FaultPoint, FaultProbe};
+use super::notify::{Claimant, notify_if_ended};
 use super::now_unix_ms;
 use crate::format::ResultHeader;
 use crate::ids::{EvalKeyId, JobId, ModelId};
@@ -15,8 +16,8 @@ use crate::layout;
 use crate::model::{MAX_CLIENT_PART_BYTES, MAX_SERVER_PART_BYTES, ModelManifest, ServerModel};
 use crate::params::ParamSet;
 use crate::ports::{
-    ChunkEvaluator, ChunkInput, KeyLoadError, MAX_EVAL_KEY_BYTES, ObjectStore, PutOutcome,
-    StoreError,
+    ChunkEvaluator, ChunkInput, KeyLoadError, MAX_EVAL_KEY_BYTES, Notifier, ObjectStore,
+    PutOutcome, StoreError,
 };
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -78,6 +79,7 @@ pub struct Worker<S, E> {
     config: WorkerConfig,
     models: Mutex<HashMap<ModelId, Arc<ServerModel>>>,
     probe: Option<Arc<dyn FaultProbe>>,
+    notifier: Option<Arc<dyn Notifier>>,
 }
 
 impl<S: ObjectStore, E: ChunkEvaluator + 'static> Worker<S, E> {
@@ -88,7 +90,14 @@ impl<S: ObjectStore, E: ChunkEvaluator + 'static> Worker<S, E> {
             config,
             models: Mutex::new(HashMap::new()),
             probe: None,
+            notifier: None,
         }
+    }
+
+    /// Publishes each job's end (SUCCEEDED or FAILED) once, through `notifier`.
+    pub fn with_notifier(mut self, notifier: Arc<dyn Notifier>) -> Self {
+        self.notifier = Some(notifier);
+        self
     }
 
     /// Installs a fault probe (tests and the chaos benchmark only).
@@ -134,7 +143,10 @@ impl<S: ObjectStore, E: ChunkEvaluator + 'static> Worker<S, E> {
             }
         };
         let error = match self.try_attempt(&msg).await {
-            Ok(outcome) => return Ok(outcome),
+            Ok(outcome) => {
+                self.notify(&msg).await?;
+                return Ok(outcome);
+            }
             Err(e) => e,
         };
         let (job, chunk) = (&msg.job, msg.chunk);
@@ -149,7 +161,32 @@ impl<S: ObjectStore, E: ChunkEvaluator + 'static> Worker<S, E> {
                 return Err(RetryLater(reason));
             }
         };
-        self.record_failure(&msg, kind, reason).await
+        let recorded = self.record_failure(&msg, kind, reason).await;
+        // The job has failed now: tell whoever waits for it (the message of a chunk whose
+        // retries ran out still goes on to the dead-letter queue).
+        if let Err(e) = self.notify(&msg).await
+            && recorded.is_ok()
+        {
+            return Err(e);
+        }
+        recorded
+    }
+
+    /// Publishes the job's end notification when this chunk ended the job and nobody else
+    /// claimed it; a failed publish leaves the message for redelivery.
+    async fn notify(&self, msg: &ChunkMessage) -> Result<(), RetryLater> {
+        let Some(notifier) = &self.notifier else {
+            return Ok(());
+        };
+        notify_if_ended(
+            &self.store,
+            notifier.as_ref(),
+            &msg.job,
+            Claimant::Chunk(msg.chunk),
+        )
+        .await
+        .map(|_| ())
+        .map_err(|e| RetryLater(e.to_string()))
     }
 
     /// Writes the chunk's failure record. A chunk whose retries ran out is still not
