@@ -115,6 +115,14 @@ def main(path):
             if any("results/" in str(r) for r in stmt.get("Resource", [])):
                 fail("ingest must not read results")
     check_permissions(res)
+    for logical in ("IngestFunction", "WorkerFunction", "DeadLetterFunction"):
+        topics = {
+            p["SNSPublishMessagePolicy"]["TopicName"]["Fn::GetAtt"][0]
+            for p in res[logical]["Properties"]["Policies"]
+            if isinstance(p, dict) and "SNSPublishMessagePolicy" in p
+        }
+        if topics != {"SuccessTopic", "ErrorTopic"}:
+            fail(f"{logical} must publish job ends to SuccessTopic and ErrorTopic")
     dl = res["DeadLetterFunction"]["Properties"]["Events"]["DeadLetters"]["Properties"]
     if dl["Queue"] != {"Fn::GetAtt": ["JobsDeadLetterQueue", "Arn"]}:
         fail("the dead-letter function must consume the job queue's dead-letter queue")

@@ -361,3 +361,97 @@ async fn a_failed_chunk_comes_back_after_the_retry_delay_set_over_sqs() {
     assert_eq!(later.len(), 1);
     assert_eq!(later[0].receive_count, 2);
 }
+
+/// Job-end notifications over the SNS wire protocol: a SUCCEEDED job goes to the success
+/// topic, a FAILED one (with its reason) to the error topic, each delivered to a subscribed
+/// queue as SNS delivers to subscribers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn job_ends_are_published_to_the_success_and_error_topics() {
+    if endpoint().is_none() {
+        return;
+    }
+    use fhe_batch_core::job::{JobNotification, JobState};
+    use fhe_batch_core::ports::Notifier;
+    let (_, sqs, sns) = fhe_batch_aws::config::all_clients().await;
+    let name = format!("fheb-notify-{}", std::process::id());
+    let mut topics = Vec::new();
+    let mut queues = Vec::new();
+    for kind in ["ok", "err"] {
+        let topic = sns
+            .create_topic()
+            .name(format!("{name}-{kind}"))
+            .send()
+            .await
+            .unwrap()
+            .topic_arn
+            .unwrap();
+        let url = sqs
+            .create_queue()
+            .queue_name(format!("{name}-{kind}"))
+            .send()
+            .await
+            .unwrap()
+            .queue_url
+            .unwrap();
+        let arn = sqs
+            .get_queue_attributes()
+            .queue_url(&url)
+            .attribute_names(QueueAttributeName::QueueArn)
+            .send()
+            .await
+            .unwrap()
+            .attributes
+            .unwrap()[&QueueAttributeName::QueueArn]
+            .clone();
+        sns.subscribe()
+            .topic_arn(&topic)
+            .protocol("sqs")
+            .endpoint(arn)
+            .send()
+            .await
+            .unwrap();
+        topics.push(topic);
+        queues.push(SqsQueue::new(sqs.clone(), url));
+    }
+    let notifier =
+        fhe_batch_aws::SnsNotifier::new(sns, Some(topics[0].clone()), Some(topics[1].clone()));
+    let note = |job: &str, state, reason: Option<&str>| JobNotification {
+        job: JobId::parse(job).unwrap(),
+        state,
+        chunks_total: 3,
+        chunks_done: 3,
+        chunks_failed: 0,
+        records: 6000,
+        results_prefix: format!("results/{job}/"),
+        reason: reason.map(str::to_string),
+        at_unix_ms: 1,
+    };
+    notifier
+        .publish(&note("claims-ok", JobState::Succeeded, None))
+        .await
+        .unwrap();
+    notifier
+        .publish(&note(
+            "claims-bad",
+            JobState::Failed,
+            Some("chunk 2 is corrupted"),
+        ))
+        .await
+        .unwrap();
+    for (queue, (job, state)) in queues
+        .iter()
+        .zip([("claims-ok", "SUCCEEDED"), ("claims-bad", "FAILED")])
+    {
+        let got = receive_n(queue, 1).await;
+        assert_eq!(got.len(), 1, "{job}");
+        let envelope: serde_json::Value = serde_json::from_str(&got[0].body).unwrap();
+        let body: JobNotification =
+            serde_json::from_str(envelope["Message"].as_str().unwrap()).unwrap();
+        assert_eq!(body.job.as_str(), job);
+        assert_eq!(body.state.to_string(), state);
+        assert_eq!(
+            envelope["Subject"].as_str(),
+            Some(format!("fhe-batch job {job} {state}").as_str())
+        );
+    }
+}
