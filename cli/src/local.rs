@@ -24,6 +24,8 @@ pub struct RunReport {
     pub duplicates: u64,
     pub failed: u64,
     pub dead_letters: usize,
+    /// Job-end notifications, one per job that ended in this run (as SNS would carry them).
+    pub notifications: Vec<fhe_batch_core::job::JobNotification>,
     pub ingest_time: Duration,
     pub work_time: Duration,
 }
@@ -57,11 +59,15 @@ pub async fn run_local(store: &FsStore, workers: usize, show_progress: bool) -> 
     report.ingest_time = started.elapsed();
     let total = queue.stats().sent;
     let pb = bar(total, "evaluate", show_progress);
-    let worker = Arc::new(Worker::new(
-        store.clone(),
-        FheEvaluator::default(),
-        WorkerConfig { max_receives: 5 },
-    ));
+    let notes = Arc::new(Collected::default());
+    let worker = Arc::new(
+        Worker::new(
+            store.clone(),
+            FheEvaluator::default(),
+            WorkerConfig { max_receives: 5 },
+        )
+        .with_notifier(notes.clone()),
+    );
     let counters = Arc::new([AtomicU64::new(0), AtomicU64::new(0), AtomicU64::new(0)]);
     let started = Instant::now();
     let mut handles = Vec::new();
@@ -103,5 +109,36 @@ pub async fn run_local(store: &FsStore, workers: usize, show_progress: bool) -> 
         record_dead_letter(store, body, 5).await?;
     }
     report.dead_letters = dead.len();
+    // Refused batches and dead letters end their jobs too.
+    fhe_batch_aws::handlers::notify_refused(store, notes.as_ref(), &report.ingested).await?;
+    for body in &dead {
+        if let Ok(msg) = fhe_batch_core::job::ChunkMessage::parse(body) {
+            let me = fhe_batch_core::pipeline::Claimant::Chunk(msg.chunk);
+            fhe_batch_core::pipeline::notify_if_ended(store, notes.as_ref(), &msg.job, me).await?;
+        }
+    }
+    report.notifications = std::mem::take(&mut *notes.0.lock().expect("lock"));
     Ok(report)
+}
+
+/// The local runner's notifier: keeps the job-end notifications for the report.
+#[derive(Default)]
+struct Collected(std::sync::Mutex<Vec<fhe_batch_core::job::JobNotification>>);
+
+impl fhe_batch_core::ports::Notifier for Collected {
+    fn publish<'a>(
+        &'a self,
+        n: &'a fhe_batch_core::job::JobNotification,
+    ) -> std::pin::Pin<
+        Box<
+            dyn std::future::Future<Output = Result<(), fhe_batch_core::ports::NotifyError>>
+                + Send
+                + 'a,
+        >,
+    > {
+        Box::pin(async move {
+            self.0.lock().expect("lock").push(n.clone());
+            Ok(())
+        })
+    }
 }

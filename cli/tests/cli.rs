@@ -105,6 +105,12 @@ fn the_documented_session_works_step_by_step() {
     assert!(err.contains("there is no job nobody"), "{err}");
     let out = ok(d, &["run", "--workers", "2"]);
     assert!(out.contains("job claims: queued 1 chunks"), "{out}");
+    assert!(
+        out.contains("notification: job claims SUCCEEDED (1/1 chunks, 150 records)"),
+        "{out}"
+    );
+    let out = ok(d, &["status", "claims", "--wait"]);
+    assert!(out.contains("SUCCEEDED 1/1 chunks"), "{out}");
     let out = ok(d, &["status", "claims", "--json"]);
     assert!(out.contains("\"state\": \"SUCCEEDED\""), "{out}");
     ok(

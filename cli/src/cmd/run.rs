@@ -44,5 +44,19 @@ pub fn run(args: RunArgs) -> Result<()> {
         report.failed,
         output::dur(report.work_time)
     );
+    for n in &report.notifications {
+        println!(
+            "notification: job {} {} ({}/{} chunks, {} records){}",
+            n.job,
+            n.state,
+            n.chunks_done,
+            n.chunks_total,
+            n.records,
+            n.reason
+                .as_deref()
+                .map(|r| format!(": {r}"))
+                .unwrap_or_else(|| format!("; results in {}", n.results_prefix))
+        );
+    }
     Ok(())
 }
