@@ -111,6 +111,13 @@ fn the_documented_session_works_step_by_step() {
     );
     let out = ok(d, &["status", "claims", "--wait"]);
     assert!(out.contains("SUCCEEDED 1/1 chunks"), "{out}");
+    let again = fhe_batch(d, &["submit", "claims.fheb"]);
+    assert!(!again.status.success());
+    let err = String::from_utf8_lossy(&again.stderr);
+    assert!(
+        err.contains("job claims already exists (SUCCEEDED)") && err.contains("--job claims-2"),
+        "{err}"
+    );
     let out = ok(d, &["status", "claims", "--json"]);
     assert!(out.contains("\"state\": \"SUCCEEDED\""), "{out}");
     ok(

@@ -201,3 +201,33 @@ async fn an_upload_whose_name_is_not_a_job_id_runs_under_the_mapped_name() {
     drain(env.worker(), &queue, 1).await;
     env.assert_exact(&job, &q).await;
 }
+
+/// A different batch uploaded under the name of an existing job is not run, and not silently:
+/// the job's status lists the refused upload with what to do instead. A repeated event of the
+/// same upload adds nothing.
+#[tokio::test]
+async fn a_different_upload_under_an_existing_job_name_is_refused_visibly() {
+    let env = Env::new().await;
+    let (first, q) = iris_batch(150, 60);
+    let job = env.upload("claims", first).await;
+    let queue = queue(Duration::from_secs(60));
+    env.ingest(&queue, &job).await;
+    drain(env.worker(), &queue, 1).await;
+    let (second, _) = iris_batch(150, 61);
+    env.upload("claims", second).await;
+    for _ in 0..2 {
+        let out = env.ingest(&queue, &job).await;
+        assert!(matches!(out, IngestOutcome::Ignored { .. }), "{out:?}");
+    }
+    assert!(queue.is_idle());
+    let st = env.status(&job).await;
+    assert_eq!(st.state, JobState::Succeeded);
+    assert_eq!(st.refused_uploads.len(), 1, "{st:?}");
+    assert!(st.refused_uploads[0].contains("upload it under a new job name"));
+    // The first batch's results are untouched.
+    env.store
+        .put(&layout::inbox(&job), iris_batch(150, 60).0)
+        .await
+        .unwrap();
+    env.assert_exact(&job, &q).await;
+}

@@ -45,6 +45,9 @@ pub fn run(args: StatusArgs) -> Result<()> {
                     None => println!("  {}", f.reason),
                 }
             }
+            for r in &st.refused_uploads {
+                println!("  refused: {r}");
+            }
         }
     }
     Ok(())

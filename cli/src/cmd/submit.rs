@@ -40,6 +40,13 @@ pub fn run(args: SubmitArgs) -> Result<()> {
     let n = bytes.len() as u64;
     runtime()?.block_on(async {
         let s = args.store.open().await?;
+        // A job name is used once: say so before uploading, rather than have ingest refuse it.
+        if let Ok(st) = fhe_batch_core::pipeline::job_status(&s, &job).await {
+            anyhow::bail!(
+                "job {job} already exists ({}); a new upload under its name would not run: submit with --job {job}-2 (or another new name)",
+                st.state
+            );
+        }
         s.put(&layout::inbox(&job), bytes).await?;
         println!(
             "uploaded {} ({}) to {}/{} as job {job}",

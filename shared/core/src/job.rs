@@ -245,4 +245,8 @@ pub struct JobStatus {
     pub failures: Vec<FailureRecord>,
     /// Where the chunk results are (`results/<job>/`).
     pub results_prefix: String,
+    /// Uploads under this job's name that were refused (a different batch while the job
+    /// existed), with what to do instead.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub refused_uploads: Vec<String>,
 }

@@ -96,6 +96,11 @@ pub fn job_notify_claim(job: &JobId) -> String {
 pub fn job_notified(job: &JobId) -> String {
     format!("jobs/{job}/notified.json")
 }
+/// `jobs/<job>/refused/`: uploads under this job's name that were not run (a different batch
+/// while the job existed), one record each.
+pub fn job_refused_prefix(job: &JobId) -> String {
+    format!("jobs/{job}/refused/")
+}
 pub fn job_errors_prefix(job: &JobId) -> String {
     format!("jobs/{job}/errors/")
 }

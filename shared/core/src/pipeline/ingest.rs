@@ -126,10 +126,25 @@ pub async fn ingest_object<S: ObjectStore, Q: JobQueue>(
     if created == PutOutcome::AlreadyExists {
         let existing = read_manifest(store, &job).await?;
         if existing.as_ref().map(|m| &m.header_sha256) != Some(&manifest.header_sha256) {
-            warn!(%job, "a different batch was uploaded under an existing job id; ignoring it");
-            return ignored(format!(
-                "job {job} already exists for another upload; job ids must be unique"
-            ));
+            warn!(%job, "a different batch was uploaded under an existing job id; refused");
+            let reason = format!(
+                "a different batch was uploaded as {key} while job {job} existed; it was not run: upload it under a new job name (for example {job}-2)"
+            );
+            // Visible in the job's status; one record per distinct upload (repeated events of
+            // the same upload write nothing new).
+            let record =
+                serde_json::json!({ "key": key, "reason": reason, "at_unix_ms": now_unix_ms() });
+            store
+                .put_if_absent(
+                    &format!(
+                        "{}{}.json",
+                        layout::job_refused_prefix(&job),
+                        &manifest.header_sha256[..16]
+                    ),
+                    serde_json::to_vec_pretty(&record).expect("record serializes"),
+                )
+                .await?;
+            return ignored(reason);
         }
         // Same upload seen again (S3 may repeat events, or a previous ingest died after the
         // manifest): queue again what has no result yet. Workers are idempotent.

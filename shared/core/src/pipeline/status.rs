@@ -29,6 +29,7 @@ pub async fn job_status<S: ObjectStore>(store: &S, job: &JobId) -> Result<JobSta
         created_unix_ms: None,
         failures: Vec::new(),
         results_prefix: layout::results_prefix(job),
+        refused_uploads: Vec::new(),
     };
     let manifest = read_manifest(store, job).await?;
     let job_failure = read_failure(store, &layout::job_failure(job)).await?;
@@ -47,6 +48,19 @@ pub async fn job_status<S: ObjectStore>(store: &S, job: &JobId) -> Result<JobSta
         return Err(StatusError::NotFound(job.clone()));
     };
     count_chunks(store, job, &manifest, &mut status).await?;
+    for key in store
+        .list(&layout::job_refused_prefix(job))
+        .await?
+        .iter()
+        .take(20)
+    {
+        if let Ok(b) = store.get(key, MAX_RECORD_BYTES).await
+            && let Ok(v) = serde_json::from_slice::<serde_json::Value>(&b)
+            && let Some(r) = v["reason"].as_str()
+        {
+            status.refused_uploads.push(r.to_string());
+        }
+    }
     if let Some(f) = job_failure {
         status.failures.insert(0, f);
     }
