@@ -3,8 +3,13 @@
 # smoke-tests the exact x86_64 bootstraps it produced through the Lambda runtime loop against a
 # local moto stack. Run it before `sam deploy`. A cold build takes tens of minutes on 2 cores.
 #
-#   infra/sam-build.sh            # build + smoke test
+#   infra/sam-build.sh            # build both architectures + smoke test of x86_64
 #   SKIP_SMOKE=1 infra/sam-build.sh
+#   ARCHS=x86_64 infra/sam-build.sh
+#
+# arm64 bootstraps are built too (into .aws-sam/build-arm64, deploy them with
+# `sam deploy --template .aws-sam/build-arm64/template.yaml --parameter-overrides Architecture=arm64`);
+# they cannot run on this x86_64 machine, so only their build is checked here.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 TOOLS="${FHE_BATCH_DEPLOY_VENV:-$HOME/.cache/fhe-batch/deploy-venv}"
@@ -14,8 +19,16 @@ if [ ! -x "$TOOLS/bin/sam" ] || ! cmp -s infra/requirements-deploy.txt "$TOOLS/.
   cp infra/requirements-deploy.txt "$TOOLS/.requirements"
 fi
 export PATH="$TOOLS/bin:$PATH" SAM_CLI_TELEMETRY=0
-sam build
-ls -l .aws-sam/build/*/bootstrap
+for arch in ${ARCHS:-x86_64 arm64}; do
+  if [ "$arch" = x86_64 ]; then
+    sam build
+    ls -l .aws-sam/build/*/bootstrap
+  else
+    sam build --parameter-overrides "Architecture=$arch" --build-dir ".aws-sam/build-$arch"
+    ls -l ".aws-sam/build-$arch"/*/bootstrap
+    file ".aws-sam/build-$arch"/*/bootstrap | grep -q aarch64 || { echo "not aarch64 binaries"; exit 1; }
+  fi
+done
 
 if [ -z "${SKIP_SMOKE:-}" ]; then
   export FHE_BATCH_VENV="${FHE_BATCH_VENV:-$HOME/.cache/fhe-batch/venv}"
