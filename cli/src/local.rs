@@ -59,7 +59,7 @@ pub async fn run_local(store: &FsStore, workers: usize, show_progress: bool) -> 
     report.ingest_time = started.elapsed();
     let total = queue.stats().sent;
     let pb = bar(total, "evaluate", show_progress);
-    let notes = Arc::new(Collected::default());
+    let notes = Arc::new(fhe_batch_core::pipeline::CollectingNotifier::default());
     let worker = Arc::new(
         Worker::new(
             store.clone(),
@@ -117,28 +117,6 @@ pub async fn run_local(store: &FsStore, workers: usize, show_progress: bool) -> 
             fhe_batch_core::pipeline::notify_if_ended(store, notes.as_ref(), &msg.job, me).await?;
         }
     }
-    report.notifications = std::mem::take(&mut *notes.0.lock().expect("lock"));
+    report.notifications = notes.take();
     Ok(report)
-}
-
-/// The local runner's notifier: keeps the job-end notifications for the report.
-#[derive(Default)]
-struct Collected(std::sync::Mutex<Vec<fhe_batch_core::job::JobNotification>>);
-
-impl fhe_batch_core::ports::Notifier for Collected {
-    fn publish<'a>(
-        &'a self,
-        n: &'a fhe_batch_core::job::JobNotification,
-    ) -> std::pin::Pin<
-        Box<
-            dyn std::future::Future<Output = Result<(), fhe_batch_core::ports::NotifyError>>
-                + Send
-                + 'a,
-        >,
-    > {
-        Box::pin(async move {
-            self.0.lock().expect("lock").push(n.clone());
-            Ok(())
-        })
-    }
 }

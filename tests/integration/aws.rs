@@ -53,24 +53,7 @@ async fn setup(name: &str) -> Aws {
     let (s3, sqs) = fhe_batch_aws::config::clients().await;
     let bucket = format!("fheb-{name}-{}", std::process::id());
     s3.create_bucket().bucket(&bucket).send().await.unwrap();
-    let dlq_url = sqs
-        .create_queue()
-        .queue_name(format!("{bucket}-dlq"))
-        .send()
-        .await
-        .unwrap()
-        .queue_url
-        .unwrap();
-    let dlq_arn = sqs
-        .get_queue_attributes()
-        .queue_url(&dlq_url)
-        .attribute_names(QueueAttributeName::QueueArn)
-        .send()
-        .await
-        .unwrap()
-        .attributes
-        .unwrap()[&QueueAttributeName::QueueArn]
-        .clone();
+    let (dlq_url, dlq_arn) = new_queue(&sqs, &format!("{bucket}-dlq")).await;
     let url = sqs
         .create_queue()
         .queue_name(format!("{bucket}-jobs"))
@@ -94,6 +77,29 @@ async fn setup(name: &str) -> Aws {
 }
 
 /// An SQS event built from real received messages, as the event source mapping would.
+/// A new queue's URL and ARN.
+async fn new_queue(sqs: &aws_sdk_sqs::Client, name: &str) -> (String, String) {
+    let url = sqs
+        .create_queue()
+        .queue_name(name)
+        .send()
+        .await
+        .unwrap()
+        .queue_url
+        .unwrap();
+    let arn = sqs
+        .get_queue_attributes()
+        .queue_url(&url)
+        .attribute_names(QueueAttributeName::QueueArn)
+        .send()
+        .await
+        .unwrap()
+        .attributes
+        .unwrap()[&QueueAttributeName::QueueArn]
+        .clone();
+    (url, arn)
+}
+
 fn sqs_event(deliveries: &[fhe_batch_core::ports::Delivery]) -> SqsEvent {
     let mut event = SqsEvent::default();
     for d in deliveries {
@@ -385,24 +391,7 @@ async fn job_ends_are_published_to_the_success_and_error_topics() {
             .unwrap()
             .topic_arn
             .unwrap();
-        let url = sqs
-            .create_queue()
-            .queue_name(format!("{name}-{kind}"))
-            .send()
-            .await
-            .unwrap()
-            .queue_url
-            .unwrap();
-        let arn = sqs
-            .get_queue_attributes()
-            .queue_url(&url)
-            .attribute_names(QueueAttributeName::QueueArn)
-            .send()
-            .await
-            .unwrap()
-            .attributes
-            .unwrap()[&QueueAttributeName::QueueArn]
-            .clone();
+        let (url, arn) = new_queue(&sqs, &format!("{name}-{kind}")).await;
         sns.subscribe()
             .topic_arn(&topic)
             .protocol("sqs")

@@ -183,35 +183,5 @@ pub async fn receive_all(q: &MemQueue) -> Vec<fhe_batch_core::ports::Delivery> {
     }
 }
 
-/// A notifier that keeps what it was asked to publish; `fail_first` publishes fail first.
-#[derive(Default)]
-pub struct Notifications {
-    pub sent: std::sync::Mutex<Vec<fhe_batch_core::job::JobNotification>>,
-    pub fail_first: std::sync::atomic::AtomicU32,
-}
-
-impl fhe_batch_core::ports::Notifier for Notifications {
-    fn publish<'a>(
-        &'a self,
-        n: &'a fhe_batch_core::job::JobNotification,
-    ) -> std::pin::Pin<
-        Box<
-            dyn std::future::Future<Output = Result<(), fhe_batch_core::ports::NotifyError>>
-                + Send
-                + 'a,
-        >,
-    > {
-        Box::pin(async move {
-            use std::sync::atomic::Ordering;
-            if self
-                .fail_first
-                .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |f| f.checked_sub(1))
-                .is_ok()
-            {
-                return Err(fhe_batch_core::ports::NotifyError("injected".into()));
-            }
-            self.sent.lock().unwrap().push(n.clone());
-            Ok(())
-        })
-    }
-}
+/// The notifier tests use: keeps what it publishes, can fail the next publishes.
+pub type Notifications = fhe_batch_core::pipeline::CollectingNotifier;

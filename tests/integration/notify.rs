@@ -47,7 +47,7 @@ async fn one_notification_per_job_with_duplicates_and_concurrent_last_chunks() {
     for t in tasks {
         t.await.unwrap();
     }
-    let sent = notes.sent.lock().unwrap().clone();
+    let sent = notes.sent();
     assert_eq!(sent.len(), jobs.len(), "{sent:?}");
     for (job, q) in &jobs {
         let n: Vec<_> = sent.iter().filter(|n| &n.job == job).collect();
@@ -63,9 +63,7 @@ async fn one_notification_per_job_with_duplicates_and_concurrent_last_chunks() {
 async fn a_failed_job_is_notified_once_with_its_reason_and_a_failed_publish_is_retried() {
     let env = Env::new().await;
     let notes = Arc::new(Notifications::default());
-    notes
-        .fail_first
-        .store(1, std::sync::atomic::Ordering::SeqCst);
+    notes.fail_next(1);
     let w = worker(&env, &notes);
     let (bytes, _) = iris_batch(150, 50);
     let job = env.upload("doomed", bytes).await;
@@ -82,11 +80,11 @@ async fn a_failed_job_is_notified_once_with_its_reason_and_a_failed_publish_is_r
     let d = receive_all(&queue).await;
     // First delivery: failure recorded, the publish fails, so the message is left for a retry.
     assert!(w.handle_message(&d[0].body, 1).await.is_err());
-    assert!(notes.sent.lock().unwrap().is_empty());
+    assert!(notes.sent().is_empty());
     // Redelivered: the failure is already recorded, the notification goes out now, once.
     w.handle_message(&d[0].body, 2).await.unwrap();
     w.handle_message(&d[0].body, 3).await.unwrap();
-    let sent = notes.sent.lock().unwrap().clone();
+    let sent = notes.sent();
     assert_eq!(sent.len(), 1, "{sent:?}");
     assert_eq!(sent[0].state, JobState::Failed);
     assert!(

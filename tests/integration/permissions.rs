@@ -108,7 +108,7 @@ async fn ingest_grants(env: &Env, q: &fhe_batch_local::MemQueue) -> BTreeSet<Gra
             .await
             .unwrap();
     }
-    assert_eq!(notes.sent.lock().unwrap().len(), 1);
+    assert_eq!(notes.sent().len(), 1);
     store.grants()
 }
 
@@ -134,10 +134,7 @@ async fn worker_grants(env: &Env, q: &fhe_batch_local::MemQueue) -> BTreeSet<Gra
             .await
             .unwrap();
     }
-    assert!(
-        !notes.sent.lock().unwrap().is_empty(),
-        "job ends were published"
-    );
+    assert!(!notes.sent().is_empty(), "job ends were published");
     store.grants()
 }
 
@@ -155,10 +152,7 @@ async fn deadletter_grants(env: &Env, bodies: &[String]) -> BTreeSet<Grant> {
     let notes = Notifications::default();
     let reply = fhe_batch_aws::handlers::handle_dead_letters(&store, Some(&notes), event).await;
     assert!(reply.batch_item_failures.is_empty());
-    assert!(
-        !notes.sent.lock().unwrap().is_empty(),
-        "the lost job's end was published"
-    );
+    assert!(!notes.sent().is_empty(), "the lost job's end was published");
     store.grants()
 }
 

@@ -64,6 +64,15 @@ pub async fn handle_s3_event<S: ObjectStore, Q: JobQueue>(
     }
 }
 
+/// How often SQS delivered a message (1 when the attribute is missing).
+fn receive_count(message: &aws_lambda_events::event::sqs::SqsMessage) -> u32 {
+    message
+        .attributes
+        .get("ApproximateReceiveCount")
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(1)
+}
+
 /// Handles an SQS batch for the worker function with partial batch failures: a record whose
 /// attempt fails (or panics) is reported alone, and (with `retry`) its message comes back after
 /// [`RetryDelays::after`] its receive count (15 s, doubling, at most 15 min) instead of the
@@ -83,11 +92,7 @@ where
     for message in event.records {
         let id = message.message_id.clone().unwrap_or_default();
         let body = message.body.clone().unwrap_or_default();
-        let receive_count = message
-            .attributes
-            .get("ApproximateReceiveCount")
-            .and_then(|c| c.parse().ok())
-            .unwrap_or(1);
+        let receive_count = receive_count(&message);
         let w = worker.clone();
         // A task per record: a panic anywhere in it fails this record only.
         let result =
@@ -136,11 +141,7 @@ pub async fn handle_dead_letters<S: ObjectStore>(
     for message in event.records {
         let id = message.message_id.clone().unwrap_or_default();
         let body = message.body.clone().unwrap_or_default();
-        let receive_count = message
-            .attributes
-            .get("ApproximateReceiveCount")
-            .and_then(|c| c.parse::<u32>().ok())
-            .unwrap_or(1);
+        let receive_count = receive_count(&message);
         // The job queue's receive count is not carried over; the dead-letter limit is 5.
         let deliveries = receive_count.max(5);
         let handled = match record_dead_letter(store, &body, deliveries).await {

@@ -39,25 +39,22 @@ pub fn inbox(job: &JobId) -> String {
 /// The job an uploaded object runs as (key already URL-decoded), and whether its file name had
 /// to be renamed ([`JobId::from_file_name`]): every `inbox/*.fheb` upload becomes a job.
 pub fn job_for_upload(key: &str) -> Result<(JobId, bool), KeyError> {
-    let name = key
-        .strip_prefix(INBOX_PREFIX)
+    Ok(JobId::from_file_name(upload_name(key)?))
+}
+
+/// The file name of an `inbox/<name>.fheb` key, without prefix and suffix.
+fn upload_name(key: &str) -> Result<&str, KeyError> {
+    key.strip_prefix(INBOX_PREFIX)
         .and_then(|rest| rest.strip_suffix(BATCH_SUFFIX))
         .ok_or_else(|| KeyError::NotABatch {
             key: key.chars().take(200).collect(),
-        })?;
-    Ok(JobId::from_file_name(name))
+        })
 }
 
 /// Recovers the job id from an uploaded object's key (already URL-decoded), refusing names
 /// that are not job ids as they are.
 pub fn job_of_inbox_key(key: &str) -> Result<JobId, KeyError> {
-    let name = key
-        .strip_prefix(INBOX_PREFIX)
-        .and_then(|rest| rest.strip_suffix(BATCH_SUFFIX))
-        .ok_or_else(|| KeyError::NotABatch {
-            key: key.chars().take(200).collect(),
-        })?;
-    JobId::parse(name).map_err(|source| KeyError::BadJob {
+    JobId::parse(upload_name(key)?).map_err(|source| KeyError::BadJob {
         key: key.chars().take(200).collect(),
         source,
     })

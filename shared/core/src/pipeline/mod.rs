@@ -25,7 +25,7 @@ pub use crate::ports::{ChunkEvaluator, ChunkInput, EvalError, MAX_EVAL_KEY_BYTES
 pub use deadletter::{DeadLetterOutcome, record_dead_letter};
 pub use faults::{FaultPoint, FaultProbe};
 pub use ingest::{IngestOutcome, ingest_object};
-pub use notify::{Claimant, NoNotifier, NotifyFailure, notify_if_ended};
+pub use notify::{Claimant, CollectingNotifier, NoNotifier, NotifyFailure, notify_if_ended};
 pub use queue_loop::{LoopConfig, RetryDelays, run_queue_worker};
 pub use status::{StatusError, job_status, list_jobs};
 pub use worker::{ChunkOutcome, RetryLater, Worker, WorkerConfig};

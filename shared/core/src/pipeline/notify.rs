@@ -155,3 +155,50 @@ impl Notifier for NoNotifier {
         Box::pin(async { Ok(()) })
     }
 }
+
+/// A notifier that keeps what it publishes (the local runner's report, tests). `fail_next`
+/// makes that many publishes fail first.
+#[derive(Debug, Default)]
+pub struct CollectingNotifier {
+    sent: std::sync::Mutex<Vec<JobNotification>>,
+    fail_next: std::sync::atomic::AtomicU32,
+}
+
+impl CollectingNotifier {
+    /// What was published so far.
+    pub fn sent(&self) -> Vec<JobNotification> {
+        self.sent.lock().expect("lock").clone()
+    }
+
+    /// Takes what was published so far.
+    pub fn take(&self) -> Vec<JobNotification> {
+        std::mem::take(&mut *self.sent.lock().expect("lock"))
+    }
+
+    /// Makes the next `n` publishes fail.
+    pub fn fail_next(&self, n: u32) {
+        self.fail_next.store(n, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+impl Notifier for CollectingNotifier {
+    fn publish<'a>(
+        &'a self,
+        n: &'a JobNotification,
+    ) -> std::pin::Pin<
+        Box<dyn std::future::Future<Output = Result<(), crate::ports::NotifyError>> + Send + 'a>,
+    > {
+        Box::pin(async move {
+            use std::sync::atomic::Ordering;
+            if self
+                .fail_next
+                .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |f| f.checked_sub(1))
+                .is_ok()
+            {
+                return Err(crate::ports::NotifyError("injected failure".into()));
+            }
+            self.sent.lock().expect("lock").push(n.clone());
+            Ok(())
+        })
+    }
+}
