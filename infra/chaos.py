@@ -150,7 +150,16 @@ class Fixture:
             d = work / "ref/results" / f"b{chunks}"
             files = sorted(d.iterdir())
             assert len(files) == chunks, (chunks, files)
-            self.reference[chunks] = [hashlib.sha256(p.read_bytes()).hexdigest() for p in files]
+            self.reference[chunks] = [result_digest(p.read_bytes()) for p in files]
+
+
+def result_digest(data):
+    """SHA-256 of a result without what names its job: a version-2 result binds itself to its job
+    (bytes 72..88, then its batch's header hash at 88..120) and its checksum covers that, so the
+    same chunk of the same batch under another job name differs there alone."""
+    if len(data) > 120 + 32 and data[4:6] == (2).to_bytes(2, "little"):
+        data = data[:72] + data[88:120] + data[120:-32]
+    return hashlib.sha256(data).hexdigest()
 
 
 class Workers:
@@ -245,7 +254,7 @@ class Jobs:
             lost += max(0, chunks - len(keys))
             for c, key in enumerate(keys):
                 body = self.stack.s3.get_object(Bucket=BUCKET, Key=key)["Body"].read()
-                if c >= len(ref) or hashlib.sha256(body).hexdigest() != ref[c]:
+                if c >= len(ref) or result_digest(body) != ref[c]:
                     bad += 1
             for c in range(chunks):
                 if written.get((job, c), 0) > 1:

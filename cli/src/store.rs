@@ -142,6 +142,24 @@ pub async fn require_succeeded(
     }
 }
 
+/// The SHA-256 of the batch header a job's record names (`None` when the record has none).
+pub async fn job_batch_hash(
+    store: &impl ObjectStore,
+    job: &fhe_batch_core::ids::JobId,
+) -> Result<Option<[u8; 32]>> {
+    let bytes = store
+        .get(
+            &layout::job_manifest(job),
+            fhe_batch_core::job::MAX_RECORD_BYTES,
+        )
+        .await?;
+    let manifest: fhe_batch_core::job::JobManifest = serde_json::from_slice(&bytes)?;
+    let mut h = [0u8; 32];
+    Ok(hex::decode_to_slice(&manifest.header_sha256, &mut h)
+        .ok()
+        .map(|_| h))
+}
+
 /// Reads every result object of a job from a bucket (the job must have succeeded).
 pub async fn read_results_from_store(
     store: &impl ObjectStore,

@@ -136,6 +136,53 @@ fn the_documented_session_works_step_by_step() {
     );
     let preds = std::fs::read_to_string(d.join("p.csv")).unwrap();
     assert_eq!(preds.lines().count(), 151);
+    // Results are bound to their job and batch: the same batch run again as job claims-b, then
+    // claims's result copied over claims-b's, is refused (predictions would be attributed to
+    // the wrong job's records), and nothing is written.
+    ok(d, &["submit", "claims.fheb", "--job", "claims-b"]);
+    ok(d, &["run"]);
+    let bucket = d.join(".fhe-batch/bucket/results");
+    std::fs::copy(
+        bucket.join("claims/000000.fher"),
+        bucket.join("claims-b/000000.fher"),
+    )
+    .unwrap();
+    let swapped = fhe_batch(
+        d,
+        &[
+            "decrypt",
+            "--model",
+            "model",
+            "--key",
+            "client.key",
+            "--job",
+            "claims-b",
+            "--out",
+            "swapped.csv",
+        ],
+    );
+    assert!(!swapped.status.success());
+    let err = String::from_utf8_lossy(&swapped.stderr);
+    assert!(err.contains("computed for another job"), "{err}");
+    assert!(!d.join("swapped.csv").exists());
+    // With the uploaded file named, every result must answer exactly that batch.
+    let out = ok(
+        d,
+        &[
+            "decrypt",
+            "--model",
+            "model",
+            "--key",
+            "client.key",
+            "--job",
+            "claims",
+            "--batch",
+            "claims.fheb",
+            "--out",
+            "p2.csv",
+        ],
+    );
+    assert!(out.contains("decrypted 150 predictions"), "{out}");
     // The secret key never entered the bucket.
     let key = std::fs::read(d.join("client.key")).unwrap();
     for entry in walk(&d.join(".fhe-batch/bucket")) {

@@ -7,6 +7,7 @@
 
 use crate::common::*;
 use fhe_batch_core::format::BatchLimits;
+use fhe_batch_core::format::ResultHeader;
 use fhe_batch_core::ids::JobId;
 use fhe_batch_core::job::JobState;
 use fhe_batch_core::layout;
@@ -141,8 +142,20 @@ impl Reference {
                     .get(&layout::chunk_result(job, c as u32), 1 << 30)
                     .await
                     .unwrap();
+                // Identical to the reference but for the binding, which names this job.
+                let (gh, gb) = ResultHeader::decode(&got, 256).unwrap();
+                let (eh, eb) = ResultHeader::decode(expected, 256).unwrap();
                 assert!(
-                    got == *expected,
+                    gh.binding.is_some_and(|b| b.is_for_job(job)),
+                    "{job} chunk {c}"
+                );
+                assert_eq!(
+                    gh.binding.map(|b| b.batch_header_sha256),
+                    eh.binding.map(|b| b.batch_header_sha256)
+                );
+                let unbound = |h: ResultHeader| ResultHeader { binding: None, ..h };
+                assert!(
+                    unbound(gh) == unbound(eh) && gb == eb,
                     "{job} chunk {c} differs from the reference"
                 );
                 checked += 1;

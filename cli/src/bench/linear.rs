@@ -197,6 +197,7 @@ fn round(name: &str, pkg: &ModelPackage, key: &SecretKey, quantized: &[u64]) -> 
                 model_id,
                 key_fingerprint: key.fingerprint(),
                 first_record: i as u64 * ParamSet::Glwe2048TUniform17.polynomial_size() as u64,
+                binding: None,
             };
             (format!("{i}"), h.encode(body))
         })

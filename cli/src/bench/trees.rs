@@ -195,6 +195,7 @@ fn evaluate(
             model_id: pkg.manifest.model_id,
             key_fingerprint: key.fingerprint(),
             first_record: i as u64 * header.records_per_chunk as u64,
+            binding: None,
         };
         results.push((format!("chunk-{i}"), h.encode(&body)));
     }

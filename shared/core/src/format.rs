@@ -80,6 +80,11 @@ pub const CHUNK_ENTRY_LEN: usize = 56;
 pub const CHECKSUM_LEN: usize = 32;
 pub const SEED_LEN: usize = 16;
 pub const RESULT_HEADER_LEN: usize = 72;
+/// Result format version 2: the header binds the result to its job and batch
+/// ([`ResultBinding`], 48 more bytes).
+pub const RESULT_VERSION_2: u16 = 2;
+/// Header length of a version-2 result.
+pub const RESULT_HEADER_LEN_V2: usize = RESULT_HEADER_LEN + 48;
 
 /// Why a batch or result file is refused. Every variant reads as a sentence a person can act on.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -537,6 +542,36 @@ pub fn verify_chunk(payload: &[u8], length: u64, sha256: &[u8; 32]) -> Result<()
     Ok(())
 }
 
+/// What a result answers: its job (a hash of the job id) and the batch (the SHA-256 of the
+/// batch header, which names every chunk's hash). A result copied from another job or batch
+/// carries the other's binding, and decryption refuses it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ResultBinding {
+    pub job: [u8; 16],
+    pub batch_header_sha256: [u8; 32],
+}
+
+impl ResultBinding {
+    /// The binding of job `job`'s batch whose header hashes to `batch_header_sha256`.
+    pub fn new(job: &crate::ids::JobId, batch_header_sha256: [u8; 32]) -> Self {
+        let mut h = Sha256::new();
+        h.update(b"fhe-batch job v1");
+        h.update(job.as_str().as_bytes());
+        let d = h.finalize();
+        let mut j = [0u8; 16];
+        j.copy_from_slice(&d[..16]);
+        Self {
+            job: j,
+            batch_header_sha256,
+        }
+    }
+
+    /// Whether this binding names `job` (whatever its batch).
+    pub fn is_for_job(&self, job: &crate::ids::JobId) -> bool {
+        Self::new(job, self.batch_header_sha256).job == self.job
+    }
+}
+
 /// The metadata of a chunk result file.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ResultHeader {
@@ -551,9 +586,20 @@ pub struct ResultHeader {
     pub model_id: ModelId,
     pub key_fingerprint: KeyFingerprint,
     pub first_record: u64,
+    /// The job and batch this result answers (format version 2); `None` in version-1 results.
+    pub binding: Option<ResultBinding>,
 }
 
 impl ResultHeader {
+    /// Bytes of this result's header.
+    pub fn header_len(&self) -> usize {
+        if self.binding.is_some() {
+            RESULT_HEADER_LEN_V2
+        } else {
+            RESULT_HEADER_LEN
+        }
+    }
+
     /// Bytes of the ciphertext body for this header.
     pub fn body_len(&self) -> usize {
         self.ciphertexts as usize * self.params.glwe_bytes()
@@ -562,9 +608,14 @@ impl ResultHeader {
     /// Wraps ciphertext bytes into a result file.
     pub fn encode(&self, body: &[u8]) -> Vec<u8> {
         assert_eq!(body.len(), self.body_len(), "result body length");
-        let mut out = Vec::with_capacity(RESULT_HEADER_LEN + body.len() + CHECKSUM_LEN);
+        let mut out = Vec::with_capacity(self.header_len() + body.len() + CHECKSUM_LEN);
         out.extend_from_slice(&RESULT_MAGIC);
-        out.extend_from_slice(&FORMAT_VERSION.to_le_bytes());
+        let version = if self.binding.is_some() {
+            RESULT_VERSION_2
+        } else {
+            FORMAT_VERSION
+        };
+        out.extend_from_slice(&version.to_le_bytes());
         out.extend_from_slice(&self.params.wire_id().to_le_bytes());
         out.extend_from_slice(&self.ciphertexts.to_le_bytes());
         out.extend_from_slice(&self.chunk_index.to_le_bytes());
@@ -575,6 +626,10 @@ impl ResultHeader {
         out.extend_from_slice(self.model_id.as_bytes());
         out.extend_from_slice(self.key_fingerprint.as_bytes());
         out.extend_from_slice(&self.first_record.to_le_bytes());
+        if let Some(b) = &self.binding {
+            out.extend_from_slice(&b.job);
+            out.extend_from_slice(&b.batch_header_sha256);
+        }
         out.extend_from_slice(body);
         let sum: [u8; 32] = Sha256::digest(&out).into();
         out.extend_from_slice(&sum);
@@ -596,10 +651,22 @@ impl ResultHeader {
         let mut r = Reader::new(bytes);
         r.pos = 4;
         let version = r.u16();
-        if version != FORMAT_VERSION {
+        if version != FORMAT_VERSION && version != RESULT_VERSION_2 {
             return Err(FormatError::Version {
                 what: "result",
                 found: version,
+            });
+        }
+        let header_len = if version == RESULT_VERSION_2 {
+            RESULT_HEADER_LEN_V2
+        } else {
+            RESULT_HEADER_LEN
+        };
+        if bytes.len() < header_len + CHECKSUM_LEN {
+            return Err(FormatError::Truncated {
+                what: "result",
+                needed: (header_len + CHECKSUM_LEN) as u64,
+                got: bytes.len() as u64,
             });
         }
         let param_id = r.u16();
@@ -614,6 +681,10 @@ impl ResultHeader {
         let model_id = ModelId::from_bytes(r.bytes());
         let key_fingerprint = KeyFingerprint::from_bytes(r.bytes());
         let first_record = r.u64();
+        let binding = (version == RESULT_VERSION_2).then(|| ResultBinding {
+            job: r.bytes(),
+            batch_header_sha256: r.bytes(),
+        });
         if ciphertexts == 0 || ciphertexts > max_outputs {
             return Err(FormatError::TooLarge {
                 what: "result output count",
@@ -644,8 +715,9 @@ impl ResultHeader {
             model_id,
             key_fingerprint,
             first_record,
+            binding,
         };
-        let expected = RESULT_HEADER_LEN + header.body_len() + CHECKSUM_LEN;
+        let expected = header_len + header.body_len() + CHECKSUM_LEN;
         if bytes.len() != expected {
             return Err(FormatError::Truncated {
                 what: "result",
@@ -657,7 +729,7 @@ impl ResultHeader {
         if sum[..] != bytes[expected - CHECKSUM_LEN..] {
             return Err(FormatError::Checksum { what: "result" });
         }
-        Ok((header, &bytes[RESULT_HEADER_LEN..expected - CHECKSUM_LEN]))
+        Ok((header, &bytes[header_len..expected - CHECKSUM_LEN]))
     }
 }
 
@@ -815,25 +887,32 @@ mod tests {
 
     #[test]
     fn result_round_trip_and_corruption() {
-        let h = ResultHeader {
-            params: ParamSet::Glwe2048TUniform17,
-            ciphertexts: 2,
-            chunk_index: 1,
-            chunk_count: 3,
-            records: 10,
-            output_bits: 20,
-            model_id: ModelId::from_bytes([3; 16]),
-            key_fingerprint: KeyFingerprint::from_bytes([4; 16]),
-            first_record: 2048,
-        };
-        let body = vec![7u8; h.body_len()];
-        let bytes = h.encode(&body);
-        let (h2, b2) = ResultHeader::decode(&bytes, 16).unwrap();
-        assert_eq!(h2, h);
-        assert_eq!(b2, &body[..]);
-        let mut bad = bytes.clone();
-        bad[100] ^= 1;
-        assert!(ResultHeader::decode(&bad, 16).is_err());
-        assert!(ResultHeader::decode(&bytes[..bytes.len() - 1], 16).is_err());
+        let job = crate::ids::JobId::parse("claims").unwrap();
+        for binding in [None, Some(ResultBinding::new(&job, [5; 32]))] {
+            let h = ResultHeader {
+                params: ParamSet::Glwe2048TUniform17,
+                ciphertexts: 2,
+                chunk_index: 1,
+                chunk_count: 3,
+                records: 10,
+                output_bits: 20,
+                model_id: ModelId::from_bytes([3; 16]),
+                key_fingerprint: KeyFingerprint::from_bytes([4; 16]),
+                first_record: 2048,
+                binding,
+            };
+            let body = vec![7u8; h.body_len()];
+            let bytes = h.encode(&body);
+            let (h2, b2) = ResultHeader::decode(&bytes, 16).unwrap();
+            assert_eq!(h2, h);
+            assert_eq!(b2, &body[..]);
+            let mut bad = bytes.clone();
+            bad[100] ^= 1;
+            assert!(ResultHeader::decode(&bad, 16).is_err());
+            assert!(ResultHeader::decode(&bytes[..bytes.len() - 1], 16).is_err());
+        }
+        let other = crate::ids::JobId::parse("other").unwrap();
+        let b = ResultBinding::new(&job, [5; 32]);
+        assert!(b.is_for_job(&job) && !b.is_for_job(&other));
     }
 }

@@ -65,6 +65,10 @@ pub struct ChunkMessage {
     /// The evaluation key the chunk needs (models that bootstrap).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub eval_key: Option<crate::ids::EvalKeyId>,
+    /// SHA-256 of the batch header (hex): the result is bound to it and to the job
+    /// ([`crate::format::ResultBinding`]). Absent in messages queued by older versions.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub batch_header_sha256: Option<String>,
 }
 
 /// A chunk message that cannot be processed, ever.
@@ -77,6 +81,7 @@ impl ChunkMessage {
         job: &JobId,
         batch_key: &str,
         header: &BatchHeader,
+        header_sha256: &[u8; 32],
         index: u32,
         entry: &ChunkEntry,
     ) -> Self {
@@ -98,7 +103,16 @@ impl ChunkMessage {
             params: header.params,
             records_per_chunk: (per_chunk != n).then_some(per_chunk),
             eval_key: header.eval_key,
+            batch_header_sha256: Some(hex::encode(header_sha256)),
         }
+    }
+
+    /// The binding of this chunk's result: its job and batch (when the message names the
+    /// batch header's hash).
+    pub fn result_binding(&self) -> Option<crate::format::ResultBinding> {
+        let mut h = [0u8; 32];
+        hex::decode_to_slice(self.batch_header_sha256.as_deref()?, &mut h).ok()?;
+        Some(crate::format::ResultBinding::new(&self.job, h))
     }
 
     /// Records per chunk of this message's batch.
@@ -136,6 +150,14 @@ impl ChunkMessage {
             )));
         }
         m.sha256_bytes()?;
+        if m.batch_header_sha256
+            .as_deref()
+            .is_some_and(|h| h.len() != 64 || hex::decode(h).is_err())
+        {
+            return Err(MessageError(
+                "batch header hash is not 64 hex digits".into(),
+            ));
+        }
         if m.records_per_chunk
             .is_some_and(|s| s == 0 || s as usize > m.params.polynomial_size())
         {

@@ -43,6 +43,7 @@
 //!     model_id: header.model_id,
 //!     key_fingerprint: header.key_fingerprint,
 //!     first_record: 0,
+//!     binding: None,
 //! }
 //! .encode(&body);
 //!
@@ -143,6 +144,14 @@ pub enum JobDecryptError {
     #[error("chunk {0} appears twice")]
     Duplicate(u32),
     #[error(
+        "result file {name} does not answer this batch of job {job}: {why}; the job is not decrypted (no partial predictions)"
+    )]
+    NotThisBatch {
+        name: String,
+        job: fhe_batch_core::ids::JobId,
+        why: &'static str,
+    },
+    #[error(
         "results are incomplete: {missing} of {total} chunks missing (first missing: chunk {first})"
     )]
     Missing {
@@ -177,6 +186,65 @@ pub fn decrypt_job(
     results: &[(String, Vec<u8>)],
     progress: &(dyn Fn(u64) + Sync),
 ) -> Result<Vec<i64>, JobDecryptError> {
+    decrypt_job_checked(key, model, model_id, None, results, progress)
+}
+
+/// The batch a job's results must answer: the job, and (when known) the SHA-256 of its batch
+/// header, from the `.fheb` file or the job's manifest.
+#[derive(Debug, Clone)]
+pub struct ExpectedBatch {
+    pub job: fhe_batch_core::ids::JobId,
+    pub batch_header_sha256: Option<[u8; 32]>,
+}
+
+/// [`decrypt_job`], refusing every result that is not bound to `expected` (another job's or
+/// another batch's result copied in, or one written before results were bound).
+pub fn decrypt_job_for(
+    key: &SecretKey,
+    model: &ClientModel,
+    model_id: &ModelId,
+    expected: &ExpectedBatch,
+    results: &[(String, Vec<u8>)],
+    progress: &(dyn Fn(u64) + Sync),
+) -> Result<Vec<i64>, JobDecryptError> {
+    decrypt_job_checked(key, model, model_id, Some(expected), results, progress)
+}
+
+fn check_binding(
+    name: &str,
+    header: &ResultHeader,
+    expected: &ExpectedBatch,
+) -> Result<(), JobDecryptError> {
+    let refuse = |why| JobDecryptError::NotThisBatch {
+        name: name.to_string(),
+        job: expected.job.clone(),
+        why,
+    };
+    let Some(b) = &header.binding else {
+        return Err(refuse(
+            "it names no job (written before results were bound; decrypt it with --results DIR)",
+        ));
+    };
+    if !b.is_for_job(&expected.job) {
+        return Err(refuse("it was computed for another job"));
+    }
+    if expected
+        .batch_header_sha256
+        .is_some_and(|h| h != b.batch_header_sha256)
+    {
+        return Err(refuse("it was computed for another batch"));
+    }
+    Ok(())
+}
+
+fn decrypt_job_checked(
+    key: &SecretKey,
+    model: &ClientModel,
+    model_id: &ModelId,
+    expected: Option<&ExpectedBatch>,
+    results: &[(String, Vec<u8>)],
+    progress: &(dyn Fn(u64) + Sync),
+) -> Result<Vec<i64>, JobDecryptError> {
     if results.is_empty() {
         return Err(JobDecryptError::Empty);
     }
@@ -188,6 +256,9 @@ pub fn decrypt_job(
                 name: name.clone(),
                 source,
             })?;
+            if let Some(expected) = expected {
+                check_binding(name, &r.0, expected)?;
+            }
             progress(r.0.records as u64);
             Ok(r)
         })

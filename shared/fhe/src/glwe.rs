@@ -377,6 +377,7 @@ mod tests {
             model_id: pkg.manifest.model_id,
             key_fingerprint: key().fingerprint(),
             first_record: 0,
+            binding: None,
         };
         let bytes = header.encode(&body);
         decrypt_result(key(), &pkg.client, &pkg.manifest.model_id, &bytes)
@@ -510,6 +511,7 @@ mod tests {
             model_id: ModelId::from_bytes([9; 16]),
             key_fingerprint: KeyFingerprint::from_bytes([8; 16]),
             first_record: 0,
+            binding: None,
         };
         let bytes = header.encode(&body);
         assert!(matches!(

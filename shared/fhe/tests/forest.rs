@@ -99,6 +99,7 @@ fn run(pkg: &ModelPackage, bits: &[Vec<bool>], slots: usize) -> Vec<i64> {
         model_id: pkg.manifest.model_id,
         key_fingerprint: k.secret.fingerprint(),
         first_record: 0,
+        binding: None,
     };
     let bytes = header.encode(&body);
     fhe_batch_fhe::batch::decrypt_result(&k.secret, &pkg.client, &pkg.manifest.model_id, &bytes)

@@ -98,6 +98,7 @@ pub(super) fn result_header(msg: &ChunkMessage, model: &ServerModel) -> ResultHe
         output_bits: model.output_bits(),
         model_id: msg.model_id,
         key_fingerprint: msg.key_fingerprint,
+        binding: msg.result_binding(),
         first_record: msg.first_record,
     }
 }

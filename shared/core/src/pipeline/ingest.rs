@@ -198,10 +198,14 @@ async fn queue_chunks<Q: JobQueue>(
     header: &BatchHeader,
     pending: &[u32],
 ) -> Result<u32, PipelineError> {
+    // Each result is bound to this batch: the hash of its header, as the data owner can compute
+    // it from the .fheb file.
+    let header_sha256: [u8; 32] = Sha256::digest(header.encode()).into();
     let bodies: Vec<String> = pending
         .iter()
         .map(|&i| {
-            ChunkMessage::for_chunk(job, key, header, i, &header.chunks[i as usize]).to_body()
+            let entry = &header.chunks[i as usize];
+            ChunkMessage::for_chunk(job, key, header, &header_sha256, i, entry).to_body()
         })
         .collect();
     let n = bodies.len() as u32;
