@@ -76,16 +76,44 @@ where
 
 /// Reads a response body to the end; a broken stream is worth a retry.
 async fn collect(key: &str, body: ByteStream) -> Result<Vec<u8>, StoreError> {
-    Ok(body
-        .collect()
-        .await
-        .map_err(|e| StoreError::Backend {
+    collect_at_most(key, body, u64::MAX).await
+}
+
+/// Reads a body, stopping with `TooLarge` as soon as it passes `max_bytes`, whatever its
+/// declared length said.
+async fn collect_at_most(
+    key: &str,
+    mut body: ByteStream,
+    max_bytes: u64,
+) -> Result<Vec<u8>, StoreError> {
+    let mut out = Vec::new();
+    while let Some(part) = body.try_next().await.map_err(|e| StoreError::Backend {
+        key: key.to_string(),
+        message: format!("reading the body: {e}"),
+        retryable: true,
+    })? {
+        if (out.len() + part.len()) as u64 > max_bytes {
+            return Err(StoreError::TooLarge {
+                key: key.to_string(),
+                size: (out.len() + part.len()) as u64,
+                limit: max_bytes,
+            });
+        }
+        out.extend_from_slice(&part);
+    }
+    Ok(out)
+}
+
+/// The object size S3 declared; an answer without one is an error, never a size of 0.
+fn declared_size(key: &str, length: Option<i64>) -> Result<u64, StoreError> {
+    match length {
+        Some(n) if n >= 0 => Ok(n as u64),
+        _ => Err(StoreError::Backend {
             key: key.to_string(),
-            message: format!("reading the body: {e}"),
-            retryable: true,
-        })?
-        .into_bytes()
-        .to_vec())
+            message: "S3 answered without a content length".into(),
+            retryable: false,
+        }),
+    }
 }
 
 impl ObjectStore for S3Store {
@@ -98,7 +126,7 @@ impl ObjectStore for S3Store {
             .send()
             .await
             .map_err(|e| map_err(key, e))?;
-        let size = out.content_length().unwrap_or(0).max(0) as u64;
+        let size = declared_size(key, out.content_length())?;
         if size > max_bytes {
             return Err(StoreError::TooLarge {
                 key: key.to_string(),
@@ -106,7 +134,7 @@ impl ObjectStore for S3Store {
                 limit: max_bytes,
             });
         }
-        let bytes = collect(key, out.body).await?;
+        let bytes = collect_at_most(key, out.body, max_bytes).await?;
         if bytes.len() as u64 > max_bytes {
             return Err(StoreError::TooLarge {
                 key: key.to_string(),
@@ -161,7 +189,7 @@ impl ObjectStore for S3Store {
             .send()
             .await
         {
-            Ok(out) => Ok(Some(out.content_length().unwrap_or(0).max(0) as u64)),
+            Ok(out) => Ok(Some(declared_size(key, out.content_length())?)),
             Err(e) => match map_err(key, e) {
                 StoreError::NotFound { .. } => Ok(None),
                 other => Err(other),
@@ -224,5 +252,34 @@ impl ObjectStore for S3Store {
         }
         out.sort();
         Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_missing_content_length_is_an_error_not_zero() {
+        assert_eq!(declared_size("k", Some(12)).unwrap(), 12);
+        assert!(matches!(
+            declared_size("k", None),
+            Err(StoreError::Backend {
+                retryable: false,
+                ..
+            })
+        ));
+        assert!(declared_size("k", Some(-1)).is_err());
+    }
+
+    #[tokio::test]
+    async fn a_body_longer_than_allowed_stops_being_read() {
+        let body = ByteStream::from(vec![7u8; 100]);
+        assert!(matches!(
+            collect_at_most("k", body, 99).await,
+            Err(StoreError::TooLarge { .. })
+        ));
+        let body = ByteStream::from(vec![7u8; 100]);
+        assert_eq!(collect_at_most("k", body, 100).await.unwrap().len(), 100);
     }
 }
