@@ -4,9 +4,9 @@
 //! job ends FAILED. A chunk that succeeded meanwhile, or whose failure the worker already
 //! recorded (its last receive), is left as it is.
 
-use super::now_unix_ms;
+use super::write_chunk_failure;
 use crate::ids::JobId;
-use crate::job::{ChunkMessage, FailureKind, FailureRecord};
+use crate::job::{ChunkMessage, FailureKind};
 use crate::layout;
 use crate::ports::{ObjectStore, PutOutcome, StoreError};
 use tracing::warn;
@@ -63,19 +63,10 @@ pub async fn record_dead_letter<S: ObjectStore>(
     {
         return Ok(settled);
     }
-    let record = FailureRecord {
-        chunk: Some(chunk),
-        kind: FailureKind::WorkerLost,
-        reason: format!(
-            "no attempt at chunk {chunk} finished in {receive_count} deliveries: the worker timed out, ran out of memory or was throttled (see the worker function's logs); encrypt with smaller chunks (--chunk-records) or give the worker more memory, then upload under a new job name"
-        ),
-        at_unix_ms: now_unix_ms(),
-    };
-    let bytes = serde_json::to_vec_pretty(&record).expect("record serializes");
-    match store
-        .put_if_absent(&layout::chunk_error(&job, chunk), bytes)
-        .await?
-    {
+    let reason = format!(
+        "no attempt at chunk {chunk} finished in {receive_count} deliveries: the worker timed out, ran out of memory or was throttled (see the worker function's logs); encrypt with smaller chunks (--chunk-records) or give the worker more memory, then upload under a new job name"
+    );
+    match write_chunk_failure(store, &job, chunk, FailureKind::WorkerLost, reason).await? {
         PutOutcome::Created => {
             warn!(%job, chunk, "dead letter recorded as the chunk's failure");
             Ok(DeadLetterOutcome::Recorded { job, chunk })

@@ -115,7 +115,9 @@ pub async fn ingest_object<S: ObjectStore, Q: JobQueue>(
             return reject(store, &job, kind, reason).await;
         }
     };
-    let manifest = job_manifest(&job, key, size, &header);
+    // What every result of this batch is bound to, and what the job record names.
+    let header_sha256: [u8; 32] = Sha256::digest(header.encode()).into();
+    let manifest = job_manifest(&job, key, size, &header, &header_sha256);
     let created = store
         .put_if_absent(
             &layout::job_manifest(&job),
@@ -151,7 +153,7 @@ pub async fn ingest_object<S: ObjectStore, Q: JobQueue>(
         let done = chunk_set(store, &layout::results_prefix(&job)).await?;
         pending.retain(|c| !done.contains_key(c));
     }
-    let n = queue_chunks(queue, &job, key, &header, &pending).await?;
+    let n = queue_chunks(queue, &job, key, &header, &header_sha256, &pending).await?;
     Ok(if created == PutOutcome::Created {
         IngestOutcome::Queued { job, chunks: n }
     } else {
@@ -172,14 +174,19 @@ async fn check_batch<S: ObjectStore>(
 }
 
 /// The manifest of a job whose batch passed the checks.
-fn job_manifest(job: &JobId, key: &str, size: u64, header: &BatchHeader) -> JobManifest {
-    let header_bytes = header.encode();
+fn job_manifest(
+    job: &JobId,
+    key: &str,
+    size: u64,
+    header: &BatchHeader,
+    header_sha256: &[u8; 32],
+) -> JobManifest {
     JobManifest {
         format_version: JOB_FORMAT_VERSION,
         job: job.clone(),
         batch_key: key.to_string(),
         batch_bytes: size,
-        header_sha256: hex::encode(Sha256::digest(&header_bytes)),
+        header_sha256: hex::encode(header_sha256),
         model_id: header.model_id,
         key_fingerprint: header.key_fingerprint,
         params: header.params,
@@ -196,16 +203,16 @@ async fn queue_chunks<Q: JobQueue>(
     job: &JobId,
     key: &str,
     header: &BatchHeader,
+    header_sha256: &[u8; 32],
     pending: &[u32],
 ) -> Result<u32, PipelineError> {
     // Each result is bound to this batch: the hash of its header, as the data owner can compute
     // it from the .fheb file.
-    let header_sha256: [u8; 32] = Sha256::digest(header.encode()).into();
     let bodies: Vec<String> = pending
         .iter()
         .map(|&i| {
             let entry = &header.chunks[i as usize];
-            ChunkMessage::for_chunk(job, key, header, &header_sha256, i, entry).to_body()
+            ChunkMessage::for_chunk(job, key, header, header_sha256, i, entry).to_body()
         })
         .collect();
     let n = bodies.len() as u32;

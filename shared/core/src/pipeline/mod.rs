@@ -33,10 +33,31 @@ pub use worker::{ChunkOutcome, RetryLater, Worker, WorkerConfig};
 use crate::ids::JobId;
 use crate::job::{JobManifest, MAX_RECORD_BYTES};
 use crate::layout;
-use crate::ports::{ObjectStore, QueueError, StoreError};
+use crate::ports::{ObjectStore, PutOutcome, QueueError, StoreError};
 use std::collections::HashMap;
 
 /// Milliseconds since the Unix epoch.
+/// Writes a chunk's failure record (`jobs/<job>/errors/<chunk>.json`) create-once; the worker
+/// and the dead-letter handler both record failures through this.
+pub(crate) async fn write_chunk_failure<S: ObjectStore>(
+    store: &S,
+    job: &JobId,
+    chunk: u32,
+    kind: crate::job::FailureKind,
+    reason: String,
+) -> Result<PutOutcome, StoreError> {
+    let record = crate::job::FailureRecord {
+        chunk: Some(chunk),
+        kind,
+        reason,
+        at_unix_ms: now_unix_ms(),
+    };
+    let bytes = serde_json::to_vec_pretty(&record).expect("record serializes");
+    store
+        .put_if_absent(&layout::chunk_error(job, chunk), bytes)
+        .await
+}
+
 pub fn now_unix_ms() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)

@@ -8,10 +8,10 @@
 use super::attempt::{AttemptError, Settled, check_message, result_header};
 use super::faults::{FaultPoint, FaultProbe};
 use super::notify::{Claimant, notify_if_ended};
-use super::now_unix_ms;
+use super::write_chunk_failure;
 use crate::format::ResultHeader;
 use crate::ids::{EvalKeyId, JobId, ModelId};
-use crate::job::{ChunkMessage, FailureKind, FailureRecord};
+use crate::job::{ChunkMessage, FailureKind};
 use crate::layout;
 use crate::model::{MAX_CLIENT_PART_BYTES, MAX_SERVER_PART_BYTES, ModelManifest, ServerModel};
 use crate::params::ParamSet;
@@ -199,19 +199,7 @@ impl<S: ObjectStore, E: ChunkEvaluator + 'static> Worker<S, E> {
     ) -> Result<ChunkOutcome, RetryLater> {
         let (job, chunk) = (&msg.job, msg.chunk);
         warn!(%job, chunk, %reason, "chunk failed");
-        let record = FailureRecord {
-            chunk: Some(chunk),
-            kind,
-            reason: reason.clone(),
-            at_unix_ms: now_unix_ms(),
-        };
-        let written = self
-            .store
-            .put_if_absent(
-                &layout::chunk_error(job, chunk),
-                serde_json::to_vec_pretty(&record).expect("record serializes"),
-            )
-            .await;
+        let written = write_chunk_failure(&self.store, job, chunk, kind, reason.clone()).await;
         match written {
             Ok(_) if kind == FailureKind::RetriesExhausted => Err(RetryLater(reason)),
             Ok(_) => Ok(ChunkOutcome::Failed {
