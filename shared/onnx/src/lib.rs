@@ -18,5 +18,6 @@ pub mod proto;
 
 pub use import::{ImportError, Imported, MAX_ONNX_BYTES, MAX_TREE_DEPTH, import_onnx};
 pub use model::{
-    Cmp, FloatModel, FloatPrediction, Linear, Node, OnnxTask, PostTransform, Tree, TreeEnsemble,
+    Activation, Cmp, Dense, FloatModel, FloatPrediction, Linear, Mlp, Node, OnnxTask,
+    PostTransform, Scaler, Tree, TreeEnsemble,
 };

@@ -131,10 +131,147 @@ pub struct Linear {
     pub post: PostTransform,
 }
 
+/// An element-wise activation after a dense layer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Activation {
+    Identity,
+    Relu,
+    Tanh,
+    /// The logistic function `1 / (1 + e^-x)`.
+    Sigmoid,
+}
+
+impl Activation {
+    pub fn apply(self, x: f32) -> f32 {
+        match self {
+            Activation::Identity => x,
+            Activation::Relu => x.max(0.0),
+            Activation::Tanh => x.tanh(),
+            Activation::Sigmoid => fhe_batch_core::tree::sigmoid(x),
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Activation::Identity => "identity",
+            Activation::Relu => "relu",
+            Activation::Tanh => "tanh",
+            Activation::Sigmoid => "sigmoid",
+        }
+    }
+}
+
+/// One fully connected layer: `activation(W x + b)`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Dense {
+    pub inputs: usize,
+    pub outputs: usize,
+    /// Row-major, `outputs x inputs`: row `o` holds output `o`'s weights.
+    pub weights: Vec<f32>,
+    pub bias: Vec<f32>,
+    pub activation: Activation,
+}
+
+impl Dense {
+    pub fn forward(&self, x: &[f32]) -> Vec<f32> {
+        self.weights
+            .chunks_exact(self.inputs)
+            .zip(&self.bias)
+            .map(|(row, b)| {
+                let z = row.iter().zip(x).map(|(w, v)| w * v).sum::<f32>() + b;
+                self.activation.apply(z)
+            })
+            .collect()
+    }
+}
+
+/// A multi-layer perceptron: an optional per-feature affine preprocessing (a scaler folded out
+/// of the graph), dense layers, and the output transform.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Mlp {
+    pub task: OnnxTask,
+    pub n_features: usize,
+    /// `x' = (x - offset) * scale` per feature before the first layer, when the graph has one.
+    pub scaler: Option<Scaler>,
+    /// Hidden layers then the output layer (whose activation is `Identity`: the output
+    /// transform is [`Mlp::post`]).
+    pub layers: Vec<Dense>,
+    /// Softmax (multiclass), Logistic (binary with one output) or None (regression).
+    pub post: PostTransform,
+}
+
+/// A per-feature affine map `x' = (x - offset) * scale` (ONNX `Scaler`, scikit-learn's
+/// `StandardScaler` and `MinMaxScaler`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Scaler {
+    pub offset: Vec<f32>,
+    pub scale: Vec<f32>,
+}
+
+impl Mlp {
+    /// The output layer's values before the post-transform (logits, or predicted values).
+    pub fn raw_scores(&self, x: &[f32]) -> Vec<f32> {
+        let mut v: Vec<f32> = match &self.scaler {
+            Some(s) => x
+                .iter()
+                .zip(s.offset.iter().zip(&s.scale))
+                .map(|(x, (o, k))| (x - o) * k)
+                .collect(),
+            None => x.to_vec(),
+        };
+        for layer in &self.layers {
+            v = layer.forward(&v);
+        }
+        v
+    }
+
+    /// Widths of the hidden layers.
+    pub fn hidden(&self) -> Vec<usize> {
+        self.layers[..self.layers.len().saturating_sub(1)]
+            .iter()
+            .map(|l| l.outputs)
+            .collect()
+    }
+
+    fn predict(&self, x: &[f32]) -> FloatPrediction {
+        self.finish(self.raw_scores(x))
+    }
+
+    /// Output-layer values to a prediction with ONNX Runtime's rules: a binary classifier with
+    /// one output reports `[1 - p, p]`, a classifier's label is the argmax.
+    pub fn finish(&self, mut z: Vec<f32>) -> FloatPrediction {
+        match &self.task {
+            OnnxTask::Regressor { .. } => {
+                transform(self.post, &mut z);
+                FloatPrediction {
+                    label: None,
+                    scores: z,
+                }
+            }
+            OnnxTask::Classifier { labels } => {
+                if z.len() == 1 && labels.len() == 2 {
+                    let p = fhe_batch_core::tree::sigmoid(z[0]);
+                    return FloatPrediction {
+                        label: Some(labels[usize::from(z[0] > 0.0)].clone()),
+                        scores: vec![1.0 - p, p],
+                    };
+                }
+                let label = labels[argmax(&z)].clone();
+                transform(self.post, &mut z);
+                FloatPrediction {
+                    label: Some(label),
+                    scores: z,
+                }
+            }
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq)]
 pub enum FloatModel {
     Linear(Linear),
     Trees(TreeEnsemble),
+    Mlp(Mlp),
 }
 
 /// A prediction as ONNX Runtime reports it: the label (classifiers) and the probabilities or
@@ -150,6 +287,7 @@ impl FloatModel {
         match self {
             FloatModel::Linear(m) => m.n_features,
             FloatModel::Trees(m) => m.n_features,
+            FloatModel::Mlp(m) => m.n_features,
         }
     }
 
@@ -157,6 +295,7 @@ impl FloatModel {
         match self {
             FloatModel::Linear(m) => &m.task,
             FloatModel::Trees(m) => &m.task,
+            FloatModel::Mlp(m) => &m.task,
         }
     }
 
@@ -166,6 +305,7 @@ impl FloatModel {
         match self {
             FloatModel::Linear(m) => m.predict(x),
             FloatModel::Trees(m) => m.predict(x),
+            FloatModel::Mlp(m) => m.predict(x),
         }
     }
 }

@@ -89,6 +89,9 @@ pub fn compile_imported(
 ) -> Result<CompiledImport, TrainError> {
     match &imported.model {
         OnnxModel::Trees(e) => compile_trees(e, data, options),
+        OnnxModel::Mlp(_) => Err(TrainError::Unsupported(
+            "neural networks are not compiled yet".into(),
+        )),
         OnnxModel::Linear(_) => {
             let model = crate::onnx::from_onnx(imported, data.all)?;
             let mut package = crate::compile(

@@ -25,6 +25,14 @@ pub fn from_onnx(imported: &Imported, data: &Dataset) -> Result<LinearFloatModel
                 t.trees.len()
             )));
         }
+        OnnxModel::Mlp(m) => {
+            return Err(unsupported(format!(
+                "{} is a neural network ({} hidden layers), not a linear model: compile it with \
+                 `fhe_batch_train::import::compile_imported` (what `fhe-batch import` calls)",
+                imported.op_type,
+                m.hidden().len()
+            )));
+        }
     };
     let f = data.n_features();
     if linear.n_features != f {
