@@ -9,7 +9,7 @@
 //! - [`layout`]: the single builder of object keys;
 //! - [`params`]: the allow-listed cryptographic parameter sets, as numbers;
 //! - [`model`]: compiled models as one sum type over the model families (linear, tree
-//!   ensemble), each family behind the [`model::ServerFamily`] / [`model::ClientFamily`]
+//!   ensemble, neural network), each family behind the [`model::ServerFamily`] / [`model::ClientFamily`]
 //!   methods, and the two-part model package;
 //! - [`format`]: the `.fheb` batch and `.fher` result file formats;
 //! - [`job`]: job manifests, chunk messages, failure records and status;
@@ -17,6 +17,7 @@
 //! - [`pipeline`]: ingest, worker and status logic over the ports;
 //! - [`tree`]: the tree-ensemble family: IR, bootstrap planner, plan and its noise proof,
 //!   client readout;
+//! - [`mlp`]: the neural-network family: the integer network, its proof, the client readout;
 //! - [`retry`]: bounded retries with exponential backoff and jitter around either port;
 //! - [`fuzz`]: the entry points of the fuzz targets, also replayed as ordinary tests.
 
@@ -28,6 +29,7 @@ pub mod fuzz;
 pub mod ids;
 pub mod job;
 pub mod layout;
+pub mod mlp;
 pub mod model;
 pub mod params;
 pub mod pipeline;

@@ -2,6 +2,7 @@
 //! data owner's evaluation key. The keys' lifecycle (download, checks, expansion, caches in
 //! memory and on local disk) is the [`EvalKeyCache`]'s.
 
+use crate::forest::PreparedEvalKey;
 use crate::glwe::GlweEvaluator;
 pub use crate::key_cache::ColdStart;
 use crate::key_cache::EvalKeyCache;
@@ -40,27 +41,45 @@ impl FheEvaluator {
     }
 }
 
-impl ChunkEvaluator for FheEvaluator {
-    fn evaluate(&self, model: &ServerModel, chunk: &ChunkInput<'_>) -> Result<Vec<u8>, EvalError> {
-        let plan = match &model.body {
-            ServerBody::Linear(linear) => {
-                return GlweEvaluator::evaluate_linear(model.params, linear, chunk);
-            }
-            ServerBody::TreeEnsemble(plan) => plan,
-        };
-        let id = chunk
-            .eval_key
-            .ok_or_else(|| EvalError("tree ensemble chunk names no evaluation key".into()))?;
+impl FheEvaluator {
+    /// The loaded evaluation key a bootstrapped chunk names, and its expanded columns.
+    fn bootstrapping_inputs(
+        &self,
+        model: &ServerModel,
+        chunk: &ChunkInput<'_>,
+    ) -> Result<(std::sync::Arc<PreparedEvalKey>, Vec<u64>), EvalError> {
+        let id = chunk.eval_key.ok_or_else(|| {
+            EvalError(format!("{} chunk names no evaluation key", model.family()))
+        })?;
         let key = self
             .keys
             .get(id)
             .ok_or_else(|| EvalError(format!("evaluation key {id} is not loaded")))?;
         let shape = ChunkShape {
-            input_columns: plan.thermometer_bits,
+            input_columns: model.input_columns(),
             records_per_chunk: chunk.records_per_chunk,
         };
         let columns = GlweEvaluator::expand(model.params, shape, chunk.payload)?;
-        key.evaluate(model.params, plan, &columns, chunk.records as usize)
+        Ok((key, columns))
+    }
+}
+
+impl ChunkEvaluator for FheEvaluator {
+    fn evaluate(&self, model: &ServerModel, chunk: &ChunkInput<'_>) -> Result<Vec<u8>, EvalError> {
+        let records = chunk.records as usize;
+        match &model.body {
+            ServerBody::Linear(linear) => {
+                GlweEvaluator::evaluate_linear(model.params, linear, chunk)
+            }
+            ServerBody::TreeEnsemble(plan) => {
+                let (key, columns) = self.bootstrapping_inputs(model, chunk)?;
+                key.evaluate(model.params, plan, &columns, records)
+            }
+            ServerBody::NeuralNetwork(mlp) => {
+                let (key, columns) = self.bootstrapping_inputs(model, chunk)?;
+                key.evaluate_mlp(model.params, mlp, &columns, records)
+            }
+        }
     }
 
     fn has_eval_key(&self, id: &EvalKeyId) -> bool {

@@ -349,14 +349,7 @@ impl PreparedEvalKey {
                         CiphertextModulus::new_native(),
                     );
                     extract_lwe_sample_from_glwe_ciphertext(&glwe, &mut lwe, MonomialDegree(i));
-                    let ct = Ciphertext::new(
-                        lwe.clone(),
-                        Degree::new(15),
-                        NoiseLevel::NOMINAL,
-                        MessageModulus(4),
-                        CarryModulus(4),
-                        AtomicPatternKind::Standard(PBSOrder::KeyswitchBootstrap),
-                    );
+                    let ct = pbs_input(lwe.clone());
                     let outs = match table {
                         Tables::One(t) => vec![self.server.apply_lookup_table(&ct, t)],
                         Tables::Many(t) => self.server.apply_many_lookup_table(&ct, t),
@@ -375,8 +368,16 @@ impl PreparedEvalKey {
             })
             .collect();
         // Pack slot (record i, slot s) at position i * slots + s, N per GLWE.
-        let total = records * slots;
         let all: Vec<u64> = per_record.into_iter().flatten().collect();
+        let bytes = self.pack(n, lwe_size, &all);
+        debug_assert_eq!(bytes.len(), (records * slots).div_ceil(n) * glwe_len * 8);
+        Ok(bytes)
+    }
+
+    /// Packs LWE ciphertexts under the big key (`lwe_size` words each, in result order), `n`
+    /// per GLWE, with the packing keyswitch to the client's output key; returns the result
+    /// body.
+    pub(crate) fn pack(&self, n: usize, lwe_size: LweSize, all: &[u64]) -> Vec<u8> {
         let glwes: Vec<Vec<u64>> = all
             .chunks(n * lwe_size.0)
             .map(|part| {
@@ -399,13 +400,63 @@ impl PreparedEvalKey {
                 out.into_container()
             })
             .collect();
-        debug_assert_eq!(glwes.len(), total.div_ceil(n));
-        let mut bytes = Vec::with_capacity(glwes.len() * glwe_len * 8);
+        let mut bytes = Vec::with_capacity(glwes.iter().map(Vec::len).sum::<usize>() * 8);
         for g in &glwes {
             write_u64s(g, &mut bytes);
         }
-        Ok(bytes)
+        bytes
     }
+
+    /// One programmable bootstrap (keyswitch, modulus switch, blind rotation) of an LWE
+    /// ciphertext under the big key, with one lookup table.
+    pub(crate) fn bootstrap(
+        &self,
+        lwe: LweCiphertextOwned<u64>,
+        table: &LookupTableOwned,
+    ) -> LweCiphertextOwned<u64> {
+        self.server.apply_lookup_table(&pbs_input(lwe), table).ct
+    }
+}
+
+/// An LWE ciphertext under the big key as tfhe's shortint bootstraps it (keyswitch first).
+fn pbs_input(lwe: LweCiphertextOwned<u64>) -> Ciphertext {
+    Ciphertext::new(
+        lwe,
+        Degree::new(15),
+        NoiseLevel::NOMINAL,
+        MessageModulus(4),
+        CarryModulus(4),
+        AtomicPatternKind::Standard(PBSOrder::KeyswitchBootstrap),
+    )
+}
+
+/// The phases (body minus mask-key product) of the first `count` packed values of a result
+/// body of GLWEs under the output key.
+pub(crate) fn packed_phases(
+    key: &SecretKey,
+    params: ParamSet,
+    body: &[u8],
+    count: usize,
+) -> Vec<u64> {
+    let n = params.polynomial_size();
+    let glwes = count.div_ceil(n);
+    let mut words = vec![0u64; body.len() / 8];
+    read_u64s(body, &mut words);
+    let list = GlweCiphertextList::from_container(
+        words,
+        GlweSize(params.glwe_dimension() + 1),
+        PolynomialSize(n),
+        CiphertextModulus::new_native(),
+    );
+    debug_assert_eq!(
+        list.as_ref().len(),
+        glwes * (params.glwe_dimension() + 1) * n
+    );
+    let mut plain = PlaintextList::new(0u64, PlaintextCount(glwes * n));
+    decrypt_glwe_ciphertext_list(key.output_glwe(), &list, &mut plain);
+    let mut phases = plain.into_container();
+    phases.truncate(count);
+    phases
 }
 
 /// Decrypts one chunk result of a tree ensemble into its records' integer scores
@@ -432,25 +483,11 @@ pub fn decrypt_forest_result(
             header.ciphertexts, header.output_bits, forest.slot_bits
         )));
     }
-    let glwe_len = (params.glwe_dimension() + 1) * n;
-    let mut words = vec![0u64; body.len() / 8];
-    read_u64s(body, &mut words);
-    let list = GlweCiphertextList::from_container(
-        words,
-        GlweSize(params.glwe_dimension() + 1),
-        PolynomialSize(n),
-        CiphertextModulus::new_native(),
-    );
-    debug_assert_eq!(list.as_ref().len(), glwes * glwe_len);
-    let mut plain = PlaintextList::new(0u64, PlaintextCount(glwes * n));
-    decrypt_glwe_ciphertext_list(key.output_glwe(), &list, &mut plain);
     let shift = 64 - header.output_bits as u32;
     let mask = (1u64 << header.output_bits) - 1;
-    let sums: Vec<u64> = plain
-        .as_ref()
-        .iter()
-        .take(records * slots)
-        .map(|&v| (v.wrapping_add(1u64 << (shift - 1)) >> shift) & mask)
+    let sums: Vec<u64> = packed_phases(key, params, body, records * slots)
+        .into_iter()
+        .map(|v| (v.wrapping_add(1u64 << (shift - 1)) >> shift) & mask)
         .collect();
     let scores = sums
         .chunks_exact(slots)

@@ -10,6 +10,8 @@
 //!   logits;
 //! - [`forest`]: tree ensembles: the evaluation key (tfhe's compressed server key and a packing
 //!   key), bootstrapped evaluation of a compiled plan, decryption of packed score slots;
+//! - [`mlp`]: neural networks: the first layer on GLWE columns, one bootstrap per hidden
+//!   neuron with the evaluation key, decryption of packed scores;
 //! - [`evaluator`]: the worker's [`FheEvaluator`] (every model kind);
 //! - [`key_cache`]: the evaluation keys' lifecycle for the worker ([`key_cache::EvalKeyCache`]:
 //!   download, checks, expansion, caches in memory and on local disk, one load per key however
@@ -26,6 +28,7 @@ pub mod glwe;
 pub mod key_cache;
 pub mod keys;
 pub mod mask;
+pub mod mlp;
 pub mod negacyclic;
 pub mod params;
 pub mod pbs;

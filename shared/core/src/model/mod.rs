@@ -10,6 +10,7 @@
 //! |---|---|---|
 //! | [`ModelFamily::Linear`] | [`linear::LinearServer`] | [`linear::LinearClient`] |
 //! | [`ModelFamily::TreeEnsemble`] | [`crate::tree::ForestPlan`] | [`crate::tree::ForestClient`] |
+//! | [`ModelFamily::NeuralNetwork`] | [`crate::mlp::MlpServer`] | [`crate::mlp::MlpClient`] |
 //!
 //! Ingest, the worker, the CLI and the benchmarks call [`ServerFamily`] and [`ClientFamily`]
 //! through [`ServerModel`] and [`ClientModel`], never matching on the family: the one match per
@@ -27,6 +28,7 @@ mod package;
 pub use linear::{Bounds, LinearClient, LinearServer, LinearTask, Quantizer};
 pub use package::{CompileReport, ModelManifest, ModelPackage, model_id_of};
 
+use crate::mlp::{MlpClient, MlpServer};
 use crate::params::ParamSet;
 use crate::tree::{ForestClient, ForestPlan};
 use serde::{Deserialize, Serialize};
@@ -52,12 +54,16 @@ pub enum ModelFamily {
     /// Decision trees, random forests, gradient boosting: thermometer bits in, one programmable
     /// bootstrap per pair of sibling leaves, packed score slots out.
     TreeEnsemble,
+    /// Multi-layer perceptrons: the first layer on GLWE columns, one programmable bootstrap per
+    /// hidden neuron (bias, activation and requantization in its lookup table), packed scores
+    /// out.
+    NeuralNetwork,
 }
 
 impl ModelFamily {
     /// Needs the data owner's evaluation key (bootstrapping) on the worker.
     pub fn bootstraps(self) -> bool {
-        matches!(self, ModelFamily::TreeEnsemble)
+        matches!(self, ModelFamily::TreeEnsemble | ModelFamily::NeuralNetwork)
     }
 }
 
@@ -66,6 +72,7 @@ impl std::fmt::Display for ModelFamily {
         f.write_str(match self {
             ModelFamily::Linear => "linear",
             ModelFamily::TreeEnsemble => "tree ensemble",
+            ModelFamily::NeuralNetwork => "neural network",
         })
     }
 }
@@ -158,6 +165,7 @@ pub trait ClientFamily {
 pub enum ServerBody {
     Linear(LinearServer),
     TreeEnsemble(ForestPlan),
+    NeuralNetwork(MlpServer),
 }
 
 /// The per-family body of a client part.
@@ -166,6 +174,7 @@ pub enum ServerBody {
 pub enum ClientBody {
     Linear(LinearClient),
     TreeEnsemble(ForestClient),
+    NeuralNetwork(MlpClient),
 }
 
 /// Server part of a compiled model: what a worker evaluates. Nothing about features or classes.
@@ -213,6 +222,7 @@ impl ServerModel {
         match &self.body {
             ServerBody::Linear(m) => m,
             ServerBody::TreeEnsemble(p) => p,
+            ServerBody::NeuralNetwork(m) => m,
         }
     }
 
@@ -335,6 +345,7 @@ impl ClientModel {
         match &self.body {
             ClientBody::Linear(m) => m,
             ClientBody::TreeEnsemble(f) => f,
+            ClientBody::NeuralNetwork(m) => m,
         }
     }
 

@@ -26,6 +26,9 @@ pub struct BootstrapNoise {
     pub max_input_norm2: f64,
     /// Input values a bootstrap accepts: `u` in `[0, pbs_input_values)`.
     pub pbs_input_values: u32,
+    /// log2 of the variance a bootstrap's keyswitch and centred modulus switch add to its
+    /// input (on the 2^64 torus), before the blind rotation reads it.
+    pub keyswitch_modswitch_variance_log2: f64,
 }
 
 impl BootstrapNoise {
@@ -37,7 +40,10 @@ impl BootstrapNoise {
     ///   N = 2048, base 2^23, 1 level, 53-bit mantissa;
     /// - packing: `packing_keyswitch_additive_variance_132_bits_security_tuniform`, input
     ///   n = 2048, output k = 1, N = 2048, base 2^22, 1 level, 2048 ciphertexts packed;
-    /// - inputs: `MaxNoiseLevel(5)` (2-norm 5, p-fail 2^-129.58); 2 message + 2 carry bits.
+    /// - inputs: `MaxNoiseLevel(5)` (2-norm 5, p-fail 2^-129.58); 2 message + 2 carry bits;
+    /// - keyswitch and modulus switch: `keyswitch_additive_variance_132_bits_security_tuniform`
+    ///   (2048 -> 918, base 2^4, 4 levels) plus
+    ///   `centered_binary_shifted_modulus_switch_additive_variance` (n = 918, to 2N = 4096).
     pub const fn of(params: ParamSet) -> Self {
         match params {
             ParamSet::Glwe2048TUniform17 => Self {
@@ -46,6 +52,7 @@ impl BootstrapNoise {
                 packing_variance_log2: 94.896,
                 max_input_norm2: 25.0,
                 pbs_input_values: 16,
+                keyswitch_modswitch_variance_log2: 108.526,
             },
         }
     }

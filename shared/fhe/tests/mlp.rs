@@ -1,0 +1,181 @@
+//! Neural networks evaluated on encrypted records: how a bootstrap reads a neuron (the
+//! position semantics the proof in `fhe_batch_core::mlp` assumes), and decrypted scores
+//! within the proven error of the integer reference.
+
+use fhe_batch_core::format::{ChunkShape, ResultHeader};
+use fhe_batch_core::mlp::{HiddenLayer, MlpClient, MlpServer, Neuron};
+use fhe_batch_core::model::{
+    ClientBody, ClientModel, CompileReport, ModelPackage, Quantizer, ServerBody, ServerModel,
+};
+use fhe_batch_core::params::ParamSet;
+use fhe_batch_core::pipeline::{ChunkEvaluator, ChunkInput};
+use fhe_batch_core::tree::PostTransform;
+use fhe_batch_fhe::forest::{EvalKey, eval_key_id};
+use fhe_batch_fhe::glwe::encrypt_columns;
+use fhe_batch_fhe::{FheEvaluator, SecretKey};
+use std::sync::OnceLock;
+
+const PARAMS: ParamSet = ParamSet::Glwe2048TUniform17;
+
+struct Keys {
+    secret: SecretKey,
+    bytes: Vec<u8>,
+    evaluator: FheEvaluator,
+}
+
+fn keys() -> &'static Keys {
+    static K: OnceLock<Keys> = OnceLock::new();
+    K.get_or_init(|| {
+        let secret = SecretKey::generate(PARAMS);
+        let bytes = EvalKey::generate(&secret).to_bytes();
+        let evaluator = FheEvaluator::new(None);
+        evaluator
+            .install_eval_key(&eval_key_id(&bytes), bytes.clone())
+            .unwrap();
+        Keys {
+            secret,
+            bytes,
+            evaluator,
+        }
+    })
+}
+
+/// A package around a server network, with a client part that reads its scores as they are.
+pub fn package(server: MlpServer, input_bits: u8) -> ModelPackage {
+    let client = MlpClient {
+        quantizers: vec![Quantizer { min: 0.0, scale: 1.0 }; server.input_columns as usize],
+        input_bits,
+        column_bits: server.column_bits,
+        output_bits: server.output_bits,
+        n_scores: server.output.len() as u32,
+        score_scale: 1.0,
+        score_offset: 0.0,
+        labels: Vec::new(),
+        post: PostTransform::None,
+    };
+    let features = (0..server.input_columns).map(|j| format!("f{j}")).collect();
+    ModelPackage::build(
+        ServerModel::new(PARAMS, ServerBody::NeuralNetwork(server)),
+        ClientModel::new(PARAMS, features, "y".into(), ClientBody::NeuralNetwork(client)),
+        CompileReport::default(),
+    )
+    .unwrap()
+}
+
+/// Encrypts quantized records, evaluates through the worker's evaluator, decrypts the scores.
+pub fn run(pkg: &ModelPackage, records: &[Vec<u64>]) -> Vec<i64> {
+    let k = keys();
+    let cols = pkg.client.input_columns();
+    let values: Vec<u64> = records.iter().flatten().copied().collect();
+    let slots = records.len().max(1);
+    let shape = ChunkShape {
+        input_columns: cols as u32,
+        records_per_chunk: slots as u32,
+    };
+    let payload = encrypt_columns(&k.secret, shape, pkg.client.column_bits(), &values);
+    let id = eval_key_id(&k.bytes);
+    let body = k
+        .evaluator
+        .evaluate(
+            &pkg.server,
+            &ChunkInput {
+                payload: &payload,
+                records: records.len() as u32,
+                records_per_chunk: slots as u32,
+                eval_key: Some(&id),
+            },
+        )
+        .unwrap();
+    let header = ResultHeader {
+        params: PARAMS,
+        ciphertexts: pkg.server.output_ciphertexts(records.len() as u32, 2048),
+        chunk_index: 0,
+        chunk_count: 1,
+        records: records.len() as u32,
+        output_bits: pkg.server.output_bits(),
+        model_id: pkg.manifest.model_id,
+        key_fingerprint: k.secret.fingerprint(),
+        first_record: 0,
+        binding: None,
+    };
+    let bytes = header.encode(&body);
+    fhe_batch_fhe::batch::decrypt_result(&k.secret, &pkg.client, &pkg.manifest.model_id, &bytes)
+        .unwrap()
+        .1
+}
+
+/// One column `q` in 0..=127 encrypted at one position per unit, one neuron at 16 positions
+/// per unit over a ramp table (`2^50` per position, far above the bootstrap's output noise of
+/// 2^49.2 / 2^50 = 0.6 positions), one score reading it: the decrypted
+/// score is the position the bootstrap read, within the proof's noise window of `16 q`, and
+/// centred on it (the modulus switch rounds to nearest).
+#[test]
+fn a_bootstrap_reads_the_table_at_the_neurons_position() {
+    let n = PARAMS.polynomial_size();
+    let server = MlpServer {
+        input_columns: 1,
+        column_bits: 12,
+        input_max: 127,
+        hidden: vec![HiddenLayer {
+            neurons: vec![Neuron {
+                weights: vec![16],
+                constant: 0,
+            }],
+            tables: vec![(0..n as i64).map(|p| p << 50).collect()],
+        }],
+        output: vec![Neuron {
+            weights: vec![1],
+            constant: 0,
+        }],
+        output_bits: 14,
+    };
+    let proof = server.prove_network(PARAMS).unwrap();
+    let window = proof.layers[0].neurons[0].noise_positions as i64;
+    let pkg = package(server, 7);
+    let records: Vec<Vec<u64>> = (0..128u64).map(|q| vec![q]).collect();
+    let scores = run(&pkg, &records);
+    let offsets: Vec<i64> = scores
+        .iter()
+        .enumerate()
+        .map(|(q, &s)| s - 16 * q as i64)
+        .collect();
+    eprintln!("read - exact positions: {offsets:?}");
+    assert!(offsets.iter().all(|d| d.abs() <= window + 1), "{offsets:?}");
+    let mean = offsets.iter().sum::<i64>() as f64 / offsets.len() as f64;
+    let var = offsets.iter().map(|&d| (d as f64 - mean).powi(2)).sum::<f64>() / 128.0;
+    eprintln!("mean {mean:.2}, sd {:.2} positions", var.sqrt());
+    assert!(mean.abs() < 2.0 && var.sqrt() < 8.0, "mean {mean}, var {var}");
+}
+
+/// Past position N the negacyclic rotation reads the negated table: positions `N + p` give
+/// `-table[p]`, so a saturated, centred table is read the same on both sides of the wrap.
+#[test]
+fn positions_past_n_read_the_negated_table() {
+    let n = PARAMS.polynomial_size() as i64;
+    // Table: -2 below position 512, +2 from 512 on (units of 2^60).
+    let table: Vec<i64> = (0..n)
+        .map(|p| if p < 512 { -2 << 60 } else { 2 << 60 })
+        .collect();
+    let server = MlpServer {
+        input_columns: 1,
+        column_bits: 12,
+        input_max: 200,
+        hidden: vec![HiddenLayer {
+            neurons: vec![Neuron {
+                weights: vec![16],
+                constant: 0,
+            }],
+            tables: vec![table],
+        }],
+        output: vec![Neuron {
+            weights: vec![1],
+            constant: 0,
+        }],
+        output_bits: 4,
+    };
+    // q = 8 (position 128): -2; q = 64 (1024): +2; q = 136 (2176 = N + 128): +2;
+    // q = 192 (3072 = N + 1024): -2.
+    let pkg = package(server, 8);
+    let records: Vec<Vec<u64>> = [8u64, 64, 136, 192].iter().map(|&q| vec![q]).collect();
+    assert_eq!(run(&pkg, &records), vec![-2, 2, 2, -2]);
+}
