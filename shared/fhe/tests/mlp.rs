@@ -104,10 +104,10 @@ pub fn run(pkg: &ModelPackage, records: &[Vec<u64>]) -> Vec<i64> {
         .1
 }
 
-/// One column `q` in 0..=127 encrypted at one position per unit, one neuron at 16 positions
-/// per unit over a ramp table (`2^50` per position, far above the bootstrap's output noise of
+/// One column `q` in 0..=112 encrypted at one position per unit, one neuron at 16 positions
+/// per unit from position 100 (clear of the wrap at 0) over a ramp table (`2^50` per position, far above the bootstrap's output noise of
 /// 2^49.2 / 2^50 = 0.6 positions), one score reading it: the decrypted
-/// score is the position the bootstrap read, within the proof's noise window of `16 q`, and
+/// score is the position the bootstrap read, within the proof's noise window of `100 + 16 q`, and
 /// centred on it (the modulus switch rounds to nearest).
 #[test]
 fn a_bootstrap_reads_the_table_at_the_neurons_position() {
@@ -115,11 +115,11 @@ fn a_bootstrap_reads_the_table_at_the_neurons_position() {
     let server = MlpServer {
         input_columns: 1,
         column_bits: 12,
-        input_max: 127,
+        input_max: 112,
         hidden: vec![HiddenLayer {
             neurons: vec![Neuron {
                 weights: vec![16],
-                constant: 0,
+                constant: 100 << 52,
             }],
             tables: vec![(0..n as i64).map(|p| p << 50).collect()],
         }],
@@ -132,17 +132,17 @@ fn a_bootstrap_reads_the_table_at_the_neurons_position() {
     let proof = server.prove_network(PARAMS).unwrap();
     let window = proof.layers[0].neurons[0].noise_positions as i64;
     let pkg = package(server, 7);
-    let records: Vec<Vec<u64>> = (0..128u64).map(|q| vec![q]).collect();
+    let records: Vec<Vec<u64>> = (0..=112u64).map(|q| vec![q]).collect();
     let scores = run(&pkg, &records);
     let offsets: Vec<i64> = scores
         .iter()
         .enumerate()
-        .map(|(q, &s)| s - 16 * q as i64)
+        .map(|(q, &s)| s - 16 * q as i64 - 100)
         .collect();
     eprintln!("read - exact positions: {offsets:?}");
     assert!(offsets.iter().all(|d| d.abs() <= window + 1), "{offsets:?}");
     let mean = offsets.iter().sum::<i64>() as f64 / offsets.len() as f64;
-    let var = offsets.iter().map(|&d| (d as f64 - mean).powi(2)).sum::<f64>() / 128.0;
+    let var = offsets.iter().map(|&d| (d as f64 - mean).powi(2)).sum::<f64>() / offsets.len() as f64;
     eprintln!("mean {mean:.2}, sd {:.2} positions", var.sqrt());
     assert!(mean.abs() < 2.0 && var.sqrt() < 8.0, "mean {mean}, var {var}");
 }
