@@ -72,6 +72,7 @@ pub enum ImportSummary {
     /// A linear model: its manifest carries the report and the proven bounds.
     Linear,
     TreeEnsemble(TreeSummary),
+    NeuralNetwork(crate::mlp::MlpSummary),
 }
 
 /// A compiled import: the package to write, and the figures to report.
@@ -89,9 +90,25 @@ pub fn compile_imported(
 ) -> Result<CompiledImport, TrainError> {
     match &imported.model {
         OnnxModel::Trees(e) => compile_trees(e, data, options),
-        OnnxModel::Mlp(_) => Err(TrainError::Unsupported(
-            "neural networks are not compiled yet".into(),
-        )),
+        OnnxModel::Mlp(m) => {
+            let c = crate::mlp::compile_mlp(
+                m,
+                data.all.feature_names.clone(),
+                data.all.target_name.clone(),
+                data.calibration,
+                data.eval,
+                data.evaluated_on,
+                options.n_bits,
+                options.params,
+            )?;
+            let mut summary = c.summary;
+            summary.records_per_chunk = ChunkBudget::default()
+                .records_per_chunk(summary.pbs_per_record, options.params.polynomial_size());
+            Ok(CompiledImport {
+                package: c.package,
+                summary: ImportSummary::NeuralNetwork(summary),
+            })
+        }
         OnnxModel::Linear(_) => {
             let model = crate::onnx::from_onnx(imported, data.all)?;
             let mut package = crate::compile(

@@ -10,6 +10,7 @@
 
 pub mod data;
 pub mod import;
+pub mod mlp;
 pub mod model;
 pub mod onnx;
 pub mod trees;

@@ -1,0 +1,593 @@
+//! Compiling a float network ([`fhe_batch_onnx::Mlp`]) into the integer network the server
+//! evaluates ([`MlpServer`]) and the client part ([`MlpClient`]).
+//!
+//! - Features are quantized to `n_bits` over their calibration range (the client clamps to
+//!   it); a scaler in front is folded into the first layer; features constant over the
+//!   calibration data are pinned to their value.
+//! - Each hidden neuron's activation is evaluated on its pre-activation clamped to the range
+//!   the calibration records reach (ReLU from 0 to its calibrated maximum), so it is saturated
+//!   at both ends. Centred, the low end is the negation of the high end, which lets the proven
+//!   worst-case input range of the neuron spread over nearly all `2N` bootstrap positions.
+//! - Later layers and the scores combine bootstrap outputs with integer weights of
+//!   [`OUTPUT_WEIGHT_BITS`] bits per source neuron (the scale of each neuron's table carries
+//!   the rest), trading rounding against the bootstrap output noise those weights multiply.
+//! - The result is proven by [`MlpServer::prove_network`]; the report gives float and
+//!   quantized accuracy (or R^2) and the agreement of the encrypted predictions with the
+//!   integer reference estimated by simulating the proven noise on the evaluation records.
+
+use crate::data::{Dataset, Target};
+use crate::model::TrainError;
+use fhe_batch_core::mlp::{HiddenLayer, MlpClient, MlpProof, MlpServer, Neuron};
+use fhe_batch_core::model::{
+    ClientBody, ClientModel, CompileReport, ModelPackage, Quantizer, ServerBody, ServerModel,
+};
+use fhe_batch_core::params::ParamSet;
+use fhe_batch_core::tree::{BootstrapNoise, TAIL_SIGMAS};
+use fhe_batch_onnx::{Activation, Mlp, OnnxTask};
+use rand::{Rng, SeedableRng};
+
+/// Bits (with sign) of the integer weights applied to bootstrap outputs.
+pub const OUTPUT_WEIGHT_BITS: u8 = 4;
+
+/// What compiling a network decided, for the compile report.
+#[derive(Debug, Clone, PartialEq)]
+pub struct MlpSummary {
+    pub layers: Vec<usize>,
+    pub activations: Vec<&'static str>,
+    pub pbs_per_record: usize,
+    pub input_bits: u8,
+    /// Per hidden layer: the narrowest span of a neuron's inputs over the bootstrap's
+    /// positions, and the widest noise window.
+    pub min_span_positions: Vec<u32>,
+    pub max_noise_positions: Vec<u32>,
+    /// The largest proven score error relative to the widest score range.
+    pub score_error_ratio: f64,
+    /// Float and quantized metric, agreement estimated by simulating the noise.
+    pub report: CompileReport,
+    /// Share of records whose simulated encrypted prediction equals the integer reference's.
+    pub simulated_agreement: f64,
+    /// Records per chunk at the parameters' polynomial size (set by the caller's budget).
+    pub records_per_chunk: usize,
+}
+
+/// A compiled network: its package and summary.
+#[derive(Debug, Clone)]
+pub struct CompiledMlp {
+    pub package: ModelPackage,
+    pub summary: MlpSummary,
+    pub proof: MlpProof,
+}
+
+fn unsupported(why: impl Into<String>) -> TrainError {
+    TrainError::Unsupported(why.into())
+}
+
+/// The clamped activation of one neuron: `act(clamp(z, lo, hi))`, centred.
+#[derive(Debug, Clone, Copy)]
+struct Clamp {
+    act: Activation,
+    lo: f64,
+    hi: f64,
+    mid: f64,
+}
+
+impl Clamp {
+    fn new(act: Activation, cal_lo: f64, cal_hi: f64) -> Self {
+        let (lo, hi) = match act {
+            Activation::Relu => (0.0, cal_hi.max(1e-6)),
+            _ if cal_hi > cal_lo => (cal_lo, cal_hi),
+            _ => (cal_lo - 1e-6, cal_lo + 1e-6),
+        };
+        let f = |z: f64| act.apply(z as f32) as f64;
+        Self {
+            act,
+            lo,
+            hi,
+            mid: (f(lo) + f(hi)) / 2.0,
+        }
+    }
+
+    /// The clamped activation, not centred.
+    fn phi(&self, z: f64) -> f64 {
+        self.act.apply(z.clamp(self.lo, self.hi) as f32) as f64
+    }
+
+    fn range(&self) -> (f64, f64) {
+        (self.phi(self.lo), self.phi(self.hi))
+    }
+}
+
+/// Real-valued affine stage: `z[o] = bias[o] + sum(w[o][i] * x[i])`.
+struct Affine {
+    weights: Vec<Vec<f64>>,
+    bias: Vec<f64>,
+}
+
+impl Affine {
+    fn apply(&self, x: &[f64]) -> Vec<f64> {
+        self.weights
+            .iter()
+            .zip(&self.bias)
+            .map(|(w, b)| b + w.iter().zip(x).map(|(w, x)| w * x).sum::<f64>())
+            .collect()
+    }
+
+    /// Worst case over inputs in `ranges`.
+    fn bounds(&self, ranges: &[(f64, f64)]) -> Vec<(f64, f64)> {
+        self.weights
+            .iter()
+            .zip(&self.bias)
+            .map(|(w, &b)| {
+                w.iter().zip(ranges).fold((b, b), |(lo, hi), (&w, &(a, c))| {
+                    if w >= 0.0 {
+                        (lo + w * a, hi + w * c)
+                    } else {
+                        (lo + w * c, hi + w * a)
+                    }
+                })
+            })
+            .collect()
+    }
+}
+
+fn wrap(v: f64) -> i64 {
+    (v.round() as i128).rem_euclid(1i128 << 64) as u64 as i64
+}
+
+/// Compiles `mlp` against `calibration` (quantizer ranges and activation ranges) and reports on
+/// `eval`.
+pub fn compile_mlp(
+    mlp: &Mlp,
+    feature_names: Vec<String>,
+    target: String,
+    calibration: &Dataset,
+    eval: &Dataset,
+    evaluated_on: &str,
+    n_bits: u8,
+    params: ParamSet,
+) -> Result<CompiledMlp, TrainError> {
+    let f = mlp.n_features;
+    if feature_names.len() != f || calibration.n_features() != f || eval.n_features() != f {
+        return Err(unsupported(format!(
+            "the network takes {f} features; the data set has {}",
+            calibration.n_features()
+        )));
+    }
+    if !(2..=12).contains(&n_bits) {
+        return Err(TrainError::Bits(n_bits));
+    }
+    if calibration.is_empty() {
+        return Err(TrainError::Empty);
+    }
+    if mlp.layers.len() < 2 {
+        return Err(unsupported(
+            "the network has no hidden layer: import it as a linear model",
+        ));
+    }
+    let noise = BootstrapNoise::of(params);
+    let n = params.polynomial_size();
+    let t = 2f64.powi(64 - (2 * n).trailing_zeros() as i32);
+    let top = ((1u64 << n_bits) - 1) as f64;
+    // Quantizers and the first layer per quantization step, the scaler folded in.
+    let mut quantizers = Vec::with_capacity(f);
+    let mut pinned = vec![false; f];
+    for j in 0..f {
+        let (lo, hi) = (0..calibration.len())
+            .map(|i| calibration.x[i * f + j])
+            .fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), v| {
+                (lo.min(v), hi.max(v))
+            });
+        pinned[j] = !(hi > lo);
+        let scale = if hi > lo { (hi - lo) / top } else { 1.0 };
+        quantizers.push(Quantizer { min: lo, scale });
+    }
+    let (offset, kscale): (Vec<f64>, Vec<f64>) = match &mlp.scaler {
+        Some(s) => (
+            s.offset.iter().map(|&v| v as f64).collect(),
+            s.scale.iter().map(|&v| v as f64).collect(),
+        ),
+        None => (vec![0.0; f], vec![1.0; f]),
+    };
+    let first = &mlp.layers[0];
+    let first_affine = Affine {
+        weights: (0..first.outputs)
+            .map(|o| {
+                (0..f)
+                    .map(|j| {
+                        if pinned[j] {
+                            0.0
+                        } else {
+                            first.weights[o * f + j] as f64 * kscale[j] * quantizers[j].scale
+                        }
+                    })
+                    .collect()
+            })
+            .collect(),
+        bias: (0..first.outputs)
+            .map(|o| {
+                first.bias[o] as f64
+                    + (0..f)
+                        .map(|j| {
+                            first.weights[o * f + j] as f64 * (quantizers[j].min - offset[j]) * kscale[j]
+                        })
+                        .sum::<f64>()
+            })
+            .collect(),
+    };
+    let later: Vec<Affine> = mlp.layers[1..]
+        .iter()
+        .map(|l| Affine {
+            weights: l
+                .weights
+                .chunks_exact(l.inputs)
+                .map(|r| r.iter().map(|&w| w as f64).collect())
+                .collect(),
+            bias: l.bias.iter().map(|&b| b as f64).collect(),
+        })
+        .collect();
+    let affines: Vec<&Affine> = std::iter::once(&first_affine).chain(&later).collect();
+    let hidden_count = mlp.layers.len() - 1;
+    // Calibration: pre-activation ranges per hidden neuron, on the quantized inputs.
+    let columns_of = |ds: &Dataset, i: usize| -> Vec<u64> {
+        (0..f)
+            .map(|j| quantizers[j].quantize(ds.x[i * f + j], n_bits))
+            .collect()
+    };
+    let mut cal: Vec<Vec<(f64, f64)>> = mlp.layers[..hidden_count]
+        .iter()
+        .map(|l| vec![(f64::INFINITY, f64::NEG_INFINITY); l.outputs])
+        .collect();
+    for i in 0..calibration.len() {
+        let mut x: Vec<f64> = columns_of(calibration, i).iter().map(|&q| q as f64).collect();
+        for (li, a) in affines[..hidden_count].iter().enumerate() {
+            let z = a.apply(&x);
+            for (r, &v) in cal[li].iter_mut().zip(&z) {
+                *r = (r.0.min(v), r.1.max(v));
+            }
+            let act = mlp.layers[li].activation;
+            x = z.iter().map(|&v| act.apply(v as f32) as f64).collect();
+        }
+    }
+    let clamps: Vec<Vec<Clamp>> = cal
+        .iter()
+        .zip(&mlp.layers)
+        .map(|(r, l)| r.iter().map(|&(a, b)| Clamp::new(l.activation, a, b)).collect())
+        .collect();
+    // Worst-case pre-activation ranges over every valid input.
+    let mut ranges: Vec<(f64, f64)> = (0..f)
+        .map(|j| if pinned[j] { (0.0, 0.0) } else { (0.0, top) })
+        .collect();
+    let mut worst: Vec<Vec<(f64, f64)>> = Vec::new();
+    for li in 0..hidden_count {
+        let b = affines[li].bounds(&ranges);
+        ranges = clamps[li].iter().map(Clamp::range).collect();
+        worst.push(b);
+    }
+    let score_bounds = affines[hidden_count].bounds(&ranges);
+    let lw = ((1i64 << (OUTPUT_WEIGHT_BITS - 1)) - 1) as f64;
+    let ksms = noise.keyswitch_modswitch_variance_log2.exp2();
+    let v_pbs = noise.pbs_output_variance_log2.exp2();
+    // Positions per real unit of each hidden neuron, shrunk on refusal.
+    let mut shrink = 1.0f64;
+    for _attempt in 0..6 {
+        let pos_scale: Vec<Vec<f64>> = (0..hidden_count)
+            .map(|li| {
+                let inputs = affines[li].weights.first().map_or(0, Vec::len) as f64;
+                let var = if li == 0 { ksms } else { ksms + inputs * lw * lw * v_pbs / 3.0 };
+                let e = (TAIL_SIGMAS * var.sqrt() / t).ceil() + 3.0;
+                clamps[li]
+                    .iter()
+                    .zip(&worst[li])
+                    .map(|(c, &(zlo, zhi))| {
+                        let span = (zhi.max(c.hi) - c.lo).max(c.hi - zlo.min(c.lo));
+                        shrink * (n as f64 - e) / span
+                    })
+                    .collect()
+            })
+            .collect();
+        // Score scale: a common centre, the widest half range within 2^63 with a margin.
+        let centre = (score_bounds.iter().map(|b| b.0).fold(f64::INFINITY, f64::min)
+            + score_bounds.iter().map(|b| b.1).fold(f64::NEG_INFINITY, f64::max))
+            / 2.0;
+        let half = score_bounds
+            .iter()
+            .map(|&(a, b)| (b - centre).max(centre - a))
+            .fold(1e-12, f64::max);
+        let h_out = shrink * 0.9 * 2f64.powi(63) / half;
+        // Torus per real unit of each hidden neuron's output: from what its readers need.
+        let out_scale: Vec<Vec<f64>> = (0..hidden_count)
+            .map(|li| {
+                let readers = affines[li + 1];
+                let h_ref = if li + 1 == hidden_count {
+                    h_out
+                } else {
+                    pos_scale[li + 1].iter().fold(0f64, |m, &a| m.max(a * t))
+                };
+                (0..clamps[li].len())
+                    .map(|j| {
+                        let colmax = readers.weights.iter().fold(0f64, |m, r| m.max(r[j].abs()));
+                        let (a, b) = clamps[li][j].range();
+                        let amp = ((b - a) / 2.0).abs().max(1e-12);
+                        let g = if colmax > 0.0 { h_ref * colmax / lw } else { 1.0 };
+                        g.min(0.9 * 2f64.powi(62) / amp)
+                    })
+                    .collect()
+            })
+            .collect();
+        let cb = {
+            let largest = affines[0]
+                .weights
+                .iter()
+                .zip(&pos_scale[0])
+                .flat_map(|(r, a)| r.iter().map(move |w| (w * a).abs()))
+                .fold(1e-12, f64::max);
+            (12.0 + (30.0 - largest.log2()).floor()).clamp(n_bits as f64 + 1.0, 63.0) as u8
+        };
+        let mut hidden = Vec::with_capacity(hidden_count);
+        for li in 0..hidden_count {
+            let a = &pos_scale[li];
+            let neurons: Vec<Neuron> = (0..clamps[li].len())
+                .map(|k| {
+                    let c = &clamps[li][k];
+                    let row = &affines[li].weights[k];
+                    let bias = affines[li].bias[k];
+                    if li == 0 {
+                        let unit = 2f64.powi(cb as i32 - 12);
+                        Neuron {
+                            weights: row.iter().map(|w| (w * a[k] * unit).round() as i64).collect(),
+                            constant: wrap(a[k] * (bias - c.lo) * t),
+                        }
+                    } else {
+                        let prev = &clamps[li - 1];
+                        let g = &out_scale[li - 1];
+                        let mid: f64 = row.iter().zip(prev).map(|(w, p)| w * p.mid).sum();
+                        Neuron {
+                            weights: row
+                                .iter()
+                                .zip(g)
+                                .map(|(w, g)| (a[k] * t * w / g).round() as i64)
+                                .collect(),
+                            constant: wrap(a[k] * t * (mid + bias - c.lo)),
+                        }
+                    }
+                })
+                .collect();
+            let tables: Vec<Vec<i64>> = (0..clamps[li].len())
+                .map(|k| {
+                    let c = &clamps[li][k];
+                    let g = out_scale[li][k];
+                    (0..n)
+                        .map(|p| ((c.phi(c.lo + p as f64 / a[k]) - c.mid) * g).round() as i64)
+                        .collect()
+                })
+                .collect();
+            hidden.push(HiddenLayer { neurons, tables });
+        }
+        let last = &clamps[hidden_count - 1];
+        let g = &out_scale[hidden_count - 1];
+        let out_affine = affines[hidden_count];
+        let output: Vec<Neuron> = out_affine
+            .weights
+            .iter()
+            .zip(&out_affine.bias)
+            .map(|(row, &b)| {
+                let mid: f64 = row.iter().zip(last).map(|(w, p)| w * p.mid).sum();
+                Neuron {
+                    weights: row.iter().zip(g).map(|(w, g)| (h_out * w / g).round() as i64).collect(),
+                    constant: wrap(h_out * (mid + b - centre)),
+                }
+            })
+            .collect();
+        // Decode a step below the smallest score noise.
+        let sigma_min = output
+            .iter()
+            .map(|o| {
+                let norm2: f64 = o.weights.iter().map(|&w| (w as f64).powi(2)).sum();
+                (norm2 * v_pbs + noise.packing_variance_log2.exp2()).sqrt()
+            })
+            .fold(f64::INFINITY, f64::min);
+        let output_bits = (64.0 - (sigma_min.log2() - 2.0).floor()).clamp(8.0, 62.0) as u8;
+        let server = MlpServer {
+            input_columns: f as u32,
+            column_bits: cb,
+            input_max: top as u32,
+            hidden,
+            output,
+            output_bits,
+        };
+        let proof = match server.prove_network(params) {
+            Ok(p) => p,
+            Err(_) if shrink > 0.8 => {
+                shrink *= 0.97;
+                continue;
+            }
+            Err(e) => return Err(e.into()),
+        };
+        let step = 2f64.powi(64 - output_bits as i32);
+        let labels = match &mlp.task {
+            OnnxTask::Classifier { labels } => relabel(labels, &calibration.y)?,
+            OnnxTask::Regressor { .. } => Vec::new(),
+        };
+        let client = MlpClient {
+            quantizers: quantizers.clone(),
+            input_bits: n_bits,
+            column_bits: cb,
+            output_bits,
+            n_scores: server.output.len() as u32,
+            score_scale: step / h_out,
+            score_offset: centre,
+            labels,
+            post: mlp.post,
+        };
+        let summary_layers: Vec<usize> = std::iter::once(f)
+            .chain(mlp.layers.iter().map(|l| l.outputs))
+            .collect();
+        let (report, simulated) = report(mlp, &server, &client, &proof, eval, evaluated_on, &columns_of, params);
+        let widest = proof
+            .score_range
+            .iter()
+            .map(|r| r.1 - r.0)
+            .fold(0f64, f64::max)
+            .max(1.0);
+        let summary = MlpSummary {
+            layers: summary_layers,
+            activations: mlp.layers[..hidden_count].iter().map(|l| l.activation.name()).collect(),
+            pbs_per_record: server.neurons(),
+            input_bits: n_bits,
+            min_span_positions: proof.layers.iter().map(|l| l.min_span()).collect(),
+            max_noise_positions: proof.layers.iter().map(|l| l.max_noise()).collect(),
+            score_error_ratio: proof.score_error.iter().cloned().fold(0f64, f64::max) / widest,
+            report: report.clone(),
+            simulated_agreement: simulated,
+            records_per_chunk: 0,
+        };
+        let package = ModelPackage::build(
+            ServerModel::new(params, ServerBody::NeuralNetwork(server)),
+            ClientModel::new(params, feature_names, target, ClientBody::NeuralNetwork(client)),
+            report,
+        )?;
+        return Ok(CompiledMlp {
+            package,
+            summary,
+            proof,
+        });
+    }
+    Err(unsupported("the network could not be proven within one bootstrap turn per neuron"))
+}
+
+/// The model's class labels as the data set names them (numbered labels `0..C` stand for the
+/// data set's sorted names).
+fn relabel(labels: &[String], y: &Target) -> Result<Vec<String>, TrainError> {
+    let Target::Classes { names, .. } = y else {
+        return Err(unsupported("the network is a classifier but the label column is numeric"));
+    };
+    let model_class = crate::onnx::model_class_of(labels, names)?;
+    let mut out = labels.to_vec();
+    for (c, &k) in model_class.iter().enumerate() {
+        out[k] = names[c].clone();
+    }
+    Ok(out)
+}
+
+/// The integer network with the proven noise drawn at random: Gaussian keyswitch and
+/// modulus-switch noise at every reading, bootstrap output noise on every activation, packing
+/// noise on every score.
+pub fn simulate_scores(
+    server: &MlpServer,
+    columns: &[u64],
+    params: ParamSet,
+    rng: &mut impl Rng,
+) -> Vec<i64> {
+    let noise = BootstrapNoise::of(params);
+    let gauss = |rng: &mut dyn rand::RngCore, sigma: f64| -> f64 {
+        let (u1, u2): (f64, f64) = (rng.r#gen::<f64>().max(1e-300), rng.r#gen());
+        sigma * (-2.0 * u1.ln()).sqrt() * (2.0 * std::f64::consts::PI * u2).cos()
+    };
+    let n = params.polynomial_size();
+    let t_shift = 64 - (2 * n).trailing_zeros();
+    let ksms = noise.keyswitch_modswitch_variance_log2.exp2();
+    let fresh = noise.fresh_variance_log2.exp2();
+    let pbs = noise.pbs_output_variance_log2.exp2().sqrt();
+    let pack = noise.packing_variance_log2.exp2().sqrt();
+    let shift = 64 - server.column_bits as u32;
+    let mut x: Vec<u64> = columns.iter().map(|&q| q << shift).collect();
+    for (li, layer) in server.hidden.iter().enumerate() {
+        x = layer
+            .neurons
+            .iter()
+            .zip(&layer.tables)
+            .map(|(neuron, table)| {
+                let mut var = ksms;
+                if li == 0 {
+                    var += fresh * neuron.weights.iter().map(|&w| (w as f64).powi(2)).sum::<f64>();
+                }
+                let u = neuron.value(&x).wrapping_add(gauss(rng, var.sqrt()) as i64 as u64);
+                let p = u.wrapping_add(1u64 << (t_shift - 1)) >> t_shift;
+                let h = fhe_batch_core::mlp::read_table(table, p as i64);
+                h.wrapping_add(gauss(rng, pbs) as i64) as u64
+            })
+            .collect();
+    }
+    server
+        .output
+        .iter()
+        .map(|o| {
+            let u = o.value(&x).wrapping_add(gauss(rng, pack) as i64 as u64);
+            fhe_batch_core::mlp::decode_score(u, server.output_bits)
+        })
+        .collect()
+}
+
+#[allow(clippy::too_many_arguments)]
+fn report(
+    mlp: &Mlp,
+    server: &MlpServer,
+    client: &MlpClient,
+    _proof: &MlpProof,
+    eval: &Dataset,
+    evaluated_on: &str,
+    columns_of: &dyn Fn(&Dataset, usize) -> Vec<u64>,
+    params: ParamSet,
+) -> (CompileReport, f64) {
+    use fhe_batch_core::model::ClientFamily;
+    let f = mlp.n_features;
+    let mut rng = rand::rngs::StdRng::seed_from_u64(11);
+    let (mut float_ok, mut quant_ok, mut agree, mut sim_agree) = (0usize, 0usize, 0usize, 0usize);
+    let (mut se_f, mut se_q, mut ss) = (0f64, 0f64, 0f64);
+    let truth_mean = match &eval.y {
+        Target::Values(v) => v.iter().sum::<f64>() / v.len().max(1) as f64,
+        _ => 0.0,
+    };
+    let records = eval.len();
+    for i in 0..records {
+        let xf: Vec<f32> = eval.x[i * f..(i + 1) * f].iter().map(|&v| v as f32).collect();
+        let fp = mlp.finish(mlp.raw_scores(&xf));
+        let cols = columns_of(eval, i);
+        let q = client.predict(&server.eval_plain(&cols));
+        let s = client.predict(&simulate_scores(server, &cols, params, &mut rng));
+        match &eval.y {
+            Target::Classes { names, idx } => {
+                let truth = &names[idx[i]];
+                let float_label = fp.label.as_ref().and_then(|l| {
+                    // The float model names classes as the ONNX file does; map through position.
+                    let OnnxTask::Classifier { labels } = &mlp.task else { return None };
+                    labels.iter().position(|m| m == l).map(|k| client.labels[k].clone())
+                });
+                float_ok += usize::from(float_label.as_deref() == Some(truth.as_str()));
+                quant_ok += usize::from(&q.label == truth);
+                agree += usize::from(float_label.as_deref() == Some(q.label.as_str()));
+                sim_agree += usize::from(s.class == q.class);
+            }
+            Target::Values(v) => {
+                let (yf, yq, ys) = (fp.scores[0] as f64, q.scores[0], s.scores[0]);
+                se_f += (yf - v[i]).powi(2);
+                se_q += (yq - v[i]).powi(2);
+                ss += (v[i] - truth_mean).powi(2);
+                let tol = 0.01 * (eval_range(v)).max(1e-12);
+                agree += usize::from((yq - yf).abs() <= tol);
+                sim_agree += usize::from((ys - yq).abs() <= tol);
+            }
+        }
+    }
+    let r = records.max(1) as f64;
+    let (float_score, quantized_score) = match &eval.y {
+        Target::Classes { .. } => (float_ok as f64 / r, quant_ok as f64 / r),
+        Target::Values(_) => (1.0 - se_f / ss.max(1e-12), 1.0 - se_q / ss.max(1e-12)),
+    };
+    (
+        CompileReport {
+            evaluated_on: evaluated_on.to_string(),
+            records,
+            float_score,
+            quantized_score,
+            agreement: agree as f64 / r,
+        },
+        sim_agree as f64 / r,
+    )
+}
+
+fn eval_range(v: &[f64]) -> f64 {
+    let lo = v.iter().cloned().fold(f64::INFINITY, f64::min);
+    let hi = v.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+    hi - lo
+}
