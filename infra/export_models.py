@@ -14,24 +14,57 @@ Rust importer's float evaluation must reproduce. Also writes models the importer
 
 Classifiers are exported with `zipmap: False` (plain probability tensors). Every split is
 seeded: the files are reproducible for the pinned package versions.
+
+Neural networks (multi-layer perceptrons):
+
+* scikit-learn `MLPClassifier` / `MLPRegressor` exported by skl2onnx (`bc-mlp-*`, `iris-mlp-*`,
+  `mnist-mlp-*`). The MNIST models read the raw pixels 0..255: the network is trained on x / 255
+  and exported behind a `MinMaxScaler` fitted on the two rows [0]*784 and [255]*784, which is
+  exactly that division (skl2onnx writes a MinMaxScaler as `Mul` then `Add`, a StandardScaler
+  as an ai.onnx.ml `Scaler`). Their expected.json holds only the first 200 test rows (to stay
+  small), with `float_accuracy` on all 2,000 and `stored_rows_accuracy` on the 200.
+* PyTorch-style graphs (`torch-mlp-*`). PyTorch cannot be installed here, so these graphs are
+  built with `onnx.helper` the way `torch.onnx.export` (opset 17) writes an
+  `nn.Sequential(Linear, ReLU, ..., Linear)`: `Gemm(alpha=1, beta=1, transB=1)` with the weight
+  stored [out, in] (or `MatMul` with the weight stored [in, out] then `Add` of the bias),
+  `Relu` nodes, input "input" and output "output" with a dynamic batch dimension "batch_size",
+  the output layer's raw logits (no softmax node). Their weights are NOT trained by PyTorch:
+  they are copied from scikit-learn `MLPClassifier`s trained on the breast-cancer training
+  split. scikit-learn's binary classifier has one logistic output unit z; the 2-logit output
+  layer is built as [-z/2, z/2] (weights and bias [-w, w] / 2), whose softmax is
+  [1 - sigmoid(z), sigmoid(z)] and whose argmax is scikit-learn's label. The feature
+  standardization is part of the graph (`Sub` of the means then `Div` or `Mul` by the
+  deviations, as a module whose forward starts with `(x - mean) / std` exports), so the
+  inputs are the raw features. `torch-mlp-bn-folded` has a `BatchNormalization` right after
+  its first `Gemm` (`nn.Sequential(Linear, BatchNorm1d, ReLU, Linear)` in eval mode), with
+  statistics chosen so that the network computes the same function as `bc-mlp-30-32-2`. For
+  these graphs `float_accuracy` is the accuracy of onnxruntime's argmax.
+* Graphs the importer must refuse (`unsupported-conv`, `unsupported-maxpool`,
+  `unsupported-batchnorm`, random seeded weights), the refused operator in their "note".
 """
 
 import csv
+import gzip
 import json
 import sys
+import warnings
 from pathlib import Path
 
 import numpy as np
+import onnx
 import onnxruntime as ort
+from onnx import TensorProto, helper, numpy_helper
 from onnxmltools import convert_xgboost
 from onnxmltools.convert.common.data_types import FloatTensorType as XgbFloat
 from skl2onnx import to_onnx
 from sklearn.ensemble import (GradientBoostingClassifier, RandomForestClassifier,
                               RandomForestRegressor)
+from sklearn.exceptions import ConvergenceWarning
 from sklearn.linear_model import LinearRegression, LogisticRegression
 from sklearn.model_selection import train_test_split
-from sklearn.pipeline import make_pipeline
-from sklearn.preprocessing import StandardScaler
+from sklearn.neural_network import MLPClassifier, MLPRegressor
+from sklearn.pipeline import Pipeline, make_pipeline
+from sklearn.preprocessing import MinMaxScaler, StandardScaler
 from sklearn.svm import SVC
 from sklearn.tree import DecisionTreeClassifier
 from xgboost import XGBClassifier
@@ -53,7 +86,12 @@ def run_onnx(path, x):
     return {o.name: v.tolist() for o, v in zip(sess.get_outputs(), outs)}
 
 
-def write(out, name, onx, features, x_test, y_test, float_accuracy=None, note=""):
+def write(out, name, onx, features, x_test, y_test, float_accuracy=None, note="", extra=None):
+    # Converters list the opset domains in set order (varies between runs): sort them so
+    # the files are byte-for-byte reproducible.
+    opsets = sorted(onx.opset_import, key=lambda o: o.domain)
+    del onx.opset_import[:]
+    onx.opset_import.extend(opsets)
     path = out / f"{name}.onnx"
     path.write_bytes(onx.SerializeToString())
     expected = {
@@ -66,6 +104,7 @@ def write(out, name, onx, features, x_test, y_test, float_accuracy=None, note=""
     }
     if float_accuracy is not None:
         expected["float_accuracy"] = float_accuracy
+    expected.update(extra or {})
     (out / f"{name}.expected.json").write_text(json.dumps(expected) + "\n")
     print(f"{name}: {path.stat().st_size} bytes" + (f", accuracy {float_accuracy:.4f}" if float_accuracy is not None else ""))
 
@@ -123,6 +162,250 @@ def main():
     onx = to_onnx(pipe, xtr[:1], options={id(pipe.steps[-1][1]): opts},
                   target_opset={"": 17, "ai.onnx.ml": 3})
     write(out, "unsupported-scaler-pipeline", onx, features, xte, yte, note="Scaler")
+
+    export_networks(out)
+
+
+def fit_quietly(model, x, y):
+    """Fits an MLP, reporting (not warning) when it stops at max_iter before converging."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", ConvergenceWarning)
+        model.fit(x, y)
+    mlp = model.steps[-1][1] if isinstance(model, Pipeline) else model
+    if any(issubclass(w.category, ConvergenceWarning) for w in caught):
+        print(f"  (stopped at max_iter={mlp.max_iter} before converging)")
+    return model
+
+
+def mlp_opts(pipe):
+    last = pipe.steps[-1][1] if isinstance(pipe, Pipeline) else pipe
+    return {id(last): {"zipmap": False}}
+
+
+SKL_OPSET = {"": 17, "ai.onnx.ml": 3}
+
+
+def export_networks(out):
+    """Multi-layer perceptrons: scikit-learn (skl2onnx), PyTorch-style graphs, refused graphs."""
+    features, x, y = load("breast_cancer.csv")
+    classes = sorted(set(y))
+    yb = np.array([classes.index(v) for v in y])
+    xtr, xte, ytr, yte = train_test_split(x, yb, test_size=0.2, random_state=42, stratify=yb)
+    bc = fit_quietly(make_pipeline(StandardScaler(), MLPClassifier(
+        hidden_layer_sizes=(32,), random_state=0, max_iter=2000)), xtr, ytr)
+    onx = to_onnx(bc, xtr[:1], options=mlp_opts(bc), target_opset=SKL_OPSET)
+    write(out, "bc-mlp-30-32-2", onx, features, xte, yte, float(bc.score(xte, yte)))
+    raw = fit_quietly(MLPClassifier(hidden_layer_sizes=(32,), random_state=0, max_iter=2000),
+                      xtr, ytr)
+    onx = to_onnx(raw, xtr[:1], options=mlp_opts(raw), target_opset=SKL_OPSET)
+    write(out, "bc-mlp-noscaler", onx, features, xte, yte, float(raw.score(xte, yte)))
+    export_torch_style(out, features, xtr, xte, ytr, yte, bc)
+
+    features, x, y = load("iris.csv")
+    classes = sorted(set(y))
+    yi = np.array([classes.index(v) for v in y])
+    # Petal width from the other three measurements (the split of iris-rf-regressor).
+    xr, yr = x[:, :3], x[:, 3]
+    rtr, rte, rytr, ryte = train_test_split(xr, yr, test_size=0.3, random_state=42)
+    reg = fit_quietly(make_pipeline(StandardScaler(), MLPRegressor(
+        hidden_layer_sizes=(16,), activation="relu", random_state=0, max_iter=2000)), rtr, rytr)
+    onx = to_onnx(reg, rtr[:1], target_opset=SKL_OPSET)
+    r2 = float(reg.score(rte, ryte))
+    write(out, "iris-mlp-regressor", onx, features[:3], rte, ryte, extra={"float_r2": r2})
+    print(f"  R^2 {r2:.4f}")
+    xtr, xte, ytr, yte = train_test_split(x, yi, test_size=0.3, random_state=42, stratify=yi)
+    for name, activation in [("iris-mlp-tanh", "tanh"), ("iris-mlp-logistic", "logistic")]:
+        m = fit_quietly(MLPClassifier(hidden_layer_sizes=(8,), activation=activation,
+                                      random_state=0, max_iter=2000), xtr, ytr)
+        onx = to_onnx(m, xtr[:1], options=mlp_opts(m), target_opset=SKL_OPSET)
+        write(out, name, onx, features, xte, yte, float(m.score(xte, yte)))
+
+    export_mnist(out)
+    export_refused_networks(out, features, xtr, xte)
+
+
+def export_mnist(out, stored_rows=200):
+    """MNIST: train on the first 8,000 rows (pixels / 255), test on the last 2,000; the exported
+    pipeline reads raw pixels (a MinMaxScaler that is exactly x / 255 in front)."""
+    with gzip.open(ROOT / "data" / "mnist-10k.csv.gz", "rt") as f:
+        header = f.readline().strip().split(",")
+        data = np.loadtxt(f, delimiter=",", dtype=np.float32)
+    features = header[:-1]
+    x, y = data[:, :-1], data[:, -1].astype(np.int64)
+    xtr, xte, ytr, yte = x[:8000], x[8000:], y[:8000], y[8000:]
+    pixels = MinMaxScaler().fit(np.array([[0.0] * x.shape[1], [255.0] * x.shape[1]], dtype=np.float32))
+    for name, hidden in [("mnist-mlp-784-128-10", (128,)), ("mnist-mlp-784-128-64-10", (128, 64))]:
+        mlp = fit_quietly(MLPClassifier(hidden_layer_sizes=hidden, random_state=0, max_iter=60),
+                          xtr / 255.0, ytr)
+        pipe = Pipeline([("pixels", pixels), ("mlp", mlp)])
+        onx = to_onnx(pipe, xtr[:1], options=mlp_opts(pipe), target_opset=SKL_OPSET)
+        accuracy = float(pipe.score(xte, yte))
+        stored = float(pipe.score(xte[:stored_rows], yte[:stored_rows]))
+        write(out, name, onx, features, xte[:stored_rows], yte[:stored_rows], accuracy,
+              note=f"first {stored_rows} of the 2,000 test rows; float_accuracy on all 2,000",
+              extra={"stored_rows_accuracy": stored})
+
+
+class TorchStyle:
+    """Builds an ONNX graph with the node and tensor names torch.onnx.export gives an
+    nn.Sequential: initializers "0.weight", "0.bias", nodes "/0/Gemm", "/1/Relu", values
+    "/0/Gemm_output_0", input "input", output "output", batch dimension "batch_size"."""
+
+    def __init__(self, n_in):
+        self.n_in, self.nodes, self.inits, self.cur = n_in, [], [], "input"
+        self.counter = 0
+
+    def const(self, name, arr):
+        self.inits.append(numpy_helper.from_array(np.asarray(arr, dtype=np.float32), name))
+        return name
+
+    def node(self, op, scope, inputs, **attrs):
+        out = f"{scope}/{op}_output_0"
+        self.nodes.append(helper.make_node(op, inputs, [out], name=f"{scope}/{op}", **attrs))
+        self.cur = out
+        return out
+
+    def standardize(self, mean, std, divide=True):
+        """A forward starting with `(x - mean) / std` (or `* (1 / std)`)."""
+        self.node("Sub", "", [self.cur, self.const("mean", mean)])
+        if divide:
+            self.node("Div", "", [self.cur, self.const("std", std)])
+        else:
+            self.node("Mul", "", [self.cur, self.const("inv_std", 1.0 / std)])
+
+    def linear(self, i, weight_out_in, bias, matmul=False):
+        if matmul:
+            self.counter += 1
+            w = self.const(f"onnx::MatMul_{100 + self.counter}", np.asarray(weight_out_in).T)
+            self.node("MatMul", f"/{i}", [self.cur, w])
+            self.node("Add", f"/{i}", [self.const(f"{i}.bias", bias), self.cur])
+        else:
+            self.node("Gemm", f"/{i}", [self.cur, self.const(f"{i}.weight", weight_out_in),
+                                        self.const(f"{i}.bias", bias)],
+                      alpha=1.0, beta=1.0, transB=1)
+
+    def act(self, i, op):
+        self.node(op, f"/{i}", [self.cur])
+
+    def model(self, n_out):
+        self.nodes[-1].output[0] = "output"
+        graph = helper.make_graph(
+            self.nodes, "main_graph",
+            [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["batch_size", self.n_in])],
+            [helper.make_tensor_value_info("output", TensorProto.FLOAT, ["batch_size", n_out])],
+            self.inits)
+        m = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)],
+                              producer_name="export_models.py (torch.onnx.export layout)",
+                              ir_version=8)
+        onnx.checker.check_model(m)
+        return m
+
+
+def two_logits(w_in_1, b_1):
+    """scikit-learn's single logistic output unit z = x w + b as two logits [-z/2, z/2]:
+    softmax gives [1 - sigmoid(z), sigmoid(z)], the argmax is the same label."""
+    w = np.asarray(w_in_1, dtype=np.float64)[:, 0]
+    b = float(np.asarray(b_1)[0])
+    return np.stack([-w / 2, w / 2]), np.array([-b / 2, b / 2])
+
+
+def write_torch(out, name, onx, features, xte, yte):
+    path = out / f"{name}.onnx"
+    path.write_bytes(onx.SerializeToString())
+    logits = np.array(run_onnx(path, xte)["output"])
+    accuracy = float(np.mean(np.argmax(logits, axis=1) == yte))
+    write(out, name, onx, features, xte, yte, accuracy)
+
+
+def export_torch_style(out, features, xtr, xte, ytr, yte, bc_pipe):
+    """PyTorch-style graphs with weights from scikit-learn MLPs (see the module docstring)."""
+    scaler = StandardScaler().fit(xtr)
+    mlp = fit_quietly(MLPClassifier(hidden_layer_sizes=(32, 16), random_state=0, max_iter=2000),
+                      scaler.transform(xtr), ytr)
+    print(f"  scikit-learn (32, 16) accuracy {mlp.score(scaler.transform(xte), yte):.4f}")
+    mean, std = scaler.mean_, scaler.scale_
+    for name, matmul in [("torch-mlp-bc-32-16-2", False), ("torch-mlp-matmul", True)]:
+        t = TorchStyle(xtr.shape[1])
+        t.standardize(mean, std, divide=not matmul)
+        t.linear(0, mlp.coefs_[0].T, mlp.intercepts_[0], matmul)
+        t.act(1, "Relu")
+        t.linear(2, mlp.coefs_[1].T, mlp.intercepts_[1], matmul)
+        t.act(3, "Relu")
+        t.linear(4, *two_logits(mlp.coefs_[2], mlp.intercepts_[2]), matmul)
+        write_torch(out, name, t.model(2), features, xte, yte)
+
+    # Linear -> BatchNorm1d -> ReLU -> Linear computing bc-mlp-30-32-2's function on raw
+    # features: the first Linear takes the standardization and a per-unit factor a and shift
+    # c (u = a h + c for bc-mlp's pre-activation h); the batch norm's running statistics are
+    # u's on the training rows and its affine parameters undo a and c.
+    sc, net = bc_pipe.steps[0][1], bc_pipe.steps[-1][1]
+    w0 = net.coefs_[0].astype(np.float64)  # [in, hidden]
+    w_raw = w0 / sc.scale_[:, None]
+    b_raw = net.intercepts_[0] - (sc.mean_ / sc.scale_) @ w0
+    rng = np.random.default_rng(7)
+    a = rng.uniform(0.5, 2.0, w0.shape[1])
+    c = rng.normal(0.0, 1.0, w0.shape[1])
+    u = (xtr.astype(np.float64) @ w_raw + b_raw) * a + c
+    eps = 1e-5
+    run_mean, run_var = u.mean(axis=0), u.var(axis=0)
+    sd = np.sqrt(run_var + eps)
+    gamma, beta = sd / a, (run_mean - c) / a
+    t = TorchStyle(xtr.shape[1])
+    t.linear(0, (w_raw * a).T, b_raw * a + c)
+    t.node("BatchNormalization", "/1", [t.cur, t.const("1.weight", gamma), t.const("1.bias", beta),
+                                        t.const("1.running_mean", run_mean),
+                                        t.const("1.running_var", run_var)],
+           epsilon=eps, momentum=0.9)
+    t.act(2, "Relu")
+    t.linear(3, *two_logits(net.coefs_[1], net.intercepts_[1]))
+    write_torch(out, "torch-mlp-bn-folded", t.model(2), features, xte, yte)
+
+
+def export_refused_networks(out, iris_features, iris_train, iris_test):
+    """Small graphs with an operator the importer refuses (random seeded weights)."""
+    rng = np.random.default_rng(0)
+    images = rng.uniform(0, 1, (8, 1, 4, 4)).astype(np.float32)
+
+    def image_model(layer_nodes, flat):
+        t = TorchStyle(16)
+        t.nodes = layer_nodes(t)
+        t.cur = t.nodes[-1].output[0]
+        t.node("Flatten", "/2", [t.cur], axis=1)
+        t.linear(3, rng.normal(0, 0.5, (3, flat)), rng.normal(0, 0.1, 3))
+        t.nodes[-1].output[0] = "output"
+        graph = helper.make_graph(
+            t.nodes, "main_graph",
+            [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["batch_size", 1, 4, 4])],
+            [helper.make_tensor_value_info("output", TensorProto.FLOAT, ["batch_size", 3])],
+            t.inits)
+        m = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)],
+                              producer_name="export_models.py (torch.onnx.export layout)",
+                              ir_version=8)
+        onnx.checker.check_model(m)
+        return m
+
+    conv = image_model(lambda t: [helper.make_node(
+        "Conv", ["input", t.const("0.weight", rng.normal(0, 0.5, (2, 1, 3, 3))),
+                 t.const("0.bias", rng.normal(0, 0.1, 2))],
+        ["/0/Conv_output_0"], name="/0/Conv", kernel_shape=[3, 3])], 8)
+    write(out, "unsupported-conv", conv, ["image 1x4x4"], images, [], note="Conv")
+    pool = image_model(lambda t: [helper.make_node(
+        "MaxPool", ["input"], ["/0/MaxPool_output_0"], name="/0/MaxPool",
+        kernel_shape=[2, 2], strides=[2, 2])], 4)
+    write(out, "unsupported-maxpool", pool, ["image 1x4x4"], images, [], note="MaxPool")
+
+    # BatchNorm1d on the input (not after a dense layer): nothing to fold it into.
+    t = TorchStyle(iris_train.shape[1])
+    t.node("BatchNormalization", "/0", [t.cur, t.const("0.weight", np.ones(4)),
+                                        t.const("0.bias", np.zeros(4)),
+                                        t.const("0.running_mean", iris_train.mean(axis=0)),
+                                        t.const("0.running_var", iris_train.var(axis=0))],
+           epsilon=1e-5, momentum=0.9)
+    t.linear(1, rng.normal(0, 0.5, (8, 4)), rng.normal(0, 0.1, 8))
+    t.act(2, "Relu")
+    t.linear(3, rng.normal(0, 0.5, (3, 8)), rng.normal(0, 0.1, 3))
+    write(out, "unsupported-batchnorm", t.model(3), iris_features, iris_test, [],
+          note="BatchNormalization")
 
 
 if __name__ == "__main__":

@@ -1,6 +1,8 @@
 //! From ONNX bytes to a [`FloatModel`]: the graph is checked to be one supported model operator
-//! with only shape-preserving helpers around it, and every attribute is checked before use.
+//! with only shape-preserving helpers around it, or a dense network ([`crate::mlp`]), and every
+//! attribute is checked before use.
 
+use crate::mlp::{MLP_OP_TYPE, Walk, is_dense_op};
 use crate::model::{Cmp, FloatModel, Linear, Node, OnnxTask, PostTransform, Tree, TreeEnsemble};
 use crate::proto::{AttributeProto, ModelProto, NodeProto, attr_type, data_type};
 use prost::Message;
@@ -21,7 +23,7 @@ pub enum ImportError {
     #[error("the ONNX model has no graph")]
     NoGraph,
     #[error(
-        "unsupported ONNX operator {op_type} (domain {domain:?}, node {node:?}); supported: LinearClassifier, LinearRegressor, TreeEnsembleClassifier, TreeEnsembleRegressor, with Cast, Identity, ZipMap and Normalizer(L1) around them"
+        "unsupported ONNX operator {op_type} (domain {domain:?}, node {node:?}); supported: LinearClassifier, LinearRegressor, TreeEnsembleClassifier, TreeEnsembleRegressor, with Cast, Identity, ZipMap and Normalizer(L1) around them; or a dense network: MatMul+Add or Gemm layers, Relu, Tanh, Sigmoid, Softmax (last), BatchNormalization (right after a layer), Dropout, Identity, Cast, Reshape, Flatten, Scaler/Sub/Add/Mul/Div by constants, and skl2onnx's label operators (Concat, ArgMax, ArrayFeatureExtractor, ZipMap)"
     )]
     UnsupportedOperator {
         op_type: String,
@@ -37,11 +39,17 @@ pub enum ImportError {
     #[error("invalid {op}: {detail}")]
     Invalid { op: String, detail: String },
     #[error(
-        "the graph holds no model operator (LinearClassifier, LinearRegressor, TreeEnsembleClassifier, TreeEnsembleRegressor)"
+        "the graph holds no model operator (LinearClassifier, LinearRegressor, TreeEnsembleClassifier, TreeEnsembleRegressor) and no dense layer (MatMul, Gemm) on its output's path"
     )]
     NoModel,
     #[error("the graph holds {0} model operators; one is supported")]
     SeveralModels(usize),
+    #[error("the network is too large: {what} is {value}; at most {limit} are supported")]
+    NetworkTooLarge {
+        what: String,
+        value: usize,
+        limit: usize,
+    },
 }
 
 /// An imported model and where it came from.
@@ -50,7 +58,7 @@ pub struct Imported {
     pub model: FloatModel,
     /// `producer_name producer_version` of the file (skl2onnx, OnnxMLTools, ...).
     pub producer: String,
-    /// The model operator's type.
+    /// The model operator's type, or `"MLP"` for a dense network.
     pub op_type: String,
 }
 
@@ -71,6 +79,30 @@ pub fn import_onnx(bytes: &[u8]) -> Result<Imported, ImportError> {
     }
     let proto = ModelProto::decode(bytes).map_err(|e| ImportError::Decode(e.to_string()))?;
     let graph = proto.graph.as_ref().ok_or(ImportError::NoGraph)?;
+    let producer = format!("{} {}", proto.producer_name, proto.producer_version)
+        .trim()
+        .to_string();
+    let has_model_op = graph
+        .node
+        .iter()
+        .any(|n| MODEL_OPS.contains(&n.op_type.as_str()) && n.domain == "ai.onnx.ml");
+    if !has_model_op {
+        // No classical model operator: a dense network, or refused naming the first operator
+        // a dense network cannot hold.
+        if let Some(node) = graph.node.iter().find(|n| !is_dense_op(n)) {
+            return Err(ImportError::UnsupportedOperator {
+                op_type: node.op_type.clone(),
+                domain: node.domain.clone(),
+                node: node.name.clone(),
+            });
+        }
+        let mlp = Walk::new(graph)?.into_mlp(&proto.producer_name)?;
+        return Ok(Imported {
+            model: FloatModel::Mlp(mlp),
+            producer,
+            op_type: MLP_OP_TYPE.to_string(),
+        });
+    }
     let mut main = Vec::new();
     for node in &graph.node {
         match node.op_type.as_str() {
@@ -110,9 +142,7 @@ pub fn import_onnx(bytes: &[u8]) -> Result<Imported, ImportError> {
     };
     Ok(Imported {
         model,
-        producer: format!("{} {}", proto.producer_name, proto.producer_version)
-            .trim()
-            .to_string(),
+        producer,
         op_type: node.op_type.clone(),
     })
 }
@@ -133,13 +163,13 @@ fn invalid(node: &NodeProto, detail: impl Into<String>) -> ImportError {
 }
 
 /// A node's attributes by name, with typed accessors that name what is wrong.
-struct Attrs<'a> {
+pub(crate) struct Attrs<'a> {
     node: &'a NodeProto,
     map: HashMap<&'a str, &'a AttributeProto>,
 }
 
 impl<'a> Attrs<'a> {
-    fn new(node: &'a NodeProto) -> Result<Self, ImportError> {
+    pub(crate) fn new(node: &'a NodeProto) -> Result<Self, ImportError> {
         let mut map = HashMap::new();
         for a in &node.attribute {
             if map.insert(a.name.as_str(), a).is_some() {
@@ -169,11 +199,15 @@ impl<'a> Attrs<'a> {
             .transpose()
     }
 
-    fn int(&self, name: &str) -> Result<Option<i64>, ImportError> {
+    pub(crate) fn int(&self, name: &str) -> Result<Option<i64>, ImportError> {
         Ok(self.get(name, attr_type::INT)?.map(|a| a.i))
     }
 
-    fn ints(&self, name: &str) -> Result<Vec<i64>, ImportError> {
+    pub(crate) fn float(&self, name: &str) -> Result<Option<f32>, ImportError> {
+        Ok(self.get(name, attr_type::FLOAT)?.map(|a| a.f))
+    }
+
+    pub(crate) fn ints(&self, name: &str) -> Result<Vec<i64>, ImportError> {
         Ok(self
             .get(name, attr_type::INTS)?
             .map(|a| a.ints.clone())
@@ -196,7 +230,7 @@ impl<'a> Attrs<'a> {
     }
 
     /// A float list, given as FLOATS `name` or as a tensor `name_as_tensor` (opset 3).
-    fn floats(&self, name: &str) -> Result<Vec<f32>, ImportError> {
+    pub(crate) fn floats(&self, name: &str) -> Result<Vec<f32>, ImportError> {
         if let Some(a) = self.get(name, attr_type::FLOATS)? {
             return Ok(a.floats.clone());
         }

@@ -3,20 +3,26 @@
 //! Brings models trained in Python into fhe-batch: reads ONNX files as `skl2onnx` and
 //! `onnxmltools` export them (LinearClassifier, LinearRegressor, TreeEnsembleClassifier,
 //! TreeEnsembleRegressor: scikit-learn linear models, decision trees, random forests, gradient
-//! boosting, XGBoost) into a [`FloatModel`] evaluated with ONNX Runtime's semantics, so an import
-//! is checked against the exporter's own outputs before it is quantized. Anything else (another
-//! operator, a categorical split, a post-transform we cannot reproduce) is refused with an
-//! [`ImportError`] that names it.
+//! boosting, XGBoost), and dense networks written with standard operators (scikit-learn's
+//! `MLPClassifier` / `MLPRegressor` through skl2onnx, PyTorch `Linear` + activation stacks as
+//! `torch.onnx.export` writes them: MatMul/Add or Gemm layers, Relu/Tanh/Sigmoid, a final
+//! Softmax, a scaler in front, foldable batch norms; rules and limits in [`mlp`]) into a
+//! [`FloatModel`] evaluated with ONNX Runtime's semantics, so an import is checked against the
+//! exporter's own outputs before it is quantized. Anything else (another operator such as a
+//! convolution or pooling, a categorical split, a post-transform we cannot reproduce, a network
+//! shape we cannot represent) is refused with an [`ImportError`] that names it.
 //!
 //! The protobuf messages are declared by hand ([`proto`]) for `prost`: no protoc, no build
 //! script. `infra/export_models.py` trains and exports the sample models in
 //! `tests/fixtures/onnx`.
 
 mod import;
+pub mod mlp;
 mod model;
 pub mod proto;
 
 pub use import::{ImportError, Imported, MAX_ONNX_BYTES, MAX_TREE_DEPTH, import_onnx};
+pub use mlp::{MAX_HIDDEN_LAYERS, MAX_WIDTH};
 pub use model::{
     Activation, Cmp, Dense, FloatModel, FloatPrediction, Linear, Mlp, Node, OnnxTask,
     PostTransform, Scaler, Tree, TreeEnsemble,

@@ -225,6 +225,19 @@ impl Mlp {
         v
     }
 
+    /// The same network read as a regressor with one target per output column: for a graph
+    /// that has no class labels and more than one output column, which the importer takes for a
+    /// classifier with labels `"0"`..`"C-1"` (see [`crate::mlp`]). Regressors are returned as
+    /// they are.
+    pub fn as_regressor(mut self) -> Self {
+        if let OnnxTask::Classifier { .. } = self.task {
+            self.task = OnnxTask::Regressor {
+                targets: self.layers.last().map_or(0, |l| l.outputs),
+            };
+        }
+        self
+    }
+
     /// Widths of the hidden layers.
     pub fn hidden(&self) -> Vec<usize> {
         self.layers[..self.layers.len().saturating_sub(1)]

@@ -1,6 +1,6 @@
-//! The subset of `onnx.proto` (onnx/onnx, `onnx/onnx.proto`) that classical-ML models use,
-//! declared by hand for `prost` (no protoc, no build script). Field numbers are ONNX's; fields
-//! not declared here are skipped when decoding.
+//! The subset of `onnx.proto` (onnx/onnx, `onnx/onnx.proto`) that classical-ML models and dense
+//! networks use, declared by hand for `prost` (no protoc, no build script). Field numbers are
+//! ONNX's; fields not declared here are skipped when decoding.
 
 #[derive(Clone, PartialEq, prost::Message)]
 pub struct ModelProto {
@@ -90,6 +90,10 @@ pub struct AttributeProto {
 /// `TensorProto.DataType` values used here.
 pub mod data_type {
     pub const FLOAT: i32 = 1;
+    pub const INT32: i32 = 6;
+    pub const INT64: i32 = 7;
+    pub const STRING: i32 = 8;
+    pub const BOOL: i32 = 9;
     pub const DOUBLE: i32 = 11;
 }
 
@@ -101,6 +105,14 @@ pub struct TensorProto {
     pub data_type: i32,
     #[prost(float, repeated, tag = "4")]
     pub float_data: Vec<f32>,
+    /// INT32, BOOL (and other small integer types).
+    #[prost(int32, repeated, tag = "5")]
+    pub int32_data: Vec<i32>,
+    /// STRING: one entry per element.
+    #[prost(bytes = "vec", repeated, tag = "6")]
+    pub string_data: Vec<Vec<u8>>,
+    #[prost(int64, repeated, tag = "7")]
+    pub int64_data: Vec<i64>,
     #[prost(string, tag = "8")]
     pub name: String,
     #[prost(bytes = "vec", tag = "9")]
