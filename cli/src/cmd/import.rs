@@ -12,19 +12,24 @@ use fhe_batch_train::data::read_labelled_csv;
 use fhe_batch_train::import::{
     ImportData, ImportOptions, ImportSummary, TreeSummary, compile_imported,
 };
+use fhe_batch_train::mlp::MlpSummary;
 use std::path::PathBuf;
 
 /// Import a model trained in Python and exported to ONNX (skl2onnx, onnxmltools) and compile
 /// it for encrypted inference, like `train` does for its own models.
 ///
 /// Reads LinearClassifier, LinearRegressor, TreeEnsembleClassifier and
-/// TreeEnsembleRegressor graphs and names anything else it cannot read. Linear models
+/// TreeEnsembleRegressor graphs, and dense neural networks (MatMul+Add or Gemm layers with
+/// Relu, Tanh or Sigmoid, a scaler in front: scikit-learn MLPs, PyTorch nn.Sequential), and
+/// names anything else it cannot read. Linear models
 /// are quantized against --data (a labelled CSV whose feature columns are the model's
 /// inputs, in order), proven exact and written like `train` writes them. Tree ensembles
 /// are compiled for evaluation with programmable bootstrapping: thresholds become
 /// thermometer bits the client encrypts, leaves are quantized to what the score slots carry
 /// exactly, and the bootstrap plan is proven; data owners then need an evaluation key
-/// (`fhe-batch publish-key`).
+/// (`fhe-batch publish-key`). Neural networks are quantized against --data (--n-bits input
+/// bits), one bootstrap per hidden neuron applies bias, activation and requantization, and
+/// the compile proves each neuron's input range and the scores' error bound.
 #[derive(clap::Args, Debug)]
 pub struct ImportArgs {
     /// The .onnx file.
@@ -74,6 +79,15 @@ pub fn run(args: ImportArgs) -> Result<()> {
             output::print_model(pkg);
             println!("model written to {}", out.display());
         }
+        ImportSummary::NeuralNetwork(m) => {
+            print_mlp(m, on);
+            store::write_model_dir(pkg, out)?;
+            println!(
+                "model {} written to {}; data owners need an evaluation key: `fhe-batch publish-key`",
+                pkg.manifest.model_id,
+                out.display()
+            );
+        }
         ImportSummary::TreeEnsemble(t) => {
             print_trees(t, on);
             store::write_model_dir(pkg, out)?;
@@ -122,4 +136,55 @@ fn print_trees(t: &TreeSummary, on: &str) {
             r.agreement * 100.0
         );
     }
+}
+
+/// A compiled network's report: its shape, its bootstraps and their resolution, the time it
+/// should take, and float against quantized accuracy (or R^2) with the estimated agreement.
+fn print_mlp(m: &MlpSummary, on: &str) {
+    let shape: Vec<String> = m.layers.iter().map(|w| w.to_string()).collect();
+    println!(
+        "  network {} ({}), inputs quantized to {} bits ({} B up per record)",
+        shape.join("-"),
+        m.activations.join(", "),
+        m.input_bits,
+        m.layers[0] * 8
+    );
+    for (i, (span, noise)) in m
+        .min_span_positions
+        .iter()
+        .zip(&m.max_noise_positions)
+        .enumerate()
+    {
+        println!(
+            "  hidden layer {}: {} bootstraps on tfhe's PARAM_MESSAGE_2_CARRY_2_KS_PBS_TUNIFORM_2M128, inputs spread over >= {span} of 4096 positions, noise window <= {noise}",
+            i + 1,
+            m.layers[i + 1],
+        );
+    }
+    let budget = ChunkBudget::default();
+    println!(
+        "  {} bootstraps per record: estimated {:.2} s per record on a 2-vCPU worker; chunks of {} records (~{:.0} s each)",
+        m.pbs_per_record,
+        budget.chunk_seconds(1, m.pbs_per_record as u64),
+        m.records_per_chunk,
+        budget.chunk_seconds(m.records_per_chunk as u64, m.pbs_per_record as u64)
+    );
+    println!(
+        "  proven score error <= {:.2}% of the score range; evaluation key about 64 MB per data owner, uploaded once",
+        m.score_error_ratio * 100.0
+    );
+    let r = &m.report;
+    let metric = if m.report.float_score <= 1.0 && m.report.quantized_score <= 1.0 {
+        "accuracy (R^2 for a regressor)"
+    } else {
+        "score"
+    };
+    println!(
+        "  on {} {on} records: float {metric} {:.2}%, quantized {:.2}%, quantized agrees with float on {:.1}%, encrypted (simulated noise) agrees with quantized on {:.1}%",
+        r.records,
+        r.float_score * 100.0,
+        r.quantized_score * 100.0,
+        r.agreement * 100.0,
+        m.simulated_agreement * 100.0
+    );
 }

@@ -174,9 +174,7 @@ pub fn decrypt_result(
         ClientBody::TreeEnsemble(forest) => {
             crate::forest::decrypt_forest_result(key, forest, model_id, bytes)
         }
-        ClientBody::NeuralNetwork(mlp) => {
-            crate::mlp::decrypt_mlp_result(key, mlp, model_id, bytes)
-        }
+        ClientBody::NeuralNetwork(mlp) => crate::mlp::decrypt_mlp_result(key, mlp, model_id, bytes),
     }
 }
 

@@ -43,7 +43,13 @@ fn keys() -> &'static Keys {
 /// A package around a server network, with a client part that reads its scores as they are.
 pub fn package(server: MlpServer, input_bits: u8) -> ModelPackage {
     let client = MlpClient {
-        quantizers: vec![Quantizer { min: 0.0, scale: 1.0 }; server.input_columns as usize],
+        quantizers: vec![
+            Quantizer {
+                min: 0.0,
+                scale: 1.0
+            };
+            server.input_columns as usize
+        ],
         input_bits,
         column_bits: server.column_bits,
         output_bits: server.output_bits,
@@ -56,7 +62,12 @@ pub fn package(server: MlpServer, input_bits: u8) -> ModelPackage {
     let features = (0..server.input_columns).map(|j| format!("f{j}")).collect();
     ModelPackage::build(
         ServerModel::new(PARAMS, ServerBody::NeuralNetwork(server)),
-        ClientModel::new(PARAMS, features, "y".into(), ClientBody::NeuralNetwork(client)),
+        ClientModel::new(
+            PARAMS,
+            features,
+            "y".into(),
+            ClientBody::NeuralNetwork(client),
+        ),
         CompileReport::default(),
     )
     .unwrap()
@@ -142,9 +153,16 @@ fn a_bootstrap_reads_the_table_at_the_neurons_position() {
     eprintln!("read - exact positions: {offsets:?}");
     assert!(offsets.iter().all(|d| d.abs() <= window + 1), "{offsets:?}");
     let mean = offsets.iter().sum::<i64>() as f64 / offsets.len() as f64;
-    let var = offsets.iter().map(|&d| (d as f64 - mean).powi(2)).sum::<f64>() / offsets.len() as f64;
+    let var = offsets
+        .iter()
+        .map(|&d| (d as f64 - mean).powi(2))
+        .sum::<f64>()
+        / offsets.len() as f64;
     eprintln!("mean {mean:.2}, sd {:.2} positions", var.sqrt());
-    assert!(mean.abs() < 2.0 && var.sqrt() < 8.0, "mean {mean}, var {var}");
+    assert!(
+        mean.abs() < 2.0 && var.sqrt() < 8.0,
+        "mean {mean}, var {var}"
+    );
 }
 
 /// Past position N the negacyclic rotation reads the negated table: positions `N + p` give

@@ -118,13 +118,15 @@ impl Affine {
             .iter()
             .zip(&self.bias)
             .map(|(w, &b)| {
-                w.iter().zip(ranges).fold((b, b), |(lo, hi), (&w, &(a, c))| {
-                    if w >= 0.0 {
-                        (lo + w * a, hi + w * c)
-                    } else {
-                        (lo + w * c, hi + w * a)
-                    }
-                })
+                w.iter()
+                    .zip(ranges)
+                    .fold((b, b), |(lo, hi), (&w, &(a, c))| {
+                        if w >= 0.0 {
+                            (lo + w * a, hi + w * c)
+                        } else {
+                            (lo + w * c, hi + w * a)
+                        }
+                    })
             })
             .collect()
     }
@@ -208,7 +210,9 @@ pub fn compile_mlp(
                 first.bias[o] as f64
                     + (0..f)
                         .map(|j| {
-                            first.weights[o * f + j] as f64 * (quantizers[j].min - offset[j]) * kscale[j]
+                            first.weights[o * f + j] as f64
+                                * (quantizers[j].min - offset[j])
+                                * kscale[j]
                         })
                         .sum::<f64>()
             })
@@ -238,7 +242,10 @@ pub fn compile_mlp(
         .map(|l| vec![(f64::INFINITY, f64::NEG_INFINITY); l.outputs])
         .collect();
     for i in 0..calibration.len() {
-        let mut x: Vec<f64> = columns_of(calibration, i).iter().map(|&q| q as f64).collect();
+        let mut x: Vec<f64> = columns_of(calibration, i)
+            .iter()
+            .map(|&q| q as f64)
+            .collect();
         for (li, a) in affines[..hidden_count].iter().enumerate() {
             let z = a.apply(&x);
             for (r, &v) in cal[li].iter_mut().zip(&z) {
@@ -251,7 +258,11 @@ pub fn compile_mlp(
     let clamps: Vec<Vec<Clamp>> = cal
         .iter()
         .zip(&mlp.layers)
-        .map(|(r, l)| r.iter().map(|&(a, b)| Clamp::new(l.activation, a, b)).collect())
+        .map(|(r, l)| {
+            r.iter()
+                .map(|&(a, b)| Clamp::new(l.activation, a, b))
+                .collect()
+        })
         .collect();
     // Worst-case pre-activation ranges over every valid input.
     let mut ranges: Vec<(f64, f64)> = (0..f)
@@ -269,11 +280,16 @@ pub fn compile_mlp(
     let v_pbs = noise.pbs_output_variance_log2.exp2();
     // Positions per real unit of each hidden neuron, shrunk on refusal.
     let mut shrink = 1.0f64;
+    let mut refused = None;
     for _attempt in 0..6 {
         let pos_scale: Vec<Vec<f64>> = (0..hidden_count)
             .map(|li| {
                 let inputs = affines[li].weights.first().map_or(0, Vec::len) as f64;
-                let var = if li == 0 { ksms } else { ksms + inputs * lw * lw * v_pbs / 3.0 };
+                let var = if li == 0 {
+                    ksms
+                } else {
+                    ksms + inputs * lw * lw * v_pbs / 3.0
+                };
                 let e = (TAIL_SIGMAS * var.sqrt() / t).ceil() + 3.0;
                 clamps[li]
                     .iter()
@@ -286,8 +302,14 @@ pub fn compile_mlp(
             })
             .collect();
         // Score scale: a common centre, the widest half range within 2^63 with a margin.
-        let centre = (score_bounds.iter().map(|b| b.0).fold(f64::INFINITY, f64::min)
-            + score_bounds.iter().map(|b| b.1).fold(f64::NEG_INFINITY, f64::max))
+        let centre = (score_bounds
+            .iter()
+            .map(|b| b.0)
+            .fold(f64::INFINITY, f64::min)
+            + score_bounds
+                .iter()
+                .map(|b| b.1)
+                .fold(f64::NEG_INFINITY, f64::max))
             / 2.0;
         let half = score_bounds
             .iter()
@@ -308,7 +330,11 @@ pub fn compile_mlp(
                         let colmax = readers.weights.iter().fold(0f64, |m, r| m.max(r[j].abs()));
                         let (a, b) = clamps[li][j].range();
                         let amp = ((b - a) / 2.0).abs().max(1e-12);
-                        let g = if colmax > 0.0 { h_ref * colmax / lw } else { 1.0 };
+                        let g = if colmax > 0.0 {
+                            h_ref * colmax / lw
+                        } else {
+                            1.0
+                        };
                         g.min(0.9 * 2f64.powi(62) / amp)
                     })
                     .collect()
@@ -334,7 +360,10 @@ pub fn compile_mlp(
                     if li == 0 {
                         let unit = 2f64.powi(cb as i32 - 12);
                         Neuron {
-                            weights: row.iter().map(|w| (w * a[k] * unit).round() as i64).collect(),
+                            weights: row
+                                .iter()
+                                .map(|w| (w * a[k] * unit).round() as i64)
+                                .collect(),
                             constant: wrap(a[k] * (bias - c.lo) * t),
                         }
                     } else {
@@ -373,7 +402,11 @@ pub fn compile_mlp(
             .map(|(row, &b)| {
                 let mid: f64 = row.iter().zip(last).map(|(w, p)| w * p.mid).sum();
                 Neuron {
-                    weights: row.iter().zip(g).map(|(w, g)| (h_out * w / g).round() as i64).collect(),
+                    weights: row
+                        .iter()
+                        .zip(g)
+                        .map(|(w, g)| (h_out * w / g).round() as i64)
+                        .collect(),
                     constant: wrap(h_out * (mid + b - centre)),
                 }
             })
@@ -397,8 +430,9 @@ pub fn compile_mlp(
         };
         let proof = match server.prove_network(params) {
             Ok(p) => p,
-            Err(_) if shrink > 0.8 => {
+            Err(e) if shrink > 0.8 => {
                 shrink *= 0.97;
+                refused = Some(e);
                 continue;
             }
             Err(e) => return Err(e.into()),
@@ -422,7 +456,16 @@ pub fn compile_mlp(
         let summary_layers: Vec<usize> = std::iter::once(f)
             .chain(mlp.layers.iter().map(|l| l.outputs))
             .collect();
-        let (report, simulated) = report(mlp, &server, &client, &proof, eval, evaluated_on, &columns_of, params);
+        let (report, simulated) = report(
+            mlp,
+            &server,
+            &client,
+            &proof,
+            eval,
+            evaluated_on,
+            &columns_of,
+            params,
+        );
         let widest = proof
             .score_range
             .iter()
@@ -431,7 +474,10 @@ pub fn compile_mlp(
             .max(1.0);
         let summary = MlpSummary {
             layers: summary_layers,
-            activations: mlp.layers[..hidden_count].iter().map(|l| l.activation.name()).collect(),
+            activations: mlp.layers[..hidden_count]
+                .iter()
+                .map(|l| l.activation.name())
+                .collect(),
             pbs_per_record: server.neurons(),
             input_bits: n_bits,
             min_span_positions: proof.layers.iter().map(|l| l.min_span()).collect(),
@@ -443,7 +489,12 @@ pub fn compile_mlp(
         };
         let package = ModelPackage::build(
             ServerModel::new(params, ServerBody::NeuralNetwork(server)),
-            ClientModel::new(params, feature_names, target, ClientBody::NeuralNetwork(client)),
+            ClientModel::new(
+                params,
+                feature_names,
+                target,
+                ClientBody::NeuralNetwork(client),
+            ),
             report,
         )?;
         return Ok(CompiledMlp {
@@ -452,14 +503,19 @@ pub fn compile_mlp(
             proof,
         });
     }
-    Err(unsupported("the network could not be proven within one bootstrap turn per neuron"))
+    Err(refused.map_or_else(
+        || unsupported("the network could not be proven"),
+        TrainError::from,
+    ))
 }
 
 /// The model's class labels as the data set names them (numbered labels `0..C` stand for the
 /// data set's sorted names).
 fn relabel(labels: &[String], y: &Target) -> Result<Vec<String>, TrainError> {
     let Target::Classes { names, .. } = y else {
-        return Err(unsupported("the network is a classifier but the label column is numeric"));
+        return Err(unsupported(
+            "the network is a classifier but the label column is numeric",
+        ));
     };
     let model_class = crate::onnx::model_class_of(labels, names)?;
     let mut out = labels.to_vec();
@@ -499,9 +555,16 @@ pub fn simulate_scores(
             .map(|(neuron, table)| {
                 let mut var = ksms;
                 if li == 0 {
-                    var += fresh * neuron.weights.iter().map(|&w| (w as f64).powi(2)).sum::<f64>();
+                    var += fresh
+                        * neuron
+                            .weights
+                            .iter()
+                            .map(|&w| (w as f64).powi(2))
+                            .sum::<f64>();
                 }
-                let u = neuron.value(&x).wrapping_add(gauss(rng, var.sqrt()) as i64 as u64);
+                let u = neuron
+                    .value(&x)
+                    .wrapping_add(gauss(rng, var.sqrt()) as i64 as u64);
                 let p = u.wrapping_add(1u64 << (t_shift - 1)) >> t_shift;
                 let h = fhe_batch_core::mlp::read_table(table, p as i64);
                 h.wrapping_add(gauss(rng, pbs) as i64) as u64
@@ -540,7 +603,10 @@ fn report(
     };
     let records = eval.len();
     for i in 0..records {
-        let xf: Vec<f32> = eval.x[i * f..(i + 1) * f].iter().map(|&v| v as f32).collect();
+        let xf: Vec<f32> = eval.x[i * f..(i + 1) * f]
+            .iter()
+            .map(|&v| v as f32)
+            .collect();
         let fp = mlp.finish(mlp.raw_scores(&xf));
         let cols = columns_of(eval, i);
         let q = client.predict(&server.eval_plain(&cols));
@@ -550,8 +616,13 @@ fn report(
                 let truth = &names[idx[i]];
                 let float_label = fp.label.as_ref().and_then(|l| {
                     // The float model names classes as the ONNX file does; map through position.
-                    let OnnxTask::Classifier { labels } = &mlp.task else { return None };
-                    labels.iter().position(|m| m == l).map(|k| client.labels[k].clone())
+                    let OnnxTask::Classifier { labels } = &mlp.task else {
+                        return None;
+                    };
+                    labels
+                        .iter()
+                        .position(|m| m == l)
+                        .map(|k| client.labels[k].clone())
                 });
                 float_ok += usize::from(float_label.as_deref() == Some(truth.as_str()));
                 quant_ok += usize::from(&q.label == truth);

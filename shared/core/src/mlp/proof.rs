@@ -206,7 +206,8 @@ impl MlpServer {
         let t_shift = position_shift(n);
         let t = (1u128 << t_shift) as f64;
         let col_shift = 64 - self.column_bits as u32;
-        let mut ranges = vec![(0i128, (self.input_max as i128) << col_shift); self.input_columns as usize];
+        let mut ranges =
+            vec![(0i128, (self.input_max as i128) << col_shift); self.input_columns as usize];
         let mut dev = vec![0f64; ranges.len()];
         let mut var = noise.fresh_variance_log2.exp2();
         let ksms = noise.keyswitch_modswitch_variance_log2.exp2();
@@ -249,7 +250,10 @@ impl MlpServer {
                     max,
                 });
             }
-            ranges = bounds.iter().map(|b| (b.min as i128, b.max as i128)).collect();
+            ranges = bounds
+                .iter()
+                .map(|b| (b.min as i128, b.max as i128))
+                .collect();
             dev = bounds.iter().map(|b| b.deviation).collect();
             var = noise.pbs_output_variance_log2.exp2();
             layers.push(LayerBound { neurons: bounds });
@@ -266,7 +270,9 @@ impl MlpServer {
         for (o, neuron) in self.output.iter().enumerate() {
             let (lo, hi, v, d) = affine(neuron, &ranges, var, &dev);
             let sigma = (v + pack).sqrt();
-            let margin = TAIL_SIGMAS * sigma + d;
+            // The encrypted inputs are table values too, so within the same ranges: only the
+            // noise can carry a score past them.
+            let margin = TAIL_SIGMAS * sigma;
             let (lo, hi) = (lo as f64, hi as f64);
             if lo - margin <= -limit || hi + margin >= limit {
                 let value = if -lo > hi { lo } else { hi };
@@ -279,7 +285,9 @@ impl MlpServer {
             }
             proof.score_range.push((lo / step, hi / step));
             proof.score_sigma.push(sigma / step);
-            proof.score_error.push((d + TAIL_SIGMAS * sigma) / step + 0.5);
+            proof
+                .score_error
+                .push((d + TAIL_SIGMAS * sigma) / step + 0.5);
         }
         Ok(proof)
     }
