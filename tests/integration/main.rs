@@ -5,6 +5,7 @@ mod aws;
 mod common;
 mod faults;
 mod hostile;
+mod mlp;
 mod notify;
 mod permissions;
 mod pipeline;
