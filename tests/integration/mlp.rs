@@ -11,6 +11,7 @@ use fhe_batch_core::pipeline::{IngestOutcome, Worker, WorkerConfig};
 use fhe_batch_core::ports::ObjectStore;
 use fhe_batch_fhe::FheEvaluator;
 use fhe_batch_fhe::forest::{EvalKey, eval_key_id};
+use fhe_batch_train::import::{ImportData, ImportOptions};
 use fhe_batch_train::mlp::compile_mlp;
 use std::sync::Arc;
 use std::time::Duration;
@@ -36,13 +37,13 @@ async fn an_mlp_job_decrypts_within_the_proven_error_of_the_reference() {
     let (calibration, eval) = ds.split(0.2, 42);
     let c = compile_mlp(
         &onnx("bc-mlp-30-32-2.onnx"),
-        ds.feature_names.clone(),
-        "label".into(),
-        &calibration,
-        &eval,
-        "holdout",
-        8,
-        fhe_batch_core::params::ParamSet::Glwe2048TUniform17,
+        ImportData {
+            all: &ds,
+            calibration: &calibration,
+            eval: &eval,
+            evaluated_on: "holdout",
+        },
+        &ImportOptions::default(),
     )
     .unwrap();
     assert!(c.summary.report.quantized_score > 0.9, "{:?}", c.summary);

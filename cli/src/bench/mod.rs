@@ -6,6 +6,7 @@
 //! the helpers they share.
 
 mod linear;
+mod mlp;
 mod pbs;
 mod pipeline;
 mod trees;
@@ -51,9 +52,38 @@ pub struct BenchArgs {
     /// Records per tree model (the first ones of the breast-cancer data).
     #[arg(long, default_value_t = 128)]
     tree_records: usize,
+    /// Benchmark this neural-network ONNX file instead (e.g.
+    /// tests/fixtures/onnx/mnist-mlp-784-128-10.onnx with --mlp-data data/mnist-10k.csv.gz):
+    /// compiled on the calibration rows, reported on the test rows, and --mlp-records test
+    /// rows encrypted, evaluated with bootstraps and decrypted.
+    #[arg(long)]
+    mlp: Option<std::path::PathBuf>,
+    /// Labelled CSV (or .csv.gz) for --mlp, label column `label`.
+    #[arg(long, default_value = "data/mnist-10k.csv.gz")]
+    mlp_data: std::path::PathBuf,
+    /// Rows of --mlp-data that calibrate the compile (the rest are test rows).
+    #[arg(long, default_value_t = 8000)]
+    mlp_calibration_rows: usize,
+    /// Test rows encrypted and evaluated.
+    #[arg(long, default_value_t = 32)]
+    mlp_records: usize,
+    /// Input bits of the network's quantized features.
+    #[arg(long, default_value_t = 8)]
+    mlp_bits: u8,
 }
 
 pub fn run(args: BenchArgs) -> Result<()> {
+    if let Some(onnx) = &args.mlp {
+        let data = read_labelled_csv(&args.mlp_data, "label", Task::Classification)?;
+        return mlp::run(&mlp::MlpBench {
+            onnx,
+            data: &data,
+            calibration_rows: args.mlp_calibration_rows,
+            records: args.mlp_records,
+            n_bits: args.mlp_bits,
+            json: args.json,
+        });
+    }
     if !args.trees.is_empty() {
         let bc = dataset("breast_cancer", BREAST_CANCER_CSV)?;
         return trees::run(&args.trees, &bc, args.tree_records, args.json);

@@ -21,6 +21,7 @@ pub(super) struct PipelineFigures {
 pub(super) fn measure(records: usize, workers: usize) -> Result<PipelineFigures> {
     let dir = std::env::temp_dir().join(format!("fhe-batch-bench-{}", std::process::id()));
     let demo = DemoArgs {
+        model: crate::demo::DemoModel::Linear,
         records,
         workers,
         n_bits: 8,

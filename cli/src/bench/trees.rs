@@ -164,7 +164,7 @@ fn measure(path: &Path, keys: &Keys, data: &Dataset, records: usize) -> Result<T
 }
 
 /// Evaluates every chunk of `batch` in turn, as one worker does; returns the result files.
-fn evaluate(
+pub(super) fn evaluate(
     evaluator: &FheEvaluator,
     pkg: &ModelPackage,
     key: &SecretKey,

@@ -140,7 +140,7 @@ fn print_trees(t: &TreeSummary, on: &str) {
 
 /// A compiled network's report: its shape, its bootstraps and their resolution, the time it
 /// should take, and float against quantized accuracy (or R^2) with the estimated agreement.
-fn print_mlp(m: &MlpSummary, on: &str) {
+pub(crate) fn print_mlp(m: &MlpSummary, on: &str) {
     let shape: Vec<String> = m.layers.iter().map(|w| w.to_string()).collect();
     println!(
         "  network {} ({}), inputs quantized to {} bits ({} B up per record)",
@@ -174,17 +174,23 @@ fn print_mlp(m: &MlpSummary, on: &str) {
         m.score_error_ratio * 100.0
     );
     let r = &m.report;
-    let metric = if m.report.float_score <= 1.0 && m.report.quantized_score <= 1.0 {
-        "accuracy (R^2 for a regressor)"
-    } else {
-        "score"
-    };
-    println!(
-        "  on {} {on} records: float {metric} {:.2}%, quantized {:.2}%, quantized agrees with float on {:.1}%, encrypted (simulated noise) agrees with quantized on {:.1}%",
-        r.records,
-        r.float_score * 100.0,
-        r.quantized_score * 100.0,
-        r.agreement * 100.0,
-        m.simulated_agreement * 100.0
-    );
+    match &m.mae {
+        None => println!(
+            "  on {} {on} records: float accuracy {:.2}%, quantized {:.2}%, quantized agrees with float on {:.1}%, encrypted (simulated noise) agrees with quantized on {:.1}%",
+            r.records,
+            r.float_score * 100.0,
+            r.quantized_score * 100.0,
+            r.agreement * 100.0,
+            m.simulated_agreement * 100.0
+        ),
+        Some(e) => println!(
+            "  on {} {on} records: R^2 float {:.4}, quantized {:.4}; mean absolute error float {:.4}, quantized {:.4}, encrypted (simulated noise) {:.4}",
+            r.records,
+            r.float_score,
+            r.quantized_score,
+            e.float,
+            e.quantized,
+            e.encrypted_simulated
+        ),
+    }
 }

@@ -205,15 +205,23 @@ fn read_err(path: &Path, e: impl std::fmt::Display) -> DataError {
     }
 }
 
-fn open(path: &Path) -> Result<csv::Reader<std::fs::File>, DataError> {
-    csv::ReaderBuilder::new()
+type CsvReader = csv::Reader<Box<dyn std::io::Read>>;
+
+/// Opens a CSV file, gzip-compressed when its name ends in `.gz` (MNIST ships that way).
+fn open(path: &Path) -> Result<CsvReader, DataError> {
+    let file = std::fs::File::open(path).map_err(|e| read_err(path, csv::Error::from(e)))?;
+    let input: Box<dyn std::io::Read> = if path.extension().is_some_and(|e| e == "gz") {
+        Box::new(flate2::read::GzDecoder::new(std::io::BufReader::new(file)))
+    } else {
+        Box::new(file)
+    };
+    Ok(csv::ReaderBuilder::new()
         .trim(csv::Trim::All)
         .flexible(true)
-        .from_path(path)
-        .map_err(|e| read_err(path, e))
+        .from_reader(input))
 }
 
-fn headers(path: &Path, rdr: &mut csv::Reader<std::fs::File>) -> Result<Vec<String>, DataError> {
+fn headers(path: &Path, rdr: &mut CsvReader) -> Result<Vec<String>, DataError> {
     Ok(rdr
         .headers()
         .map_err(|e| read_err(path, e))?
@@ -225,7 +233,7 @@ fn headers(path: &Path, rdr: &mut csv::Reader<std::fs::File>) -> Result<Vec<Stri
 /// Each data row with its line number, refusing rows whose field count differs from the header.
 fn rows<'a>(
     path: &'a Path,
-    rdr: &'a mut csv::Reader<std::fs::File>,
+    rdr: &'a mut CsvReader,
     width: usize,
 ) -> impl Iterator<Item = Result<(u64, csv::StringRecord), DataError>> + 'a {
     rdr.records().map(move |rec| {

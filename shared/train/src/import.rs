@@ -91,16 +91,7 @@ pub fn compile_imported(
     match &imported.model {
         OnnxModel::Trees(e) => compile_trees(e, data, options),
         OnnxModel::Mlp(m) => {
-            let c = crate::mlp::compile_mlp(
-                m,
-                data.all.feature_names.clone(),
-                data.all.target_name.clone(),
-                data.calibration,
-                data.eval,
-                data.evaluated_on,
-                options.n_bits,
-                options.params,
-            )?;
+            let c = crate::mlp::compile_mlp(m, data, options)?;
             let mut summary = c.summary;
             summary.records_per_chunk = ChunkBudget::default()
                 .records_per_chunk(summary.pbs_per_record, options.params.polynomial_size());

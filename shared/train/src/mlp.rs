@@ -16,6 +16,7 @@
 //!   integer reference estimated by simulating the proven noise on the evaluation records.
 
 use crate::data::{Dataset, Target};
+use crate::import::{ImportData, ImportOptions};
 use crate::model::TrainError;
 use fhe_batch_core::mlp::{HiddenLayer, MlpClient, MlpProof, MlpServer, Neuron};
 use fhe_batch_core::model::{
@@ -44,10 +45,22 @@ pub struct MlpSummary {
     pub score_error_ratio: f64,
     /// Float and quantized metric, agreement estimated by simulating the noise.
     pub report: CompileReport,
-    /// Share of records whose simulated encrypted prediction equals the integer reference's.
+    /// Share of records whose simulated encrypted prediction equals the integer reference's
+    /// (regressors: lies within 1% of the target range of it).
     pub simulated_agreement: f64,
+    /// Regressors: mean absolute error against the target of the float network, of the
+    /// integer reference, and of the simulated encrypted predictions.
+    pub mae: Option<RegressionErrors>,
     /// Records per chunk at the parameters' polynomial size (set by the caller's budget).
     pub records_per_chunk: usize,
+}
+
+/// Mean absolute errors of a regressor against the target, on the evaluation records.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct RegressionErrors {
+    pub float: f64,
+    pub quantized: f64,
+    pub encrypted_simulated: f64,
 }
 
 /// A compiled network: its package and summary.
@@ -136,18 +149,17 @@ fn wrap(v: f64) -> i64 {
     (v.round() as i128).rem_euclid(1i128 << 64) as u64 as i64
 }
 
-/// Compiles `mlp` against `calibration` (quantizer ranges and activation ranges) and reports on
-/// `eval`.
+/// Compiles `mlp` against `data.calibration` (quantizer ranges and activation ranges) and
+/// reports on `data.eval`; feature and target names are `data.all`'s.
 pub fn compile_mlp(
     mlp: &Mlp,
-    feature_names: Vec<String>,
-    target: String,
-    calibration: &Dataset,
-    eval: &Dataset,
-    evaluated_on: &str,
-    n_bits: u8,
-    params: ParamSet,
+    data: ImportData<'_>,
+    options: &ImportOptions,
 ) -> Result<CompiledMlp, TrainError> {
+    let (calibration, eval, evaluated_on) = (data.calibration, data.eval, data.evaluated_on);
+    let (n_bits, params) = (options.n_bits, options.params);
+    let feature_names = data.all.feature_names.clone();
+    let target = data.all.target_name.clone();
     let f = mlp.n_features;
     if feature_names.len() != f || calibration.n_features() != f || eval.n_features() != f {
         return Err(unsupported(format!(
@@ -173,13 +185,13 @@ pub fn compile_mlp(
     // Quantizers and the first layer per quantization step, the scaler folded in.
     let mut quantizers = Vec::with_capacity(f);
     let mut pinned = vec![false; f];
-    for j in 0..f {
+    for (j, pin) in pinned.iter_mut().enumerate() {
         let (lo, hi) = (0..calibration.len())
             .map(|i| calibration.x[i * f + j])
             .fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), v| {
                 (lo.min(v), hi.max(v))
             });
-        pinned[j] = !(hi > lo);
+        *pin = hi <= lo || hi.is_nan() || lo.is_nan();
         let scale = if hi > lo { (hi - lo) / top } else { 1.0 };
         quantizers.push(Quantizer { min: lo, scale });
     }
@@ -456,11 +468,10 @@ pub fn compile_mlp(
         let summary_layers: Vec<usize> = std::iter::once(f)
             .chain(mlp.layers.iter().map(|l| l.outputs))
             .collect();
-        let (report, simulated) = report(
+        let (report, simulated, mae) = report(
             mlp,
             &server,
             &client,
-            &proof,
             eval,
             evaluated_on,
             &columns_of,
@@ -485,6 +496,7 @@ pub fn compile_mlp(
             score_error_ratio: proof.score_error.iter().cloned().fold(0f64, f64::max) / widest,
             report: report.clone(),
             simulated_agreement: simulated,
+            mae,
             records_per_chunk: 0,
         };
         let package = ModelPackage::build(
@@ -581,22 +593,23 @@ pub fn simulate_scores(
         .collect()
 }
 
-#[allow(clippy::too_many_arguments)]
+/// Float and quantized accuracy (or R^2), their agreement, the simulated encrypted agreement
+/// and, for regressors, the mean absolute errors.
 fn report(
     mlp: &Mlp,
     server: &MlpServer,
     client: &MlpClient,
-    _proof: &MlpProof,
     eval: &Dataset,
     evaluated_on: &str,
     columns_of: &dyn Fn(&Dataset, usize) -> Vec<u64>,
     params: ParamSet,
-) -> (CompileReport, f64) {
+) -> (CompileReport, f64, Option<RegressionErrors>) {
     use fhe_batch_core::model::ClientFamily;
     let f = mlp.n_features;
     let mut rng = rand::rngs::StdRng::seed_from_u64(11);
     let (mut float_ok, mut quant_ok, mut agree, mut sim_agree) = (0usize, 0usize, 0usize, 0usize);
     let (mut se_f, mut se_q, mut ss) = (0f64, 0f64, 0f64);
+    let (mut ae_f, mut ae_q, mut ae_s) = (0f64, 0f64, 0f64);
     let truth_mean = match &eval.y {
         Target::Values(v) => v.iter().sum::<f64>() / v.len().max(1) as f64,
         _ => 0.0,
@@ -631,6 +644,9 @@ fn report(
             }
             Target::Values(v) => {
                 let (yf, yq, ys) = (fp.scores[0] as f64, q.scores[0], s.scores[0]);
+                ae_f += (yf - v[i]).abs();
+                ae_q += (yq - v[i]).abs();
+                ae_s += (ys - v[i]).abs();
                 se_f += (yf - v[i]).powi(2);
                 se_q += (yq - v[i]).powi(2);
                 ss += (v[i] - truth_mean).powi(2);
@@ -654,6 +670,11 @@ fn report(
             agreement: agree as f64 / r,
         },
         sim_agree as f64 / r,
+        matches!(eval.y, Target::Values(_)).then_some(RegressionErrors {
+            float: ae_f / r,
+            quantized: ae_q / r,
+            encrypted_simulated: ae_s / r,
+        }),
     )
 }
 
