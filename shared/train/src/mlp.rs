@@ -173,6 +173,20 @@ pub fn compile_mlp(
     if calibration.is_empty() {
         return Err(TrainError::Empty);
     }
+    let finite = |v: &[f32]| v.iter().all(|x| x.is_finite());
+    if mlp
+        .layers
+        .iter()
+        .any(|l| !finite(&l.weights) || !finite(&l.bias))
+        || mlp
+            .scaler
+            .as_ref()
+            .is_some_and(|s| !finite(&s.offset) || !finite(&s.scale))
+    {
+        return Err(unsupported(
+            "the network has a weight, bias or scaler value that is not a finite number",
+        ));
+    }
     if mlp.layers.len() < 2 {
         return Err(unsupported(
             "the network has no hidden layer: import it as a linear model",
