@@ -7,7 +7,8 @@ invoke -e` takes). S3 and SQS are the moto server infra/test.sh started (AWS_END
 Flow: train, keygen and encrypt with the fhe-batch CLI; publish the model and submit the batch
 to a fresh bucket with the CLI; invoke ingest with the S3 fixture; invoke the worker with an SQS
 event built from the real queued message; invoke status with the Function URL fixture; check
-status, fetch and decrypt with the CLI. Every process started here is stopped by its PID. Exits non-zero on any failure.
+status, fetch and decrypt with the CLI; then a neural network (imported from ONNX, evaluation key
+published) through ingest and the worker. Every process started here is stopped by its PID. Exits non-zero on any failure.
 
 Usage: python runtime_loop_test.py TARGET_RELEASE_DIR
        python runtime_loop_test.py --ingest BOOTSTRAP --worker BOOTSTRAP --status BOOTSTRAP
@@ -191,7 +192,43 @@ def main(argv):
             "--results", work / "results", "--out", work / "predictions.csv")
         lines = (work / "predictions.csv").read_text().splitlines()
         assert len(lines) == 151, len(lines)
-        print("runtime loop: ingest, worker, status and deadletter answered their fixtures; 150 predictions decrypted")
+
+        # A neural network through the same binaries: the breast-cancer MLP imported from ONNX,
+        # the data owner's evaluation key published once, 24 records bootstrapped (32 per
+        # record) by the worker binary, which downloads and expands the key.
+        run(cli, "import", "--onnx", ROOT / "tests/fixtures/onnx/bc-mlp-30-32-2.onnx",
+            "--data", ROOT / "data/breast_cancer.csv", "--out", work / "mlp")
+        run(cli, "publish-key", "--key", work / "client.key", "--bucket", bucket)
+        rows = (ROOT / "data/breast_cancer.csv").read_text().splitlines()[:25]
+        (work / "bc24.csv").write_text("\n".join(rows) + "\n")
+        run(cli, "encrypt", "--model", work / "mlp", "--key", work / "client.key",
+            "--input", work / "bc24.csv", "--out", work / "bc-mlp.fheb")
+        run(cli, "publish", "--model", work / "mlp", "--bucket", bucket)
+        run(cli, "submit", work / "bc-mlp.fheb", "--bucket", bucket)
+        event = json.loads((FIXTURES / "s3-put.json").read_text())
+        event["Records"][0]["s3"]["bucket"]["name"] = bucket
+        event["Records"][0]["s3"]["object"]["key"] = "inbox/bc-mlp.fheb"
+        (work / "s3-mlp.json").write_text(json.dumps(event))
+        out = with_function(fns["ingest"], env, work / "s3-mlp.json", work)
+        assert out == {"ingested": [{"job": "bc-mlp", "outcome": "queued", "chunks": 1}]}, out
+        msgs = sqs.receive_message(QueueUrl=queue_url, MaxNumberOfMessages=10,
+                                   WaitTimeSeconds=2).get("Messages", [])
+        assert len(msgs) == 1, msgs
+        event = json.loads((FIXTURES / "sqs-chunk.json").read_text())
+        event["Records"][0].update(messageId=msgs[0]["MessageId"],
+                                   receiptHandle=msgs[0]["ReceiptHandle"], body=msgs[0]["Body"])
+        (work / "sqs-mlp.json").write_text(json.dumps(event))
+        out = with_function(fns["worker"], env, work / "sqs-mlp.json", work)
+        assert out == {"batchItemFailures": []}, out
+        out = run(cli, "status", "bc-mlp", "--bucket", bucket).stdout
+        assert "SUCCEEDED 1/1 chunks" in out, out
+        run(cli, "fetch", "bc-mlp", "--out", work / "mlp-results", "--bucket", bucket)
+        run(cli, "decrypt", "--model", work / "mlp", "--key", work / "client.key",
+            "--results", work / "mlp-results", "--out", work / "mlp-predictions.csv")
+        lines = (work / "mlp-predictions.csv").read_text().splitlines()
+        assert len(lines) == 25, len(lines)
+        assert all(("benign" in l or "malignant" in l) for l in lines[1:]), lines[:3]
+        print("runtime loop: ingest, worker, status and deadletter answered their fixtures; 150 linear and 24 neural-network predictions decrypted")
     finally:
         for p in procs:
             stop(p)

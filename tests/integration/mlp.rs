@@ -365,3 +365,20 @@ fn networks_outside_the_proof_are_refused() {
     let err = compile_mlp(&bad, data, &ImportOptions::default()).unwrap_err();
     assert!(err.to_string().contains("finite"), "{err}");
 }
+
+/// A small compiled network (3 features, 4 hidden neurons, 2 classes): a fuzz seed of the
+/// network family's model files.
+pub fn small_package() -> fhe_batch_core::model::ModelPackage {
+    let mut rng = <rand::rngs::StdRng as rand::SeedableRng>::seed_from_u64(5);
+    let mlp = random_mlp(&mut rng, 3, &[4], 2);
+    let ds = random_data(&mut rng, 3, 2, 32);
+    let data = ImportData {
+        all: &ds,
+        calibration: &ds,
+        eval: &ds,
+        evaluated_on: "all records",
+    };
+    compile_mlp(&mlp, data, &ImportOptions::default())
+        .unwrap()
+        .package
+}

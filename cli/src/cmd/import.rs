@@ -59,7 +59,13 @@ pub fn run(args: ImportArgs) -> Result<()> {
             &imported.producer
         }
     );
-    let ds = read_labelled_csv(&args.data, &args.label, Task::Auto)?;
+    // The label column is read as the model's task says: digits 0-9 are classes for a
+    // classifier, numbers for a regressor.
+    let task = match imported.model.task() {
+        fhe_batch_onnx::OnnxTask::Classifier { .. } => Task::Classification,
+        fhe_batch_onnx::OnnxTask::Regressor { .. } => Task::Regression,
+    };
+    let ds = read_labelled_csv(&args.data, &args.label, task)?;
     let (calibration, eval, on) = args.compile.split(&ds)?;
     let data = ImportData {
         all: &ds,

@@ -241,6 +241,8 @@ fn key_packing(bytes: &[u8]) -> tfhe::core_crypto::prelude::SeededLwePackingKeys
 #[test]
 fn noise_constants_are_tfhes_formulas() {
     use tfhe::core_crypto::commons::noise_formulas::{
+        centered_mean_shifted_modulus_switch::centered_binary_shifted_modulus_switch_additive_variance,
+        lwe_keyswitch::keyswitch_additive_variance_132_bits_security_tuniform,
         lwe_packing_keyswitch::packing_keyswitch_additive_variance_132_bits_security_tuniform,
         lwe_programmable_bootstrap::pbs_variance_132_bits_security_tuniform_fft_mul,
     };
@@ -280,6 +282,27 @@ fn noise_constants_are_tfhes_formulas() {
     );
     let fresh = ((2f64.powi(35) + 1.0) / 6.0).log2();
     assert!((fresh - noise.fresh_variance_log2).abs() < 1e-6, "{fresh}");
+    // What a bootstrap adds to its input before the blind rotation reads it (the networks'
+    // reading noise): the keyswitch to the small key and the centred modulus switch to 2N.
+    let ks = keyswitch_additive_variance_132_bits_security_tuniform(
+        LweDimension(p.glwe_dimension.0 * p.polynomial_size.0),
+        p.lwe_dimension,
+        p.ks_base_log,
+        p.ks_level,
+        q,
+        q,
+    );
+    let ms = centered_binary_shifted_modulus_switch_additive_variance(
+        p.lwe_dimension,
+        q,
+        2.0 * p.polynomial_size.0 as f64,
+    );
+    let ksms_log2 = (ks.0 + ms.0).log2() + 128.0;
+    eprintln!("keyswitch + modulus switch 2^{ksms_log2:.3}");
+    assert!(
+        (ksms_log2 - noise.keyswitch_modswitch_variance_log2).abs() < 0.01,
+        "{ksms_log2}"
+    );
 }
 
 /// The breast-cancer test sets of the issue (decision tree depth 4, random forest 20 x 4,
