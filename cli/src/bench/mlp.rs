@@ -104,6 +104,9 @@ pub fn run(b: &MlpBench<'_>) -> Result<()> {
     let decrypt_s = t.elapsed().as_secs_f64();
     let k = pkg.client.n_scores();
     let (mut agree, mut correct, mut float_correct, mut within) = (0, 0, 0, 0);
+    // Score deviations from the reference: measured, and as the compile's noise model draws them.
+    let mut rng = <rand::rngs::StdRng as rand::SeedableRng>::seed_from_u64(3);
+    let (mut sq_measured, mut sq_simulated, mut count) = (0f64, 0f64, 0usize);
     for (i, (r, got)) in rows.iter().zip(scores.chunks_exact(k)).enumerate() {
         let cols = pkg.client.columns(r);
         let want = server.eval_plain(&cols);
@@ -113,6 +116,12 @@ pub fn run(b: &MlpBench<'_>) -> Result<()> {
                 .zip(&c.proof.score_error)
                 .all(|((g, w), e)| ((g - w) as f64).abs() <= *e),
         );
+        let simulated = fhe_batch_train::mlp::simulate_scores(server, &cols, params, &mut rng);
+        for ((g, w), s) in got.iter().zip(&want).zip(&simulated) {
+            sq_measured += ((g - w) as f64).powi(2);
+            sq_simulated += ((s - w) as f64).powi(2);
+            count += 1;
+        }
         let p = pkg.client.predict(got);
         agree += usize::from(p.class == pkg.client.predict(&want).class);
         if let Target::Classes { names, idx } = &test.y {
@@ -146,6 +155,8 @@ pub fn run(b: &MlpBench<'_>) -> Result<()> {
         "float_accuracy": float_correct as f64 / nf,
         "agreement": agree as f64 / nf,
         "within_proven_error": within as f64 / nf,
+        "score_deviation_rms_measured": (sq_measured / count.max(1) as f64).sqrt(),
+        "score_deviation_rms_simulated": (sq_simulated / count.max(1) as f64).sqrt(),
         "up_bytes_per_record": batch.len() as f64 / nf,
         "down_bytes_per_record": down as f64 / nf,
         "compile_s": compile_s,
@@ -181,6 +192,12 @@ pub fn run(b: &MlpBench<'_>) -> Result<()> {
         name,
         machine(),
         eval_key.len(),
+    );
+    println!(
+        "  score - reference, root mean square over {count} scores: measured {:.1}, the compile's noise model {:.1} (result units; proven bound {:.0})",
+        (sq_measured / count.max(1) as f64).sqrt(),
+        (sq_simulated / count.max(1) as f64).sqrt(),
+        c.proof.score_error.iter().cloned().fold(0f64, f64::max)
     );
     println!(
         "  on all {} test rows (plaintext): float accuracy {:.4}, quantized {:.4}, quantized agrees with float {:.4}, encrypted agrees with quantized under simulated noise {:.4}",
