@@ -176,7 +176,7 @@ pub(crate) fn print_mlp(m: &MlpSummary, on: &str) {
         budget.chunk_seconds(m.records_per_chunk as u64, m.pbs_per_record as u64)
     );
     println!(
-        "  proven score error <= {:.2}% of the score range; evaluation key about 64 MB per data owner, uploaded once",
+        "  proven worst-case score error {:.2}% of the score range (every neuron's deviation added with the same sign; typical errors are far smaller, see the agreement below); evaluation key about 64 MB per data owner, uploaded once",
         m.score_error_ratio * 100.0
     );
     let r = &m.report;

@@ -90,7 +90,7 @@ pub fn compile_imported(
 ) -> Result<CompiledImport, TrainError> {
     match &imported.model {
         OnnxModel::Trees(e) => compile_trees(e, data, options),
-        OnnxModel::Mlp(m) => {
+        OnnxModel::Mlp(m) if m.layers.len() > 1 => {
             let c = crate::mlp::compile_mlp(m, data, options)?;
             let mut summary = c.summary;
             summary.records_per_chunk = ChunkBudget::default()
@@ -100,7 +100,9 @@ pub fn compile_imported(
                 summary: ImportSummary::NeuralNetwork(summary),
             })
         }
-        OnnxModel::Linear(_) => {
+        // A linear model, or a network without hidden layers (compiled exactly as the linear
+        // model it is).
+        OnnxModel::Linear(_) | OnnxModel::Mlp(_) => {
             let model = crate::onnx::from_onnx(imported, data.all)?;
             let mut package = crate::compile(
                 &model,
@@ -194,6 +196,61 @@ mod tests {
         let c = compile("bc-logistic.onnx");
         assert_eq!(c.summary, ImportSummary::Linear);
         assert_eq!(c.package.manifest.report.evaluated_on, "holdout");
+    }
+
+    /// A network without hidden layers (a logistic regression behind a scaler, as a dense
+    /// graph) compiles as the exact linear model it is, predicting what the network predicts.
+    #[test]
+    fn a_network_without_hidden_layers_compiles_as_a_linear_model() {
+        use fhe_batch_onnx::{Activation, Dense, FloatModel, Mlp, OnnxTask, Scaler};
+        let ds =
+            read_labelled_csv(&root().join("data/breast_cancer.csv"), "label", Task::Auto).unwrap();
+        let f = ds.n_features();
+        let (mean, sd): (Vec<f32>, Vec<f32>) = crate::data::column_stats(&ds)
+            .into_iter()
+            .map(|(m, s)| (m as f32, 1.0 / s.max(1e-9) as f32))
+            .unzip();
+        let mlp = Mlp {
+            task: OnnxTask::Classifier {
+                labels: vec!["0".into(), "1".into()],
+            },
+            n_features: f,
+            scaler: Some(Scaler {
+                offset: mean,
+                scale: sd,
+            }),
+            layers: vec![Dense {
+                inputs: f,
+                outputs: 1,
+                weights: (0..f).map(|j| ((j % 7) as f32 - 3.0) * 0.3).collect(),
+                bias: vec![0.2],
+                activation: Activation::Identity,
+            }],
+            post: fhe_batch_onnx::PostTransform::Logistic,
+        };
+        let linear = crate::onnx::mlp_as_linear(&mlp);
+        let as_linear = FloatModel::Linear(linear);
+        let as_mlp = FloatModel::Mlp(mlp.clone());
+        for i in 0..ds.len() {
+            let x: Vec<f32> = ds.row(i).iter().map(|&v| v as f32).collect();
+            let (a, b) = (as_linear.predict(&x), as_mlp.predict(&x));
+            assert_eq!(a.label, b.label, "row {i}");
+        }
+        let imported = Imported {
+            model: as_mlp,
+            producer: "test".into(),
+            op_type: "MLP".into(),
+        };
+        let (calibration, eval) = ds.split(0.2, 42);
+        let data = ImportData {
+            all: &ds,
+            calibration: &calibration,
+            eval: &eval,
+            evaluated_on: "holdout",
+        };
+        let c = compile_imported(&imported, data, &ImportOptions::default()).unwrap();
+        assert_eq!(c.summary, ImportSummary::Linear);
+        assert_eq!(c.package.manifest.pbs_per_record, 0);
     }
 
     #[test]

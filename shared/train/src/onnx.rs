@@ -14,6 +14,7 @@ use fhe_batch_onnx::{FloatModel as OnnxModel, Imported, Linear, OnnxTask, PostTr
 /// and the export script number them).
 pub fn from_onnx(imported: &Imported, data: &Dataset) -> Result<LinearFloatModel, TrainError> {
     let unsupported = |why: String| TrainError::Unsupported(why);
+    let folded;
     let linear: &Linear = match &imported.model {
         OnnxModel::Linear(l) => l,
         OnnxModel::Trees(t) => {
@@ -24,6 +25,10 @@ pub fn from_onnx(imported: &Imported, data: &Dataset) -> Result<LinearFloatModel
                 imported.op_type,
                 t.trees.len()
             )));
+        }
+        OnnxModel::Mlp(m) if m.layers.len() == 1 => {
+            folded = mlp_as_linear(m);
+            &folded
         }
         OnnxModel::Mlp(m) => {
             return Err(unsupported(format!(
@@ -136,4 +141,33 @@ pub(crate) fn model_class_of(
         .iter()
         .map(|n| labels.iter().position(|l| l == n).ok_or_else(mismatch))
         .collect()
+}
+
+/// A network without hidden layers (dense layers with no activation between them, composed by
+/// the importer) is a linear model: its scaler folded into the weights,
+/// `w . ((x - o) * k) + b = (w * k) . x + (b - (w * k) . o)`.
+pub fn mlp_as_linear(m: &fhe_batch_onnx::Mlp) -> Linear {
+    let layer = &m.layers[0];
+    let f = layer.inputs;
+    let (offset, scale) = match &m.scaler {
+        Some(s) => (s.offset.clone(), s.scale.clone()),
+        None => (vec![0.0; f], vec![1.0; f]),
+    };
+    let coefficients: Vec<Vec<f32>> = layer
+        .weights
+        .chunks_exact(f)
+        .map(|row| row.iter().zip(&scale).map(|(w, k)| w * k).collect())
+        .collect();
+    let intercepts = coefficients
+        .iter()
+        .zip(&layer.bias)
+        .map(|(row, b)| b - row.iter().zip(&offset).map(|(w, o)| w * o).sum::<f32>())
+        .collect();
+    Linear {
+        task: m.task.clone(),
+        n_features: m.n_features,
+        coefficients,
+        intercepts,
+        post: m.post,
+    }
 }
