@@ -51,6 +51,27 @@ impl Program {
             .sum()
     }
 
+    /// The bits every input with a non-zero table entry must have: a term whose coefficient
+    /// exceeds the slack between the largest `u` and the smallest `u` any table is non-zero at
+    /// is at its maximum whenever the bootstrap fires (`(bit, value)`), or `None` when no table
+    /// can be non-zero.
+    pub fn firing_bits(&self) -> Option<Vec<(u32, bool)>> {
+        let (lo, hi) = self.u_range();
+        let first = (lo.max(0)..=hi).find(|&u| {
+            self.luts
+                .iter()
+                .any(|l| l.table.get(u as usize).is_some_and(|&v| v != 0))
+        })?;
+        let slack = hi - first;
+        Some(
+            self.terms
+                .iter()
+                .filter(|&&(_, c)| (c as i64).abs() > slack)
+                .map(|&(b, c)| (b, c > 0))
+                .collect(),
+        )
+    }
+
     pub fn u(&self, bits: &[bool]) -> i64 {
         self.terms
             .iter()
@@ -157,9 +178,9 @@ impl ForestPlan {
         }
         let limit = self.input_values(params);
         let fresh_in_nominal = (noise.fresh_variance_log2 - noise.pbs_output_variance_log2).exp2();
-        // Per slot: tree -> its largest entry.
-        let mut per_tree: Vec<BTreeMap<u32, u64>> =
-            vec![BTreeMap::new(); self.score_slots as usize];
+        // Per tree label: its bootstraps, and per slot their largest entries.
+        let mut trees: BTreeMap<u32, Vec<usize>> = BTreeMap::new();
+        let mut tops: Vec<Vec<u64>> = Vec::with_capacity(self.programs.len());
         for (i, p) in self.programs.iter().enumerate() {
             let (lo, hi) = p.u_range();
             if lo < 0 || hi >= limit as i64 {
@@ -182,26 +203,56 @@ impl ForestPlan {
             {
                 return Err(PlanError::Malformed(format!("bootstrap {i}")));
             }
+            let mut top = vec![0u64; self.score_slots as usize];
             for l in &p.luts {
-                let slot = per_tree
+                let t = top
                     .get_mut(l.slot as usize)
                     .ok_or_else(|| PlanError::Malformed(format!("bootstrap {i}: slot")))?;
                 if l.table.len() != limit as usize {
                     return Err(PlanError::Malformed(format!("bootstrap {i}: table length")));
                 }
-                let top = l.table[lo as usize..=hi as usize]
+                let m = l.table[lo as usize..=hi as usize]
                     .iter()
                     .max()
                     .copied()
                     .unwrap_or(0);
-                let e = slot.entry(p.tree).or_insert(0);
-                *e = (*e).max(top);
+                *t = t.saturating_add(m);
+            }
+            tops.push(top);
+            trees.entry(p.tree).or_default().push(i);
+        }
+        // Per slot, a tree's bootstraps add one largest entry only if no two of those writing the
+        // slot can fire together (checked from their inputs, not from the label); otherwise all
+        // of them count.
+        let firing: Vec<Option<Vec<(u32, bool)>>> =
+            self.programs.iter().map(Program::firing_bits).collect();
+        let exclusive = |a: usize, b: usize| match (&firing[a], &firing[b]) {
+            (None, _) | (_, None) => true,
+            (Some(fa), Some(fb)) => fa
+                .iter()
+                .any(|(bit, v)| fb.iter().any(|(bb, vb)| bb == bit && vb != v)),
+        };
+        let mut max = vec![0u64; self.score_slots as usize];
+        for members in trees.values() {
+            for (slot, m) in max.iter_mut().enumerate() {
+                let writers: Vec<usize> = members
+                    .iter()
+                    .copied()
+                    .filter(|&i| tops[i][slot] > 0)
+                    .collect();
+                let apart = writers
+                    .iter()
+                    .enumerate()
+                    .all(|(k, &a)| writers[k + 1..].iter().all(|&b| exclusive(a, b)));
+                let part = writers.iter().map(|&i| tops[i][slot]);
+                let add = if apart {
+                    part.max().unwrap_or(0)
+                } else {
+                    part.fold(0u64, u64::saturating_add)
+                };
+                *m = m.saturating_add(add);
             }
         }
-        let max: Vec<u64> = per_tree
-            .iter()
-            .map(|m| m.values().fold(0u64, |a, &v| a.saturating_add(v)))
-            .collect();
         let outputs = self.outputs_per_slot();
         for (slot, (&m, &top)) in outputs.iter().zip(&max).enumerate() {
             let noise_log2 = noise.slot_noise_log2(m);
@@ -230,6 +281,44 @@ mod tests {
     use super::*;
 
     const P: ParamSet = ParamSet::Glwe2048TUniform17;
+
+    /// Two bootstraps labelled as one tree add one largest entry only when their inputs show
+    /// they cannot fire together; a plan that merely claims it is refused when both could.
+    #[test]
+    fn tree_labels_are_not_trusted() {
+        let lut = |u: usize| {
+            let mut table = vec![0u64; 16];
+            table[u] = 40;
+            Lut { slot: 0, table }
+        };
+        // Both fire when bit 0 is set: 80 does not fit 6-bit slots.
+        let both = |terms1: Vec<(u32, i32)>, constant1: i32| ForestPlan {
+            thermometer_bits: 2,
+            functions: 1,
+            programs: vec![
+                Program {
+                    tree: 0,
+                    terms: vec![(0, 1)],
+                    constant: 0,
+                    luts: vec![lut(1)],
+                },
+                Program {
+                    tree: 0,
+                    terms: terms1,
+                    constant: constant1,
+                    luts: vec![lut(1)],
+                },
+            ],
+            score_slots: 1,
+            slot_bits: 6,
+        };
+        assert!(matches!(
+            both(vec![(0, 1)], 0).validate(P),
+            Err(PlanError::Slot { max: 80, .. })
+        ));
+        // The second fires when bit 0 is clear (u = 1 - bit): never together, 40 fits.
+        both(vec![(0, -1)], 1).validate(P).unwrap();
+    }
 
     #[test]
     fn plans_outside_the_proof_are_refused() {
