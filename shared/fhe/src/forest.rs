@@ -135,8 +135,9 @@ pub fn eval_key_id(bytes: &[u8]) -> EvalKeyId {
 impl EvalKey {
     /// Generates the evaluation key of `key` (client side; about a second).
     pub fn generate(key: &SecretKey) -> Self {
+        crate::seed::reseed_thread_engine();
         let server = CompressedServerKey::new(key.shortint());
-        let mut seeder = new_seeder();
+        let mut seeder = crate::seed::MixedSeeder::new();
         let packing = allocate_and_generate_new_seeded_lwe_packing_keyswitch_key(
             &key.big_lwe(),
             key.output_glwe(),
@@ -144,7 +145,7 @@ impl EvalKey {
             DecompositionLevelCount(PACKING_LEVEL),
             crate::params::glwe_noise(key.params()),
             CiphertextModulus::new_native(),
-            seeder.as_mut(),
+            &mut seeder,
         );
         Self {
             server,

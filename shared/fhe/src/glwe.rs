@@ -29,7 +29,8 @@ fn delta_shift(plaintext_bits: u8) -> u32 {
 ///
 /// The masks are expanded from a fresh public 128-bit seed ([`crate::mask`], AES-128-CTR as
 /// in tfhe's CSPRNG), exactly as the server re-expands them. The noise is tfhe's TUniform,
-/// drawn by tfhe's generator from a CSPRNG seeded by the OS seeder. The mask-key product is an
+/// drawn by tfhe's generator from a second seed; both seeds mix tfhe's seeder with the
+/// operating system's generator ([`crate::seed`]). The mask-key product is an
 /// exact FFT product ([`crate::negacyclic`]).
 pub fn encrypt_chunk(key: &SecretKey, model: &ClientModel, quantized: &[u64]) -> Vec<u8> {
     let shape = ChunkShape {
@@ -62,12 +63,17 @@ pub fn encrypt_columns(
         "1..=slots records per chunk"
     );
     let shift = delta_shift(plaintext_bits);
-    let mut seeder = new_seeder();
+    let mut seeder = crate::seed::MixedSeeder::new();
     let mask_seed = seeder.seed().0;
+    let noise_seed = seeder.seed();
+    assert_ne!(
+        mask_seed, noise_seed.0,
+        "the mask and noise seeds must differ"
+    );
     let mut masks = vec![0u64; f * glwe_len];
     expand_seeded(mask_seed, n, glwe_len, &mut masks);
     let mut bodies = vec![0u64; f * n];
-    RandomGenerator::<DefaultRandomGenerator>::new(seeder.seed())
+    RandomGenerator::<DefaultRandomGenerator>::new(noise_seed)
         .unsigned_integer_slice_wrapping_add_random_from_distribution_assign(
             &mut bodies,
             glwe_noise(params),

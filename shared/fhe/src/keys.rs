@@ -109,9 +109,13 @@ fn fingerprint_of(glwe: &GlweSecretKeyOwned<u64>) -> KeyFingerprint {
 }
 
 impl SecretKey {
-    /// Generates a fresh key from the operating system's entropy.
+    /// Generates a fresh key from tfhe's seeder mixed with the operating system's generator
+    /// ([`crate::seed`]).
     pub fn generate(params: ParamSet) -> Self {
-        let shortint = ShortintClientKey::new(shortint_params(params));
+        let shortint = tfhe::shortint::engine::ShortintEngine::new_from_seeder(
+            &mut crate::seed::MixedSeeder::new(),
+        )
+        .new_client_key(shortint_params(params));
         Self::from_shortint(params, shortint).expect("fresh key has the requested parameters")
     }
 

@@ -32,6 +32,7 @@ pub mod mlp;
 pub mod negacyclic;
 pub mod params;
 pub mod pbs;
+pub mod seed;
 
 pub use evaluator::FheEvaluator;
 pub use glwe::GlweEvaluator;
