@@ -35,6 +35,8 @@ pub enum KeyError {
     Params,
     #[error("key file {path} already exists; pass --force to replace it")]
     Exists { path: String },
+    #[error("refusing key file {path}: {why}")]
+    Unsafe { path: String, why: &'static str },
     #[error("cannot {action} key file {path}: {source}")]
     Io {
         action: &'static str,
@@ -47,7 +49,8 @@ pub enum KeyError {
 /// The data owner's secret key. Its `Debug` shows only the fingerprint.
 pub struct SecretKey {
     params: ParamSet,
-    shortint: ShortintClientKey,
+    /// Always `Some` until the key is dropped (taken then to zeroize its parts).
+    shortint: Option<ShortintClientKey>,
     glwe: GlweSecretKeyOwned<u64>,
     lwe: LweSecretKeyOwned<u64>,
     fingerprint: KeyFingerprint,
@@ -147,7 +150,7 @@ impl SecretKey {
         let output = output_key_of(&glwe);
         Ok(Self {
             params,
-            shortint,
+            shortint: Some(shortint),
             glwe,
             lwe,
             fingerprint,
@@ -210,7 +213,9 @@ impl SecretKey {
 
     /// The tfhe shortint client key (for models that need bootstrapping).
     pub fn shortint(&self) -> &ShortintClientKey {
-        &self.shortint
+        self.shortint
+            .as_ref()
+            .expect("present until the key is dropped")
     }
 
     /// Reads a key file's bytes: size-limited, parameter-checked, fingerprint-checked.
@@ -270,52 +275,154 @@ impl SecretKey {
         Ok(key)
     }
 
-    /// Writes the key file, readable and writable by its owner only (mode 0600 on Unix).
+    /// Writes the key file, readable and writable by its owner only (mode 0600 on Unix), without
+    /// ever following a symbolic link or replacing a file it did not mean to: the bytes go to a
+    /// fresh temporary file in the same folder (created exclusively, `O_NOFOLLOW`), which is
+    /// synced, then linked to `path` when it must not exist yet (failing if it appeared
+    /// meanwhile) or renamed over it with `overwrite`. A folder it has to create is created
+    /// owner-only (0700).
     pub fn save(&self, path: &Path, overwrite: bool) -> Result<(), KeyError> {
         use std::io::Write;
+        use zeroize::Zeroize;
         let io = |action, source| KeyError::Io {
             action,
             path: path.display().to_string(),
             source,
         };
-        if path.exists() && !overwrite {
-            return Err(KeyError::Exists {
-                path: path.display().to_string(),
-            });
+        match std::fs::symlink_metadata(path) {
+            Ok(m) if m.file_type().is_symlink() => {
+                return Err(KeyError::Unsafe {
+                    path: path.display().to_string(),
+                    why: "it is a symbolic link",
+                });
+            }
+            Ok(_) if !overwrite => {
+                return Err(KeyError::Exists {
+                    path: path.display().to_string(),
+                });
+            }
+            _ => {}
         }
-        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            std::fs::create_dir_all(dir).map_err(|e| io("create the folder of", e))?;
+        let dir = path
+            .parent()
+            .filter(|d| !d.as_os_str().is_empty())
+            .unwrap_or(Path::new("."));
+        if !dir.exists() {
+            let mut b = std::fs::DirBuilder::new();
+            b.recursive(true);
+            #[cfg(unix)]
+            {
+                use std::os::unix::fs::DirBuilderExt;
+                b.mode(0o700);
+            }
+            b.create(dir).map_err(|e| io("create the folder of", e))?;
         }
-        let mut opts = std::fs::OpenOptions::new();
-        opts.write(true).create(true).truncate(true);
-        #[cfg(unix)]
-        {
-            use std::os::unix::fs::OpenOptionsExt;
-            opts.mode(0o600);
+        let name = path
+            .file_name()
+            .map(|n| n.to_string_lossy().to_string())
+            .unwrap_or_else(|| "key".into());
+        let mut nonce = [0u8; 8];
+        getrandom::fill(&mut nonce).map_err(|e| {
+            io(
+                "name a temporary file for",
+                std::io::Error::other(e.to_string()),
+            )
+        })?;
+        let tmp = dir.join(format!(".{name}.{}.tmp", hex::encode(nonce)));
+        let mut f = no_follow(std::fs::OpenOptions::new().write(true).create_new(true))
+            .open(&tmp)
+            .map_err(|e| io("create", e))?;
+        let mut bytes = self.to_bytes();
+        let written = f
+            .write_all(&bytes)
+            .and_then(|_| f.sync_all())
+            .map_err(|e| io("write", e));
+        bytes.zeroize();
+        drop(f);
+        let placed = written.and_then(|_| {
+            if overwrite {
+                std::fs::rename(&tmp, path).map_err(|e| io("replace", e))
+            } else {
+                std::fs::hard_link(&tmp, path).map_err(|e| {
+                    if e.kind() == std::io::ErrorKind::AlreadyExists {
+                        KeyError::Exists {
+                            path: path.display().to_string(),
+                        }
+                    } else {
+                        io("create", e)
+                    }
+                })
+            }
+        });
+        let _ = std::fs::remove_file(&tmp);
+        placed?;
+        if let Ok(d) = std::fs::File::open(dir) {
+            let _ = d.sync_all();
         }
-        let mut f = opts.open(path).map_err(|e| io("create", e))?;
-        #[cfg(unix)]
-        {
-            use std::os::unix::fs::PermissionsExt;
-            f.set_permissions(std::fs::Permissions::from_mode(0o600))
-                .map_err(|e| io("restrict", e))?;
-        }
-        f.write_all(&self.to_bytes()).map_err(|e| io("write", e))?;
-        f.sync_all().map_err(|e| io("write", e))
+        Ok(())
     }
 
-    /// Loads a key file.
+    /// Loads a key file, refusing a symbolic link and anything over [`MAX_KEY_FILE_BYTES`].
     pub fn load(path: &Path) -> Result<Self, KeyError> {
+        use std::io::Read;
+        use zeroize::Zeroize;
         let io = |source| KeyError::Io {
             action: "read",
             path: path.display().to_string(),
             source,
         };
-        let meta = std::fs::metadata(path).map_err(io)?;
-        if meta.len() > MAX_KEY_FILE_BYTES {
+        if std::fs::symlink_metadata(path).is_ok_and(|m| m.file_type().is_symlink()) {
+            return Err(KeyError::Unsafe {
+                path: path.display().to_string(),
+                why: "it is a symbolic link",
+            });
+        }
+        let f = no_follow(std::fs::OpenOptions::new().read(true))
+            .open(path)
+            .map_err(io)?;
+        let mut bytes = Vec::new();
+        f.take(MAX_KEY_FILE_BYTES + 1)
+            .read_to_end(&mut bytes)
+            .map_err(io)?;
+        if bytes.len() as u64 > MAX_KEY_FILE_BYTES {
+            bytes.zeroize();
             return Err(KeyError::Damaged("file too large".into()));
         }
-        Self::from_bytes(&std::fs::read(path).map_err(io)?)
+        let key = Self::from_bytes(&bytes);
+        bytes.zeroize();
+        key
+    }
+}
+
+/// Open options that refuse to follow a symbolic link at the last path component (and create
+/// owner-only files).
+fn no_follow(opts: &mut std::fs::OpenOptions) -> &mut std::fs::OpenOptions {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        opts.custom_flags(libc::O_NOFOLLOW).mode(0o600);
+    }
+    opts
+}
+
+/// The secret parts are overwritten with zeros when the key is dropped: the GLWE and LWE keys
+/// (ours and tfhe's copies), the output key, and the key's FFT images.
+impl Drop for SecretKey {
+    fn drop(&mut self) {
+        use zeroize::Zeroize;
+        self.glwe.as_mut().zeroize();
+        self.lwe.as_mut().zeroize();
+        self.output.as_mut().zeroize();
+        for m in &mut self.multipliers {
+            m.zeroize_key();
+        }
+        if let Some(ck) = self.shortint.take()
+            && let AtomicPatternClientKey::Standard(ap) = ck.atomic_pattern
+        {
+            let (mut glwe, mut lwe, _, _) = ap.into_raw_parts();
+            glwe.as_mut().zeroize();
+            lwe.as_mut().zeroize();
+        }
     }
 }
 
@@ -345,6 +452,55 @@ mod tests {
         // Debug output never shows key material.
         let dbg = format!("{key:?}");
         assert!(dbg.contains("fingerprint") && dbg.len() < 200);
+        // --force replaces the file in place (a rename), still owner-only, no stray temp file.
+        key.save(&path, true).unwrap();
+        assert_eq!(
+            SecretKey::load(&path).unwrap().fingerprint(),
+            key.fingerprint()
+        );
+        let names: Vec<_> = std::fs::read_dir(&dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(names, vec![std::ffi::OsString::from("client.key")]);
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    /// A symbolic link where the key goes (or is read from) is refused: the key is never
+    /// written through it, and the file it points to is untouched; a folder created for the key
+    /// is owner-only.
+    #[cfg(unix)]
+    #[test]
+    fn key_files_refuse_symbolic_links_and_create_owner_only_folders() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = std::env::temp_dir().join(format!("fheb-link-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let path = dir.join("keys/client.key");
+        let key = SecretKey::generate(ParamSet::Glwe2048TUniform17);
+        key.save(&path, false).unwrap();
+        let mode = std::fs::metadata(dir.join("keys"))
+            .unwrap()
+            .permissions()
+            .mode()
+            & 0o777;
+        assert_eq!(mode, 0o700);
+        let victim = dir.join("victim.txt");
+        std::fs::write(&victim, b"not a key").unwrap();
+        let link = dir.join("keys/link.key");
+        std::os::unix::fs::symlink(&victim, &link).unwrap();
+        for overwrite in [false, true] {
+            assert!(
+                matches!(key.save(&link, overwrite), Err(KeyError::Unsafe { .. })),
+                "overwrite {overwrite}"
+            );
+        }
+        assert_eq!(std::fs::read(&victim).unwrap(), b"not a key");
+        let real = dir.join("keys/real-link.key");
+        std::os::unix::fs::symlink(&path, &real).unwrap();
+        assert!(matches!(
+            SecretKey::load(&real),
+            Err(KeyError::Unsafe { .. })
+        ));
         std::fs::remove_dir_all(dir).unwrap();
     }
 

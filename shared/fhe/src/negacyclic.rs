@@ -33,6 +33,15 @@ pub struct BinaryPolyMultiplier {
 }
 
 impl BinaryPolyMultiplier {
+    /// Overwrites the key's FFT image with zeros (when the secret key is dropped).
+    pub fn zeroize_key(&mut self) {
+        use zeroize::Zeroize;
+        for c in &mut self.key_values {
+            c.re.zeroize();
+            c.im.zeroize();
+        }
+    }
+
     /// Prepares products by `key`, whose coefficients must all be 0 or 1.
     pub fn new(key: &[u64]) -> Self {
         let n = key.len();
