@@ -431,16 +431,32 @@ fn pbs_input(lwe: LweCiphertextOwned<u64>) -> Ciphertext {
     )
 }
 
-/// The phases (body minus mask-key product) of the first `count` packed values of a result
-/// body of GLWEs under the output key.
-pub(crate) fn packed_phases(
+/// Opens a result of packed values (`per_record` values of `output_bits` bits per record, `N`
+/// per GLWE under the output key): checks it was computed for this key and model and has the
+/// shape the model says, and returns its header and the phases (body minus mask-key product) of
+/// its values, in record order.
+pub(crate) fn open_packed_result(
     key: &SecretKey,
-    params: ParamSet,
-    body: &[u8],
-    count: usize,
-) -> Vec<u64> {
+    model_id: &ModelId,
+    bytes: &[u8],
+    per_record: usize,
+    output_bits: u8,
+) -> Result<(ResultHeader, Vec<u64>), crate::glwe::DecryptError> {
+    let (header, body) = crate::glwe::open_result(key, model_id, bytes)?;
+    let params = header.params;
     let n = params.polynomial_size();
+    let records = header.records as usize;
+    let count = records * per_record;
     let glwes = count.div_ceil(n);
+    if params != key.params()
+        || header.ciphertexts as usize != glwes
+        || header.output_bits != output_bits
+    {
+        return Err(crate::glwe::DecryptError::Mismatch(format!(
+            "{} ciphertexts at {} bits for {records} records; the model needs {glwes} at {output_bits} bits",
+            header.ciphertexts, header.output_bits
+        )));
+    }
     let mut words = vec![0u64; body.len() / 8];
     read_u64s(body, &mut words);
     let list = GlweCiphertextList::from_container(
@@ -457,7 +473,7 @@ pub(crate) fn packed_phases(
     decrypt_glwe_ciphertext_list(key.output_glwe(), &list, &mut plain);
     let mut phases = plain.into_container();
     phases.truncate(count);
-    phases
+    Ok((header, phases))
 }
 
 /// Decrypts one chunk result of a tree ensemble into its records' integer scores
@@ -468,25 +484,11 @@ pub fn decrypt_forest_result(
     model_id: &ModelId,
     bytes: &[u8],
 ) -> Result<(ResultHeader, Vec<i64>), crate::glwe::DecryptError> {
-    use crate::glwe::DecryptError;
-    let (header, body) = crate::glwe::open_result(key, model_id, bytes)?;
-    let params = header.params;
-    let n = params.polynomial_size();
     let slots = forest.score_slots as usize;
-    let records = header.records as usize;
-    let glwes = (records * slots).div_ceil(n);
-    if params != key.params()
-        || header.ciphertexts as usize != glwes
-        || header.output_bits != forest.slot_bits
-    {
-        return Err(DecryptError::Mismatch(format!(
-            "{} ciphertexts at {} bits for {records} records; the model needs {glwes} at {} bits",
-            header.ciphertexts, header.output_bits, forest.slot_bits
-        )));
-    }
+    let (header, phases) = open_packed_result(key, model_id, bytes, slots, forest.slot_bits)?;
     let shift = 64 - header.output_bits as u32;
     let mask = (1u64 << header.output_bits) - 1;
-    let sums: Vec<u64> = packed_phases(key, params, body, records * slots)
+    let sums: Vec<u64> = phases
         .into_iter()
         .map(|v| (v.wrapping_add(1u64 << (shift - 1)) >> shift) & mask)
         .collect();

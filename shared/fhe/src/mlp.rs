@@ -10,7 +10,7 @@
 //! per GLWE with the packing keyswitch to the client's output key. What the proof guarantees
 //! is in [`fhe_batch_core::mlp`] and `docs/SECURITY.md`.
 
-use crate::forest::{PreparedEvalKey, packed_phases};
+use crate::forest::{PreparedEvalKey, open_packed_result};
 use crate::keys::SecretKey;
 use fhe_batch_core::format::ResultHeader;
 use fhe_batch_core::ids::ModelId;
@@ -150,23 +150,14 @@ pub fn decrypt_mlp_result(
     model_id: &ModelId,
     bytes: &[u8],
 ) -> Result<(ResultHeader, Vec<i64>), crate::glwe::DecryptError> {
-    use crate::glwe::DecryptError;
-    let (header, body) = crate::glwe::open_result(key, model_id, bytes)?;
-    let params = header.params;
-    let n = params.polynomial_size();
-    let scores = model.n_scores as usize;
-    let records = header.records as usize;
-    let glwes = (records * scores).div_ceil(n);
-    if params != key.params()
-        || header.ciphertexts as usize != glwes
-        || header.output_bits != model.output_bits
-    {
-        return Err(DecryptError::Mismatch(format!(
-            "{} ciphertexts at {} bits for {records} records; the model needs {glwes} at {} bits",
-            header.ciphertexts, header.output_bits, model.output_bits
-        )));
-    }
-    let values = packed_phases(key, params, body, records * scores)
+    let (header, phases) = open_packed_result(
+        key,
+        model_id,
+        bytes,
+        model.n_scores as usize,
+        model.output_bits,
+    )?;
+    let values = phases
         .into_iter()
         .map(|v| decode_score(v, header.output_bits))
         .collect();

@@ -31,11 +31,7 @@ pub struct MlpClient {
 impl MlpClient {
     /// One record's quantized features.
     pub fn quantize(&self, record: &[f64]) -> Vec<u64> {
-        record
-            .iter()
-            .zip(&self.quantizers)
-            .map(|(&x, q)| q.quantize(x, self.input_bits))
-            .collect()
+        Quantizer::record(&self.quantizers, record, self.input_bits)
     }
 
     /// Integer scores to float scores (before the post-transform).

@@ -285,6 +285,15 @@ pub struct Quantizer {
 }
 
 impl Quantizer {
+    /// One record (feature order) through one quantizer per feature.
+    pub fn record(quantizers: &[Quantizer], record: &[f64], bits: u8) -> Vec<u64> {
+        record
+            .iter()
+            .zip(quantizers)
+            .map(|(&x, q)| q.quantize(x, bits))
+            .collect()
+    }
+
     pub fn quantize(&self, x: f64, bits: u8) -> u64 {
         let top = ((1u64 << bits) - 1) as f64;
         let q = ((x - self.min) / self.scale).round();
@@ -315,11 +324,7 @@ pub struct LinearClient {
 impl LinearClient {
     /// Quantizes one record given in feature order.
     pub fn quantize(&self, record: &[f64]) -> Vec<u64> {
-        record
-            .iter()
-            .zip(&self.quantizers)
-            .map(|(&x, q)| q.quantize(x, self.input_bits))
-            .collect()
+        Quantizer::record(&self.quantizers, record, self.input_bits)
     }
 
     fn expected_classes(&self) -> usize {
