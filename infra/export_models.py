@@ -1,12 +1,14 @@
 #!/usr/bin/env python3
-"""Train sample scikit-learn and XGBoost models and export them to ONNX, the way users bring
+"""Train sample scikit-learn, XGBoost and LightGBM models and export them to ONNX, the way users bring
 their own models to fhe-batch (`fhe-batch import`).
 
     python3 -m venv ~/.cache/fhe-batch/ml-venv
     ~/.cache/fhe-batch/ml-venv/bin/pip install -r infra/requirements-ml.txt
-    ~/.cache/fhe-batch/ml-venv/bin/python infra/export_models.py [OUT_DIR]
+    ~/.cache/fhe-batch/ml-venv/bin/python infra/export_models.py [OUT_DIR] [--only pipelines]
 
-Writes OUT_DIR (default tests/fixtures/onnx) with, for each model, NAME.onnx and
+`--only pipelines` writes just the preprocessing pipelines and LightGBM models (see
+`export_pipelines`), leaving the other fixtures as they are (their bytes drift between runs of
+some converters). Writes OUT_DIR (default tests/fixtures/onnx) with, for each model, NAME.onnx and
 NAME.expected.json: the held-out rows (features as float32, as ONNX runtimes see them), the
 labels, and onnxruntime's outputs on them (labels and probabilities or predictions), which the
 Rust importer's float evaluation must reproduce. Also writes models the importer must refuse
@@ -54,7 +56,8 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 from onnx import TensorProto, helper, numpy_helper
-from onnxmltools import convert_xgboost
+from lightgbm import LGBMClassifier, LGBMRegressor
+from onnxmltools import convert_lightgbm, convert_xgboost
 from onnxmltools.convert.common.data_types import FloatTensorType as XgbFloat
 from skl2onnx import to_onnx
 from sklearn.ensemble import (GradientBoostingClassifier, RandomForestClassifier,
@@ -64,7 +67,8 @@ from sklearn.linear_model import LinearRegression, LogisticRegression
 from sklearn.model_selection import train_test_split
 from sklearn.neural_network import MLPClassifier, MLPRegressor
 from sklearn.pipeline import Pipeline, make_pipeline
-from sklearn.preprocessing import MinMaxScaler, StandardScaler
+from sklearn.impute import SimpleImputer
+from sklearn.preprocessing import MinMaxScaler, Normalizer, StandardScaler
 from sklearn.svm import SVC
 from sklearn.tree import DecisionTreeClassifier
 from xgboost import XGBClassifier
@@ -110,8 +114,19 @@ def write(out, name, onx, features, x_test, y_test, float_accuracy=None, note=""
 
 
 def main():
-    out = Path(sys.argv[1]) if len(sys.argv) > 1 else ROOT / "tests/fixtures/onnx"
+    args = sys.argv[1:]
+    only = None
+    if "--only" in args:
+        i = args.index("--only")
+        only = args[i + 1]
+        del args[i:i + 2]
+    out = Path(args[0]) if args else ROOT / "tests/fixtures/onnx"
     out.mkdir(parents=True, exist_ok=True)
+    if only == "pipelines":
+        export_pipelines(out)
+        return
+    if only is not None:
+        sys.exit(f"--only {only}: only 'pipelines' is known")
     opts = {"zipmap": False}
 
     features, x, y = load("breast_cancer.csv")
@@ -161,9 +176,72 @@ def main():
     pipe = make_pipeline(StandardScaler(), LogisticRegression(max_iter=1000)).fit(xtr, ytr)
     onx = to_onnx(pipe, xtr[:1], options={id(pipe.steps[-1][1]): opts},
                   target_opset={"": 17, "ai.onnx.ml": 3})
-    write(out, "unsupported-scaler-pipeline", onx, features, xte, yte, note="Scaler")
+    write(out, "iris-scaler-logistic", onx, features, xte, yte, float(pipe.score(xte, yte)))
 
+    export_pipelines(out)
     export_networks(out)
+
+
+def export_pipelines(out):
+    """Preprocessing in front of linear models and tree ensembles (folded by the importer),
+    LightGBM through onnxmltools, and pipelines whose preprocessing is refused (not affine per
+    feature), the refused operator in their "note"."""
+    features, x, y = load("breast_cancer.csv")
+    classes = sorted(set(y))
+    yb = np.array([classes.index(v) for v in y])
+    xtr, xte, ytr, yte = train_test_split(x, yb, test_size=0.2, random_state=42, stratify=yb)
+    for name, pipe in [
+        # skl2onnx: StandardScaler is an ai.onnx.ml Scaler, MinMaxScaler a Mul then an Add.
+        ("bc-scaler-logistic", make_pipeline(StandardScaler(), LogisticRegression(max_iter=5000))),
+        ("bc-scaler-tree-d3", make_pipeline(StandardScaler(),
+                                            DecisionTreeClassifier(max_depth=3, random_state=0))),
+        ("bc-minmax-rf-10x3", make_pipeline(MinMaxScaler(), RandomForestClassifier(
+            n_estimators=10, max_depth=3, random_state=0))),
+    ]:
+        pipe.fit(xtr, ytr)
+        onx = to_onnx(pipe, xtr[:1], options={id(pipe.steps[-1][1]): {"zipmap": False}},
+                      target_opset=SKL_OPSET)
+        write(out, name, onx, features, xte, yte, float(pipe.score(xte, yte)))
+    lgbm = LGBMClassifier(n_estimators=20, num_leaves=15, max_depth=4, learning_rate=0.1,
+                          random_state=0, deterministic=True, n_jobs=1, verbose=-1)
+    lgbm.fit(xtr, ytr)
+    onx = convert_lightgbm(lgbm, initial_types=[("input", XgbFloat([None, x.shape[1]]))],
+                           zipmap=False, target_opset=15)
+    write(out, "bc-lgbm-20x15", onx, features, xte, yte, float(lgbm.score(xte, yte)))
+    for name, pipe in [
+        ("unsupported-imputer-pipeline", make_pipeline(SimpleImputer(), LogisticRegression(
+            max_iter=5000))),
+        ("unsupported-normalizer-pipeline", make_pipeline(Normalizer(norm="l2"),
+                                                          LogisticRegression(max_iter=5000))),
+    ]:
+        pipe.fit(xtr, ytr)
+        onx = to_onnx(pipe, xtr[:1], options={id(pipe.steps[-1][1]): {"zipmap": False}},
+                      target_opset=SKL_OPSET)
+        note = "Imputer" if "imputer" in name else "Normalizer"
+        write(out, name, onx, features, xte[:20], yte[:20], note=note)
+
+    # Regressors: petal width from the other three measurements (iris-rf-regressor's split).
+    features, x, y = load("iris.csv")
+    xr, yr = x[:, :3], x[:, 3]
+    xtr, xte, ytr, yte = train_test_split(xr, yr, test_size=0.3, random_state=42)
+    for name, model in [
+        ("iris-scaler-linear-regressor", make_pipeline(StandardScaler(), LinearRegression())),
+        ("iris-minmax-rf-regressor", make_pipeline(MinMaxScaler(), RandomForestRegressor(
+            n_estimators=10, max_depth=4, random_state=0))),
+    ]:
+        model.fit(xtr, ytr)
+        onx = to_onnx(model, xtr[:1], target_opset=SKL_OPSET)
+        r2 = float(model.score(xte, yte))
+        write(out, name, onx, features[:3], xte, yte, extra={"float_r2": r2})
+        print(f"  R^2 {r2:.4f}")
+    reg = LGBMRegressor(n_estimators=20, num_leaves=15, max_depth=4, learning_rate=0.1,
+                        min_child_samples=5, random_state=0, deterministic=True, n_jobs=1,
+                        verbose=-1)
+    reg.fit(xtr, ytr)
+    onx = convert_lightgbm(reg, initial_types=[("input", XgbFloat([None, 3]))], target_opset=15)
+    r2 = float(reg.score(xte, yte))
+    write(out, "iris-lgbm-regressor", onx, features[:3], xte, yte, extra={"float_r2": r2})
+    print(f"  R^2 {r2:.4f}")
 
 
 def fit_quietly(model, x, y):

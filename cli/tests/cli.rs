@@ -308,6 +308,80 @@ fn an_imported_scikit_learn_model_runs_encrypted_end_to_end() {
     );
 }
 
+/// Pipelines with a scaler in front import, saying what was folded; regressors report MAE,
+/// RMSE and R^2; preprocessing that is not affine is refused with what to do instead.
+#[test]
+fn pipelines_say_what_was_folded_and_regressors_report_their_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let bc = data("breast_cancer.csv");
+    let import = |onnx: &str, data: &str, out: &str| {
+        ok(
+            d,
+            &[
+                "import",
+                "--onnx",
+                &fixture(onnx),
+                "--data",
+                data,
+                "--out",
+                out,
+            ],
+        )
+    };
+    let out = import("bc-scaler-logistic.onnx", &bc, "lin");
+    assert!(
+        out.contains("StandardScaler (Scaler) folded into the weights"),
+        "{out}"
+    );
+    let out = import("bc-minmax-rf-10x3.onnx", &bc, "rf");
+    assert!(
+        out.contains("MinMaxScaler (Mul, Add) folded into the thresholds"),
+        "{out}"
+    );
+    // Petal width from the other three iris measurements.
+    let iris = std::fs::read_to_string(data("iris.csv")).unwrap();
+    let csv: String = iris
+        .lines()
+        .enumerate()
+        .map(|(i, l)| {
+            let c: Vec<&str> = l.split(',').collect();
+            let label = if i == 0 { "label" } else { c[3] };
+            format!("{},{},{},{label}\n", c[0], c[1], c[2])
+        })
+        .collect();
+    std::fs::write(d.join("pw.csv"), csv).unwrap();
+    let pw = d.join("pw.csv").display().to_string();
+    for (onnx, out) in [
+        ("iris-scaler-linear-regressor.onnx", "reg1"),
+        ("iris-lgbm-regressor.onnx", "reg2"),
+    ] {
+        let text = import(onnx, &pw, out);
+        assert!(
+            text.contains("MAE") && text.contains("RMSE") && text.contains("R^2"),
+            "{text}"
+        );
+        assert!(text.contains("quantized (integer reference)"), "{text}");
+    }
+    let out = fhe_batch(
+        d,
+        &[
+            "import",
+            "--onnx",
+            &fixture("unsupported-imputer-pipeline.onnx"),
+            "--data",
+            &bc,
+            "--out",
+            "m4",
+        ],
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("export the model without the Imputer and impute before encrypting"),
+        "{err}"
+    );
+}
+
 /// An imported decision tree (breast cancer, depth 4) runs encrypted through the whole local
 /// pipeline: evaluation key published once, batch in small chunks (format version 2), worker
 /// bootstraps, and every decrypted prediction is ONNX Runtime's.

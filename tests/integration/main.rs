@@ -5,6 +5,7 @@ mod aws;
 mod common;
 mod faults;
 mod hostile;
+mod imports;
 mod mlp;
 mod notify;
 mod permissions;

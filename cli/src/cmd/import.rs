@@ -12,6 +12,7 @@ use fhe_batch_train::data::read_labelled_csv;
 use fhe_batch_train::import::{
     ImportData, ImportOptions, ImportSummary, TreeSummary, compile_imported,
 };
+use fhe_batch_train::metrics::RegressionErrors;
 use fhe_batch_train::mlp::MlpSummary;
 use std::path::PathBuf;
 
@@ -19,7 +20,9 @@ use std::path::PathBuf;
 /// it for encrypted inference, like `train` does for its own models.
 ///
 /// Reads LinearClassifier, LinearRegressor, TreeEnsembleClassifier and
-/// TreeEnsembleRegressor graphs, and dense neural networks (MatMul+Add or Gemm layers with
+/// TreeEnsembleRegressor graphs (scikit-learn, XGBoost, LightGBM), with per-feature affine
+/// preprocessing in front (StandardScaler, MinMaxScaler: folded into the weights or the
+/// thresholds) and trivial operations on the scores after, and dense neural networks (MatMul+Add or Gemm layers with
 /// Relu, Tanh or Sigmoid, a scaler in front: scikit-learn MLPs, PyTorch nn.Sequential), and
 /// names anything else it cannot read. Linear models
 /// are quantized against --data (a labelled CSV whose feature columns are the model's
@@ -59,6 +62,9 @@ pub fn run(args: ImportArgs) -> Result<()> {
             &imported.producer
         }
     );
+    for f in &imported.folded {
+        println!("  {f}");
+    }
     // The label column is read as the model's task says: digits 0-9 are classes for a
     // classifier, numbers for a regressor.
     let task = match imported.model.task() {
@@ -83,6 +89,9 @@ pub fn run(args: ImportArgs) -> Result<()> {
         ImportSummary::Linear => {
             store::write_model_dir(pkg, out)?;
             output::print_model(pkg);
+            if let Some(r) = &compiled.regression {
+                print_regression(r, on);
+            }
             println!("model written to {}", out.display());
         }
         ImportSummary::NeuralNetwork(m) => {
@@ -96,6 +105,9 @@ pub fn run(args: ImportArgs) -> Result<()> {
         }
         ImportSummary::TreeEnsemble(t) => {
             print_trees(t, on);
+            if let Some(r) = &compiled.regression {
+                print_regression(r, on);
+            }
             store::write_model_dir(pkg, out)?;
             println!(
                 "model {} written to {}; data owners need an evaluation key: `fhe-batch publish-key`",
@@ -180,7 +192,7 @@ pub(crate) fn print_mlp(m: &MlpSummary, on: &str) {
         m.score_error_ratio * 100.0
     );
     let r = &m.report;
-    match &m.mae {
+    match &m.errors {
         None => println!(
             "  on {} {on} records: float accuracy {:.2}%, quantized {:.2}%, quantized agrees with float on {:.1}%, encrypted (simulated noise) agrees with quantized on {:.1}%",
             r.records,
@@ -189,14 +201,27 @@ pub(crate) fn print_mlp(m: &MlpSummary, on: &str) {
             r.agreement * 100.0,
             m.simulated_agreement * 100.0
         ),
-        Some(e) => println!(
-            "  on {} {on} records: R^2 float {:.4}, quantized {:.4}; mean absolute error float {:.4}, quantized {:.4}, encrypted (simulated noise) {:.4}",
-            r.records,
-            r.float_score,
-            r.quantized_score,
-            e.float,
-            e.quantized,
-            e.encrypted_simulated
-        ),
+        Some(e) => print_regression(e, on),
+    }
+}
+
+/// A regressor's error figures, float against quantized (against encrypted with simulated
+/// noise for networks), on the evaluation records.
+pub(crate) fn print_regression(e: &RegressionErrors, on: &str) {
+    let line = |what: &str, f: &fhe_batch_train::metrics::ErrorFigures| {
+        println!(
+            "    {what:<28} MAE {:.4}  RMSE {:.4}  R^2 {:.4}",
+            f.mae, f.rmse, f.r2
+        )
+    };
+    println!(
+        "  on {} {on} records (quantized within 1% of the target range of float on {:.1}%):",
+        e.records,
+        e.agreement * 100.0
+    );
+    line("float", &e.float);
+    line("quantized (integer reference)", &e.quantized);
+    if let Some(s) = &e.encrypted_simulated {
+        line("encrypted (simulated noise)", s);
     }
 }

@@ -3,10 +3,12 @@
 //! attribute is checked before use.
 
 use crate::mlp::{MLP_OP_TYPE, Walk, is_dense_op};
-use crate::model::{Cmp, FloatModel, Linear, Node, OnnxTask, PostTransform, Tree, TreeEnsemble};
-use crate::proto::{AttributeProto, ModelProto, NodeProto, attr_type, data_type};
+use crate::model::{
+    Cmp, ElemOp, FloatModel, Linear, Node, OnnxTask, PostTransform, Preprocess, Tree, TreeEnsemble,
+};
+use crate::proto::{AttributeProto, GraphProto, ModelProto, NodeProto, attr_type, data_type};
 use prost::Message;
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 /// Largest ONNX file read (a 1,000-tree ensemble of depth 8 is a few MB).
 pub const MAX_ONNX_BYTES: usize = 64 << 20;
@@ -29,6 +31,14 @@ pub enum ImportError {
         op_type: String,
         domain: String,
         node: String,
+    },
+    #[error(
+        "unsupported preprocessing operator {op_type} (node {node:?}) in front of the model: {advice}; per-feature Scaler/Add/Sub/Mul/Div by constants (StandardScaler, MinMaxScaler, ...) are folded into the model"
+    )]
+    UnsupportedPreprocessing {
+        op_type: String,
+        node: String,
+        advice: String,
     },
     #[error("unsupported value {value:?} of attribute {attr} of {op}")]
     UnsupportedAttribute {
@@ -60,6 +70,9 @@ pub struct Imported {
     pub producer: String,
     /// The model operator's type, or `"MLP"` for a dense network.
     pub op_type: String,
+    /// What the importer folded into the model, one sentence each (a scaler in front, post
+    /// operations on the scores), for the import report.
+    pub folded: Vec<String>,
 }
 
 const MODEL_OPS: [&str; 4] = [
@@ -97,54 +110,544 @@ pub fn import_onnx(bytes: &[u8]) -> Result<Imported, ImportError> {
             });
         }
         let mlp = Walk::new(graph)?.into_mlp(&proto.producer_name)?;
+        let folded = mlp
+            .scaler
+            .as_ref()
+            .map(|_| "scaler in front of the network: applied by the client's quantizers (folded into the first layer)".to_string())
+            .into_iter()
+            .collect();
         return Ok(Imported {
             model: FloatModel::Mlp(mlp),
             producer,
             op_type: MLP_OP_TYPE.to_string(),
+            folded,
         });
     }
-    let mut main = Vec::new();
-    for node in &graph.node {
-        match node.op_type.as_str() {
-            op if MODEL_OPS.contains(&op) && node.domain == "ai.onnx.ml" => main.push(node),
-            "Cast" | "Identity" if node.domain.is_empty() => {}
-            "ZipMap" if node.domain == "ai.onnx.ml" => {}
-            "Normalizer" if node.domain == "ai.onnx.ml" => {
-                let norm = Attrs::new(node)?.string("norm")?.unwrap_or_default();
-                if norm != "L1" {
-                    return Err(unsupported(node, "norm", &norm));
-                }
-            }
-            _ => {
-                return Err(ImportError::UnsupportedOperator {
-                    op_type: node.op_type.clone(),
-                    domain: node.domain.clone(),
-                    node: node.name.clone(),
-                });
-            }
-        }
-    }
+    let main: Vec<&NodeProto> = graph
+        .node
+        .iter()
+        .filter(|n| MODEL_OPS.contains(&n.op_type.as_str()) && n.domain == "ai.onnx.ml")
+        .collect();
     let node = match main.as_slice() {
         [] => return Err(ImportError::NoModel),
         [one] => *one,
         many => return Err(ImportError::SeveralModels(many.len())),
     };
+    let prefix = upstream_of(graph, node);
+    let pre = preprocess(graph, node, &prefix)?;
+    // After the model: label and score plumbing, and element-wise operations on the scores.
+    let mut scores: HashSet<&str> = HashSet::new();
+    let classifier = node.op_type.ends_with("Classifier");
+    if let Some(s) = node.output.get(usize::from(classifier)) {
+        scores.insert(s.as_str());
+    }
+    let mut post_ops: Vec<(ElemOp, String)> = Vec::new();
+    for (i, n) in graph.node.iter().enumerate() {
+        if std::ptr::eq(n, node) || prefix.contains(&i) {
+            continue;
+        }
+        let on_scores = n.input.first().is_some_and(|x| scores.contains(x.as_str()));
+        match n.op_type.as_str() {
+            "Cast" | "Identity" | "Reshape" if n.domain.is_empty() => {
+                if n.op_type == "Cast"
+                    && on_scores
+                    && Attrs::new(n)?.int("to")? != Some(data_type::FLOAT as i64)
+                {
+                    return Err(unsupported(n, "to", "a type other than float"));
+                }
+                if n.op_type == "Reshape" && on_scores {
+                    check_row_reshape(graph, n)?;
+                }
+            }
+            "ZipMap" if n.domain == "ai.onnx.ml" => {}
+            "Normalizer" if n.domain == "ai.onnx.ml" => {
+                let norm = Attrs::new(n)?.string("norm")?.unwrap_or_default();
+                if norm != "L1" {
+                    return Err(unsupported(n, "norm", &norm));
+                }
+            }
+            "Add" | "Sub" | "Mul" | "Div" if n.domain.is_empty() => {
+                post_ops.push((score_op(graph, n, &scores)?, n.name.clone()));
+            }
+            _ => {
+                return Err(ImportError::UnsupportedOperator {
+                    op_type: n.op_type.clone(),
+                    domain: n.domain.clone(),
+                    node: n.name.clone(),
+                });
+            }
+        }
+        if n.input.iter().any(|x| scores.contains(x.as_str())) {
+            for o in &n.output {
+                scores.insert(o.as_str());
+            }
+        }
+    }
     let declared = graph.input.first().and_then(|i| {
         let shape = i.r#type.as_ref()?.tensor_type.as_ref()?.shape.as_ref()?;
         shape.dim.get(1)?.dim_value.filter(|&d| d > 0)
     });
     let attrs = Attrs::new(node)?;
-    let model = match node.op_type.as_str() {
+    let mut folded = Vec::new();
+    let mut model = match node.op_type.as_str() {
         "LinearClassifier" | "LinearRegressor" => {
-            FloatModel::Linear(linear(node, &attrs, declared)?)
+            let mut l = linear(node, &attrs, declared)?;
+            if let Some(p) = pre {
+                check_widths(node, &p, l.n_features)?;
+                folded.push(format!(
+                    "{} ({}) folded into the weights",
+                    p.likely_source(),
+                    p.describe()
+                ));
+                l.pre = Some(p);
+            }
+            FloatModel::Linear(l)
         }
-        _ => FloatModel::Trees(trees(node, &attrs, declared)?),
+        _ => {
+            let mut e = trees(node, &attrs, declared)?;
+            if let Some(p) = pre {
+                check_widths(node, &p, e.n_features)?;
+                let pruned = fold_thresholds(&mut e, &p);
+                folded.push(format!(
+                    "{} ({}) folded into the thresholds: each is ONNX Runtime's exact f32 \
+                     boundary on the raw feature{}",
+                    p.likely_source(),
+                    p.describe(),
+                    if pruned > 0 {
+                        format!(", {pruned} constant branches resolved")
+                    } else {
+                        String::new()
+                    }
+                ));
+            }
+            FloatModel::Trees(e)
+        }
     };
+    for (op, name) in post_ops {
+        folded.push(fold_post_op(&mut model, &op, &name)?);
+    }
     Ok(Imported {
         model,
         producer,
         op_type: node.op_type.clone(),
+        folded,
     })
+}
+
+/// Indices of the nodes the model operator's inputs are computed by (its preprocessing).
+fn upstream_of(graph: &GraphProto, model: &NodeProto) -> HashSet<usize> {
+    let mut needed: HashSet<&str> = model.input.iter().map(String::as_str).collect();
+    let mut out = HashSet::new();
+    for (i, n) in graph.node.iter().enumerate().rev() {
+        if std::ptr::eq(n, model) {
+            continue;
+        }
+        if n.output.iter().any(|o| needed.contains(o.as_str())) {
+            out.insert(i);
+            needed.extend(n.input.iter().map(String::as_str));
+        }
+    }
+    out
+}
+
+/// Operators that may come before a classical model: per-feature affine ones and helpers.
+fn is_affine_prefix_op(n: &NodeProto) -> bool {
+    match n.op_type.as_str() {
+        "Scaler" => n.domain == "ai.onnx.ml",
+        "Add" | "Sub" | "Mul" | "Div" | "Identity" | "Cast" | "Reshape" | "Flatten"
+        | "Constant" => n.domain.is_empty() || n.domain == "ai.onnx",
+        _ => false,
+    }
+}
+
+/// What to do instead of a preprocessing operator the importer cannot fold.
+fn preprocessing_advice(op: &str) -> String {
+    match op {
+        "Imputer" => "export the model without the Imputer and impute before encrypting".into(),
+        "Normalizer" => "a row normalizer (L1, L2, max) mixes the features of a record and is \
+                         not affine per feature: export the model without the Normalizer and \
+                         normalize the records before encrypting"
+            .into(),
+        "OneHotEncoder" | "LabelEncoder" | "CategoryMapper" => format!(
+            "export the model on numeric columns (without the {op}) and encode the categories \
+             before encrypting"
+        ),
+        "Binarizer" => "export the model without the Binarizer and binarize the records before \
+                        encrypting (a tree ensemble on the raw feature does the same comparison)"
+            .into(),
+        _ => format!(
+            "export the model without the {op} and apply it to the records before encrypting"
+        ),
+    }
+}
+
+/// The preprocessing in front of the model operator, read by the dense-network walker.
+fn preprocess(
+    graph: &GraphProto,
+    model: &NodeProto,
+    prefix: &HashSet<usize>,
+) -> Result<Option<Preprocess>, ImportError> {
+    if prefix.is_empty() {
+        return Ok(None);
+    }
+    for (i, n) in graph.node.iter().enumerate() {
+        if prefix.contains(&i) && !is_affine_prefix_op(n) {
+            return Err(ImportError::UnsupportedPreprocessing {
+                op_type: n.op_type.clone(),
+                node: n.name.clone(),
+                advice: preprocessing_advice(&n.op_type),
+            });
+        }
+    }
+    let mut walk = Walk::start(graph)?;
+    for (i, n) in graph.node.iter().enumerate() {
+        if prefix.contains(&i) {
+            walk.node(n)?;
+        }
+    }
+    let input = model
+        .input
+        .first()
+        .ok_or_else(|| invalid(model, "the model operator has no input"))?;
+    walk.preprocess(input)
+}
+
+fn check_widths(model: &NodeProto, p: &Preprocess, n_features: usize) -> Result<(), ImportError> {
+    for op in &p.ops {
+        let n = match op {
+            ElemOp::Scaler(s) => s.offset.len().max(s.scale.len()),
+            ElemOp::Add(v)
+            | ElemOp::Sub(v)
+            | ElemOp::SubFrom(v)
+            | ElemOp::Mul(v)
+            | ElemOp::Div(v) => v.len(),
+        };
+        let ok = match op {
+            ElemOp::Scaler(s) => [s.offset.len(), s.scale.len()]
+                .iter()
+                .all(|&l| l == 1 || l == n_features),
+            _ => n == 1 || n == n_features,
+        };
+        if !ok {
+            return Err(invalid(
+                model,
+                format!(
+                    "a {} in front of it has {n} values for {n_features} features",
+                    op.op_type()
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// A float constant input of a node (an initializer), as f32.
+fn constant_floats(graph: &GraphProto, node: &NodeProto, name: &str) -> Option<Vec<f32>> {
+    let t = graph.initializer.iter().find(|t| t.name == name)?;
+    let _ = node;
+    match t.data_type {
+        data_type::FLOAT if !t.raw_data.is_empty() => Some(
+            t.raw_data
+                .chunks_exact(4)
+                .map(|c| f32::from_le_bytes(c.try_into().expect("4 bytes")))
+                .collect(),
+        ),
+        data_type::FLOAT => Some(t.float_data.clone()),
+        data_type::DOUBLE if !t.raw_data.is_empty() => Some(
+            t.raw_data
+                .chunks_exact(8)
+                .map(|c| f64::from_le_bytes(c.try_into().expect("8 bytes")) as f32)
+                .collect(),
+        ),
+        data_type::DOUBLE => Some(t.double_data.iter().map(|&d| d as f32).collect()),
+        _ => None,
+    }
+}
+
+/// `Add`/`Sub`/`Mul`/`Div` of the model's scores and a constant scalar or row.
+fn score_op(
+    graph: &GraphProto,
+    n: &NodeProto,
+    scores: &HashSet<&str>,
+) -> Result<ElemOp, ImportError> {
+    let [a, b] = n.input.as_slice() else {
+        return Err(invalid(n, "expects two inputs"));
+    };
+    let (c, scores_first) = match (scores.contains(a.as_str()), scores.contains(b.as_str())) {
+        (true, false) => (b, true),
+        (false, true) => (a, false),
+        _ => {
+            return Err(invalid(
+                n,
+                "after the model operator, only arithmetic between its scores and a constant is supported",
+            ));
+        }
+    };
+    let v = constant_floats(graph, n, c)
+        .filter(|v| !v.is_empty() && v.iter().all(|x| x.is_finite()))
+        .ok_or_else(|| {
+            invalid(
+                n,
+                format!("{c:?} is not a finite float constant (an initializer)"),
+            )
+        })?;
+    Ok(match (n.op_type.as_str(), scores_first) {
+        ("Add", _) => ElemOp::Add(v),
+        ("Sub", true) => ElemOp::Sub(v),
+        ("Sub", false) => ElemOp::SubFrom(v),
+        ("Mul", _) => ElemOp::Mul(v),
+        ("Div", true) if !v.contains(&0.0) => ElemOp::Div(v),
+        ("Div", true) => return Err(invalid(n, "divides by zero")),
+        _ => return Err(invalid(n, "divides a constant by the scores (not affine)")),
+    })
+}
+
+/// A `Reshape` of the scores to `[-1 or 0, width]` or `[-1]` (one target).
+fn check_row_reshape(graph: &GraphProto, n: &NodeProto) -> Result<(), ImportError> {
+    let shape = n
+        .input
+        .get(1)
+        .and_then(|s| graph.initializer.iter().find(|t| &t.name == s))
+        .map(|t| {
+            if t.raw_data.is_empty() {
+                t.int64_data.clone()
+            } else {
+                t.raw_data
+                    .chunks_exact(8)
+                    .map(|c| i64::from_le_bytes(c.try_into().expect("8 bytes")))
+                    .collect()
+            }
+        })
+        .unwrap_or_default();
+    match shape.as_slice() {
+        [-1] | [-1, _] | [0, _] => Ok(()),
+        other => Err(invalid(
+            n,
+            format!("reshapes the scores to {other:?}; only [-1, n] is supported"),
+        )),
+    }
+}
+
+/// Folds an element-wise operation on the scores into the model: an identity (multiplying by
+/// 1, adding 0) is dropped; a regressor without a post-transform takes any affine map into its
+/// leaf values and base values, or its coefficients and intercepts.
+fn fold_post_op(model: &mut FloatModel, op: &ElemOp, name: &str) -> Result<String, ImportError> {
+    let n_scores = match model {
+        FloatModel::Trees(e) => e.n_scores,
+        FloatModel::Linear(l) => l.intercepts.len(),
+        FloatModel::Mlp(_) => unreachable!("networks are read by the dense walker"),
+    };
+    let width = match op {
+        ElemOp::Scaler(_) => unreachable!("not an operation on scores"),
+        ElemOp::Add(v) | ElemOp::Sub(v) | ElemOp::SubFrom(v) | ElemOp::Mul(v) | ElemOp::Div(v) => {
+            v.len()
+        }
+    };
+    let err = |detail: String| ImportError::Invalid {
+        op: format!("{} (node {name:?})", op.op_type()),
+        detail,
+    };
+    if width != 1 && width != n_scores {
+        return Err(err(format!("{width} constants for {n_scores} scores")));
+    }
+    let maps: Vec<(f64, f64)> = (0..n_scores).map(|j| op.affine(j)).collect();
+    if maps.iter().all(|&(a, b)| a == 1.0 && b == 0.0) {
+        return Ok(format!(
+            "{} by {} on the scores (an identity) dropped",
+            op.op_type(),
+            if matches!(op, ElemOp::Mul(_) | ElemOp::Div(_)) {
+                1
+            } else {
+                0
+            }
+        ));
+    }
+    let regressor_raw = match model {
+        FloatModel::Trees(e) => {
+            matches!(e.task, OnnxTask::Regressor { .. }) && e.post == PostTransform::None
+        }
+        FloatModel::Linear(l) => {
+            matches!(l.task, OnnxTask::Regressor { .. }) && l.post == PostTransform::None
+        }
+        FloatModel::Mlp(_) => false,
+    };
+    if !regressor_raw {
+        return Err(err(
+            "an affine map of a classifier's probabilities (or of transformed scores) is not \
+             supported; only an identity (multiplying by 1, adding 0) is"
+                .into(),
+        ));
+    }
+    match model {
+        FloatModel::Trees(e) => {
+            if e.base_values.is_empty() {
+                e.base_values = vec![0.0; n_scores];
+            }
+            for t in &mut e.trees {
+                for nd in &mut t.nodes {
+                    if let Node::Leaf { weights } = nd {
+                        for (slot, w) in weights.iter_mut() {
+                            *w = (*w as f64 * maps[*slot].0) as f32;
+                        }
+                    }
+                }
+            }
+            for (b, (a, c)) in e.base_values.iter_mut().zip(&maps) {
+                *b = (*b as f64 * a + c) as f32;
+            }
+            e.weights_positive =
+                e.trees.iter().flat_map(|t| &t.nodes).all(
+                    |n| !matches!(n, Node::Leaf { weights } if weights.iter().any(|w| w.1 < 0.0)),
+                );
+            Ok(format!(
+                "{} on the scores folded into the leaf values",
+                op.op_type()
+            ))
+        }
+        FloatModel::Linear(l) => {
+            for ((row, b), (a, c)) in l.coefficients.iter_mut().zip(&mut l.intercepts).zip(&maps) {
+                row.iter_mut().for_each(|w| *w = (*w as f64 * a) as f32);
+                *b = (*b as f64 * a + c) as f32;
+            }
+            Ok(format!(
+                "{} on the scores folded into the weights",
+                op.op_type()
+            ))
+        }
+        FloatModel::Mlp(_) => unreachable!(),
+    }
+}
+
+/// A branch's outcome on the raw feature after folding the preprocessing in.
+enum Folded {
+    Branch(Cmp, f32),
+    Always(bool),
+}
+
+/// Orders f32 values (not NaN) as integers: `key(a) <= key(b)` iff `a <= b`, with -0 = +0.
+fn key(x: f32) -> i64 {
+    let b = x.to_bits();
+    if b & 0x8000_0000 != 0 {
+        -i64::from(b & 0x7fff_ffff)
+    } else {
+        i64::from(b)
+    }
+}
+
+fn unkey(k: i64) -> f32 {
+    if k < 0 {
+        f32::from_bits((-k) as u32 | 0x8000_0000)
+    } else {
+        f32::from_bits(k as u32)
+    }
+}
+
+/// `cmp(g(x), t)` as one comparison of the raw `x`, where `g` is feature `j`'s preprocessing in
+/// f32. Every operator rounds monotonically, so `g` is monotone (increasing when its real slope
+/// is positive) and the records taking the branch are all raw values on one side of an f32
+/// boundary, found exactly by bisection over the f32 values: the folded comparison agrees with
+/// ONNX Runtime's on every non-NaN input (a NaN stays NaN and takes the missing-value path).
+fn fold_branch(p: &Preprocess, j: usize, cmp: Cmp, t: f32) -> Folded {
+    let holds = |x: f32| cmp.holds(p.feature(j, x), t);
+    let slope = p.affine(j).0;
+    if slope == 0.0 || slope.is_nan() {
+        return Folded::Always(holds(0.0));
+    }
+    let (lo, hi) = (key(f32::NEG_INFINITY), key(f32::INFINITY));
+    let below = matches!(cmp, Cmp::Leq | Cmp::Lt) == (slope > 0.0);
+    if below {
+        // Holds for x <= X: find the largest such X.
+        match (holds(unkey(lo)), holds(unkey(hi))) {
+            (false, _) => return Folded::Always(false),
+            (true, true) => return Folded::Always(true),
+            _ => {}
+        }
+        let (mut yes, mut no) = (lo, hi);
+        while no - yes > 1 {
+            let mid = yes + (no - yes) / 2;
+            if holds(unkey(mid)) {
+                yes = mid
+            } else {
+                no = mid
+            }
+        }
+        Folded::Branch(Cmp::Leq, unkey(yes))
+    } else {
+        // Holds for x >= X: find the smallest such X.
+        match (holds(unkey(lo)), holds(unkey(hi))) {
+            (_, false) => return Folded::Always(false),
+            (true, true) => return Folded::Always(true),
+            _ => {}
+        }
+        let (mut no, mut yes) = (lo, hi);
+        while yes - no > 1 {
+            let mid = no + (yes - no) / 2;
+            if holds(unkey(mid)) {
+                yes = mid
+            } else {
+                no = mid
+            }
+        }
+        Folded::Branch(Cmp::Gte, unkey(yes))
+    }
+}
+
+/// Moves the preprocessing into every threshold ([`fold_branch`]); branches that become
+/// constant are resolved (replaced by the subtree they always take). Returns how many were.
+fn fold_thresholds(e: &mut TreeEnsemble, p: &Preprocess) -> usize {
+    let mut resolved = 0;
+    for tree in &mut e.trees {
+        let old = std::mem::take(&mut tree.nodes);
+        let mut out = Vec::with_capacity(old.len());
+        rebuild(&old, 0, p, &mut out, &mut resolved);
+        tree.nodes = out;
+    }
+    resolved
+}
+
+fn rebuild(
+    old: &[Node],
+    i: usize,
+    p: &Preprocess,
+    out: &mut Vec<Node>,
+    resolved: &mut usize,
+) -> usize {
+    match &old[i] {
+        Node::Leaf { weights } => {
+            out.push(Node::Leaf {
+                weights: weights.clone(),
+            });
+            out.len() - 1
+        }
+        Node::Branch {
+            feature,
+            threshold,
+            cmp,
+            yes,
+            no,
+            missing_yes,
+        } => match fold_branch(p, *feature, *cmp, *threshold) {
+            Folded::Always(taken) => {
+                *resolved += 1;
+                rebuild(old, if taken { *yes } else { *no }, p, out, resolved)
+            }
+            Folded::Branch(cmp, threshold) => {
+                let at = out.len();
+                out.push(Node::Leaf { weights: vec![] });
+                let y = rebuild(old, *yes, p, out, resolved);
+                let n = rebuild(old, *no, p, out, resolved);
+                out[at] = Node::Branch {
+                    feature: *feature,
+                    threshold,
+                    cmp,
+                    yes: y,
+                    no: n,
+                    missing_yes: *missing_yes,
+                };
+                at
+            }
+        },
+    }
 }
 
 fn unsupported(node: &NodeProto, attr: &str, value: &str) -> ImportError {
@@ -364,6 +867,7 @@ fn linear(node: &NodeProto, a: &Attrs, declared: Option<i64>) -> Result<Linear, 
     Ok(Linear {
         task,
         n_features: feature_count(node, declared, per_row)?,
+        pre: None,
         coefficients: coefficients.chunks(per_row).map(<[f32]>::to_vec).collect(),
         intercepts,
         post: a.post_transform()?,
@@ -607,4 +1111,115 @@ fn check_shape(node: &NodeProto, t: i64, tree: &Tree) -> Result<(), ImportError>
         return Err(invalid(node, format!("tree {t} has unreachable nodes")));
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::Scaler;
+
+    fn next(s: &mut u64) -> f32 {
+        *s ^= *s << 13;
+        *s ^= *s >> 7;
+        *s ^= *s << 17;
+        (*s >> 40) as f32 / (1u64 << 24) as f32
+    }
+
+    fn ulps(x: f32, n: i64) -> f32 {
+        unkey(key(x) + n)
+    }
+
+    /// Folded comparisons agree with the f32 preprocessing then the comparison, on random
+    /// records and on every value within a few ulps of each folded boundary.
+    #[test]
+    fn folded_thresholds_agree_with_onnx_runtimes_order_of_operations() {
+        let mut s = 0x9e37_79b9_7f4a_7c15u64;
+        for case in 0..400 {
+            let o = (next(&mut s) - 0.5) * 40.0;
+            let k = (next(&mut s) - 0.5) * 8.0;
+            let p = Preprocess {
+                ops: match case % 3 {
+                    0 => vec![ElemOp::Scaler(Scaler {
+                        offset: vec![o],
+                        scale: vec![k],
+                    })],
+                    1 => vec![ElemOp::Mul(vec![k]), ElemOp::Add(vec![o])],
+                    _ => vec![ElemOp::Sub(vec![o]), ElemOp::Div(vec![k])],
+                },
+            };
+            let t = (next(&mut s) - 0.5) * 10.0;
+            for cmp in [Cmp::Leq, Cmp::Lt, Cmp::Gte, Cmp::Gt] {
+                let want = |x: f32| cmp.holds(p.feature(0, x), t);
+                match fold_branch(&p, 0, cmp, t) {
+                    Folded::Always(v) => {
+                        for _ in 0..50 {
+                            let x = (next(&mut s) - 0.5) * 100.0;
+                            assert_eq!(want(x), v, "{p:?} {cmp:?} {t}");
+                        }
+                    }
+                    Folded::Branch(c2, t2) => {
+                        let mut xs: Vec<f32> = (-4..=4).map(|n| ulps(t2, n)).collect();
+                        xs.extend((0..50).map(|_| (next(&mut s) - 0.5) * 100.0));
+                        for x in xs {
+                            assert_eq!(c2.holds(x, t2), want(x), "{p:?} {cmp:?} {t} at {x}");
+                        }
+                    }
+                }
+            }
+        }
+        // A zero scale makes the branch constant.
+        let zero = Preprocess {
+            ops: vec![ElemOp::Mul(vec![0.0])],
+        };
+        assert!(matches!(
+            fold_branch(&zero, 0, Cmp::Leq, 0.5),
+            Folded::Always(true)
+        ));
+        assert!(matches!(
+            fold_branch(&zero, 0, Cmp::Gt, 0.5),
+            Folded::Always(false)
+        ));
+    }
+
+    #[test]
+    fn constant_branches_are_replaced_by_the_subtree_they_take() {
+        let leaf = |w: f32| Node::Leaf {
+            weights: vec![(0, w)],
+        };
+        let branch = |feature, yes, no| Node::Branch {
+            feature,
+            threshold: 0.5,
+            cmp: Cmp::Leq,
+            yes,
+            no,
+            missing_yes: false,
+        };
+        // Root on feature 0 (scaled by 0: always 0 <= 0.5), then feature 1.
+        let mut e = TreeEnsemble {
+            task: OnnxTask::Regressor { targets: 1 },
+            n_features: 2,
+            trees: vec![Tree {
+                nodes: vec![
+                    branch(0, 1, 4),
+                    branch(1, 2, 3),
+                    leaf(1.0),
+                    leaf(2.0),
+                    leaf(3.0),
+                ],
+            }],
+            n_scores: 1,
+            base_values: vec![],
+            post: PostTransform::None,
+            average: false,
+            weights_positive: true,
+        };
+        let p = Preprocess {
+            ops: vec![ElemOp::Mul(vec![0.0, 1.0])],
+        };
+        assert_eq!(fold_thresholds(&mut e, &p), 1);
+        let t = &e.trees[0];
+        assert_eq!(t.nodes.len(), 3);
+        assert_eq!(t.leaf(&[100.0, 0.0]), &[(0, 1.0)]);
+        assert_eq!(t.leaf(&[-100.0, 1.0]), &[(0, 2.0)]);
+    }
 }

@@ -43,7 +43,7 @@
 //! [`MAX_WIDTH`] wide, at most [`MAX_FEATURES`] input features.
 
 use crate::import::{Attrs, ImportError};
-use crate::model::{Activation, Dense, Mlp, OnnxTask, PostTransform, Scaler};
+use crate::model::{Activation, Dense, ElemOp, Mlp, OnnxTask, PostTransform, Preprocess, Scaler};
 use crate::proto::{GraphProto, NodeProto, TensorProto, attr_type, data_type};
 use fhe_batch_core::model::MAX_FEATURES;
 use std::collections::HashMap;
@@ -259,6 +259,9 @@ struct Step {
     op: StepOp,
     /// Columns, when known (the input's may not be declared).
     width: Option<usize>,
+    /// An element-wise step's operator as ONNX Runtime computes it in f32 (what a classical
+    /// model's preprocessing is evaluated and folded with: [`Walk::preprocess`]).
+    exact: Option<ElemOp>,
 }
 
 #[derive(Debug, Clone)]
@@ -431,6 +434,16 @@ fn ints_of<'t>(node: &NodeProto, t: &'t Tensor) -> Result<&'t [i64], ImportError
 impl<'g> Walk<'g> {
     /// Walks `graph`, which holds only operators [`is_dense_op`] accepts.
     pub(crate) fn new(graph: &'g GraphProto) -> Result<Self, ImportError> {
+        let mut walk = Self::start(graph)?;
+        for node in &graph.node {
+            walk.node(node)?;
+        }
+        Ok(walk)
+    }
+
+    /// A walk that has read the graph's input and no node yet: feed it nodes with
+    /// [`Walk::node`] (a classical model's preprocessing, [`Walk::preprocess`]).
+    pub(crate) fn start(graph: &'g GraphProto) -> Result<Self, ImportError> {
         let inits: HashMap<&str, &TensorProto> = graph
             .initializer
             .iter()
@@ -481,12 +494,41 @@ impl<'g> Walk<'g> {
             parent: None,
             op: StepOp::Input,
             width,
+            exact: None,
         });
         walk.values.insert(input.name.clone(), Value::Net(0));
-        for node in &graph.node {
-            walk.node(node)?;
-        }
         Ok(walk)
+    }
+
+    /// The element-wise operators between the graph's input and the value `name` (a classical
+    /// model operator's input), in order; `None` when `name` is the input itself. Anything but
+    /// element-wise operators by constants (and shape-preserving helpers) on that path is
+    /// refused.
+    pub(crate) fn preprocess(&self, name: &str) -> Result<Option<Preprocess>, ImportError> {
+        let Some(Value::Net(end)) = self.values.get(name) else {
+            return Err(graph_err(format!(
+                "the model operator reads {name:?}, which is not the graph's input after \
+                 per-feature operations"
+            )));
+        };
+        let mut ops = Vec::new();
+        let mut k = Some(*end);
+        while let Some(i) = k {
+            let step = &self.steps[i];
+            match (&step.op, &step.exact) {
+                (StepOp::Input, _) => {}
+                (StepOp::Diag(_), Some(op)) => ops.push(op.clone()),
+                _ => {
+                    return Err(graph_err(
+                        "only per-feature Scaler/Add/Sub/Mul/Div by constants may come before \
+                         a linear model or a tree ensemble",
+                    ));
+                }
+            }
+            k = step.parent;
+        }
+        ops.reverse();
+        Ok((!ops.is_empty()).then_some(Preprocess { ops }))
     }
 
     fn value(&mut self, node: &NodeProto, name: &str) -> Result<Value, ImportError> {
@@ -540,6 +582,7 @@ impl<'g> Walk<'g> {
             parent: Some(parent),
             op,
             width,
+            exact: None,
         });
         Value::Net(self.steps.len() - 1)
     }
@@ -555,7 +598,7 @@ impl<'g> Walk<'g> {
         Ok(())
     }
 
-    fn node(&mut self, node: &NodeProto) -> Result<(), ImportError> {
+    pub(crate) fn node(&mut self, node: &NodeProto) -> Result<(), ImportError> {
         let attrs = Attrs::new(node)?;
         let out = match node.op_type.as_str() {
             "Identity" => self.input(node, 0)?,
@@ -634,20 +677,15 @@ impl<'g> Walk<'g> {
                 let k = self.net(node, 0)?;
                 let offset = attrs.floats("offset")?;
                 let scale = attrs.floats("scale")?;
+                let offset = if offset.is_empty() { vec![0.0] } else { offset };
+                let scale = if scale.is_empty() { vec![1.0] } else { scale };
                 let d = Diag {
-                    offset: if offset.is_empty() {
-                        vec![0.0]
-                    } else {
-                        offset.iter().map(|&v| v as f64).collect()
-                    },
-                    scale: if scale.is_empty() {
-                        vec![1.0]
-                    } else {
-                        scale.iter().map(|&v| v as f64).collect()
-                    },
+                    offset: offset.iter().map(|&v| v as f64).collect(),
+                    scale: scale.iter().map(|&v| v as f64).collect(),
                     shift: vec![0.0],
                 };
-                self.diag(node, k, d)?
+                let exact = ElemOp::Scaler(Scaler { offset, scale });
+                self.diag(node, k, d, Some(exact))?
             }
             "Concat" => {
                 check_column_axis(node, &attrs, None)?;
@@ -894,6 +932,15 @@ impl<'g> Walk<'g> {
                 ),
             ));
         }
+        let c32: Vec<f32> = v.iter().map(|&x| x as f32).collect();
+        let exact = match (node.op_type.as_str(), net_first) {
+            ("Add", _) => Some(ElemOp::Add(c32)),
+            ("Sub", true) => Some(ElemOp::Sub(c32)),
+            ("Sub", false) => Some(ElemOp::SubFrom(c32)),
+            ("Mul", _) => Some(ElemOp::Mul(c32)),
+            ("Div", true) => Some(ElemOp::Div(c32)),
+            _ => None,
+        };
         let one = vec![1.0];
         let zero = vec![0.0];
         let d = match (node.op_type.as_str(), net_first) {
@@ -934,11 +981,17 @@ impl<'g> Walk<'g> {
                 ));
             }
         };
-        self.diag(node, k, d)
+        self.diag(node, k, d, exact)
     }
 
     /// An element-wise affine step after step `k`, checking the vectors' lengths.
-    fn diag(&mut self, node: &NodeProto, k: usize, d: Diag) -> Result<Value, ImportError> {
+    fn diag(
+        &mut self,
+        node: &NodeProto,
+        k: usize,
+        d: Diag,
+        exact: Option<ElemOp>,
+    ) -> Result<Value, ImportError> {
         let mut width = self.steps[k].width;
         if let Some(n) = d.width() {
             if width.is_some_and(|w| w != n) {
@@ -973,7 +1026,9 @@ impl<'g> Walk<'g> {
         {
             return Err(node_err(node, "a constant is not finite"));
         }
-        Ok(self.push(k, StepOp::Diag(Rc::new(d)), width))
+        let v = self.push(k, StepOp::Diag(Rc::new(d)), width);
+        self.steps.last_mut().expect("pushed").exact = exact;
+        Ok(v)
     }
 
     /// `BatchNormalization` (inference) right after a dense layer, as an element-wise affine.
@@ -1027,7 +1082,7 @@ impl<'g> Walk<'g> {
             scale,
             shift: beta,
         };
-        self.diag(node, k, d)
+        self.diag(node, k, d, None)
     }
 
     /// The network the graph's outputs read, as an [`Mlp`].

@@ -125,6 +125,9 @@ pub struct TreeEnsemble {
 pub struct Linear {
     pub task: OnnxTask,
     pub n_features: usize,
+    /// Per-feature affine operators in front of the model (a scaler), applied in f32 as ONNX
+    /// Runtime applies them; the compiler folds them into the weights ([`Preprocess::affine`]).
+    pub pre: Option<Preprocess>,
     /// One row of coefficients per class or target.
     pub coefficients: Vec<Vec<f32>>,
     pub intercepts: Vec<f32>,
@@ -206,6 +209,117 @@ pub struct Mlp {
 pub struct Scaler {
     pub offset: Vec<f32>,
     pub scale: Vec<f32>,
+}
+
+/// One element-wise operator on the features, with per-feature constants (one value: every
+/// feature), as ONNX Runtime computes it in f32.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ElemOp {
+    /// ai.onnx.ml `Scaler`: `(x - offset) * scale`.
+    Scaler(Scaler),
+    /// `x + c`.
+    Add(Vec<f32>),
+    /// `x - c`.
+    Sub(Vec<f32>),
+    /// `c - x`.
+    SubFrom(Vec<f32>),
+    /// `x * c`.
+    Mul(Vec<f32>),
+    /// `x / c`.
+    Div(Vec<f32>),
+}
+
+fn at(v: &[f32], j: usize) -> f32 {
+    if v.len() == 1 { v[0] } else { v[j] }
+}
+
+impl ElemOp {
+    /// Feature `j`'s value after the operator, in f32.
+    pub fn apply(&self, j: usize, x: f32) -> f32 {
+        match self {
+            ElemOp::Scaler(s) => (x - at(&s.offset, j)) * at(&s.scale, j),
+            ElemOp::Add(c) => x + at(c, j),
+            ElemOp::Sub(c) => x - at(c, j),
+            ElemOp::SubFrom(c) => at(c, j) - x,
+            ElemOp::Mul(c) => x * at(c, j),
+            ElemOp::Div(c) => x / at(c, j),
+        }
+    }
+
+    /// Feature `j`'s operator as `x' = a x + b`, in real arithmetic.
+    pub fn affine(&self, j: usize) -> (f64, f64) {
+        let c = |v: &[f32]| at(v, j) as f64;
+        match self {
+            ElemOp::Scaler(s) => (c(&s.scale), -c(&s.offset) * c(&s.scale)),
+            ElemOp::Add(v) => (1.0, c(v)),
+            ElemOp::Sub(v) => (1.0, -c(v)),
+            ElemOp::SubFrom(v) => (-1.0, c(v)),
+            ElemOp::Mul(v) => (c(v), 0.0),
+            ElemOp::Div(v) => (1.0 / c(v), 0.0),
+        }
+    }
+
+    /// The ONNX operator it came from.
+    pub fn op_type(&self) -> &'static str {
+        match self {
+            ElemOp::Scaler(_) => "Scaler",
+            ElemOp::Add(_) => "Add",
+            ElemOp::Sub(_) | ElemOp::SubFrom(_) => "Sub",
+            ElemOp::Mul(_) => "Mul",
+            ElemOp::Div(_) => "Div",
+        }
+    }
+}
+
+/// Per-feature affine preprocessing in front of a linear model or a tree ensemble: the chain
+/// of element-wise operators between the graph's input and the model operator (skl2onnx writes
+/// `StandardScaler` as a `Scaler`, `MinMaxScaler` as `Mul` then `Add`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Preprocess {
+    pub ops: Vec<ElemOp>,
+}
+
+impl Preprocess {
+    /// Feature `j` after every operator, in f32 as ONNX Runtime computes it (each operator
+    /// rounds to f32, so the map is monotone in `x`).
+    pub fn feature(&self, j: usize, x: f32) -> f32 {
+        self.ops.iter().fold(x, |v, op| op.apply(j, v))
+    }
+
+    pub fn apply(&self, x: &[f32]) -> Vec<f32> {
+        x.iter()
+            .enumerate()
+            .map(|(j, &v)| self.feature(j, v))
+            .collect()
+    }
+
+    /// Feature `j`'s whole chain as `x' = a x + b`, in real arithmetic (what a linear model's
+    /// weights absorb).
+    pub fn affine(&self, j: usize) -> (f64, f64) {
+        self.ops.iter().fold((1.0, 0.0), |(a, b), op| {
+            let (a2, b2) = op.affine(j);
+            (a * a2, b * a2 + b2)
+        })
+    }
+
+    /// The operators' names, in order ("Scaler", "Mul, Add").
+    pub fn describe(&self) -> String {
+        self.ops
+            .iter()
+            .map(ElemOp::op_type)
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+
+    /// What a scikit-learn user would call it: skl2onnx writes `StandardScaler` (and
+    /// `RobustScaler`, `MaxAbsScaler`) as one `Scaler`, `MinMaxScaler` as `Mul` then `Add`.
+    pub fn likely_source(&self) -> &'static str {
+        match self.ops.as_slice() {
+            [ElemOp::Scaler(_)] => "StandardScaler",
+            [ElemOp::Mul(_), ElemOp::Add(_)] => "MinMaxScaler",
+            _ => "affine preprocessing",
+        }
+    }
 }
 
 impl Mlp {
@@ -325,6 +439,14 @@ impl FloatModel {
 
 impl Linear {
     fn predict(&self, x: &[f32]) -> FloatPrediction {
+        let scaled;
+        let x = match &self.pre {
+            Some(p) => {
+                scaled = p.apply(x);
+                scaled.as_slice()
+            }
+            None => x,
+        };
         let mut z: Vec<f32> = self
             .coefficients
             .iter()

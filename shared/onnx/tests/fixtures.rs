@@ -63,6 +63,12 @@ fn scikit_learn_and_xgboost_models_match_onnx_runtime() {
         ("bc-gb-20x4", "TreeEnsembleClassifier"),
         ("bc-xgb-20x4", "TreeEnsembleClassifier"),
         ("iris-rf-10x3", "TreeEnsembleClassifier"),
+        // Preprocessing folded in, LightGBM through onnxmltools.
+        ("iris-scaler-logistic", "LinearClassifier"),
+        ("bc-scaler-logistic", "LinearClassifier"),
+        ("bc-scaler-tree-d3", "TreeEnsembleClassifier"),
+        ("bc-minmax-rf-10x3", "TreeEnsembleClassifier"),
+        ("bc-lgbm-20x15", "TreeEnsembleClassifier"),
     ] {
         let accuracy = check(name, op, "probabilities").unwrap();
         let (_, exp) = fixture(name);
@@ -75,9 +81,45 @@ fn scikit_learn_and_xgboost_models_match_onnx_runtime() {
     for (name, op) in [
         ("iris-rf-regressor", "TreeEnsembleRegressor"),
         ("iris-linear-regressor", "LinearRegressor"),
+        ("iris-scaler-linear-regressor", "LinearRegressor"),
+        ("iris-minmax-rf-regressor", "TreeEnsembleRegressor"),
     ] {
         assert!(check(name, op, "variable").is_none());
     }
+    assert!(check("iris-lgbm-regressor", "TreeEnsembleRegressor", "variable").is_none());
+}
+
+#[test]
+fn what_was_folded_is_reported() {
+    let folded = |name: &str| {
+        let (bytes, _) = fixture(name);
+        import_onnx(&bytes).unwrap().folded
+    };
+    let f = folded("bc-scaler-logistic");
+    assert!(
+        f.len() == 1 && f[0].contains("StandardScaler") && f[0].contains("weights"),
+        "{f:?}"
+    );
+    let f = folded("bc-minmax-rf-10x3");
+    assert!(
+        f.len() == 1 && f[0].contains("MinMaxScaler (Mul, Add)") && f[0].contains("thresholds"),
+        "{f:?}"
+    );
+    let f = folded("bc-lgbm-20x15");
+    assert!(f.len() == 1 && f[0].contains("identity"), "{f:?}");
+    assert!(folded("bc-rf-20x4").is_empty());
+    // The scaler is gone from the trees: thresholds are on the raw features.
+    let (bytes, _) = fixture("bc-scaler-tree-d3");
+    let FloatModel::Trees(e) = import_onnx(&bytes).unwrap().model else {
+        panic!()
+    };
+    assert_eq!(e.trees.len(), 1);
+    assert!(e.trees[0].depth() <= 3);
+    let (bytes, _) = fixture("bc-scaler-logistic");
+    let FloatModel::Linear(l) = import_onnx(&bytes).unwrap().model else {
+        panic!()
+    };
+    assert!(l.pre.is_some());
 }
 
 #[test]
@@ -105,15 +147,29 @@ fn ensembles_have_the_exported_shape() {
 
 #[test]
 fn unsupported_models_are_refused_naming_what_is_missing() {
-    for name in ["unsupported-svc", "unsupported-scaler-pipeline"] {
+    let (bytes, exp) = fixture("unsupported-svc");
+    let op = exp["note"].as_str().unwrap();
+    let e = import_onnx(&bytes).unwrap_err();
+    assert!(
+        matches!(&e, ImportError::UnsupportedOperator { op_type, .. } if op_type == op),
+        "{e}"
+    );
+    assert!(e.to_string().contains(op), "{e}");
+    for (name, advice) in [
+        (
+            "unsupported-imputer-pipeline",
+            "export the model without the Imputer and impute before encrypting",
+        ),
+        ("unsupported-normalizer-pipeline", "normalize the records"),
+    ] {
         let (bytes, exp) = fixture(name);
         let op = exp["note"].as_str().unwrap();
         let e = import_onnx(&bytes).unwrap_err();
         assert!(
-            matches!(&e, ImportError::UnsupportedOperator { op_type, .. } if op_type == op),
+            matches!(&e, ImportError::UnsupportedPreprocessing { op_type, .. } if op_type == op),
             "{name}: {e}"
         );
-        assert!(e.to_string().contains(op), "{e}");
+        assert!(e.to_string().contains(advice), "{e}");
     }
     assert!(matches!(
         import_onnx(b"not a protobuf \xff\xff"),

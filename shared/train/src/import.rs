@@ -1,10 +1,13 @@
 //! One compile entry point for models imported from ONNX, whatever their family: a linear
-//! model is converted ([`crate::onnx::from_onnx`]) and compiled like a trained one
-//! ([`crate::compile`]); a tree ensemble is quantized, planned and packaged
-//! ([`crate::trees`]). Either way the caller gets the package to write and the figures to
-//! report, as [`crate::train`] + [`crate::compile`] give them for trained models.
+//! model is converted ([`crate::onnx::from_onnx`], a scaler in front folded into its weights)
+//! and compiled like a trained one ([`crate::compile`]); a tree ensemble (a scaler in front
+//! already folded into its thresholds by `fhe-batch-onnx`) is quantized, planned and packaged
+//! ([`crate::trees`]); a network is compiled by [`crate::mlp`]. Either way the caller gets the
+//! package to write and the figures to report, as [`crate::train`] + [`crate::compile`] give
+//! them for trained models; regressors also get their error figures ([`RegressionErrors`]).
 
 use crate::data::{Dataset, Target};
+use crate::metrics::{RegressionErrors, regression_errors};
 use crate::model::TrainError;
 use crate::trees::{TreeReport, labelled_rows, package_forest, quantize_trees, tree_report};
 use fhe_batch_core::budget::ChunkBudget;
@@ -80,6 +83,8 @@ pub enum ImportSummary {
 pub struct CompiledImport {
     pub package: ModelPackage,
     pub summary: ImportSummary,
+    /// Regressors: float against quantized MAE, RMSE and R^2 on the evaluation records.
+    pub regression: Option<RegressionErrors>,
 }
 
 /// Compiles an imported model for encrypted evaluation, dispatching on its family.
@@ -97,6 +102,7 @@ pub fn compile_imported(
                 .records_per_chunk(summary.pbs_per_record, options.params.polynomial_size());
             Ok(CompiledImport {
                 package: c.package,
+                regression: summary.errors,
                 summary: ImportSummary::NeuralNetwork(summary),
             })
         }
@@ -112,9 +118,18 @@ pub fn compile_imported(
                 options.params,
             )?;
             package.manifest.report.evaluated_on = data.evaluated_on.into();
+            // Linear result values are the scores: the client part reads them directly.
+            let quantized = |x: &[f64]| {
+                let client = package.client.family_impl();
+                client
+                    .predict(&package.server.eval_plain(&client.columns(x)))
+                    .scores[0]
+            };
+            let regression = regression_errors(data.eval, &|x| model.logits(x)[0], &quantized);
             Ok(CompiledImport {
                 package,
                 summary: ImportSummary::Linear,
+                regression,
             })
         }
     }
@@ -136,7 +151,7 @@ fn compile_trees(
         Target::Classes { names, .. } => Some(names.as_slice()),
         _ => None,
     };
-    let package = package_forest(
+    let mut package = package_forest(
         e,
         &c,
         data.all.feature_names.clone(),
@@ -145,6 +160,35 @@ fn compile_trees(
         report.as_ref(),
         data.evaluated_on,
     )?;
+    // Regressors: error figures, and the package's report in R^2 as linear regressors have it.
+    let float_model = fhe_batch_onnx::FloatModel::Trees(e.clone());
+    let float = |x: &[f64]| {
+        let x: Vec<f32> = x.iter().map(|&v| v as f32).collect();
+        float_model.predict(&x).scores[0] as f64
+    };
+    // The integer reference read out as the client reads decrypted scores.
+    let quantized = |x: &[f64]| {
+        let x: Vec<f32> = x.iter().map(|&v| v as f32).collect();
+        crate::trees::predict_quantized(e, &c.model, &x).scores[0] as f64
+    };
+    let regression = match (&e.task, &data.eval.y) {
+        (fhe_batch_onnx::OnnxTask::Regressor { targets: 1 }, Target::Values(_))
+            if e.n_features == data.eval.n_features() =>
+        {
+            let errors = regression_errors(data.eval, &float, &quantized);
+            if let Some(r) = &errors {
+                package.manifest.report = fhe_batch_core::model::CompileReport {
+                    evaluated_on: data.evaluated_on.to_string(),
+                    records: r.records,
+                    float_score: r.float.r2,
+                    quantized_score: r.quantized.r2,
+                    agreement: r.agreement,
+                };
+            }
+            errors
+        }
+        _ => None,
+    };
     let pbs_per_record = c.plan.pbs_per_record();
     let summary = TreeSummary {
         trees: c.model.trees.len(),
@@ -163,6 +207,7 @@ fn compile_trees(
     Ok(CompiledImport {
         package,
         summary: ImportSummary::TreeEnsemble(summary),
+        regression,
     })
 }
 
@@ -267,5 +312,88 @@ mod tests {
             .expect("a classifier with the data set's labels");
         assert!(r.quantized_accuracy > 0.8, "{r:?}");
         assert_eq!(c.package.manifest.report.evaluated_on, "holdout");
+    }
+
+    /// Iris petal width from the other three measurements (the export script's regressors).
+    fn iris_petal_width() -> Dataset {
+        let iris = read_labelled_csv(&root().join("data/iris.csv"), "label", Task::Auto).unwrap();
+        let rows: Vec<&[f64]> = (0..iris.len()).map(|i| iris.row(i)).collect();
+        Dataset {
+            feature_names: iris.feature_names[..3].to_vec(),
+            target_name: iris.feature_names[3].clone(),
+            x: rows.iter().flat_map(|r| r[..3].to_vec()).collect(),
+            y: Target::Values(rows.iter().map(|r| r[3]).collect()),
+        }
+    }
+
+    #[test]
+    fn regressors_report_mae_rmse_and_r2_float_against_quantized() {
+        let ds = iris_petal_width();
+        let (calibration, eval) = ds.split(0.2, 42);
+        let data = ImportData {
+            all: &ds,
+            calibration: &calibration,
+            eval: &eval,
+            evaluated_on: "holdout",
+        };
+        for name in [
+            "iris-linear-regressor",
+            "iris-scaler-linear-regressor",
+            "iris-rf-regressor",
+            "iris-minmax-rf-regressor",
+            "iris-lgbm-regressor",
+        ] {
+            let bytes = std::fs::read(
+                root()
+                    .join("tests/fixtures/onnx")
+                    .join(format!("{name}.onnx")),
+            )
+            .unwrap();
+            let imported = fhe_batch_onnx::import_onnx(&bytes).unwrap();
+            let c = compile_imported(&imported, data, &ImportOptions::default()).unwrap();
+            let r = c
+                .regression
+                .unwrap_or_else(|| panic!("{name}: no error figures"));
+            eprintln!("{name}: {r:?}");
+            assert_eq!(r.records, eval.len());
+            for e in [r.float, r.quantized] {
+                // Petal width spans 0.1..2.5 cm: these models are within a few millimetres.
+                assert!(e.mae > 0.0 && e.mae < 0.25, "{name}: {r:?}");
+                assert!(e.rmse >= e.mae && e.rmse < 0.3, "{name}: {r:?}");
+                assert!(e.r2 > 0.85 && e.r2 <= 1.0, "{name}: {r:?}");
+            }
+            assert!((r.float.r2 - r.quantized.r2).abs() < 0.02, "{name}: {r:?}");
+            assert!(r.encrypted_simulated.is_none());
+            // The package's report carries the same R^2 figures.
+            let report = &c.package.manifest.report;
+            assert_eq!(report.records, eval.len(), "{name}");
+            assert!((report.float_score - r.float.r2).abs() < 1e-9, "{name}");
+            assert!(
+                (report.quantized_score - r.quantized.r2).abs() < 1e-9,
+                "{name}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_scaler_in_front_of_a_linear_model_is_folded_into_its_weights() {
+        let c = compile("bc-scaler-logistic.onnx");
+        let r = &c.package.manifest.report;
+        assert!(r.float_score > 0.93 && r.agreement > 0.97, "{r:?}");
+        assert!(c.regression.is_none());
+        // The same weights as the float pipeline: predictions agree with onnxruntime's labels.
+        let bytes =
+            std::fs::read(root().join("tests/fixtures/onnx/bc-scaler-logistic.onnx")).unwrap();
+        let imported = fhe_batch_onnx::import_onnx(&bytes).unwrap();
+        let ds =
+            read_labelled_csv(&root().join("data/breast_cancer.csv"), "label", Task::Auto).unwrap();
+        let folded = crate::onnx::from_onnx(&imported, &ds).unwrap();
+        let (mut agree, n) = (0, ds.len());
+        for i in 0..n {
+            let x: Vec<f32> = ds.row(i).iter().map(|&v| v as f32).collect();
+            let label = imported.model.predict(&x).label.unwrap();
+            agree += usize::from(label == folded.predict_class(ds.row(i)).to_string());
+        }
+        assert!(agree >= n - 1, "{agree} of {n}");
     }
 }

@@ -17,6 +17,7 @@
 
 use crate::data::{Dataset, Target};
 use crate::import::{ImportData, ImportOptions};
+use crate::metrics::{ErrorFigures, RegressionErrors};
 use crate::model::TrainError;
 use fhe_batch_core::mlp::{HiddenLayer, MlpClient, MlpProof, MlpServer, Neuron};
 use fhe_batch_core::model::{
@@ -48,19 +49,11 @@ pub struct MlpSummary {
     /// Share of records whose simulated encrypted prediction equals the integer reference's
     /// (regressors: lies within 1% of the target range of it).
     pub simulated_agreement: f64,
-    /// Regressors: mean absolute error against the target of the float network, of the
-    /// integer reference, and of the simulated encrypted predictions.
-    pub mae: Option<RegressionErrors>,
+    /// Regressors: error figures (MAE, RMSE, R^2) against the target of the float network, of
+    /// the integer reference, and of the simulated encrypted predictions.
+    pub errors: Option<RegressionErrors>,
     /// Records per chunk at the parameters' polynomial size (set by the caller's budget).
     pub records_per_chunk: usize,
-}
-
-/// Mean absolute errors of a regressor against the target, on the evaluation records.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct RegressionErrors {
-    pub float: f64,
-    pub quantized: f64,
-    pub encrypted_simulated: f64,
 }
 
 /// A compiled network: its package and summary.
@@ -482,7 +475,7 @@ pub fn compile_mlp(
         let summary_layers: Vec<usize> = std::iter::once(f)
             .chain(mlp.layers.iter().map(|l| l.outputs))
             .collect();
-        let (report, simulated, mae) = report(
+        let (report, simulated, errors) = report(
             mlp,
             &server,
             &client,
@@ -510,7 +503,7 @@ pub fn compile_mlp(
             score_error_ratio: proof.score_error.iter().cloned().fold(0f64, f64::max) / widest,
             report: report.clone(),
             simulated_agreement: simulated,
-            mae,
+            errors,
             records_per_chunk: 0,
         };
         let package = ModelPackage::build(
@@ -622,12 +615,7 @@ fn report(
     let f = mlp.n_features;
     let mut rng = rand::rngs::StdRng::seed_from_u64(11);
     let (mut float_ok, mut quant_ok, mut agree, mut sim_agree) = (0usize, 0usize, 0usize, 0usize);
-    let (mut se_f, mut se_q, mut ss) = (0f64, 0f64, 0f64);
-    let (mut ae_f, mut ae_q, mut ae_s) = (0f64, 0f64, 0f64);
-    let truth_mean = match &eval.y {
-        Target::Values(v) => v.iter().sum::<f64>() / v.len().max(1) as f64,
-        _ => 0.0,
-    };
+    let (mut pred_f, mut pred_q, mut pred_s) = (Vec::new(), Vec::new(), Vec::new());
     let records = eval.len();
     for i in 0..records {
         let xf: Vec<f32> = eval.x[i * f..(i + 1) * f]
@@ -658,12 +646,9 @@ fn report(
             }
             Target::Values(v) => {
                 let (yf, yq, ys) = (fp.scores[0] as f64, q.scores[0], s.scores[0]);
-                ae_f += (yf - v[i]).abs();
-                ae_q += (yq - v[i]).abs();
-                ae_s += (ys - v[i]).abs();
-                se_f += (yf - v[i]).powi(2);
-                se_q += (yq - v[i]).powi(2);
-                ss += (v[i] - truth_mean).powi(2);
+                pred_f.push(yf);
+                pred_q.push(yq);
+                pred_s.push(ys);
                 let tol = 0.01 * (eval_range(v)).max(1e-12);
                 agree += usize::from((yq - yf).abs() <= tol);
                 sim_agree += usize::from((ys - yq).abs() <= tol);
@@ -671,9 +656,19 @@ fn report(
         }
     }
     let r = records.max(1) as f64;
-    let (float_score, quantized_score) = match &eval.y {
-        Target::Classes { .. } => (float_ok as f64 / r, quant_ok as f64 / r),
-        Target::Values(_) => (1.0 - se_f / ss.max(1e-12), 1.0 - se_q / ss.max(1e-12)),
+    let errors = match &eval.y {
+        Target::Values(v) => Some(RegressionErrors {
+            records,
+            float: ErrorFigures::of(&pred_f, v),
+            quantized: ErrorFigures::of(&pred_q, v),
+            encrypted_simulated: Some(ErrorFigures::of(&pred_s, v)),
+            agreement: crate::metrics::regression_agreement(&pred_f, &pred_q, v),
+        }),
+        Target::Classes { .. } => None,
+    };
+    let (float_score, quantized_score) = match &errors {
+        None => (float_ok as f64 / r, quant_ok as f64 / r),
+        Some(e) => (e.float.r2, e.quantized.r2),
     };
     (
         CompileReport {
@@ -684,11 +679,7 @@ fn report(
             agreement: agree as f64 / r,
         },
         sim_agree as f64 / r,
-        matches!(eval.y, Target::Values(_)).then_some(RegressionErrors {
-            float: ae_f / r,
-            quantized: ae_q / r,
-            encrypted_simulated: ae_s / r,
-        }),
+        errors,
     )
 }
 

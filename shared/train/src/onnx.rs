@@ -1,5 +1,7 @@
 //! Models trained elsewhere: an imported ONNX linear model becomes the same [`LinearFloatModel`] that
-//! training produces, so it is quantized, proven and packaged the same way.
+//! training produces, so it is quantized, proven and packaged the same way. A scaler in front
+//! of it ([`fhe_batch_onnx::Preprocess`]: skl2onnx's `StandardScaler`, `MinMaxScaler`) is folded
+//! into the weights: `w . (a x + b) + c = (w a) . x + (c + w . b)`.
 
 use crate::data::{Dataset, Target};
 use crate::model::{LinearFloatModel, TrainError};
@@ -46,7 +48,33 @@ pub fn from_onnx(imported: &Imported, data: &Dataset) -> Result<LinearFloatModel
             linear.n_features
         )));
     }
-    let row = |r: usize| linear.coefficients[r].iter().map(|&w| w as f64);
+    // Weights on the raw features: the preprocessing `x' = a x + b` folded in (in f64).
+    let affine: Vec<(f64, f64)> = (0..f)
+        .map(|j| linear.pre.as_ref().map_or((1.0, 0.0), |p| p.affine(j)))
+        .collect();
+    let rows: Vec<Vec<f64>> = linear
+        .coefficients
+        .iter()
+        .map(|r| {
+            r.iter()
+                .zip(&affine)
+                .map(|(&w, (a, _))| w as f64 * a)
+                .collect()
+        })
+        .collect();
+    let intercepts: Vec<f64> = linear
+        .coefficients
+        .iter()
+        .zip(&linear.intercepts)
+        .map(|(r, &c)| {
+            c as f64
+                + r.iter()
+                    .zip(&affine)
+                    .map(|(&w, (_, b))| w as f64 * b)
+                    .sum::<f64>()
+        })
+        .collect();
+    let row = |r: usize| rows[r].iter().copied();
     let (kind, classes, weights, bias): (LinearTask, Vec<String>, Vec<f64>, Vec<f64>) =
         match (&linear.task, &data.y) {
             (OnnxTask::Regressor { targets }, Target::Values(_)) => {
@@ -59,7 +87,7 @@ pub fn from_onnx(imported: &Imported, data: &Dataset) -> Result<LinearFloatModel
                     LinearTask::Regression,
                     Vec::new(),
                     row(0).collect(),
-                    vec![linear.intercepts[0] as f64],
+                    vec![intercepts[0]],
                 )
             }
             (OnnxTask::Classifier { labels }, Target::Classes { names, .. }) => {
@@ -71,17 +99,17 @@ pub fn from_onnx(imported: &Imported, data: &Dataset) -> Result<LinearFloatModel
                 if classes.len() == 2 {
                     // One logit: class 1's score against class 0's.
                     let (w, b): (Vec<f64>, f64) = if rows == 1 {
-                        (row(0).collect(), linear.intercepts[0] as f64)
+                        (row(0).collect(), intercepts[0])
                     } else if linear.coefficients[0]
                         .iter()
                         .zip(&linear.coefficients[1])
                         .all(|(a, b)| *a == -*b)
                     {
-                        (row(1).collect(), linear.intercepts[1] as f64)
+                        (row(1).collect(), intercepts[1])
                     } else {
                         (
                             row(1).zip(row(0)).map(|(a, b)| a - b).collect(),
-                            (linear.intercepts[1] - linear.intercepts[0]) as f64,
+                            intercepts[1] - intercepts[0],
                         )
                     };
                     (LinearTask::BinaryLogistic, classes, w, vec![b])
@@ -90,7 +118,7 @@ pub fn from_onnx(imported: &Imported, data: &Dataset) -> Result<LinearFloatModel
                         LinearTask::MultinomialLogistic,
                         classes,
                         (0..rows).flat_map(row).collect(),
-                        linear.intercepts.iter().map(|&b| b as f64).collect(),
+                        intercepts.clone(),
                     )
                 }
             }

@@ -42,6 +42,9 @@ fn thermometer_bits_reach_the_float_models_leaves() {
         "bc-gb-20x4",
         "bc-xgb-20x4",
         "iris-rf-10x3",
+        "bc-scaler-tree-d3",
+        "bc-minmax-rf-10x3",
+        "bc-lgbm-20x15",
     ] {
         let (e, rows) = load(name);
         let q = quantize_trees(&e).unwrap().model;
@@ -92,6 +95,9 @@ fn leaves_sized_to_the_noise_budget_stay_within_one_point_of_float_accuracy() {
         ("bc-gb-20x4", 160),
         ("bc-xgb-20x4", 160),
         ("iris-rf-10x3", 70),
+        ("bc-scaler-tree-d3", 8),
+        ("bc-minmax-rf-10x3", 70),
+        ("bc-lgbm-20x15", 160),
     ] {
         let (e, rows) = load(name);
         let c = quantize_trees(&e).unwrap();

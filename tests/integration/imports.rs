@@ -1,0 +1,135 @@
+//! Models users bring with preprocessing in front (issue 12): scikit-learn pipelines whose
+//! scaler the importer folds into the model (a StandardScaler in front of a logistic regression
+//! and of a decision tree) go through `compile_imported`, the pipeline and decryption, and every
+//! decrypted score equals the integer reference, computed from the raw records.
+
+use crate::common::*;
+use fhe_batch_core::format::ChunkLayout;
+use fhe_batch_core::job::JobState;
+use fhe_batch_core::layout;
+use fhe_batch_core::model::{ClientBody, ModelPackage};
+use fhe_batch_core::pipeline::{Worker, WorkerConfig};
+use fhe_batch_core::ports::ObjectStore;
+use fhe_batch_fhe::FheEvaluator;
+use fhe_batch_train::import::{ImportData, ImportOptions, compile_imported};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Imports and compiles a bundled breast-cancer pipeline, as `fhe-batch import` does.
+fn compile(name: &str) -> (ModelPackage, Vec<String>) {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/onnx");
+    let bytes = std::fs::read(dir.join(format!("{name}.onnx"))).unwrap();
+    let imported = fhe_batch_onnx::import_onnx(&bytes).unwrap();
+    let ds = fhe_batch_train::data::read_labelled_csv(
+        &data_path("breast_cancer.csv"),
+        "label",
+        fhe_batch_train::Task::Classification,
+    )
+    .unwrap();
+    let (calibration, eval) = ds.split(0.2, 42);
+    let data = ImportData {
+        all: &ds,
+        calibration: &calibration,
+        eval: &eval,
+        evaluated_on: "holdout",
+    };
+    let c = compile_imported(&imported, data, &ImportOptions::default()).unwrap();
+    (c.package, imported.folded)
+}
+
+/// Runs `records` breast-cancer rows through ingest, one worker and decryption; returns the
+/// decrypted integer scores and the reference's.
+async fn round_trip(pkg: &ModelPackage, records: usize) -> (Vec<i64>, Vec<i64>) {
+    let ds = fhe_batch_train::data::read_labelled_csv(
+        &data_path("breast_cancer.csv"),
+        "label",
+        fhe_batch_train::Task::Classification,
+    )
+    .unwrap();
+    let rows: Vec<Vec<f64>> = (0..records).map(|i| ds.row(i).to_vec()).collect();
+    let env = Env::new().await;
+    publish(&env.store, pkg).await;
+    let eval_key = match &pkg.client.body {
+        ClientBody::TreeEnsemble(_) => {
+            // The tree tests' evaluation key: same secret key, generated once per test binary.
+            let t = crate::trees::tree();
+            env.store
+                .put(
+                    &layout::eval_key(&crate::trees::key_id()),
+                    t.key_bytes.clone(),
+                )
+                .await
+                .unwrap();
+            Some(crate::trees::key_id())
+        }
+        _ => None,
+    };
+    let cols: Vec<u64> = rows.iter().flat_map(|r| pkg.client.columns(r)).collect();
+    let batch = fhe_batch_fhe::batch::encrypt_batch_with(
+        key(),
+        &pkg.client,
+        pkg.manifest.model_id,
+        &cols,
+        ChunkLayout {
+            records_per_chunk: 16,
+            eval_key,
+        },
+        &|_| {},
+    );
+    let q = queue(Duration::from_secs(60));
+    let job = env.upload("imported", batch).await;
+    env.ingest(&q, &job).await;
+    let worker = Arc::new(Worker::new(
+        env.store.clone(),
+        FheEvaluator::new(None),
+        WorkerConfig { max_receives: 5 },
+    ));
+    drain(worker, &q, 1).await;
+    let st = env.status(&job).await;
+    assert_eq!(st.state, JobState::Succeeded, "{st:?}");
+    let mut files = Vec::new();
+    for k in env.store.list(&layout::results_prefix(&job)).await.unwrap() {
+        files.push((k.clone(), env.store.get(&k, 1 << 30).await.unwrap()));
+    }
+    let got = fhe_batch_fhe::batch::decrypt_job(
+        key(),
+        &pkg.client,
+        &pkg.manifest.model_id,
+        &files,
+        &|_| {},
+    )
+    .unwrap();
+    let want = rows
+        .iter()
+        .flat_map(|r| {
+            let values = pkg.server.eval_plain(&pkg.client.columns(r));
+            match &pkg.client.body {
+                ClientBody::TreeEnsemble(f) => {
+                    let sums: Vec<u64> = values.iter().map(|&v| v as u64).collect();
+                    f.slots.scores(&sums)
+                }
+                _ => values,
+            }
+        })
+        .collect();
+    (got, want)
+}
+
+#[tokio::test]
+async fn a_scaler_and_logistic_pipeline_decrypts_to_the_integer_reference() {
+    let (pkg, folded) = compile("bc-scaler-logistic");
+    assert!(folded[0].contains("folded into the weights"), "{folded:?}");
+    let (got, want) = round_trip(&pkg, 40).await;
+    assert_eq!(got.len(), 40);
+    assert_eq!(got, want);
+}
+
+#[tokio::test]
+async fn a_scaler_and_tree_pipeline_decrypts_to_the_integer_reference() {
+    let (pkg, folded) = compile("bc-scaler-tree-d3");
+    assert!(folded[0].contains("thresholds"), "{folded:?}");
+    // 4 bootstraps per record: 24 records stay cheap.
+    let (got, want) = round_trip(&pkg, 24).await;
+    assert_eq!(got.len(), 24 * pkg.client.family_impl().n_scores());
+    assert_eq!(got, want);
+}
