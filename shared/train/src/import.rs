@@ -285,6 +285,7 @@ mod tests {
             model: as_mlp,
             producer: "test".into(),
             op_type: "MLP".into(),
+            folded: Vec::new(),
         };
         let (calibration, eval) = ds.split(0.2, 42);
         let data = ImportData {

@@ -194,6 +194,7 @@ pub fn mlp_as_linear(m: &fhe_batch_onnx::Mlp) -> Linear {
     Linear {
         task: m.task.clone(),
         n_features: m.n_features,
+        pre: None,
         coefficients,
         intercepts,
         post: m.post,
