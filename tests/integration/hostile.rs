@@ -69,7 +69,7 @@ fn files(dir: &Path) -> Vec<PathBuf> {
 #[test]
 fn fuzz_seeds_and_hostile_corpus_replay_cleanly() {
     type Target = fn(&[u8]);
-    let targets: [(&str, Target); 8] = [
+    let targets: [(&str, Target); 9] = [
         ("batch", fuzz::batch),
         ("chunk", fuzz::chunk),
         ("result", fuzz::result),
@@ -80,6 +80,12 @@ fn fuzz_seeds_and_hostile_corpus_replay_cleanly() {
         ("key_file", |data| {
             if let Ok(key) = fhe_batch_fhe::SecretKey::from_bytes(data) {
                 assert_eq!(key.to_bytes(), data);
+            }
+        }),
+        ("onnx", |data| {
+            if let Ok(imported) = fhe_batch_onnx::import_onnx(data) {
+                let x = vec![0.5f32; imported.model.n_features()];
+                let _ = imported.model.predict(&x);
             }
         }),
     ];
