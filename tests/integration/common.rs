@@ -106,15 +106,21 @@ impl Env {
         ))
     }
 
+    /// Every result file of a job, with its key.
+    pub async fn results(&self, job: &JobId) -> Vec<(String, Vec<u8>)> {
+        let mut files = Vec::new();
+        for k in self.store.list(&layout::results_prefix(job)).await.unwrap() {
+            files.push((k.clone(), self.store.get(&k, 1 << 30).await.unwrap()));
+        }
+        files
+    }
+
     /// Decrypts a finished job and checks every record against the plaintext reference.
     pub async fn assert_exact(&self, job: &JobId, quantized: &[u64]) {
         let st = self.status(job).await;
         assert_eq!(st.state, JobState::Succeeded, "{st:?}");
         let pkg = iris_package();
-        let mut files = Vec::new();
-        for k in self.store.list(&layout::results_prefix(job)).await.unwrap() {
-            files.push((k.clone(), self.store.get(&k, 1 << 30).await.unwrap()));
-        }
+        let files = self.results(job).await;
         assert_eq!(files.len() as u32, st.chunks_total, "one result per chunk");
         let logits = fhe_batch_fhe::batch::decrypt_job(
             key(),

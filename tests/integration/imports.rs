@@ -87,10 +87,7 @@ async fn round_trip(pkg: &ModelPackage, records: usize) -> (Vec<i64>, Vec<i64>) 
     drain(worker, &q, 1).await;
     let st = env.status(&job).await;
     assert_eq!(st.state, JobState::Succeeded, "{st:?}");
-    let mut files = Vec::new();
-    for k in env.store.list(&layout::results_prefix(&job)).await.unwrap() {
-        files.push((k.clone(), env.store.get(&k, 1 << 30).await.unwrap()));
-    }
+    let files = env.results(&job).await;
     let got = fhe_batch_fhe::batch::decrypt_job(
         key(),
         &pkg.client,

@@ -85,10 +85,7 @@ async fn an_mlp_job_decrypts_within_the_proven_error_of_the_reference() {
     drain(worker, &q, 2).await;
     let st = env.status(&job).await;
     assert_eq!(st.state, JobState::Succeeded, "{st:?}");
-    let mut files = Vec::new();
-    for k in env.store.list(&layout::results_prefix(&job)).await.unwrap() {
-        files.push((k.clone(), env.store.get(&k, 1 << 30).await.unwrap()));
-    }
+    let files = env.results(&job).await;
     let scores = fhe_batch_fhe::batch::decrypt_job(
         key(),
         &pkg.client,

@@ -214,10 +214,7 @@ async fn a_tree_job_runs_with_the_key_loaded_once_and_decrypts_exactly() {
     assert!(matches!(outcome, IngestOutcome::Queued { chunks: 3, .. }));
     let st = env.status(&job).await;
     assert_eq!(st.state, JobState::Succeeded, "{st:?}");
-    let mut files = Vec::new();
-    for k in env.store.list(&layout::results_prefix(&job)).await.unwrap() {
-        files.push((k.clone(), env.store.get(&k, 1 << 30).await.unwrap()));
-    }
+    let files = env.results(&job).await;
     let scores = fhe_batch_fhe::batch::decrypt_job(
         key(),
         &t.pkg.client,

@@ -2,44 +2,16 @@
 //! reference exactly; the evaluation key goes through tfhe's safe, parameter-checked
 //! deserialization; the noise constants of the compile-time proof are tfhe's own formulas.
 
-use fhe_batch_core::format::{ChunkShape, ResultHeader};
 use fhe_batch_core::ids::ModelId;
 use fhe_batch_core::model::{
     ClientBody, ClientModel, CompileReport, ModelPackage, ServerBody, ServerModel,
 };
-use fhe_batch_core::params::ParamSet;
-use fhe_batch_core::pipeline::{ChunkEvaluator, ChunkInput};
 use fhe_batch_core::tree::{self, ForestClient, QNode, QTree, Threshold, TreeModel};
 use fhe_batch_fhe::forest::{EvalKey, PreparedEvalKey, eval_key_id};
-use fhe_batch_fhe::glwe::encrypt_columns;
-use fhe_batch_fhe::{FheEvaluator, SecretKey};
 use rand::{Rng, SeedableRng};
-use std::sync::OnceLock;
 
-const PARAMS: ParamSet = ParamSet::Glwe2048TUniform17;
-
-struct Keys {
-    secret: SecretKey,
-    bytes: Vec<u8>,
-    evaluator: FheEvaluator,
-}
-
-fn keys() -> &'static Keys {
-    static K: OnceLock<Keys> = OnceLock::new();
-    K.get_or_init(|| {
-        let secret = SecretKey::generate(PARAMS);
-        let bytes = EvalKey::generate(&secret).to_bytes();
-        let evaluator = FheEvaluator::new(None);
-        evaluator
-            .install_eval_key(&eval_key_id(&bytes), bytes.clone())
-            .unwrap();
-        Keys {
-            secret,
-            bytes,
-            evaluator,
-        }
-    })
-}
+mod common;
+use common::{PARAMS, keys};
 
 /// A package around a quantized ensemble, as the compiler builds it.
 fn package(model: &TreeModel, labels: Vec<String>) -> ModelPackage {
@@ -68,43 +40,8 @@ fn package(model: &TreeModel, labels: Vec<String>) -> ModelPackage {
 
 /// Encrypts bit records, evaluates through the worker's evaluator, decrypts.
 fn run(pkg: &ModelPackage, bits: &[Vec<bool>], slots: usize) -> Vec<i64> {
-    let k = keys();
-    let cols = pkg.client.input_columns();
     let values: Vec<u64> = bits.iter().flatten().map(|&b| u64::from(b)).collect();
-    let shape = ChunkShape {
-        input_columns: cols as u32,
-        records_per_chunk: slots as u32,
-    };
-    let payload = encrypt_columns(&k.secret, shape, 5, &values);
-    let id = eval_key_id(&k.bytes);
-    let body = k
-        .evaluator
-        .evaluate(
-            &pkg.server,
-            &ChunkInput {
-                payload: &payload,
-                records: bits.len() as u32,
-                records_per_chunk: slots as u32,
-                eval_key: Some(&id),
-            },
-        )
-        .unwrap();
-    let header = ResultHeader {
-        params: PARAMS,
-        ciphertexts: pkg.server.output_ciphertexts(bits.len() as u32, 2048),
-        chunk_index: 0,
-        chunk_count: 1,
-        records: bits.len() as u32,
-        output_bits: pkg.server.output_bits(),
-        model_id: pkg.manifest.model_id,
-        key_fingerprint: k.secret.fingerprint(),
-        first_record: 0,
-        binding: None,
-    };
-    let bytes = header.encode(&body);
-    fhe_batch_fhe::batch::decrypt_result(&k.secret, &pkg.client, &pkg.manifest.model_id, &bytes)
-        .unwrap()
-        .1
+    common::run_chunk(pkg, &values, bits.len(), slots)
 }
 
 /// A random tree of depth <= `depth` over `bits` thermometer bits with leaves in `[-r, r]`.

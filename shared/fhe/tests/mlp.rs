@@ -2,43 +2,14 @@
 //! position semantics the proof in `fhe_batch_core::mlp` assumes), and decrypted scores
 //! within the proven error of the integer reference.
 
-use fhe_batch_core::format::{ChunkShape, ResultHeader};
 use fhe_batch_core::mlp::{HiddenLayer, MlpClient, MlpServer, Neuron};
 use fhe_batch_core::model::{
     ClientBody, ClientModel, CompileReport, ModelPackage, Quantizer, ServerBody, ServerModel,
 };
-use fhe_batch_core::params::ParamSet;
-use fhe_batch_core::pipeline::{ChunkEvaluator, ChunkInput};
 use fhe_batch_core::tree::PostTransform;
-use fhe_batch_fhe::forest::{EvalKey, eval_key_id};
-use fhe_batch_fhe::glwe::encrypt_columns;
-use fhe_batch_fhe::{FheEvaluator, SecretKey};
-use std::sync::OnceLock;
 
-const PARAMS: ParamSet = ParamSet::Glwe2048TUniform17;
-
-struct Keys {
-    secret: SecretKey,
-    bytes: Vec<u8>,
-    evaluator: FheEvaluator,
-}
-
-fn keys() -> &'static Keys {
-    static K: OnceLock<Keys> = OnceLock::new();
-    K.get_or_init(|| {
-        let secret = SecretKey::generate(PARAMS);
-        let bytes = EvalKey::generate(&secret).to_bytes();
-        let evaluator = FheEvaluator::new(None);
-        evaluator
-            .install_eval_key(&eval_key_id(&bytes), bytes.clone())
-            .unwrap();
-        Keys {
-            secret,
-            bytes,
-            evaluator,
-        }
-    })
-}
+mod common;
+use common::PARAMS;
 
 /// A package around a server network, with a client part that reads its scores as they are.
 pub fn package(server: MlpServer, input_bits: u8) -> ModelPackage {
@@ -75,44 +46,8 @@ pub fn package(server: MlpServer, input_bits: u8) -> ModelPackage {
 
 /// Encrypts quantized records, evaluates through the worker's evaluator, decrypts the scores.
 pub fn run(pkg: &ModelPackage, records: &[Vec<u64>]) -> Vec<i64> {
-    let k = keys();
-    let cols = pkg.client.input_columns();
     let values: Vec<u64> = records.iter().flatten().copied().collect();
-    let slots = records.len().max(1);
-    let shape = ChunkShape {
-        input_columns: cols as u32,
-        records_per_chunk: slots as u32,
-    };
-    let payload = encrypt_columns(&k.secret, shape, pkg.client.column_bits(), &values);
-    let id = eval_key_id(&k.bytes);
-    let body = k
-        .evaluator
-        .evaluate(
-            &pkg.server,
-            &ChunkInput {
-                payload: &payload,
-                records: records.len() as u32,
-                records_per_chunk: slots as u32,
-                eval_key: Some(&id),
-            },
-        )
-        .unwrap();
-    let header = ResultHeader {
-        params: PARAMS,
-        ciphertexts: pkg.server.output_ciphertexts(records.len() as u32, 2048),
-        chunk_index: 0,
-        chunk_count: 1,
-        records: records.len() as u32,
-        output_bits: pkg.server.output_bits(),
-        model_id: pkg.manifest.model_id,
-        key_fingerprint: k.secret.fingerprint(),
-        first_record: 0,
-        binding: None,
-    };
-    let bytes = header.encode(&body);
-    fhe_batch_fhe::batch::decrypt_result(&k.secret, &pkg.client, &pkg.manifest.model_id, &bytes)
-        .unwrap()
-        .1
+    common::run_chunk(pkg, &values, records.len(), records.len().max(1))
 }
 
 /// One column `q` in 0..=112 encrypted at one position per unit, one neuron at 16 positions
