@@ -290,5 +290,6 @@ pub fn chunk_layout(
     Ok(fhe_batch_core::format::ChunkLayout {
         records_per_chunk,
         eval_key,
+        encryption: fhe_batch_core::params::Encryption::SecretKey,
     })
 }

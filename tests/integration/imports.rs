@@ -73,6 +73,7 @@ async fn round_trip(pkg: &ModelPackage, records: usize) -> (Vec<i64>, Vec<i64>) 
         ChunkLayout {
             records_per_chunk: 16,
             eval_key,
+            encryption: fhe_batch_core::params::Encryption::SecretKey,
         },
         &|_| {},
     );

@@ -67,6 +67,7 @@ async fn an_mlp_job_decrypts_within_the_proven_error_of_the_reference() {
         ChunkLayout {
             records_per_chunk: 8,
             eval_key: Some(id),
+            encryption: fhe_batch_core::params::Encryption::SecretKey,
         },
         &|_| {},
     );
@@ -132,6 +133,7 @@ fn run_chunk(pkg: &fhe_batch_core::model::ModelPackage, rows: &[Vec<f64>]) -> Ve
     let shape = fhe_batch_core::format::ChunkShape {
         input_columns: pkg.client.input_columns() as u32,
         records_per_chunk: rows.len() as u32,
+        encryption: fhe_batch_core::params::Encryption::SecretKey,
     };
     let payload =
         fhe_batch_fhe::glwe::encrypt_columns(key(), shape, pkg.client.column_bits(), &cols);
@@ -143,6 +145,7 @@ fn run_chunk(pkg: &fhe_batch_core::model::ModelPackage, rows: &[Vec<f64>]) -> Ve
                 records: rows.len() as u32,
                 records_per_chunk: rows.len() as u32,
                 eval_key: Some(&id),
+                encryption: fhe_batch_core::params::Encryption::SecretKey,
             },
         )
         .unwrap();

@@ -206,6 +206,7 @@ async fn each_function_needs_exactly_the_grants_the_template_is_checked_against(
     let layout = ChunkLayout {
         records_per_chunk: 16,
         eval_key: Some(key_id()),
+        encryption: fhe_batch_core::params::Encryption::SecretKey,
     };
     env.upload("perm-tree", batch(layout)).await;
     let q = queue(Duration::from_secs(600));

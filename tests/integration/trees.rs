@@ -99,6 +99,7 @@ async fn ingest_refuses_tree_batches_it_cannot_run() {
             ChunkLayout {
                 records_per_chunk: 16,
                 eval_key: None,
+                encryption: fhe_batch_core::params::Encryption::SecretKey,
             },
             "needs an evaluation key",
         ),
@@ -107,6 +108,7 @@ async fn ingest_refuses_tree_batches_it_cannot_run() {
             ChunkLayout {
                 records_per_chunk: 16,
                 eval_key: Some(key_id()),
+                encryption: fhe_batch_core::params::Encryption::SecretKey,
             },
             "is not uploaded",
         ),
@@ -143,6 +145,7 @@ async fn ingest_refuses_tree_batches_it_cannot_run() {
             batch(ChunkLayout {
                 records_per_chunk: 2048,
                 eval_key: Some(key_id()),
+                encryption: fhe_batch_core::params::Encryption::SecretKey,
             }),
         )
         .await;
@@ -179,6 +182,7 @@ async fn run_tree_job(
             batch(ChunkLayout {
                 records_per_chunk: slots,
                 eval_key: Some(key),
+                encryption: fhe_batch_core::params::Encryption::SecretKey,
             }),
         )
         .await;

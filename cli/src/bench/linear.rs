@@ -177,6 +177,7 @@ fn round(name: &str, pkg: &ModelPackage, key: &SecretKey, quantized: &[u64]) -> 
                     records: c.records,
                     records_per_chunk: header.records_per_chunk,
                     eval_key: None,
+                    encryption: fhe_batch_core::params::Encryption::SecretKey,
                 },
             )
         })

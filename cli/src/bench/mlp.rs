@@ -78,6 +78,7 @@ pub fn run(b: &MlpBench<'_>) -> Result<()> {
     let layout = ChunkLayout {
         records_per_chunk: slots as u32,
         eval_key: Some(id),
+        encryption: fhe_batch_core::params::Encryption::SecretKey,
     };
     let t = Instant::now();
     let batch = fhe_batch_fhe::batch::encrypt_batch_with(

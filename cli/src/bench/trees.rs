@@ -104,6 +104,7 @@ fn measure(path: &Path, keys: &Keys, data: &Dataset, records: usize) -> Result<T
     let layout = ChunkLayout {
         records_per_chunk: slots as u32,
         eval_key: Some(keys.id),
+        encryption: fhe_batch_core::params::Encryption::SecretKey,
     };
     let t = Instant::now();
     let batch = fhe_batch_fhe::batch::encrypt_batch_with(
@@ -182,6 +183,7 @@ pub(super) fn evaluate(
                     records: ch.records,
                     records_per_chunk: header.records_per_chunk,
                     eval_key: Some(id),
+                    encryption: fhe_batch_core::params::Encryption::SecretKey,
                 },
             )
             .map_err(|e| anyhow::anyhow!("{e}"))?;

@@ -113,6 +113,7 @@ pub fn run(records: usize, workers: usize, dir: &std::path::Path) -> Result<()> 
             .min(records.div_ceil(workers.max(1)))
             .max(1) as u32,
         eval_key: Some(eval_id),
+        encryption: fhe_batch_core::params::Encryption::SecretKey,
     };
     let batch = fhe_batch_fhe::batch::encrypt_batch_with(
         &key,

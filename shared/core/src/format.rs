@@ -12,17 +12,25 @@
 //!   8  header length u32      12  input columns u32     16  record count u64
 //!  24  chunk count u32        28  records per chunk u32 32  model id [16]
 //!  48  key fingerprint [16]
-//! version 2 only (80-byte fixed part):
+//! version 2 and 3 (80-byte fixed part):
 //!  64  evaluation key id [16] (all zero: none)
+//! version 3 only (96-byte fixed part):
+//!  80  encryption u16 (1 secret key, 2 public key)   82  reserved [14] (zero)
 //! chunk table: per chunk (56 bytes) offset u64, length u64, records u32, reserved u32, sha256 [32]
 //! header checksum: sha256 of everything above [32]
-//! chunk payload: compression seed u128, then input columns x records-per-chunk ciphertext bodies (u64 each)
+//! chunk payload, secret-key batches: compression seed u128, then input columns x records-per-chunk
+//!   ciphertext bodies (u64 each)
+//! chunk payload, public-key batches: ceil(input columns / g) whole GLWEs ((k + 1) x N u64 each,
+//!   mask then body), g = max(1, N / records-per-chunk) columns per GLWE, column j of the chunk at
+//!   coefficients (j mod g) x records-per-chunk onwards of GLWE j / g
 //!
 //! Version 1 has N records per chunk (one record per GLWE coefficient) and no evaluation key.
 //! Version 2 lets a chunk hold fewer records (models that bootstrap cost far more per record, so
 //! their chunks are sized to finish inside a worker's time limit): each column then sends only
 //! the bodies of its first `records_per_chunk` coefficients, the others are never decrypted. It
-//! also names the evaluation key the worker needs.
+//! also names the evaluation key the worker needs. Version 3 is a version-2 header that says
+//! how the records were encrypted ([`Encryption`]); it is written only for public-key batches,
+//! so a secret-key batch is byte for byte what it was.
 //!
 //! result file
 //!   0  magic "FHER"            4  format version u16     6  parameter set u16
@@ -38,15 +46,14 @@
 //!
 //! ```
 //! use fhe_batch_core::format::{
-//!     BatchHeader, BatchLimits, ChunkLayout, ChunkShape, assemble_batch, verify_chunk,
+//!     BatchHeader, BatchLimits, ChunkLayout, assemble_batch, verify_chunk,
 //! };
 //! use fhe_batch_core::ids::{KeyFingerprint, ModelId};
-//! use fhe_batch_core::params::ParamSet;
+//! use fhe_batch_core::params::{Encryption, ParamSet};
 //!
 //! let params = ParamSet::Glwe2048TUniform17;
-//! let layout = ChunkLayout { records_per_chunk: 4, eval_key: None };
-//! let shape = ChunkShape { input_columns: 3, records_per_chunk: 4 };
-//! let len = shape.payload_len() as usize; // seed + 3 columns x 4 bodies
+//! let layout = ChunkLayout { records_per_chunk: 4, eval_key: None, encryption: Encryption::SecretKey };
+//! let len = layout.shape(3).payload_len(params) as usize; // seed + 3 columns x 4 bodies
 //! let payloads = vec![(4, vec![1u8; len]), (2, vec![2u8; len])];
 //! let bytes = assemble_batch(
 //!     params,
@@ -66,7 +73,7 @@
 //! ```
 
 use crate::ids::{KeyFingerprint, ModelId};
-use crate::params::ParamSet;
+use crate::params::{Encryption, ParamSet};
 use sha2::{Digest, Sha256};
 
 pub const BATCH_MAGIC: [u8; 4] = *b"FHEB";
@@ -76,6 +83,9 @@ pub const FIXED_HEADER_LEN: usize = 64;
 /// Batch format version 2: variable records per chunk and an evaluation key id.
 pub const BATCH_VERSION_2: u16 = 2;
 pub const FIXED_HEADER_LEN_V2: usize = 80;
+/// Batch format version 3: version 2 plus the kind of encryption (public-key batches).
+pub const BATCH_VERSION_3: u16 = 3;
+pub const FIXED_HEADER_LEN_V3: usize = 96;
 pub const CHUNK_ENTRY_LEN: usize = 56;
 pub const CHECKSUM_LEN: usize = 32;
 pub const SEED_LEN: usize = 16;
@@ -167,6 +177,8 @@ pub struct BatchHeader {
     pub records_per_chunk: u32,
     /// The evaluation key a worker needs (models that bootstrap).
     pub eval_key: Option<crate::ids::EvalKeyId>,
+    /// How the records were encrypted.
+    pub encryption: Encryption,
     pub chunks: Vec<ChunkEntry>,
 }
 
@@ -196,28 +208,49 @@ impl<'a> Reader<'a> {
     }
 }
 
-/// The shape of a chunk payload: ciphertext columns per record, and records per chunk (the
-/// body coefficients each column sends). Two counts of the same type, so they travel as one
-/// value with named fields and cannot be swapped at a call.
+/// The shape of a chunk payload: ciphertext columns per record, records per chunk (the
+/// body coefficients each column sends), and how they were encrypted. The two counts have the
+/// same type, so they travel as one value with named fields and cannot be swapped at a call.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ChunkShape {
     pub input_columns: u32,
     pub records_per_chunk: u32,
+    pub encryption: Encryption,
 }
 
 impl ChunkShape {
-    /// Bytes of one chunk payload: the seed, then `records_per_chunk` bodies per column.
-    pub fn payload_len(self) -> u64 {
-        SEED_LEN as u64 + self.input_columns as u64 * self.records_per_chunk as u64 * 8
+    /// Bytes of one chunk payload under `params`:
+    /// - secret key: the seed, then `records_per_chunk` bodies per column;
+    /// - public key: [`ChunkShape::glwes`] whole GLWEs.
+    pub fn payload_len(self, params: ParamSet) -> u64 {
+        match self.encryption {
+            Encryption::SecretKey => {
+                SEED_LEN as u64 + self.input_columns as u64 * self.records_per_chunk as u64 * 8
+            }
+            Encryption::PublicKey => self.glwes(params) as u64 * params.glwe_bytes() as u64,
+        }
+    }
+
+    /// Columns that share one GLWE of a public-key payload (1 for secret-key payloads).
+    pub fn columns_per_glwe(self, params: ParamSet) -> u32 {
+        match self.encryption {
+            Encryption::SecretKey => 1,
+            Encryption::PublicKey => params.columns_per_glwe(self.records_per_chunk),
+        }
+    }
+
+    /// GLWE ciphertexts in one payload.
+    pub fn glwes(self, params: ParamSet) -> u32 {
+        self.input_columns.div_ceil(self.columns_per_glwe(params))
     }
 }
 
 /// Header length for a format version and a number of chunks.
 pub fn batch_header_len(version: u16, chunk_count: u32) -> u64 {
-    let fixed = if version == BATCH_VERSION_2 {
-        FIXED_HEADER_LEN_V2
-    } else {
-        FIXED_HEADER_LEN
+    let fixed = match version {
+        BATCH_VERSION_2 => FIXED_HEADER_LEN_V2,
+        BATCH_VERSION_3 => FIXED_HEADER_LEN_V3,
+        _ => FIXED_HEADER_LEN,
     };
     fixed as u64 + chunk_count as u64 * CHUNK_ENTRY_LEN as u64 + CHECKSUM_LEN as u64
 }
@@ -239,7 +272,7 @@ impl BatchHeader {
         let mut r = Reader::new(prefix);
         r.pos = 4;
         let version = r.u16();
-        if version != FORMAT_VERSION && version != BATCH_VERSION_2 {
+        if !matches!(version, FORMAT_VERSION | BATCH_VERSION_2 | BATCH_VERSION_3) {
             return Err(FormatError::Version {
                 what: "batch",
                 found: version,
@@ -298,11 +331,26 @@ impl BatchHeader {
         let records_per_chunk = r.u32();
         let model_id = ModelId::from_bytes(r.bytes());
         let key_fingerprint = KeyFingerprint::from_bytes(r.bytes());
-        let eval_key = if version == BATCH_VERSION_2 {
+        let eval_key = if version >= BATCH_VERSION_2 {
             let id: [u8; 16] = r.bytes();
             (id != [0; 16]).then(|| crate::ids::EvalKeyId::from_bytes(id))
         } else {
             None
+        };
+        let encryption = if version == BATCH_VERSION_3 {
+            let id = r.u16();
+            let reserved: [u8; 14] = r.bytes();
+            match Encryption::from_wire_id(id) {
+                Some(Encryption::PublicKey) if reserved == [0; 14] => Encryption::PublicKey,
+                _ => {
+                    return Err(malformed(
+                        "batch header",
+                        format!("encryption kind {id} is not one a version-3 batch carries"),
+                    ));
+                }
+            }
+        } else {
+            Encryption::SecretKey
         };
         if input_columns == 0 || input_columns > limits.max_features {
             return Err(FormatError::TooLarge {
@@ -322,7 +370,7 @@ impl BatchHeader {
             return Err(malformed("batch header", "the batch holds no records"));
         }
         let n = params.polynomial_size() as u64;
-        let chunk_size_ok = if version == BATCH_VERSION_2 {
+        let chunk_size_ok = if version >= BATCH_VERSION_2 {
             (1..=n).contains(&(records_per_chunk as u64))
         } else {
             records_per_chunk as u64 == n
@@ -343,8 +391,9 @@ impl BatchHeader {
         let payload = ChunkShape {
             input_columns,
             records_per_chunk,
+            encryption,
         }
-        .payload_len();
+        .payload_len(params);
         let mut chunks = Vec::with_capacity(chunk_count as usize);
         let mut total_records = 0u64;
         let mut expected_offset = hlen as u64;
@@ -396,13 +445,17 @@ impl BatchHeader {
             key_fingerprint,
             records_per_chunk,
             eval_key,
+            encryption,
             chunks,
         })
     }
 
-    /// Version 1 when it can say everything, else version 2.
+    /// The smallest version that can say everything: 3 for public-key batches, else 1 for
+    /// full chunks without an evaluation key, else 2.
     pub fn version(&self) -> u16 {
-        if self.eval_key.is_none()
+        if self.encryption == Encryption::PublicKey {
+            BATCH_VERSION_3
+        } else if self.eval_key.is_none()
             && self.records_per_chunk as usize == self.params.polynomial_size()
         {
             FORMAT_VERSION
@@ -446,8 +499,12 @@ impl BatchHeader {
         out.extend_from_slice(&self.records_per_chunk.to_le_bytes());
         out.extend_from_slice(self.model_id.as_bytes());
         out.extend_from_slice(self.key_fingerprint.as_bytes());
-        if version == BATCH_VERSION_2 {
+        if version >= BATCH_VERSION_2 {
             out.extend_from_slice(self.eval_key.as_ref().map_or(&[0u8; 16], |k| k.as_bytes()));
+        }
+        if version == BATCH_VERSION_3 {
+            out.extend_from_slice(&self.encryption.wire_id().to_le_bytes());
+            out.extend_from_slice(&[0u8; 14]);
         }
         for c in &self.chunks {
             out.extend_from_slice(&c.offset.to_le_bytes());
@@ -462,19 +519,32 @@ impl BatchHeader {
     }
 }
 
-/// How a batch's chunks are laid out: records per chunk and the evaluation key they need.
+/// How a batch's chunks are laid out: records per chunk, the evaluation key they need, and
+/// how they are encrypted.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ChunkLayout {
     pub records_per_chunk: u32,
     pub eval_key: Option<crate::ids::EvalKeyId>,
+    pub encryption: Encryption,
 }
 
 impl ChunkLayout {
-    /// One record per GLWE coefficient, no evaluation key (linear models; format version 1).
+    /// One record per GLWE coefficient, no evaluation key, secret-key encryption (linear
+    /// models; format version 1).
     pub fn full(params: ParamSet) -> Self {
         Self {
             records_per_chunk: params.polynomial_size() as u32,
             eval_key: None,
+            encryption: Encryption::SecretKey,
+        }
+    }
+
+    /// The shape of this layout's chunk payloads for `input_columns` columns.
+    pub fn shape(self, input_columns: u32) -> ChunkShape {
+        ChunkShape {
+            input_columns,
+            records_per_chunk: self.records_per_chunk,
+            encryption: self.encryption,
         }
     }
 }
@@ -488,14 +558,20 @@ pub fn assemble_batch(
     key_fingerprint: KeyFingerprint,
     payloads: &[(u32, Vec<u8>)],
 ) -> Vec<u8> {
-    let version = if layout == ChunkLayout::full(params) {
-        FORMAT_VERSION
-    } else {
-        BATCH_VERSION_2
+    let mut header = BatchHeader {
+        params,
+        input_columns,
+        record_count: payloads.iter().map(|(r, _)| *r as u64).sum(),
+        model_id,
+        key_fingerprint,
+        records_per_chunk: layout.records_per_chunk,
+        eval_key: layout.eval_key,
+        encryption: layout.encryption,
+        chunks: Vec::new(),
     };
-    let hlen = batch_header_len(version, payloads.len() as u32);
+    let hlen = batch_header_len(header.version(), payloads.len() as u32);
     let mut offset = hlen;
-    let chunks: Vec<ChunkEntry> = payloads
+    header.chunks = payloads
         .iter()
         .map(|(records, p)| {
             let e = ChunkEntry {
@@ -508,16 +584,6 @@ pub fn assemble_batch(
             e
         })
         .collect();
-    let header = BatchHeader {
-        params,
-        input_columns,
-        record_count: payloads.iter().map(|(r, _)| *r as u64).sum(),
-        model_id,
-        key_fingerprint,
-        records_per_chunk: layout.records_per_chunk,
-        eval_key: layout.eval_key,
-        chunks,
-    };
     let mut out = header.encode();
     out.reserve(payloads.iter().map(|(_, p)| p.len()).sum());
     for (_, p) in payloads {
@@ -764,11 +830,7 @@ mod tests {
     fn sample_with(records: u64, features: u32, layout: ChunkLayout) -> Vec<u8> {
         let p = ParamSet::Glwe2048TUniform17;
         let n = layout.records_per_chunk as u64;
-        let shape = ChunkShape {
-            input_columns: features,
-            records_per_chunk: layout.records_per_chunk,
-        };
-        let len = shape.payload_len() as usize;
+        let len = layout.shape(features).payload_len(p) as usize;
         let payloads: Vec<(u32, Vec<u8>)> = (0..records.div_ceil(n))
             .map(|i| {
                 let r = (records - i * n).min(n) as u32;
@@ -786,11 +848,69 @@ mod tests {
     }
 
     #[test]
+    fn version_3_carries_public_key_chunks() {
+        let p = ParamSet::Glwe2048TUniform17;
+        let key = crate::ids::EvalKeyId::from_bytes([7; 16]);
+        let limits = BatchLimits::default();
+        // 140 records per chunk: 14 columns share a GLWE, so 784 columns travel in 56 GLWEs.
+        let layout = ChunkLayout {
+            records_per_chunk: 140,
+            eval_key: Some(key),
+            encryption: Encryption::PublicKey,
+        };
+        assert_eq!(layout.shape(784).columns_per_glwe(p), 14);
+        assert_eq!(layout.shape(784).glwes(p), 56);
+        let bytes = sample_with(300, 784, layout);
+        let h = BatchHeader::parse(&bytes, &limits).unwrap();
+        assert_eq!(h.version(), BATCH_VERSION_3);
+        assert_eq!(h.encryption, Encryption::PublicKey);
+        assert_eq!(h.eval_key, Some(key));
+        assert_eq!(h.chunks[0].length, 56 * 2 * 2048 * 8);
+        assert_eq!(h.header_len(), batch_header_len(BATCH_VERSION_3, 3));
+        h.check_object_size(bytes.len() as u64).unwrap();
+        assert_eq!(h.encode(), bytes[..h.header_len() as usize]);
+        assert_eq!(
+            BatchHeader::header_len_from_prefix(&bytes[..FIXED_HEADER_LEN], &limits).unwrap(),
+            h.header_len()
+        );
+        // Full chunks: one column per GLWE.
+        let full = ChunkLayout {
+            encryption: Encryption::PublicKey,
+            ..ChunkLayout::full(p)
+        };
+        assert_eq!(full.shape(30).glwes(p), 30);
+        let h = BatchHeader::parse(&sample_with(5000, 30, full), &limits).unwrap();
+        assert_eq!((h.version(), h.chunks.len()), (BATCH_VERSION_3, 3));
+        // A version-3 header must say "public key" with zero reserved bytes; any other value
+        // is refused even with a valid checksum.
+        for (at, value) in [(80usize, 1u8), (80, 3), (82, 1), (95, 9)] {
+            let mut forged = bytes[..batch_header_len(BATCH_VERSION_3, 3) as usize].to_vec();
+            forged[at] = value;
+            let n = forged.len();
+            let sum: [u8; 32] = Sha256::digest(&forged[..n - CHECKSUM_LEN]).into();
+            forged[n - CHECKSUM_LEN..].copy_from_slice(&sum);
+            let e = BatchHeader::parse(&forged, &limits).unwrap_err();
+            assert!(e.to_string().contains("encryption kind"), "{e}");
+        }
+        // A secret-key batch never becomes version 3.
+        let sk = sample_with(
+            300,
+            784,
+            ChunkLayout {
+                encryption: Encryption::SecretKey,
+                ..layout
+            },
+        );
+        assert_eq!(u16::from_le_bytes([sk[4], sk[5]]), BATCH_VERSION_2);
+    }
+
+    #[test]
     fn version_2_carries_small_chunks_and_the_evaluation_key() {
         let key = crate::ids::EvalKeyId::from_bytes([7; 16]);
         let layout = ChunkLayout {
             records_per_chunk: 131,
             eval_key: Some(key),
+            encryption: Encryption::SecretKey,
         };
         let bytes = sample_with(1000, 196, layout);
         let limits = BatchLimits::default();

@@ -69,6 +69,13 @@ pub struct ChunkMessage {
     /// ([`crate::format::ResultBinding`]). Absent in messages queued by older versions.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub batch_header_sha256: Option<String>,
+    /// How the chunk was encrypted (absent: with the secret key, as every older message).
+    #[serde(default, skip_serializing_if = "is_secret_key")]
+    pub encryption: crate::params::Encryption,
+}
+
+fn is_secret_key(e: &crate::params::Encryption) -> bool {
+    *e == crate::params::Encryption::SecretKey
 }
 
 /// A chunk message that cannot be processed, ever.
@@ -104,6 +111,16 @@ impl ChunkMessage {
             records_per_chunk: (per_chunk != n).then_some(per_chunk),
             eval_key: header.eval_key,
             batch_header_sha256: Some(hex::encode(header_sha256)),
+            encryption: header.encryption,
+        }
+    }
+
+    /// The shape of this message's chunk payload for a model of `input_columns` columns.
+    pub fn shape(&self, input_columns: u32) -> crate::format::ChunkShape {
+        crate::format::ChunkShape {
+            input_columns,
+            records_per_chunk: self.records_per_chunk(),
+            encryption: self.encryption,
         }
     }
 

@@ -61,14 +61,130 @@ impl ParamSet {
         self.polynomial_size() * 8
     }
 
+    /// Columns of a public-key chunk that share one GLWE: `N / records_per_chunk`, at least 1.
+    pub fn columns_per_glwe(self, records_per_chunk: u32) -> u32 {
+        (self.polynomial_size() as u32 / records_per_chunk.max(1)).max(1)
+    }
+
     /// Bytes of one full GLWE ciphertext (mask and body).
     pub const fn glwe_bytes(self) -> usize {
         (self.glwe_dimension() + 1) * self.polynomial_size() * 8
     }
 }
 
+/// How a batch's records were encrypted. Both kinds decrypt under the same secret key; they
+/// differ in who can produce them, in size and in fresh noise.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Encryption {
+    /// With the secret key: masks regenerated from a 128-bit seed, so only the bodies travel
+    /// (8 bytes per value). Only the key holder can produce such a batch.
+    #[default]
+    SecretKey,
+    /// With the owner's public key (RLWE public-key encryption, tfhe's compact-PKE numbers):
+    /// anyone holding the public key can produce it, nobody but the key holder can read it.
+    /// Each GLWE travels whole (mask and N bodies); when a chunk holds fewer than N records,
+    /// `N / records_per_chunk` columns share one GLWE.
+    PublicKey,
+}
+
+impl Encryption {
+    /// Stable numeric id used in binary headers.
+    pub const fn wire_id(self) -> u16 {
+        match self {
+            Encryption::SecretKey => 1,
+            Encryption::PublicKey => 2,
+        }
+    }
+
+    pub fn from_wire_id(id: u16) -> Option<Self> {
+        [Encryption::SecretKey, Encryption::PublicKey]
+            .into_iter()
+            .find(|e| e.wire_id() == id)
+    }
+
+    pub const fn name(self) -> &'static str {
+        match self {
+            Encryption::SecretKey => "secret-key",
+            Encryption::PublicKey => "public-key",
+        }
+    }
+
+    /// log2 of the largest absolute noise a fresh coefficient can carry (a deterministic bound).
+    ///
+    /// - secret key: one TUniform sample, `|e| <= 2^b`;
+    /// - public key: `e·r + e2 - e1·s` with the public key's noise `e`, the encryption's fresh
+    ///   noise `e1` (k polynomials) and `e2`, all TUniform `|.| <= 2^b`, and binary `r`, `s`:
+    ///   each product coefficient is a signed sum of at most N samples, so the whole is at most
+    ///   `(N (k + 1) + 1) 2^b`.
+    pub fn noise_bound_log2(self, params: ParamSet) -> f64 {
+        let b = params.noise_bound_log2() as f64;
+        match self {
+            Encryption::SecretKey => b,
+            Encryption::PublicKey => b + (self.noise_terms(params) as f64).log2(),
+        }
+    }
+
+    /// Fresh samples (each `|.| <= 2^b`) a coefficient's noise is a signed sum of, at most.
+    pub fn noise_terms(self, params: ParamSet) -> u64 {
+        match self {
+            Encryption::SecretKey => 1,
+            Encryption::PublicKey => {
+                (params.polynomial_size() * (params.glwe_dimension() + 1) + 1) as u64
+            }
+        }
+    }
+
+    /// log2 of the noise variance the bootstrapping proofs assume for a fresh coefficient.
+    ///
+    /// - secret key: the TUniform variance `(2^(2b+1) + 1) / 6`;
+    /// - public key: the square of the absolute bound above. A variable bounded by `B` has a
+    ///   second moment of at most `B^2`, whatever the distribution, so no independence or
+    ///   Gaussian assumption about `e·r` is needed (it costs nothing: the bootstraps' own noise
+    ///   is 2^40 times larger).
+    pub fn fresh_variance_log2(self, params: ParamSet) -> f64 {
+        let b = params.noise_bound_log2() as f64;
+        match self {
+            Encryption::SecretKey => (((2.0 * b + 1.0).exp2() + 1.0) / 6.0).log2(),
+            Encryption::PublicKey => 2.0 * self.noise_bound_log2(params),
+        }
+    }
+}
+
+impl std::fmt::Display for Encryption {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
 impl std::fmt::Display for ParamSet {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(self.name())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fresh_noise_of_each_encryption() {
+        let p = ParamSet::Glwe2048TUniform17;
+        // The secret-key variance is the one the bootstrapping analysis was written with.
+        let analysed = crate::tree::BootstrapNoise::of(p).fresh_variance_log2;
+        assert!((Encryption::SecretKey.fresh_variance_log2(p) - analysed).abs() < 1e-6);
+        assert_eq!(Encryption::SecretKey.noise_bound_log2(p), 17.0);
+        // Public key: (2 x 2048 + 1) samples of 2^17.
+        assert_eq!(Encryption::PublicKey.noise_terms(p), 4097);
+        let b = Encryption::PublicKey.noise_bound_log2(p);
+        assert!(
+            (b - (17.0 + 4097f64.log2())).abs() < 1e-12 && b < 29.001,
+            "{b}"
+        );
+        assert_eq!(Encryption::PublicKey.fresh_variance_log2(p), 2.0 * b);
+        for e in [Encryption::SecretKey, Encryption::PublicKey] {
+            assert_eq!(Encryption::from_wire_id(e.wire_id()), Some(e));
+        }
+        assert_eq!(Encryption::from_wire_id(0), None);
     }
 }

@@ -163,6 +163,19 @@ pub struct ChunkInput<'a> {
     pub records_per_chunk: u32,
     /// The evaluation key the chunk's model needs, installed beforehand.
     pub eval_key: Option<&'a EvalKeyId>,
+    /// How the chunk was encrypted (it decides the payload's layout).
+    pub encryption: crate::params::Encryption,
+}
+
+impl ChunkInput<'_> {
+    /// The shape of this chunk's payload for a model of `input_columns` columns.
+    pub fn shape(&self, input_columns: u32) -> crate::format::ChunkShape {
+        crate::format::ChunkShape {
+            input_columns,
+            records_per_chunk: self.records_per_chunk,
+            encryption: self.encryption,
+        }
+    }
 }
 
 /// Largest evaluation key file a worker downloads.

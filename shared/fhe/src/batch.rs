@@ -31,6 +31,7 @@
 //!     records: chunk.records,
 //!     records_per_chunk: header.records_per_chunk,
 //!     eval_key: None,
+//!     encryption: header.encryption,
 //! };
 //! let body = GlweEvaluator.evaluate(&pkg.server, &input).unwrap();
 //! let result = ResultHeader {
@@ -59,10 +60,11 @@
 //! assert!(pkg.client.classes().contains(&first.label));
 //! ```
 
-use crate::glwe::{DecryptError, decrypt_linear_result, encrypt_columns};
+use crate::glwe::{DecryptError, decrypt_linear_result};
 use crate::keys::SecretKey;
+use crate::public::Encryptor;
 use fhe_batch_core::format::ResultHeader;
-use fhe_batch_core::format::{ChunkLayout, ChunkShape, assemble_batch};
+use fhe_batch_core::format::{ChunkLayout, assemble_batch};
 use fhe_batch_core::ids::ModelId;
 use fhe_batch_core::model::{ClientBody, ClientModel};
 use rayon::prelude::*;
@@ -87,15 +89,21 @@ pub fn encrypt_batch(
 }
 
 /// Encrypts records given as column values (`records x model.n_columns()`) into a batch with
-/// the given chunk layout (records per chunk, evaluation key).
-pub fn encrypt_batch_with(
-    key: &SecretKey,
+/// the given chunk layout (records per chunk, evaluation key), with the secret key or a public
+/// key (the layout's encryption is the encryptor's).
+pub fn encrypt_batch_with<'k>(
+    key: impl Into<Encryptor<'k>>,
     model: &ClientModel,
     model_id: ModelId,
     columns: &[u64],
     layout: ChunkLayout,
     progress: &(dyn Fn(u64) + Sync),
 ) -> Vec<u8> {
+    let key: Encryptor<'k> = key.into();
+    let layout = ChunkLayout {
+        encryption: key.kind(),
+        ..layout
+    };
     let f = model.input_columns();
     let per_chunk = layout.records_per_chunk as usize;
     assert!(
@@ -107,11 +115,7 @@ pub fn encrypt_batch_with(
         .par_chunks(per_chunk * f)
         .map(|chunk| {
             let records = (chunk.len() / f) as u32;
-            let shape = ChunkShape {
-                input_columns: f as u32,
-                records_per_chunk: per_chunk as u32,
-            };
-            let payload = encrypt_columns(key, shape, bits, chunk);
+            let payload = key.encrypt_columns(layout.shape(f as u32), bits, chunk);
             progress(records as u64);
             (records, payload)
         })
@@ -121,7 +125,7 @@ pub fn encrypt_batch_with(
         f as u32,
         layout,
         model_id,
-        key.fingerprint(),
+        key.owner(),
         &payloads,
     )
 }

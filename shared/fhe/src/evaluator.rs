@@ -6,7 +6,6 @@ use crate::forest::PreparedEvalKey;
 use crate::glwe::GlweEvaluator;
 pub use crate::key_cache::ColdStart;
 use crate::key_cache::EvalKeyCache;
-use fhe_batch_core::format::ChunkShape;
 use fhe_batch_core::ids::{EvalKeyId, KeyFingerprint};
 use fhe_batch_core::model::{ServerBody, ServerModel};
 use fhe_batch_core::ports::{ChunkEvaluator, ChunkInput, EvalError, KeyFetch, KeyLoadError};
@@ -55,11 +54,11 @@ impl FheEvaluator {
             .keys
             .get(id)
             .ok_or_else(|| EvalError(format!("evaluation key {id} is not loaded")))?;
-        let shape = ChunkShape {
-            input_columns: model.input_columns(),
-            records_per_chunk: chunk.records_per_chunk,
-        };
-        let columns = GlweEvaluator::expand(model.params, shape, chunk.payload)?;
+        let columns = GlweEvaluator::expand(
+            model.params,
+            chunk.shape(model.input_columns()),
+            chunk.payload,
+        )?;
         Ok((key, columns))
     }
 }

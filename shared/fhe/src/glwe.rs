@@ -15,7 +15,7 @@ use crate::keys::SecretKey;
 use crate::params::glwe_noise;
 use fhe_batch_core::format::{ChunkShape, ResultHeader, SEED_LEN, read_u64s, write_u64s};
 use fhe_batch_core::model::{ClientModel, LinearClient, LinearServer, ServerBody, ServerModel};
-use fhe_batch_core::params::ParamSet;
+use fhe_batch_core::params::{Encryption, ParamSet};
 use fhe_batch_core::ports::{ChunkEvaluator, ChunkInput, EvalError};
 use tfhe::core_crypto::commons::math::random::RandomGenerator;
 use tfhe::core_crypto::prelude::*;
@@ -36,6 +36,7 @@ pub fn encrypt_chunk(key: &SecretKey, model: &ClientModel, quantized: &[u64]) ->
     let shape = ChunkShape {
         input_columns: model.input_columns() as u32,
         records_per_chunk: key.params().polynomial_size() as u32,
+        encryption: Encryption::SecretKey,
     };
     encrypt_columns(key, shape, model.column_bits(), quantized)
 }
@@ -50,6 +51,11 @@ pub fn encrypt_columns(
     column_bits: u8,
     quantized: &[u64],
 ) -> Vec<u8> {
+    assert_eq!(
+        shape.encryption,
+        Encryption::SecretKey,
+        "a secret-key shape"
+    );
     let params = key.params();
     let n = params.polynomial_size();
     let glwe_len = (params.glwe_dimension() + 1) * n;
@@ -88,7 +94,7 @@ pub fn encrypt_columns(
         }
         key.mask_product(body, &glwe[..glwe_len - n], false);
     }
-    let mut out = Vec::with_capacity(shape.payload_len() as usize);
+    let mut out = Vec::with_capacity(shape.payload_len(params) as usize);
     out.extend_from_slice(&mask_seed.to_le_bytes());
     for body in bodies.chunks_exact(n) {
         write_u64s(&body[..slots], &mut out);
@@ -101,8 +107,13 @@ pub fn encrypt_columns(
 pub struct GlweEvaluator;
 
 impl GlweEvaluator {
-    /// Expands a chunk payload into its full GLWE ciphertexts (`input_columns x (k+1) x N`);
-    /// body coefficients past `records_per_chunk` are zero.
+    /// Expands a chunk payload into one GLWE ciphertext per column (`input_columns x (k+1)
+    /// x N` words), record `i` of every column in coefficient `i`:
+    /// - secret key: masks from the seed; body coefficients past `records_per_chunk` are zero;
+    /// - public key: column `j` is its GLWE times `X^-(j mod g) records_per_chunk` (a negacyclic
+    ///   rotation, exact: it moves the column's records to coefficients `0..` and decrypts
+    ///   under the same key with the same noise); the other coefficients hold other columns
+    ///   and are never read.
     pub(crate) fn expand(
         params: ParamSet,
         shape: ChunkShape,
@@ -110,12 +121,15 @@ impl GlweEvaluator {
     ) -> Result<Vec<u64>, EvalError> {
         let n_features = shape.input_columns as usize;
         let slots = shape.records_per_chunk as usize;
-        let expected = shape.payload_len() as usize;
+        let expected = shape.payload_len(params) as usize;
         if payload.len() != expected {
             return Err(EvalError(format!(
                 "payload is {} bytes, expected {expected}",
                 payload.len()
             )));
+        }
+        if shape.encryption == Encryption::PublicKey {
+            return Ok(Self::expand_public(params, shape, payload));
         }
         let seed = u128::from_le_bytes(payload[..SEED_LEN].try_into().expect("16 bytes"));
         let n = params.polynomial_size();
@@ -129,6 +143,39 @@ impl GlweEvaluator {
             read_u64s(body, &mut glwe[glwe_len - n..glwe_len - n + slots]);
         }
         Ok(full)
+    }
+}
+
+impl GlweEvaluator {
+    fn expand_public(params: ParamSet, shape: ChunkShape, payload: &[u8]) -> Vec<u64> {
+        let n = params.polynomial_size();
+        let glwe_len = (params.glwe_dimension() + 1) * n;
+        let g = shape.columns_per_glwe(params) as usize;
+        let slots = shape.records_per_chunk as usize;
+        let mut carriers = vec![0u64; payload.len() / 8];
+        read_u64s(payload, &mut carriers);
+        let mut full = vec![0u64; shape.input_columns as usize * glwe_len];
+        for (j, column) in full.chunks_exact_mut(glwe_len).enumerate() {
+            let carrier = &carriers[(j / g) * glwe_len..(j / g + 1) * glwe_len];
+            let d = (j % g) * slots;
+            for (out, poly) in column.chunks_exact_mut(n).zip(carrier.chunks_exact(n)) {
+                rotate_down(poly, d, out);
+            }
+        }
+        full
+    }
+}
+
+/// `out = poly * X^-d` in `Z_{2^64}[X]/(X^N + 1)`, `0 <= d < N`: coefficient `i + d` moves to
+/// `i`, and those that wrap past `X^N` change sign.
+fn rotate_down(poly: &[u64], d: usize, out: &mut [u64]) {
+    let n = poly.len();
+    for (i, o) in out.iter_mut().enumerate() {
+        *o = if i + d < n {
+            poly[i + d]
+        } else {
+            poly[i + d - n].wrapping_neg()
+        };
     }
 }
 
@@ -164,11 +211,7 @@ impl GlweEvaluator {
         let f = model.n_features as usize;
         let glwe_len = (params.glwe_dimension() + 1) * params.polynomial_size();
         let n = params.polynomial_size();
-        let shape = ChunkShape {
-            input_columns: model.n_features,
-            records_per_chunk: chunk.records_per_chunk,
-        };
-        let cts = Self::expand(params, shape, chunk.payload)?;
+        let cts = Self::expand(params, chunk.shape(model.n_features), chunk.payload)?;
         let shift = delta_shift(model.output_bits);
         let outputs = model.n_outputs as usize;
         let mut acc = vec![0u64; outputs * glwe_len];
@@ -308,6 +351,7 @@ mod tests {
             records: records as u32,
             records_per_chunk: 2048,
             eval_key: None,
+            encryption: Encryption::SecretKey,
         }
     }
 
@@ -431,6 +475,7 @@ mod tests {
         let shape = ChunkShape {
             input_columns: 1,
             records_per_chunk: 2048,
+            encryption: Encryption::SecretKey,
         };
         let payload = encrypt_columns(key(), shape, 5, &q);
         let params = ParamSet::Glwe2048TUniform17;
@@ -473,6 +518,7 @@ mod tests {
         let shape = ChunkShape {
             input_columns: 3,
             records_per_chunk: 2048,
+            encryption: Encryption::SecretKey,
         };
         let full = GlweEvaluator::expand(params, shape, &payload).unwrap();
         let list = GlweCiphertextList::from_container(

@@ -32,8 +32,10 @@ pub mod mlp;
 pub mod negacyclic;
 pub mod params;
 pub mod pbs;
+pub mod public;
 pub mod seed;
 
 pub use evaluator::FheEvaluator;
 pub use glwe::GlweEvaluator;
 pub use keys::SecretKey;
+pub use public::{Encryptor, PublicKey};

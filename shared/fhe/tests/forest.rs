@@ -6,6 +6,7 @@ use fhe_batch_core::ids::ModelId;
 use fhe_batch_core::model::{
     ClientBody, ClientModel, CompileReport, ModelPackage, ServerBody, ServerModel,
 };
+use fhe_batch_core::params::Encryption;
 use fhe_batch_core::tree::{self, ForestClient, QNode, QTree, Threshold, TreeModel};
 use fhe_batch_fhe::forest::{EvalKey, PreparedEvalKey, eval_key_id};
 use rand::{Rng, SeedableRng};
@@ -40,8 +41,18 @@ fn package(model: &TreeModel, labels: Vec<String>) -> ModelPackage {
 
 /// Encrypts bit records, evaluates through the worker's evaluator, decrypts.
 fn run(pkg: &ModelPackage, bits: &[Vec<bool>], slots: usize) -> Vec<i64> {
+    run_as(Encryption::SecretKey, pkg, bits, slots)
+}
+
+/// [`run`] with the records encrypted as `encryption` says.
+fn run_as(
+    encryption: Encryption,
+    pkg: &ModelPackage,
+    bits: &[Vec<bool>],
+    slots: usize,
+) -> Vec<i64> {
     let values: Vec<u64> = bits.iter().flatten().map(|&b| u64::from(b)).collect();
-    common::run_chunk(pkg, &values, bits.len(), slots)
+    common::run_chunk_as(encryption, pkg, &values, bits.len(), slots)
 }
 
 /// A random tree of depth <= `depth` over `bits` thermometer bits with leaves in `[-r, r]`.
@@ -82,13 +93,17 @@ fn random_tree(rng: &mut impl Rng, depth: usize, bits: u32, outputs: usize, r: i
 #[test]
 fn random_forests_decrypt_to_the_integer_reference() {
     let mut rng = rand::rngs::StdRng::seed_from_u64(11);
-    // (trees, depth, outputs, records, slots): single LUTs (depth 5 and more), many-LUT with
-    // two digits (one output, depth <= 4), several outputs; partial and full chunks.
-    for (trees, depth, outputs, records, slots) in [
-        (2, 4, 1, 24, 24),
-        (1, 6, 1, 9, 16),
-        (3, 3, 3, 7, 64),
-        (1, 1, 2, 3, 3),
+    // (trees, depth, outputs, records, slots, encryption): single LUTs (depth 5 and more),
+    // many-LUT with two digits (one output, depth <= 4), several outputs; partial and full
+    // chunks; records encrypted with the secret key or the public key (with up to 341 records
+    // per chunk, all 6 bit columns share one public-key GLWE).
+    let (sk, pk) = (Encryption::SecretKey, Encryption::PublicKey);
+    for (trees, depth, outputs, records, slots, encryption) in [
+        (2, 4, 1, 24, 24, sk),
+        (1, 6, 1, 9, 16, pk),
+        (3, 3, 3, 7, 64, pk),
+        (1, 1, 2, 3, 3, sk),
+        (2, 4, 2, 5, 2048, pk),
     ] {
         let n_bits = 6u32;
         let thresholds = (0..n_bits)
@@ -127,7 +142,8 @@ fn random_forests_decrypt_to_the_integer_reference() {
         let bits: Vec<Vec<bool>> = (0..records)
             .map(|_| (0..n_bits).map(|_| rng.gen_bool(0.5)).collect())
             .collect();
-        let got = run(&pkg, &bits, slots);
+        assert!(pkg.manifest.public_key_batches);
+        let got = run_as(encryption, &pkg, &bits, slots);
         let want: Vec<i64> = bits.iter().flat_map(|b| model.eval_plain(b)).collect();
         assert_eq!(got, want, "trees {trees} depth {depth} outputs {outputs}");
     }

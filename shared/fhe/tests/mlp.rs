@@ -6,6 +6,7 @@ use fhe_batch_core::mlp::{HiddenLayer, MlpClient, MlpServer, Neuron};
 use fhe_batch_core::model::{
     ClientBody, ClientModel, CompileReport, ModelPackage, Quantizer, ServerBody, ServerModel,
 };
+use fhe_batch_core::params::Encryption;
 use fhe_batch_core::tree::PostTransform;
 
 mod common;
@@ -46,8 +47,19 @@ pub fn package(server: MlpServer, input_bits: u8) -> ModelPackage {
 
 /// Encrypts quantized records, evaluates through the worker's evaluator, decrypts the scores.
 pub fn run(pkg: &ModelPackage, records: &[Vec<u64>]) -> Vec<i64> {
+    run_as(Encryption::SecretKey, pkg, records)
+}
+
+/// [`run`] with the records encrypted as `encryption` says.
+pub fn run_as(encryption: Encryption, pkg: &ModelPackage, records: &[Vec<u64>]) -> Vec<i64> {
     let values: Vec<u64> = records.iter().flatten().copied().collect();
-    common::run_chunk(pkg, &values, records.len(), records.len().max(1))
+    common::run_chunk_as(
+        encryption,
+        pkg,
+        &values,
+        records.len(),
+        records.len().max(1),
+    )
 }
 
 /// One column `q` in 0..=112 encrypted at one position per unit, one neuron at 16 positions
@@ -75,17 +87,26 @@ fn a_bootstrap_reads_the_table_at_the_neurons_position() {
         }],
         output_bits: 14,
     };
-    let proof = server.prove_network(PARAMS).unwrap();
+    // Read through records encrypted with the secret key and with the public key (whose
+    // larger fresh noise the proof admits: the window is the same number of positions).
+    for encryption in [Encryption::SecretKey, Encryption::PublicKey] {
+        reads_at_position(&server, encryption);
+    }
+}
+
+fn reads_at_position(server: &MlpServer, encryption: Encryption) {
+    let proof = server.prove_network_for(PARAMS, encryption).unwrap();
     let window = proof.layers[0].neurons[0].noise_positions as i64;
-    let pkg = package(server, 7);
+    let pkg = package(server.clone(), 7);
+    assert!(pkg.manifest.public_key_batches);
     let records: Vec<Vec<u64>> = (0..=112u64).map(|q| vec![q]).collect();
-    let scores = run(&pkg, &records);
+    let scores = run_as(encryption, &pkg, &records);
     let offsets: Vec<i64> = scores
         .iter()
         .enumerate()
         .map(|(q, &s)| s - 16 * q as i64 - 100)
         .collect();
-    eprintln!("read - exact positions: {offsets:?}");
+    eprintln!("{encryption}: read - exact positions: {offsets:?}");
     assert!(offsets.iter().all(|d| d.abs() <= window + 1), "{offsets:?}");
     let mean = offsets.iter().sum::<i64>() as f64 / offsets.len() as f64;
     let var = offsets

@@ -6,7 +6,7 @@ use crate::model::{
     Bounds, ClientFamily, MAX_FEATURES, MAX_OUTPUTS, ModelError, ModelFamily, Prediction,
     ServerFamily,
 };
-use crate::params::ParamSet;
+use crate::params::{Encryption, ParamSet};
 
 impl ServerFamily for MlpServer {
     fn family(&self) -> ModelFamily {
@@ -37,8 +37,8 @@ impl ServerFamily for MlpServer {
     /// The network's proof; the bounds report the widest score range and the largest noise
     /// (a network's scores are approximate: the noise margin is negative by design, the
     /// proven error is [`super::MlpProof::score_error`]).
-    fn prove(&self, params: ParamSet) -> Result<Bounds, ModelError> {
-        let proof = self.prove_network(params)?;
+    fn prove(&self, params: ParamSet, encryption: Encryption) -> Result<Bounds, ModelError> {
+        let proof = self.prove_network_for(params, encryption)?;
         let lo = proof.score_range.iter().map(|r| r.0).fold(0f64, f64::min);
         let hi = proof.score_range.iter().map(|r| r.1).fold(0f64, f64::max);
         let sigma = proof.score_sigma.iter().cloned().fold(0f64, f64::max);

@@ -4,7 +4,7 @@
 
 use super::{MAX_HIDDEN_LAYERS, MAX_WEIGHT, MAX_WIDTH, MlpServer, Neuron, position_shift};
 use crate::model::{MAX_FEATURES, MAX_OUTPUTS, ModelError};
-use crate::params::ParamSet;
+use crate::params::{Encryption, ParamSet};
 use crate::tree::{BootstrapNoise, TAIL_SIGMAS};
 use std::collections::VecDeque;
 
@@ -199,6 +199,16 @@ impl MlpServer {
     /// value), the deviation each activation can have from the reference, and that no score can
     /// wrap; or says which neuron or score fails.
     pub fn prove_network(&self, params: ParamSet) -> Result<MlpProof, ModelError> {
+        self.prove_network_for(params, Encryption::SecretKey)
+    }
+
+    /// [`MlpServer::prove_network`] for inputs encrypted as `encryption` says (a public-key
+    /// input's larger fresh noise enters the first layer's noise).
+    pub fn prove_network_for(
+        &self,
+        params: ParamSet,
+        encryption: Encryption,
+    ) -> Result<MlpProof, ModelError> {
         let noise = BootstrapNoise::of(params);
         let n = params.polynomial_size();
         self.check_shape(n)?;
@@ -209,7 +219,7 @@ impl MlpServer {
         let mut ranges =
             vec![(0i128, (self.input_max as i128) << col_shift); self.input_columns as usize];
         let mut dev = vec![0f64; ranges.len()];
-        let mut var = noise.fresh_variance_log2.exp2();
+        let mut var = encryption.fresh_variance_log2(params).exp2();
         let ksms = noise.keyswitch_modswitch_variance_log2.exp2();
         let mut layers = Vec::with_capacity(self.hidden.len());
         for (li, layer) in self.hidden.iter().enumerate() {

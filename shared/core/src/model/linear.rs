@@ -10,7 +10,7 @@ use super::{
     ClientFamily, MAX_FEATURES, MAX_OUTPUTS, ModelError, ModelFamily, Prediction, ServerFamily,
     argmax,
 };
-use crate::params::ParamSet;
+use crate::params::{Encryption, ParamSet};
 use serde::{Deserialize, Serialize};
 
 /// What a linear model computes from its integer outputs.
@@ -95,7 +95,7 @@ impl ServerFamily for LinearServer {
         0
     }
 
-    fn prove(&self, params: ParamSet) -> Result<Bounds, ModelError> {
+    fn prove(&self, params: ParamSet, encryption: Encryption) -> Result<Bounds, ModelError> {
         if self.bias.len() != self.n_outputs as usize {
             return Err(ModelError::Inconsistent(format!(
                 "{} biases for {} outputs",
@@ -103,8 +103,9 @@ impl ServerFamily for LinearServer {
                 self.n_outputs
             )));
         }
-        let bounds = prove_bounds(
+        let bounds = prove_bounds_for(
             params,
+            encryption,
             self.n_features as usize,
             self.input_bits,
             &self.weights,
@@ -154,11 +155,34 @@ pub fn prove_bounds(
     weights: &[i64],
     bias: &[i64],
 ) -> Result<Bounds, ModelError> {
+    prove_bounds_for(
+        params,
+        Encryption::SecretKey,
+        n_features,
+        input_bits,
+        weights,
+        bias,
+    )
+}
+
+/// [`prove_bounds`] for inputs encrypted as `encryption` says: a public-key input carries up to
+/// [`Encryption::noise_terms`] fresh samples' worth of noise, so the same weights may be proven
+/// for secret-key batches and refused for public-key ones. The width `p` depends only on the
+/// weights, so a model has one width for both.
+pub fn prove_bounds_for(
+    params: ParamSet,
+    encryption: Encryption,
+    n_features: usize,
+    input_bits: u8,
+    weights: &[i64],
+    bias: &[i64],
+) -> Result<Bounds, ModelError> {
     check_shape(n_features, bias.len(), input_bits, weights.len())?;
     let ranges = OutputRanges::of(n_features, input_bits, weights, bias);
     let noise_bound_log2 = params.noise_bound_log2();
-    // Noise <= 2^b * L1, and must stay strictly below delta/2 = 2^(63 - p).
-    let noise_log2 = (noise_bound_log2 as f64) + (ranges.worst_l1.max(1) as f64).log2();
+    let terms = encryption.noise_terms(params) as i128;
+    // Noise <= 2^b * terms * L1, and must stay strictly below delta/2 = 2^(63 - p).
+    let noise_log2 = encryption.noise_bound_log2(params) + (ranges.worst_l1.max(1) as f64).log2();
     let max_bits = 62u32.saturating_sub(noise_bound_log2);
     if ranges.needed_bits > max_bits {
         let value = if signed_bits(ranges.max) >= signed_bits(ranges.min) {
@@ -175,7 +199,7 @@ pub fn prove_bounds(
     }
     let p = ranges.needed_bits;
     let half_step: i128 = 1i128 << (63 - p);
-    let noise: i128 = ranges.worst_l1 << noise_bound_log2;
+    let noise: i128 = (ranges.worst_l1 * terms) << noise_bound_log2;
     if noise >= half_step {
         return Err(ModelError::Noise {
             output: ranges.noisiest_output,
@@ -459,6 +483,25 @@ mod tests {
         assert_eq!(b.output_min, -127 * 255 + 5);
         assert_eq!(b.output_bits, 16);
         assert!(b.noise_margin_bits > 20.0);
+    }
+
+    /// A public-key input carries up to (2N + 1) fresh samples of noise: the margin shrinks by
+    /// log2(4097) = 12 bits, and weights with a large L1 norm are proven for secret-key batches
+    /// only.
+    #[test]
+    fn public_key_batches_cost_twelve_bits_of_margin() {
+        let p = ParamSet::Glwe2048TUniform17;
+        let sk = prove_bounds(p, 2, 8, &[127, -127], &[5]).unwrap();
+        let pk = prove_bounds_for(p, Encryption::PublicKey, 2, 8, &[127, -127], &[5]).unwrap();
+        assert_eq!(pk.output_bits, sk.output_bits);
+        let lost = sk.noise_margin_bits - pk.noise_margin_bits;
+        assert!((lost - 4097f64.log2()).abs() < 1e-9, "{lost}");
+        // 784 inputs of 8 bits with weights of 2^7: 25 bits wide, an L1 norm of 2^16.6.
+        let weights = vec![127i64; 784];
+        let sk = prove_bounds(p, 784, 8, &weights, &[0]).unwrap();
+        assert!(sk.noise_margin_bits > 0.0);
+        let e = prove_bounds_for(p, Encryption::PublicKey, 784, 8, &weights, &[0]).unwrap_err();
+        assert!(matches!(e, ModelError::Noise { .. }), "{e}");
     }
 
     #[test]

@@ -29,7 +29,7 @@ pub use linear::{Bounds, LinearClient, LinearServer, LinearTask, Quantizer};
 pub use package::{CompileReport, ModelManifest, ModelPackage, model_id_of};
 
 use crate::mlp::{MlpClient, MlpServer};
-use crate::params::ParamSet;
+use crate::params::{Encryption, ParamSet};
 use crate::tree::{ForestClient, ForestPlan};
 use serde::{Deserialize, Serialize};
 
@@ -129,8 +129,9 @@ pub trait ServerFamily {
     fn output_bits(&self) -> u8;
     /// Programmable bootstraps per record (0: no evaluation key needed).
     fn pbs_per_record(&self) -> usize;
-    /// Proves that every result value decodes exactly under `params`, or says why not.
-    fn prove(&self, params: ParamSet) -> Result<Bounds, ModelError>;
+    /// Proves that every result value decodes exactly (or, for networks, within the proven
+    /// error) under `params` for inputs encrypted as `encryption` says, or says why not.
+    fn prove(&self, params: ParamSet, encryption: Encryption) -> Result<Bounds, ModelError>;
     /// The plaintext integer reference: exactly the result values the encrypted evaluation of
     /// one record's input columns must decrypt to.
     fn eval_plain(&self, columns: &[u64]) -> Vec<i64>;
@@ -268,7 +269,14 @@ impl ServerModel {
                 found: self.format_version,
             });
         }
-        self.family_impl().prove(self.params)
+        self.family_impl().prove(self.params, Encryption::SecretKey)
+    }
+
+    /// The proof for batches encrypted as `encryption` says (the model's format version is
+    /// checked by [`ServerModel::validate`]). A model proven for secret-key batches may still be
+    /// refused for public-key ones, whose fresh noise is larger.
+    pub fn prove_for(&self, encryption: Encryption) -> Result<Bounds, ModelError> {
+        self.family_impl().prove(self.params, encryption)
     }
 
     /// Serialized form (bincode, fixed-width integers).

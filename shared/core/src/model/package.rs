@@ -6,7 +6,7 @@ use super::{
     ServerModel, json_format_version,
 };
 use crate::ids::ModelId;
-use crate::params::ParamSet;
+use crate::params::{Encryption, ParamSet};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
@@ -42,6 +42,30 @@ pub struct ModelManifest {
     pub client_sha256: String,
     pub bounds: Bounds,
     pub report: CompileReport,
+    /// Whether the model is proven for batches encrypted with the owner's public key, whose
+    /// fresh noise is larger (absent in manifests written before public-key batches: not
+    /// proven; recompile to prove it).
+    #[serde(default)]
+    pub public_key_batches: bool,
+    /// Why the model is not proven for public-key batches, when it is not.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub public_key_refusal: Option<String>,
+}
+
+impl ModelManifest {
+    /// Refuses batches of an encryption kind this model is not proven for, saying why.
+    pub fn check_encryption(&self, encryption: Encryption) -> Result<(), ModelError> {
+        if encryption == Encryption::PublicKey && !self.public_key_batches {
+            return Err(ModelError::Inconsistent(format!(
+                "model {} is not proven for public-key batches: {}",
+                self.model_id,
+                self.public_key_refusal
+                    .as_deref()
+                    .unwrap_or("it was compiled before public-key batches existed; recompile it")
+            )));
+        }
+        Ok(())
+    }
 }
 
 /// A compiled model: both parts, serialized, and its manifest.
@@ -74,6 +98,7 @@ impl ModelPackage {
         report: CompileReport,
     ) -> Result<Self, ModelError> {
         let bounds = server.validate()?;
+        let public_key = server.prove_for(Encryption::PublicKey);
         client.validate()?;
         if client.family() != server.family()
             || client.params != server.params
@@ -100,6 +125,8 @@ impl ModelPackage {
             client_sha256: hex::encode(c),
             bounds,
             report,
+            public_key_batches: public_key.is_ok(),
+            public_key_refusal: public_key.err().map(|e| e.to_string()),
         };
         Ok(Self {
             manifest,

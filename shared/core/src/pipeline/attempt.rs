@@ -67,16 +67,24 @@ impl AttemptError {
     }
 }
 
-/// Checks the message against its model: the chunk's length, and a well-formed hash (returned).
+/// Checks the message against its model: the chunk's length, a model proven for the chunk's
+/// kind of encryption, and a well-formed hash (returned).
 pub(super) fn check_message(
     msg: &ChunkMessage,
     model: &ServerModel,
 ) -> Result<[u8; 32], AttemptError> {
-    let expected_len = crate::format::ChunkShape {
-        input_columns: model.input_columns(),
-        records_per_chunk: msg.records_per_chunk(),
+    if msg.encryption != crate::params::Encryption::SecretKey {
+        // The loaded model was proven for secret-key batches; a public-key chunk's larger
+        // fresh noise is proven here (a linear model's proof is a pass over its weights, a
+        // bootstrapped model's a pass over its plan: negligible next to the evaluation).
+        model.prove_for(msg.encryption).map_err(|e| {
+            AttemptError::invalid_chunk(format!(
+                "chunk {} is a {} chunk and model {} is not proven for them: {e}",
+                msg.chunk, msg.encryption, msg.model_id
+            ))
+        })?;
     }
-    .payload_len();
+    let expected_len = msg.shape(model.input_columns()).payload_len(msg.params);
     if msg.length != expected_len {
         return Err(AttemptError::invalid_chunk(format!(
             "chunk {} is {} bytes; model {} needs {expected_len}",

@@ -286,6 +286,9 @@ async fn check_model<S: ObjectStore>(store: &S, header: &BatchHeader) -> Result<
             header.input_columns, manifest.input_columns
         )));
     }
+    manifest
+        .check_encryption(header.encryption)
+        .map_err(|e| model_refuses(format!("the batch was encrypted with a public key and {e}")))?;
     if manifest.family.bootstraps() {
         check_bootstrapping(store, header, &manifest).await
     } else if header.eval_key.is_some() {

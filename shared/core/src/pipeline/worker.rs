@@ -300,7 +300,7 @@ impl<S: ObjectStore, E: ChunkEvaluator + 'static> Worker<S, E> {
     ) -> Result<Vec<u8>, AttemptError> {
         let chunk = msg.chunk;
         let (records, records_per_chunk) = (msg.records, msg.records_per_chunk());
-        let eval_key = msg.eval_key;
+        let (eval_key, encryption) = (msg.eval_key, msg.encryption);
         let (evaluator, model) = (self.evaluator.clone(), model.clone());
         let evaluated = tokio::task::spawn_blocking(move || {
             let input = ChunkInput {
@@ -308,6 +308,7 @@ impl<S: ObjectStore, E: ChunkEvaluator + 'static> Worker<S, E> {
                 records,
                 records_per_chunk,
                 eval_key: eval_key.as_ref(),
+                encryption,
             };
             evaluator.evaluate(&model, &input)
         })

@@ -8,7 +8,7 @@ use crate::model::{
     Bounds, ClientFamily, MAX_FEATURES, MAX_OUTPUTS, ModelError, ModelFamily, Prediction,
     ServerFamily,
 };
-use crate::params::ParamSet;
+use crate::params::{Encryption, ParamSet};
 
 impl ServerFamily for ForestPlan {
     fn family(&self) -> ModelFamily {
@@ -36,8 +36,8 @@ impl ServerFamily for ForestPlan {
         self.programs.len()
     }
 
-    fn prove(&self, params: ParamSet) -> Result<Bounds, ModelError> {
-        self.validate(params)
+    fn prove(&self, params: ParamSet, encryption: Encryption) -> Result<Bounds, ModelError> {
+        self.validate_for(params, encryption)
             .map_err(|e| ModelError::Inconsistent(e.to_string()))?;
         if self.thermometer_bits as usize > MAX_FEATURES || self.score_slots as usize > MAX_OUTPUTS
         {

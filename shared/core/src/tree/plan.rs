@@ -3,7 +3,7 @@
 //! of thermometer bits), and the proof that it evaluates exactly ([`ForestPlan::validate`]).
 
 use super::noise::BootstrapNoise;
-use crate::params::ParamSet;
+use crate::params::{Encryption, ParamSet};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
@@ -165,6 +165,12 @@ impl ForestPlan {
     /// range for every bit pattern and carries at most the analysed noise; every slot's sum fits
     /// `slot_bits` and decodes with the noise of its bootstrap outputs and the packing.
     pub fn validate(&self, params: ParamSet) -> Result<(), PlanError> {
+        self.validate_for(params, Encryption::SecretKey)
+    }
+
+    /// [`ForestPlan::validate`] for inputs encrypted as `encryption` says (the fresh noise
+    /// of a public-key input is larger; it enters only the bootstrap-input noise check).
+    pub fn validate_for(&self, params: ParamSet, encryption: Encryption) -> Result<(), PlanError> {
         let noise = BootstrapNoise::of(params);
         // Bounded before anything is sized from them (a hostile plan could name 2^32 slots).
         if !(1..=2).contains(&self.functions)
@@ -177,7 +183,8 @@ impl ForestPlan {
             )));
         }
         let limit = self.input_values(params);
-        let fresh_in_nominal = (noise.fresh_variance_log2 - noise.pbs_output_variance_log2).exp2();
+        let fresh_in_nominal =
+            (encryption.fresh_variance_log2(params) - noise.pbs_output_variance_log2).exp2();
         // Per tree label: its bootstraps, and per slot their largest entries.
         let mut trees: BTreeMap<u32, Vec<usize>> = BTreeMap::new();
         let mut tops: Vec<Vec<u64>> = Vec::with_capacity(self.programs.len());

@@ -3,17 +3,17 @@
 
 use fhe_batch_core::format::{ChunkShape, ResultHeader};
 use fhe_batch_core::model::ModelPackage;
-use fhe_batch_core::params::ParamSet;
+use fhe_batch_core::params::{Encryption, ParamSet};
 use fhe_batch_core::pipeline::{ChunkEvaluator, ChunkInput};
 use fhe_batch_fhe::forest::{EvalKey, eval_key_id};
-use fhe_batch_fhe::glwe::encrypt_columns;
-use fhe_batch_fhe::{FheEvaluator, SecretKey};
+use fhe_batch_fhe::{Encryptor, FheEvaluator, PublicKey, SecretKey};
 use std::sync::OnceLock;
 
 pub const PARAMS: ParamSet = ParamSet::Glwe2048TUniform17;
 
 pub struct Keys {
     pub secret: SecretKey,
+    pub public: PublicKey,
     pub bytes: Vec<u8>,
     pub evaluator: FheEvaluator,
 }
@@ -28,6 +28,7 @@ pub fn keys() -> &'static Keys {
             .install_eval_key(&eval_key_id(&bytes), bytes.clone())
             .unwrap();
         Keys {
+            public: PublicKey::generate(&secret, Some(eval_key_id(&bytes))),
             secret,
             bytes,
             evaluator,
@@ -37,13 +38,25 @@ pub fn keys() -> &'static Keys {
 
 /// Encrypts `records` records of input column values (row-major) in one chunk of `slots`,
 /// evaluates it with the worker's evaluator and decrypts the result values.
-pub fn run_chunk(pkg: &ModelPackage, values: &[u64], records: usize, slots: usize) -> Vec<i64> {
+/// The records are encrypted as `encryption` says (the owner's secret key or its public key).
+pub fn run_chunk_as(
+    encryption: Encryption,
+    pkg: &ModelPackage,
+    values: &[u64],
+    records: usize,
+    slots: usize,
+) -> Vec<i64> {
     let k = keys();
     let shape = ChunkShape {
         input_columns: pkg.client.input_columns() as u32,
         records_per_chunk: slots as u32,
+        encryption,
     };
-    let payload = encrypt_columns(&k.secret, shape, pkg.client.column_bits(), values);
+    let encryptor = match encryption {
+        Encryption::SecretKey => Encryptor::Secret(&k.secret),
+        Encryption::PublicKey => Encryptor::Public(&k.public),
+    };
+    let payload = encryptor.encrypt_columns(shape, pkg.client.column_bits(), values);
     let id = eval_key_id(&k.bytes);
     let body = k
         .evaluator
@@ -54,6 +67,7 @@ pub fn run_chunk(pkg: &ModelPackage, values: &[u64], records: usize, slots: usiz
                 records: records as u32,
                 records_per_chunk: slots as u32,
                 eval_key: Some(&id),
+                encryption,
             },
         )
         .unwrap();
