@@ -238,6 +238,11 @@ impl ObjectStore for Bucket {
 }
 
 /// Where `publish-key` saves the evaluation key id of a key file: `KEY.evalkey`.
+/// The public key written beside a secret key file: `client.key` -> `client.pub`.
+pub fn public_key_file(key: &Path) -> std::path::PathBuf {
+    key.with_extension("pub")
+}
+
 pub fn eval_key_file(key: &Path) -> std::path::PathBuf {
     let mut name = key.as_os_str().to_owned();
     name.push(".evalkey");

@@ -384,7 +384,8 @@ fn pipelines_say_what_was_folded_and_regressors_report_their_errors() {
 
 /// An imported decision tree (breast cancer, depth 4) runs encrypted through the whole local
 /// pipeline: evaluation key published once, batch in small chunks (format version 2), worker
-/// bootstraps, and every decrypted prediction is ONNX Runtime's.
+/// bootstraps, and every decrypted prediction is ONNX Runtime's; the same records encrypted by
+/// a producer with only the public key (format version 3) give the same predictions.
 #[test]
 fn an_imported_decision_tree_runs_encrypted_end_to_end() {
     let dir = tempfile::tempdir().unwrap();
@@ -467,20 +468,77 @@ fn an_imported_decision_tree_runs_encrypted_end_to_end() {
             "50",
         ],
     );
-    ok(d, &["publish", "--model", "tree"]);
-    ok(d, &["submit", "t.fheb"]);
-    let out = ok(d, &["run"]);
-    assert!(out.contains("3 chunk results written"), "{out}");
-    let out = ok(d, &["status", "t"]);
-    assert!(out.contains("SUCCEEDED"), "{out}");
-    ok(
-        d,
+    // A producer holds only the public key publish-key wrote (it names the evaluation key):
+    // it encrypts the same records in a directory with no secret key, and cannot decrypt.
+    let producer = d.join("producer");
+    std::fs::create_dir(&producer).unwrap();
+    std::fs::copy(d.join("k.pub"), producer.join("owner.pub")).unwrap();
+    let tree = d.join("tree").display().to_string();
+    let holdout = d.join("holdout.csv").display().to_string();
+    let out = ok(
+        &producer,
         &[
-            "decrypt", "--model", "tree", "--key", "k.key", "--job", "t", "--out", "p.csv",
+            "encrypt",
+            "--model",
+            &tree,
+            "--public-key",
+            "owner.pub",
+            "--input",
+            &holdout,
+            "--out",
+            "tp.fheb",
+            "--chunk-records",
+            "50",
         ],
     );
-    let preds = std::fs::read_to_string(d.join("p.csv")).unwrap();
-    let labels: Vec<String> = preds
+    assert!(out.contains("public-key encryption"), "{out}");
+    let names: Vec<String> = walk(&producer)
+        .iter()
+        .map(|p| p.file_name().unwrap().to_string_lossy().to_string())
+        .collect();
+    assert_eq!(names.len(), 2, "{names:?}");
+    let refused = fhe_batch(
+        &producer,
+        &[
+            "decrypt",
+            "--model",
+            &tree,
+            "--key",
+            "owner.pub",
+            "--results",
+            ".",
+            "--out",
+            "p.csv",
+        ],
+    );
+    assert!(!refused.status.success());
+    assert!(
+        String::from_utf8_lossy(&refused.stderr).contains("not an fhe-batch key file"),
+        "{}",
+        String::from_utf8_lossy(&refused.stderr)
+    );
+    std::fs::copy(producer.join("tp.fheb"), d.join("tp.fheb")).unwrap();
+    ok(d, &["publish", "--model", "tree"]);
+    ok(d, &["submit", "t.fheb"]);
+    ok(d, &["submit", "tp.fheb"]);
+    let out = ok(d, &["run"]);
+    assert!(out.contains("6 chunk results written"), "{out}");
+    let mut runs = Vec::new();
+    for job in ["t", "tp"] {
+        let out = ok(d, &["status", job]);
+        assert!(out.contains("SUCCEEDED"), "{out}");
+        let csv = format!("{job}.csv");
+        ok(
+            d,
+            &[
+                "decrypt", "--model", "tree", "--key", "k.key", "--job", job, "--out", &csv,
+            ],
+        );
+        runs.push(std::fs::read_to_string(d.join(&csv)).unwrap());
+    }
+    // The public-key batch decrypts to exactly the secret-key batch's predictions.
+    assert_eq!(runs[0], runs[1]);
+    let labels: Vec<String> = runs[0]
         .lines()
         .skip(1)
         .map(|l| l.split(',').nth(1).unwrap().to_string())

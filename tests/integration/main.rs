@@ -10,6 +10,7 @@ mod mlp;
 mod notify;
 mod permissions;
 mod pipeline;
+mod public_key;
 mod reliability;
 mod training;
 mod trees;

@@ -1,9 +1,10 @@
 //! `fhe-batch encrypt`: a CSV of records into an encrypted batch file (.fheb) for one
-//! compiled model, using only the model's client part.
+//! compiled model, using only the model's client part, with the owner's secret key or with
+//! its public key (a producer who must not read results).
 
 use crate::{local, output, store};
 use anyhow::{Context, Result};
-use fhe_batch_fhe::SecretKey;
+use fhe_batch_fhe::{Encryptor, PublicKey, SecretKey};
 use fhe_batch_train::data::read_records;
 use std::path::PathBuf;
 use std::time::Instant;
@@ -18,6 +19,11 @@ pub struct EncryptArgs {
     model: PathBuf,
     #[arg(long, short, default_value = "client.key")]
     key: PathBuf,
+    /// Encrypt with the owner's public key instead of a secret key (KEY.pub from `keygen` or
+    /// `publish-key`): anyone may hold it; it cannot decrypt. Batches are about twice the
+    /// size (whole ciphertexts travel, not seeds).
+    #[arg(long, conflicts_with = "key")]
+    public_key: Option<PathBuf>,
     #[arg(long, short)]
     input: PathBuf,
     #[arg(long, short)]
@@ -34,7 +40,31 @@ pub struct EncryptArgs {
 
 pub fn run(args: EncryptArgs) -> Result<()> {
     let side = store::read_client_side(&args.model)?;
-    let key = SecretKey::load(&args.key)?;
+    let (secret, public) = match &args.public_key {
+        Some(path) => (None, Some(PublicKey::load(path)?)),
+        None => (Some(SecretKey::load(&args.key)?), None),
+    };
+    let key: Encryptor = match (&secret, &public) {
+        (Some(k), _) => k.into(),
+        (_, Some(k)) => k.into(),
+        _ => unreachable!("one key was loaded"),
+    };
+    let mut eval_key = args.eval_key.clone();
+    if let Some(pk) = &public {
+        side.manifest
+            .check_encryption(key.kind())
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+        if eval_key.is_none() && side.manifest.family.bootstraps() {
+            let id = pk.eval_key().with_context(|| {
+                format!(
+                    "model {} bootstraps and {} names no evaluation key: ask the key holder to run `fhe-batch publish-key` and send the public key it writes (or pass --eval-key ID)",
+                    side.manifest.model_id,
+                    args.public_key.as_ref().expect("public key path").display()
+                )
+            })?;
+            eval_key = Some(id.to_string());
+        }
+    }
     let t = Instant::now();
     let raw = read_records(&args.input, &side.client.feature_names)?;
     let records = raw.len() / side.client.n_features();
@@ -46,12 +76,12 @@ pub fn run(args: EncryptArgs) -> Result<()> {
         &side,
         key.params(),
         &args.key,
-        args.eval_key.as_deref(),
+        eval_key.as_deref(),
         args.chunk_records,
     )?;
     let pb = local::bar(records as u64, "encrypt", true);
     let bytes = fhe_batch_fhe::batch::encrypt_batch_with(
-        &key,
+        key,
         &side.client,
         side.manifest.model_id,
         &columns,
@@ -62,7 +92,8 @@ pub fn run(args: EncryptArgs) -> Result<()> {
     let out = &args.out;
     std::fs::write(out, &bytes).with_context(|| format!("writing {}", out.display()))?;
     println!(
-        "encrypted {records} records into {} ({}, {} per record) in {}",
+        "encrypted {records} records ({} encryption) into {} ({}, {} per record) in {}",
+        key.kind(),
         out.display(),
         output::bytes(bytes.len() as u64),
         output::bytes(bytes.len() as u64 / records as u64),

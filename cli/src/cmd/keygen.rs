@@ -1,13 +1,15 @@
-//! `fhe-batch keygen`: the data owner's secret key, written owner-only.
+//! `fhe-batch keygen`: the data owner's secret key, written owner-only, and its public key.
 
 use crate::output;
 use anyhow::Result;
 use fhe_batch_core::params::ParamSet;
-use fhe_batch_fhe::SecretKey;
+use fhe_batch_fhe::{PublicKey, SecretKey};
 use std::path::PathBuf;
 use std::time::Instant;
 
-/// Generate a secret key (written owner-only; it never leaves this machine).
+/// Generate a secret key (written owner-only; it never leaves this machine) and its public key
+/// (KEY with the extension .pub): whoever holds the public key can encrypt batches for your
+/// models (`encrypt --public-key`) but can read nothing, not even what it encrypted.
 #[derive(clap::Args, Debug)]
 pub struct KeygenArgs {
     #[arg(long, short, default_value = "client.key")]
@@ -29,5 +31,11 @@ pub fn run(args: KeygenArgs) -> Result<()> {
         key.fingerprint()
     );
     println!("keep it private: it is the only way to read your results");
+    let public = crate::store::public_key_file(&args.out);
+    PublicKey::generate(&key, None).save(&public, true)?;
+    println!(
+        "public key written to {}: producers encrypt with it (`fhe-batch encrypt --public-key`) and cannot decrypt; for tree and network models run `fhe-batch publish-key` first, which rewrites it with your evaluation key id",
+        public.display()
+    );
     Ok(())
 }

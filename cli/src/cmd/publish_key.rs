@@ -6,14 +6,15 @@ use crate::{output, store};
 use anyhow::{Context, Result};
 use fhe_batch_core::layout;
 use fhe_batch_core::ports::ObjectStore;
-use fhe_batch_fhe::SecretKey;
+use fhe_batch_fhe::{PublicKey, SecretKey};
 use std::path::PathBuf;
 use std::time::Instant;
 
 /// Generate the evaluation key of your secret key (tfhe's compressed server key and a
 /// packing key: public material that lets the service bootstrap, never decrypt) and upload
 /// it once to keys/<id>/eval.key, where id is a hash of its content. Tree ensembles need
-/// it. The id is saved next to the key file (KEY.evalkey) for `encrypt`.
+/// it. The id is saved next to the key file (KEY.evalkey) for `encrypt`, and in a fresh public
+/// key (KEY with the extension .pub) for producers who encrypt with `--public-key`.
 #[derive(clap::Args, Debug)]
 pub struct PublishKeyArgs {
     #[arg(long, short, default_value = "client.key")]
@@ -35,6 +36,8 @@ pub fn run(args: PublishKeyArgs) -> Result<()> {
         let saved = store::eval_key_file(&args.key);
         std::fs::write(&saved, format!("{id}\n"))
             .with_context(|| format!("writing {}", saved.display()))?;
+        let public = store::public_key_file(&args.key);
+        PublicKey::generate(&sk, Some(id)).save(&public, true)?;
         println!(
             "evaluation key {id} ({}, generated in {}) uploaded to {}/{}; its id is saved in {}",
             output::bytes(n),
@@ -42,6 +45,10 @@ pub fn run(args: PublishKeyArgs) -> Result<()> {
             s.describe(),
             layout::eval_key(&id),
             saved.display()
+        );
+        println!(
+            "public key for producers (names this evaluation key): {}",
+            public.display()
         );
         Ok(())
     })
