@@ -135,18 +135,24 @@ impl Encryption {
         }
     }
 
-    /// log2 of the noise variance the bootstrapping proofs assume for a fresh coefficient.
+    /// log2 of the noise variance the bootstrapping proofs assume for a fresh coefficient
+    /// (they bound tails from variances, as tfhe's own noise analysis does).
     ///
-    /// - secret key: the TUniform variance `(2^(2b+1) + 1) / 6`;
-    /// - public key: the square of the absolute bound above. A variable bounded by `B` has a
-    ///   second moment of at most `B^2`, whatever the distribution, so no independence or
-    ///   Gaussian assumption about `e·r` is needed (it costs nothing: the bootstraps' own noise
-    ///   is 2^40 times larger).
+    /// - secret key: the TUniform variance `sigma^2 = (2^(2b+1) + 1) / 6`;
+    /// - public key: `(N/2 + kN + 1) sigma^2`, the variance of `E·r + e2 - e1·S` over the key
+    ///   generation's and the encryption's randomness, as tfhe computes it for its compact
+    ///   public-key encryption: each of the N terms `E_j r_j` has variance `sigma^2 / 2` (`E_j`
+    ///   zero-mean TUniform, `r_j` uniform binary, independent), each of the at most `kN`
+    ///   terms `e1_j S_j` at most `sigma^2` whatever the secret key, and `e2` adds `sigma^2`.
+    ///   For N = 2048, k = 1: 3,073 sigma^2, 2^44.0.
     pub fn fresh_variance_log2(self, params: ParamSet) -> f64 {
         let b = params.noise_bound_log2() as f64;
+        let tuniform = ((2.0 * b + 1.0).exp2() + 1.0) / 6.0;
+        let n = params.polynomial_size() as f64;
+        let k = params.glwe_dimension() as f64;
         match self {
-            Encryption::SecretKey => (((2.0 * b + 1.0).exp2() + 1.0) / 6.0).log2(),
-            Encryption::PublicKey => 2.0 * self.noise_bound_log2(params),
+            Encryption::SecretKey => tuniform.log2(),
+            Encryption::PublicKey => ((n / 2.0 + k * n + 1.0) * tuniform).log2(),
         }
     }
 }
@@ -181,7 +187,8 @@ mod tests {
             (b - (17.0 + 4097f64.log2())).abs() < 1e-12 && b < 29.001,
             "{b}"
         );
-        assert_eq!(Encryption::PublicKey.fresh_variance_log2(p), 2.0 * b);
+        let v = Encryption::PublicKey.fresh_variance_log2(p);
+        assert!((v - (analysed + 3073f64.log2())).abs() < 1e-9, "{v}");
         for e in [Encryption::SecretKey, Encryption::PublicKey] {
             assert_eq!(Encryption::from_wire_id(e.wire_id()), Some(e));
         }
