@@ -6,7 +6,7 @@
 #   infra/fuzz.sh 20000                  # the smoke run .ci/run does
 #
 # Targets (fuzz/fuzz_targets): batch, chunk, result, model, key_file, s3_event, sqs_body, job_id,
-# store_key, onnx. Each starts from fuzz/seeds/<target> and tests/fixtures/hostile/<target>; new inputs
+# store_key, onnx, public_key. Each starts from fuzz/seeds/<target> and tests/fixtures/hostile/<target>; new inputs
 # go to fuzz/corpus/<target> (not committed) and crashes to fuzz/artifacts/<target>.
 # cargo-fuzz is installed into $FHE_BATCH_TOOLS (default ~/.cache/fhe-batch/tools); the build
 # goes to $FHE_BATCH_FUZZ_TARGET (default ~/.cache/fhe-batch/fuzz-target). libFuzzer's
@@ -21,7 +21,7 @@ export PATH="$TOOLS/bin:$PATH"
 export RUSTC_BOOTSTRAP=1
 TARGETS=("$@")
 if [ ${#TARGETS[@]} -eq 0 ]; then
-  TARGETS=(batch chunk result model key_file s3_event sqs_body job_id store_key onnx)
+  TARGETS=(batch chunk result model key_file s3_event sqs_body job_id store_key onnx public_key)
 fi
 
 if ! cargo fuzz --version 2>/dev/null | grep -q "0.13.2"; then
