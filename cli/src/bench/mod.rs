@@ -5,6 +5,7 @@
 //! ensembles ([`trees`]) each have their module; this one has the arguments, the dispatch and
 //! the helpers they share.
 
+mod encryption;
 mod linear;
 mod mlp;
 mod pbs;
@@ -70,9 +71,16 @@ pub struct BenchArgs {
     /// Input bits of the network's quantized features.
     #[arg(long, default_value_t = 8)]
     mlp_bits: u8,
+    /// Compare secret-key and public-key batches instead: encryption time and bytes per
+    /// record for each family's chunk shape, and the public key's size and generation time.
+    #[arg(long)]
+    encryption: bool,
 }
 
 pub fn run(args: BenchArgs) -> Result<()> {
+    if args.encryption {
+        return encryption::run(args.iters, args.json);
+    }
     if let Some(onnx) = &args.mlp {
         let data = read_labelled_csv(&args.mlp_data, "label", Task::Classification)?;
         return mlp::run(&mlp::MlpBench {
