@@ -13,6 +13,16 @@
 //! `psi^(4k+1)` suffice. With `u_j = (a_j + i*a_(j+N/2)) * psi^j`, those values are the
 //! size-N/2 DFT of `u` (positive exponent). Products are pointwise; the inverse DFT, the
 //! inverse twist and a division by N/2 give `c_j + i*c_(j+N/2)`.
+//!
+//! Error bound: each limb product's exact coefficients are integers of magnitude at most
+//! `2^22 * N = 2^33`. A double-precision FFT product of size n = N/2 = 1024 has an absolute
+//! error of at most about `||a||_2 ||s||_2 * c * log2(n) * 2^-53` per coefficient, with
+//! `||a||_2 <= 2^22 * sqrt(N)`, `||s||_2 <= sqrt(N)` and a small constant c: `2^33 * 10 * c *
+//! 2^-53 ~ 2^-16.7 c`, some 15 bits below the 1/2 at which rounding would pick the wrong
+//! integer. [`BinaryPolyMultiplier::mul_acc`] checks the margin at run time: every rounded
+//! value must lie within 1/4 of its integer and within the largest exact magnitude
+//! `(2^22 - 1) N`, else it panics ("FFT rounding margin lost") instead of returning a wrong
+//! product.
 
 use rustfft::num_complex::Complex64;
 use rustfft::{Fft, FftPlanner};
@@ -86,6 +96,11 @@ impl BinaryPolyMultiplier {
         assert_eq!(a.len(), 2 * h, "polynomial size");
         assert_eq!(acc.len(), 2 * h, "polynomial size");
         let mut buf = vec![Complex64::default(); h];
+        // The run-time guard: every value within 1/4 of its rounded integer, and within the
+        // largest magnitude an exact limb product can have (past 2^53 every f64 is an integer,
+        // so the first check alone could not see a lost margin there). A NaN fails both.
+        let mut within = true;
+        let largest = (LIMB_MASK * 2 * h as u64) as f64 + 0.25;
         for limb in 0..LIMBS {
             let shift = limb * LIMB_BITS;
             self.values_of(|j| ((a[j] >> shift) & LIMB_MASK) as f64, &mut buf);
@@ -95,8 +110,13 @@ impl BinaryPolyMultiplier {
             self.interpolate.process(&mut buf);
             for (j, v) in buf.iter().enumerate() {
                 let v = v * self.untwist[j];
-                let lo = (v.re.round() as i64 as u64).wrapping_shl(shift);
-                let hi = (v.im.round() as i64 as u64).wrapping_shl(shift);
+                let (re, im) = (v.re.round(), v.im.round());
+                within &= (v.re - re).abs() < 0.25
+                    && (v.im - im).abs() < 0.25
+                    && v.re.abs() <= largest
+                    && v.im.abs() <= largest;
+                let lo = (re as i64 as u64).wrapping_shl(shift);
+                let hi = (im as i64 as u64).wrapping_shl(shift);
                 if subtract {
                     acc[j] = acc[j].wrapping_sub(lo);
                     acc[j + h] = acc[j + h].wrapping_sub(hi);
@@ -106,6 +126,20 @@ impl BinaryPolyMultiplier {
                 }
             }
         }
+        assert!(
+            within,
+            "FFT rounding margin lost: a negacyclic product would be wrong (see the error bound in fhe_batch_fhe::negacyclic)"
+        );
+    }
+
+    /// A multiplier by any integer polynomial, unchecked: only for testing the guard.
+    #[cfg(test)]
+    fn unchecked(key: &[i64]) -> Self {
+        let mut m = Self::new(&vec![0; key.len()]);
+        let mut values = vec![Complex64::default(); m.half];
+        m.values_of(|j| key[j] as f64, &mut values);
+        m.key_values = values;
+        m
     }
 }
 
@@ -124,6 +158,19 @@ mod tests {
             &Polynomial::from_container(s),
         );
         out.into_container()
+    }
+
+    /// The guard fails loudly when the products leave f64's exact range (a key of 2^40
+    /// coefficients: limb products near 2^73).
+    #[test]
+    #[should_panic(expected = "FFT rounding margin lost")]
+    fn the_rounding_guard_fires_when_the_margin_is_lost() {
+        let n = 2048;
+        let mut rng = rand::rngs::StdRng::seed_from_u64(5);
+        let key: Vec<i64> = (0..n).map(|_| rng.gen_range(0..1i64 << 40)).collect();
+        let a: Vec<u64> = (0..n).map(|_| rng.r#gen()).collect();
+        let mut acc = vec![0u64; n];
+        BinaryPolyMultiplier::unchecked(&key).mul_acc(&mut acc, &a, false);
     }
 
     #[test]
