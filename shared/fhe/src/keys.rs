@@ -17,7 +17,11 @@ use tfhe::shortint::client_key::atomic_pattern::{
 };
 
 const KEY_MAGIC: [u8; 8] = *b"FHEBKEY\0";
-const KEY_VERSION: u16 = 1;
+/// Key file version 1: GLWE and LWE key bits; the output key is derived from the GLWE key.
+const KEY_VERSION_1: u16 = 1;
+/// Key file version 2 (written since issue 14): GLWE, LWE and output key bits; the output key
+/// is sampled independently.
+const KEY_VERSION: u16 = 2;
 const KEY_HEADER_LEN: usize = 8 + 2 + 2 + 16 + 8;
 /// Largest key file accepted.
 pub const MAX_KEY_FILE_BYTES: u64 = 1 << 20;
@@ -81,10 +85,13 @@ fn raw_parts_of(
     }
 }
 
-/// The output key: a binary GLWE key of the same shape, derived from the secret key with a
-/// PRF (AES-128-CTR keyed by a domain-separated SHA-256 of the key bits). Results of
-/// bootstrapped models are packed under it, so the packing key encrypts the input key under a
-/// different key (no key cycle). Derived, not stored: the key file stays as it is.
+/// The output key of a version-1 key file: a binary GLWE key of the same shape, derived from
+/// the secret key with a PRF (AES-128-CTR keyed by a domain-separated SHA-256 of the key bits).
+/// Results of bootstrapped models are packed under it, so the packing key encrypts the input
+/// key under a different key; but that key is a function of the input key (key-dependent
+/// encryption, sound only heuristically), which is why version-2 files store an independently
+/// sampled output key instead ([`sample_output_key`]). Kept so version-1 keys, their published
+/// evaluation keys and their results keep working.
 fn output_key_of(glwe: &GlweSecretKeyOwned<u64>) -> GlweSecretKeyOwned<u64> {
     let mut h = Sha256::new();
     h.update(b"fhe-batch output key v1");
@@ -97,6 +104,17 @@ fn output_key_of(glwe: &GlweSecretKeyOwned<u64>) -> GlweSecretKeyOwned<u64> {
     crate::mask::expand_masks(seed, &mut words);
     words.iter_mut().for_each(|w| *w &= 1);
     GlweSecretKey::from_container(words, glwe.polynomial_size())
+}
+
+/// A fresh output key, independent of the input key: uniform binary from its own generator
+/// (tfhe's seeder mixed with the operating system's, [`crate::seed`]).
+fn sample_output_key(params: ParamSet) -> GlweSecretKeyOwned<u64> {
+    use tfhe::core_crypto::commons::math::random::RandomGenerator;
+    let n = params.polynomial_size();
+    let mut words = vec![0u64; params.glwe_dimension() * n];
+    RandomGenerator::<DefaultRandomGenerator>::new(crate::seed::MixedSeeder::new().seed())
+        .fill_slice_with_random_uniform_binary_bits(&mut words);
+    GlweSecretKey::from_container(words, PolynomialSize(n))
 }
 
 fn fingerprint_of(glwe: &GlweSecretKeyOwned<u64>) -> KeyFingerprint {
@@ -119,10 +137,16 @@ impl SecretKey {
             &mut crate::seed::MixedSeeder::new(),
         )
         .new_client_key(shortint_params(params));
-        Self::from_shortint(params, shortint).expect("fresh key has the requested parameters")
+        Self::from_shortint(params, shortint, Some(sample_output_key(params)))
+            .expect("fresh key has the requested parameters")
     }
 
-    fn from_shortint(params: ParamSet, shortint: ShortintClientKey) -> Result<Self, KeyError> {
+    /// `output`: the stored output key (version 2), or `None` to derive it (version 1).
+    fn from_shortint(
+        params: ParamSet,
+        shortint: ShortintClientKey,
+        output: Option<GlweSecretKeyOwned<u64>>,
+    ) -> Result<Self, KeyError> {
         let expected = shortint_params(params);
         let p = shortint.parameters();
         if p.glwe_dimension() != expected.glwe_dimension
@@ -147,7 +171,17 @@ impl SecretKey {
             .iter()
             .map(|p| BinaryPolyMultiplier::new(p.as_ref()))
             .collect();
-        let output = output_key_of(&glwe);
+        let output = match output {
+            Some(o)
+                if o.glwe_dimension() == glwe.glwe_dimension()
+                    && o.polynomial_size() == glwe.polynomial_size()
+                    && o.as_ref().iter().all(|&b| b <= 1) =>
+            {
+                o
+            }
+            Some(_) => return Err(KeyError::Params),
+            None => output_key_of(&glwe),
+        };
         Ok(Self {
             params,
             shortint: Some(shortint),
@@ -180,11 +214,13 @@ impl SecretKey {
         }
     }
 
-    /// Serializes the key for the owner's key file: a header, then the binary GLWE and LWE
-    /// secret keys, one byte per key bit.
+    /// Serializes the key for the owner's key file (version 2): a header, then the binary
+    /// GLWE, LWE and output secret keys, one byte per key bit. A key read from a version-1
+    /// file is written with the output key it derived, so it stays the same key.
     pub fn to_bytes(&self) -> Vec<u8> {
         let (glwe, lwe) = self.raw_keys();
-        let body_len = glwe.len() + lwe.len();
+        let output = self.output.as_ref();
+        let body_len = glwe.len() + lwe.len() + output.len();
         let mut out = Vec::with_capacity(KEY_HEADER_LEN + body_len);
         out.extend_from_slice(&KEY_MAGIC);
         out.extend_from_slice(&KEY_VERSION.to_le_bytes());
@@ -193,6 +229,7 @@ impl SecretKey {
         out.extend_from_slice(&(body_len as u64).to_le_bytes());
         out.extend(glwe.iter().map(|&b| b as u8));
         out.extend(lwe.iter().map(|&b| b as u8));
+        out.extend(output.iter().map(|&b| b as u8));
         out
     }
 
@@ -227,7 +264,7 @@ impl SecretKey {
             return Err(KeyError::Damaged("file too large".into()));
         }
         let version = u16::from_le_bytes([bytes[8], bytes[9]]);
-        if version != KEY_VERSION {
+        if version != KEY_VERSION && version != KEY_VERSION_1 {
             return Err(KeyError::Version(version));
         }
         let params = ParamSet::from_wire_id(u16::from_le_bytes([bytes[10], bytes[11]]))
@@ -239,11 +276,12 @@ impl SecretKey {
         let sp = shortint_params(params);
         let glwe_len = sp.glwe_dimension.0 * sp.polynomial_size.0;
         let lwe_len = sp.lwe_dimension.0;
-        if len != body.len() as u64 || body.len() != glwe_len + lwe_len {
+        let output_len = if version == KEY_VERSION { glwe_len } else { 0 };
+        let needed = glwe_len + lwe_len + output_len;
+        if len != body.len() as u64 || body.len() != needed {
             return Err(KeyError::Damaged(format!(
-                "declares {len} key bytes, holds {}, parameters need {}",
+                "declares {len} key bytes, holds {}, parameters need {needed}",
                 body.len(),
-                glwe_len + lwe_len
             )));
         }
         if body.iter().any(|&b| b > 1) {
@@ -257,7 +295,7 @@ impl SecretKey {
             sp.polynomial_size,
         );
         let lwe = LweSecretKey::from_container(
-            body[glwe_len..]
+            body[glwe_len..glwe_len + lwe_len]
                 .iter()
                 .map(|&b| b as u64)
                 .collect::<Vec<u64>>(),
@@ -266,7 +304,16 @@ impl SecretKey {
         let shortint = ShortintClientKey {
             atomic_pattern: AtomicPatternClientKey::Standard(ap),
         };
-        let key = Self::from_shortint(params, shortint)?;
+        let output = (version == KEY_VERSION).then(|| {
+            GlweSecretKey::from_container(
+                body[glwe_len + lwe_len..]
+                    .iter()
+                    .map(|&b| b as u64)
+                    .collect::<Vec<u64>>(),
+                sp.polynomial_size,
+            )
+        });
+        let key = Self::from_shortint(params, shortint, output)?;
         if key.fingerprint != KeyFingerprint::from_bytes(fp) {
             return Err(KeyError::Damaged(
                 "fingerprint does not match the key".into(),
@@ -502,6 +549,49 @@ mod tests {
             Err(KeyError::Unsafe { .. })
         ));
         std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    /// Version-1 files (no stored output key) still load, with the output key they always had
+    /// (derived), and are re-written as version 2 holding that same key; new keys sample their
+    /// output key independently.
+    #[test]
+    fn version_1_key_files_still_load_and_new_keys_have_an_independent_output_key() {
+        let v1 = include_bytes!("../../../fuzz/seeds/key_file/test-key.bin");
+        assert_eq!(u16::from_le_bytes([v1[8], v1[9]]), 1);
+        let old = SecretKey::from_bytes(v1).unwrap();
+        assert_eq!(old.output_glwe(), &output_key_of(&old.glwe));
+        let v2 = old.to_bytes();
+        assert_eq!(u16::from_le_bytes([v2[8], v2[9]]), KEY_VERSION);
+        assert_eq!(v2.len(), v1.len() + 2048);
+        let again = SecretKey::from_bytes(&v2).unwrap();
+        assert_eq!(again.output_glwe(), old.output_glwe());
+        assert_eq!(again.fingerprint(), old.fingerprint());
+        assert_eq!(again.to_bytes(), v2);
+        let mut extra = v1.to_vec();
+        extra.push(0);
+        assert!(SecretKey::from_bytes(&extra).is_err());
+
+        let new = SecretKey::generate(ParamSet::Glwe2048TUniform17);
+        let derived = output_key_of(&new.glwe);
+        let differ = new
+            .output_glwe()
+            .as_ref()
+            .iter()
+            .zip(derived.as_ref())
+            .filter(|(a, b)| a != b)
+            .count();
+        let ones = new.output_glwe().as_ref().iter().sum::<u64>();
+        // Independent uniform bits: about half differ from the derived key, about half are set.
+        assert!((800..1250).contains(&differ), "{differ}");
+        assert!((800..1250).contains(&ones), "{ones}");
+        let bytes = new.to_bytes();
+        assert_eq!(
+            SecretKey::from_bytes(&bytes).unwrap().output_glwe(),
+            new.output_glwe()
+        );
+        let mut bad = bytes.clone();
+        *bad.last_mut().unwrap() = 2;
+        assert!(SecretKey::from_bytes(&bad).is_err());
     }
 
     #[test]
