@@ -238,6 +238,39 @@ impl ObjectStore for Bucket {
 }
 
 /// Where `publish-key` saves the evaluation key id of a key file: `KEY.evalkey`.
+/// The passphrase of a protected key file: `FHE_BATCH_PASSPHRASE`, else the first line of the
+/// file `FHE_BATCH_PASSPHRASE_FILE` names (never a command-line argument, which other users of
+/// the machine can read).
+pub fn passphrase() -> Result<Option<zeroize::Zeroizing<Vec<u8>>>> {
+    if let Some(p) = std::env::var_os("FHE_BATCH_PASSPHRASE") {
+        return Ok(Some(zeroize::Zeroizing::new(
+            p.to_string_lossy().as_bytes().to_vec(),
+        )));
+    }
+    if let Some(file) = std::env::var_os("FHE_BATCH_PASSPHRASE_FILE") {
+        let text =
+            zeroize::Zeroizing::new(std::fs::read_to_string(&file).with_context(|| {
+                format!("reading the passphrase file {}", file.to_string_lossy())
+            })?);
+        let line = text.lines().next().unwrap_or("");
+        return Ok(Some(zeroize::Zeroizing::new(line.as_bytes().to_vec())));
+    }
+    Ok(None)
+}
+
+/// Loads the secret key file, with its passphrase when it is protected.
+pub fn load_secret_key(path: &Path) -> Result<fhe_batch_fhe::SecretKey> {
+    let pass = if fhe_batch_fhe::SecretKey::is_sealed(path) {
+        passphrase()?
+    } else {
+        None
+    };
+    Ok(fhe_batch_fhe::SecretKey::load_with(
+        path,
+        pass.as_ref().map(|p| p.as_slice()),
+    )?)
+}
+
 /// The public key written beside a secret key file: `client.key` -> `client.pub`.
 pub fn public_key_file(key: &Path) -> std::path::PathBuf {
     key.with_extension("pub")

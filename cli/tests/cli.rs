@@ -239,6 +239,63 @@ fn a_wrong_key_or_bad_input_gives_a_clear_error() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("invalid job id"));
 }
 
+/// A key file protected with a passphrase (`keygen --protect`) is useless without it: every
+/// command that reads it asks for it, a wrong one is refused, the right one (from the
+/// environment or a file) works end to end.
+#[test]
+fn a_passphrase_protected_key_needs_its_passphrase() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let iris = data("iris.csv");
+    let with = |envs: &[(&str, &str)], args: &[&str]| {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_fhe-batch"));
+        c.args(args).current_dir(d).env_remove("FHE_BATCH_STORE");
+        c.env_remove("FHE_BATCH_PASSPHRASE")
+            .env_remove("FHE_BATCH_PASSPHRASE_FILE");
+        for (k, v) in envs {
+            c.env(k, v);
+        }
+        c.output().expect("runs")
+    };
+    let pass = [("FHE_BATCH_PASSPHRASE", "a long passphrase of the owner")];
+    ok(d, &["train", "--data", &iris, "--out", "model"]);
+    let out = with(&[], &["keygen", "--out", "p.key", "--protect"]);
+    assert!(!out.status.success(), "--protect without a passphrase");
+    let out = with(&pass, &["keygen", "--out", "p.key", "--protect"]);
+    assert!(out.status.success());
+    assert!(String::from_utf8_lossy(&out.stdout).contains("passphrase-protected"));
+    let encrypt = [
+        "encrypt", "--model", "model", "--key", "p.key", "--input", &iris, "--out", "x.fheb",
+    ];
+    let out = with(&[], &encrypt);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("passphrase-protected"), "{err}");
+    let out = with(&[("FHE_BATCH_PASSPHRASE", "not it")], &encrypt);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("wrong passphrase"), "{err}");
+    assert!(with(&pass, &encrypt).status.success());
+    ok(d, &["publish", "--model", "model"]);
+    ok(d, &["submit", "x.fheb"]);
+    ok(d, &["run"]);
+    std::fs::write(d.join("pass.txt"), "a long passphrase of the owner\n").unwrap();
+    let file = d.join("pass.txt").display().to_string();
+    let out = with(
+        &[("FHE_BATCH_PASSPHRASE_FILE", &file)],
+        &[
+            "decrypt", "--model", "model", "--key", "p.key", "--job", "x", "--out", "p.csv",
+        ],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let preds = std::fs::read_to_string(d.join("p.csv")).unwrap();
+    assert_eq!(preds.lines().count(), 151);
+}
+
 fn contains(hay: &[u8], needle: &[u8]) -> bool {
     hay.windows(needle.len()).any(|w| w == needle)
 }

@@ -4,7 +4,6 @@
 use super::common::{StoreArg, job_arg, runtime};
 use crate::{output, store};
 use anyhow::{Result, bail};
-use fhe_batch_fhe::SecretKey;
 use fhe_batch_fhe::batch::ExpectedBatch;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -34,7 +33,7 @@ pub struct DecryptArgs {
 
 pub fn run(args: DecryptArgs) -> Result<()> {
     let side = store::read_client_side(&args.model)?;
-    let key = SecretKey::load(&args.key)?;
+    let key = store::load_secret_key(&args.key)?;
     let (files, expected) = match (&args.job, &args.results) {
         (Some(j), None) => runtime()?.block_on(async {
             let s = args.store.open().await?;

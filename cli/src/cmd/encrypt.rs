@@ -4,7 +4,7 @@
 
 use crate::{local, output, store};
 use anyhow::{Context, Result};
-use fhe_batch_fhe::{Encryptor, PublicKey, SecretKey};
+use fhe_batch_fhe::{Encryptor, PublicKey};
 use fhe_batch_train::data::read_records;
 use std::path::PathBuf;
 use std::time::Instant;
@@ -42,7 +42,7 @@ pub fn run(args: EncryptArgs) -> Result<()> {
     let side = store::read_client_side(&args.model)?;
     let (secret, public) = match &args.public_key {
         Some(path) => (None, Some(PublicKey::load(path)?)),
-        None => (Some(SecretKey::load(&args.key)?), None),
+        None => (Some(store::load_secret_key(&args.key)?), None),
     };
     let key: Encryptor = match (&secret, &public) {
         (Some(k), _) => k.into(),

@@ -17,16 +17,33 @@ pub struct KeygenArgs {
     /// Replace an existing key file.
     #[arg(long)]
     force: bool,
+    /// Protect the key file with a passphrase (Argon2id, XChaCha20-Poly1305), read from
+    /// FHE_BATCH_PASSPHRASE or the file FHE_BATCH_PASSPHRASE_FILE names; every command that
+    /// reads the key then needs it the same way. Off by default.
+    #[arg(long)]
+    protect: bool,
 }
 
 pub fn run(args: KeygenArgs) -> Result<()> {
     let t = Instant::now();
     let key = SecretKey::generate(ParamSet::Glwe2048TUniform17);
-    key.save(&args.out, args.force)?;
+    let pass = if args.protect {
+        Some(crate::store::passphrase()?.ok_or_else(|| {
+            anyhow::anyhow!("--protect needs a passphrase: set FHE_BATCH_PASSPHRASE or FHE_BATCH_PASSPHRASE_FILE")
+        })?)
+    } else {
+        None
+    };
+    key.save_with(&args.out, args.force, pass.as_ref().map(|p| p.as_slice()))?;
     println!(
-        "secret key {} written to {} (owner-only, {}); fingerprint {}",
+        "secret key {} written to {} (owner-only{}, {}); fingerprint {}",
         key.params(),
         args.out.display(),
+        if args.protect {
+            ", passphrase-protected"
+        } else {
+            ""
+        },
         output::dur(t.elapsed()),
         key.fingerprint()
     );

@@ -6,7 +6,7 @@ use crate::{output, store};
 use anyhow::{Context, Result};
 use fhe_batch_core::layout;
 use fhe_batch_core::ports::ObjectStore;
-use fhe_batch_fhe::{PublicKey, SecretKey};
+use fhe_batch_fhe::PublicKey;
 use std::path::PathBuf;
 use std::time::Instant;
 
@@ -24,7 +24,7 @@ pub struct PublishKeyArgs {
 }
 
 pub fn run(args: PublishKeyArgs) -> Result<()> {
-    let sk = SecretKey::load(&args.key)?;
+    let sk = store::load_secret_key(&args.key)?;
     let t = Instant::now();
     let bytes = fhe_batch_fhe::forest::EvalKey::generate(&sk).to_bytes();
     let id = fhe_batch_fhe::forest::eval_key_id(&bytes);

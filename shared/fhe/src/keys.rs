@@ -39,6 +39,8 @@ pub enum KeyError {
     Params,
     #[error("key file {path} already exists; pass --force to replace it")]
     Exists { path: String },
+    #[error("{0}")]
+    Passphrase(String),
     #[error("refusing key file {path}: {why}")]
     Unsafe { path: String, why: &'static str },
     #[error("cannot {action} key file {path}: {source}")]
@@ -329,6 +331,17 @@ impl SecretKey {
     /// meanwhile) or renamed over it with `overwrite`. A folder it has to create is created
     /// owner-only (0700).
     pub fn save(&self, path: &Path, overwrite: bool) -> Result<(), KeyError> {
+        self.save_with(path, overwrite, None)
+    }
+
+    /// [`SecretKey::save`], sealed under `passphrase` when one is given
+    /// (Argon2id and XChaCha20-Poly1305, see the `sealed` module).
+    pub fn save_with(
+        &self,
+        path: &Path,
+        overwrite: bool,
+        passphrase: Option<&[u8]>,
+    ) -> Result<(), KeyError> {
         use std::io::Write;
         use zeroize::Zeroize;
         let io = |action, source| KeyError::Io {
@@ -380,6 +393,11 @@ impl SecretKey {
             .open(&tmp)
             .map_err(|e| io("create", e))?;
         let mut bytes = self.to_bytes();
+        if let Some(p) = passphrase {
+            let sealed = crate::sealed::seal(&bytes, p);
+            bytes.zeroize();
+            bytes = sealed?;
+        }
         let written = f
             .write_all(&bytes)
             .and_then(|_| f.sync_all())
@@ -409,8 +427,25 @@ impl SecretKey {
         Ok(())
     }
 
-    /// Loads a key file, refusing a symbolic link and anything over [`MAX_KEY_FILE_BYTES`].
+    /// Loads a key file, refusing a symbolic link and anything over [`MAX_KEY_FILE_BYTES`]. A
+    /// passphrase-protected file needs [`SecretKey::load_with`].
     pub fn load(path: &Path) -> Result<Self, KeyError> {
+        Self::load_with(path, None)
+    }
+
+    /// Whether the key file at `path` is passphrase-protected (it is read, not parsed).
+    pub fn is_sealed(path: &Path) -> bool {
+        use std::io::Read;
+        let mut magic = [0u8; 8];
+        no_follow(std::fs::OpenOptions::new().read(true))
+            .open(path)
+            .and_then(|mut f| f.read_exact(&mut magic))
+            .is_ok()
+            && crate::sealed::is_sealed(&magic)
+    }
+
+    /// [`SecretKey::load`], opening a passphrase-protected file with `passphrase`.
+    pub fn load_with(path: &Path, passphrase: Option<&[u8]>) -> Result<Self, KeyError> {
         use std::io::Read;
         use zeroize::Zeroize;
         let io = |source| KeyError::Io {
@@ -434,6 +469,18 @@ impl SecretKey {
         if bytes.len() as u64 > MAX_KEY_FILE_BYTES {
             bytes.zeroize();
             return Err(KeyError::Damaged("file too large".into()));
+        }
+        if crate::sealed::is_sealed(&bytes) {
+            let Some(p) = passphrase else {
+                bytes.zeroize();
+                return Err(KeyError::Passphrase(format!(
+                    "key file {} is passphrase-protected: give its passphrase (FHE_BATCH_PASSPHRASE or FHE_BATCH_PASSPHRASE_FILE)",
+                    path.display()
+                )));
+            };
+            let opened = crate::sealed::open(&bytes, p);
+            bytes.zeroize();
+            bytes = opened?;
         }
         let key = Self::from_bytes(&bytes);
         bytes.zeroize();
@@ -592,6 +639,63 @@ mod tests {
         let mut bad = bytes.clone();
         *bad.last_mut().unwrap() = 2;
         assert!(SecretKey::from_bytes(&bad).is_err());
+    }
+
+    /// A sealed key file opens with its passphrase only; its bytes hold no window of the plain
+    /// key file; any changed byte fails like a wrong passphrase.
+    #[test]
+    fn passphrase_protected_key_files() {
+        let dir = tempfile_dir("sealed");
+        let path = dir.join("owner.key");
+        let key = SecretKey::generate(ParamSet::Glwe2048TUniform17);
+        key.save_with(&path, false, Some(b"correct horse battery staple"))
+            .unwrap();
+        assert!(SecretKey::is_sealed(&path));
+        let e = SecretKey::load(&path).unwrap_err();
+        assert!(e.to_string().contains("passphrase-protected"), "{e}");
+        let e = SecretKey::load_with(&path, Some(b"wrong")).unwrap_err();
+        assert!(matches!(e, KeyError::Passphrase(_)), "{e}");
+        let back = SecretKey::load_with(&path, Some(b"correct horse battery staple")).unwrap();
+        assert_eq!(back.to_bytes(), key.to_bytes());
+        let sealed = std::fs::read(&path).unwrap();
+        let plain = key.to_bytes();
+        assert!(
+            !sealed
+                .windows(32)
+                .any(|w| plain.windows(32).any(|p| p == w))
+        );
+        for at in [12usize, 30, 50, 100, sealed.len() - 1] {
+            let mut bad = sealed.clone();
+            bad[at] ^= 1;
+            assert!(
+                crate::sealed::open(&bad, b"correct horse battery staple").is_err(),
+                "byte {at}"
+            );
+        }
+        // Costs beyond the limits are refused before any derivation.
+        let mut greedy = sealed.clone();
+        greedy[12..16].copy_from_slice(&u32::MAX.to_le_bytes());
+        assert!(matches!(
+            crate::sealed::open(&greedy, b"correct horse battery staple"),
+            Err(KeyError::Damaged(_))
+        ));
+        // An unprotected key is not sealed, and an empty passphrase is refused.
+        let plain_path = dir.join("plain.key");
+        key.save(&plain_path, false).unwrap();
+        assert!(!SecretKey::is_sealed(&plain_path));
+        assert!(
+            key.save_with(&dir.join("empty.key"), false, Some(b""))
+                .is_err()
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    fn tempfile_dir(tag: &str) -> std::path::PathBuf {
+        let mut n = [0u8; 8];
+        getrandom::fill(&mut n).unwrap();
+        let d = std::env::temp_dir().join(format!("fheb-{tag}-{}", hex::encode(n)));
+        std::fs::create_dir_all(&d).unwrap();
+        d
     }
 
     #[test]

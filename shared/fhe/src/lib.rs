@@ -33,6 +33,7 @@ pub mod negacyclic;
 pub mod params;
 pub mod pbs;
 pub mod public;
+mod sealed;
 pub mod seed;
 
 pub use evaluator::FheEvaluator;
