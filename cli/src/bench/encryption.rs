@@ -123,36 +123,32 @@ pub(super) fn run(iters: usize, json: bool) -> Result<()> {
         Encryption::PublicKey.noise_bound_log2(params),
         params.noise_bound_log2()
     );
+    let figure =
+        |r: &serde_json::Value, kind: &str, what: &str| r[kind][what].as_f64().unwrap_or(0.0);
+    let table: Vec<(&str, [f64; 4])> = rows
+        .iter()
+        .map(|r| {
+            (
+                r["workload"].as_str().unwrap_or(""),
+                [
+                    figure(r, "secret_key", "encrypt_us_per_record"),
+                    figure(r, "public_key", "encrypt_us_per_record"),
+                    figure(r, "secret_key", "bytes_per_record"),
+                    figure(r, "public_key", "bytes_per_record"),
+                ],
+            )
+        })
+        .collect();
     println!(
         "\n{:<56} {:>14} {:>14} {:>12} {:>12}",
         "workload", "sk us/record", "pk us/record", "sk B/record", "pk B/record"
     );
-    for r in &rows {
-        println!(
-            "{:<56} {:>14.2} {:>14.2} {:>12.0} {:>12.0}",
-            r["workload"].as_str().unwrap_or(""),
-            r["secret_key"]["encrypt_us_per_record"]
-                .as_f64()
-                .unwrap_or(0.0),
-            r["public_key"]["encrypt_us_per_record"]
-                .as_f64()
-                .unwrap_or(0.0),
-            r["secret_key"]["bytes_per_record"].as_f64().unwrap_or(0.0),
-            r["public_key"]["bytes_per_record"].as_f64().unwrap_or(0.0),
-        );
+    for (name, [sk_us, pk_us, sk_b, pk_b]) in &table {
+        println!("{name:<56} {sk_us:>14.2} {pk_us:>14.2} {sk_b:>12.0} {pk_b:>12.0}");
     }
-    for r in &rows {
+    for (name, [sk_us, pk_us, sk_b, pk_b]) in &table {
         println!(
-            "workload={:?} sk_encrypt_us_per_record={:.3} pk_encrypt_us_per_record={:.3} sk_bytes_per_record={:.1} pk_bytes_per_record={:.1}",
-            r["workload"].as_str().unwrap_or(""),
-            r["secret_key"]["encrypt_us_per_record"]
-                .as_f64()
-                .unwrap_or(0.0),
-            r["public_key"]["encrypt_us_per_record"]
-                .as_f64()
-                .unwrap_or(0.0),
-            r["secret_key"]["bytes_per_record"].as_f64().unwrap_or(0.0),
-            r["public_key"]["bytes_per_record"].as_f64().unwrap_or(0.0),
+            "workload={name:?} sk_encrypt_us_per_record={sk_us:.3} pk_encrypt_us_per_record={pk_us:.3} sk_bytes_per_record={sk_b:.1} pk_bytes_per_record={pk_b:.1}"
         );
     }
     Ok(())
