@@ -30,6 +30,48 @@ pub enum DataError {
     },
     #[error("{path}: {message}")]
     Invalid { path: String, message: String },
+    /// Records with missing values (empty cells, NaN, NA): every one is listed, none is
+    /// silently replaced.
+    #[error(
+        "{path}: {count} records have missing values (empty, NaN or NA), which the model cannot take (it has no imputer): {lines}. Impute or drop them before encrypting"
+    )]
+    Missing {
+        path: String,
+        count: usize,
+        /// Every line with a missing value, with the columns of the first ones.
+        lines: String,
+    },
+}
+
+/// Whether a cell means "no value" (empty, NaN, NA, null), as pandas writes and reads them.
+fn is_missing(value: &str) -> bool {
+    let v = value.trim();
+    v.is_empty()
+        || ["nan", "na", "n/a", "null", "none", "-nan"]
+            .iter()
+            .any(|m| v.eq_ignore_ascii_case(m))
+}
+
+/// The missing-values error for `missing` (line, columns) pairs, in line order.
+fn missing_error(path: &Path, missing: &[(u64, Vec<&str>)]) -> DataError {
+    const DETAILED: usize = 20;
+    let mut lines: Vec<String> = missing
+        .iter()
+        .take(DETAILED)
+        .map(|(line, cols)| format!("line {line} ({})", cols.join(", ")))
+        .collect();
+    if missing.len() > DETAILED {
+        let rest: Vec<String> = missing[DETAILED..]
+            .iter()
+            .map(|(line, _)| line.to_string())
+            .collect();
+        lines.push(format!("lines {}", rest.join(", ")));
+    }
+    DataError::Missing {
+        path: path.display().to_string(),
+        count: missing.len(),
+        lines: lines.join("; "),
+    }
 }
 
 /// What the model learns to predict.
@@ -369,11 +411,25 @@ pub fn read_records(path: &Path, feature_names: &[String]) -> Result<Vec<f64>, D
         })
         .collect::<Result<_, _>>()?;
     let mut out = Vec::new();
+    let mut missing: Vec<(u64, Vec<&str>)> = Vec::new();
     for row in rows(path, &mut rdr, headers.len()) {
         let (line, rec) = row?;
+        let absent: Vec<&str> = cols
+            .iter()
+            .zip(feature_names)
+            .filter(|&(&c, _)| is_missing(&rec[c]))
+            .map(|(_, name)| name.as_str())
+            .collect();
+        if !absent.is_empty() {
+            missing.push((line, absent));
+            continue;
+        }
         for (&c, name) in cols.iter().zip(feature_names) {
             out.push(parse_num(path, line, name, &rec[c])?);
         }
+    }
+    if !missing.is_empty() {
+        return Err(missing_error(path, &missing));
     }
     if out.is_empty() {
         return Err(DataError::Invalid {
@@ -443,6 +499,43 @@ mod tests {
         let f = csv("a,label\n1,x\n2,x\n");
         let e = read_labelled_csv(f.path(), "label", Task::Auto).unwrap_err();
         assert!(e.to_string().contains("at least 2 classes"), "{e}");
+    }
+
+    /// Every record with a missing value is named, not just the first; a missing value in a
+    /// column the model does not read is no problem; garbage is still "not a number".
+    #[test]
+    fn missing_values_are_refused_with_every_line() {
+        let mut text = String::from("a,b,other\n1,2,\n,4,z\n5,NaN,z\n7,8,z\n");
+        for i in 0..25 {
+            text.push_str(&format!("{i},NA,z\n"));
+        }
+        let f = csv(&text);
+        let e = read_records(f.path(), &["a".into(), "b".into()]).unwrap_err();
+        let DataError::Missing {
+            count, ref lines, ..
+        } = e
+        else {
+            panic!("{e}")
+        };
+        assert_eq!(count, 27);
+        assert!(
+            lines.starts_with("line 3 (a); line 4 (b); line 6 (b)"),
+            "{lines}"
+        );
+        // Past the first 20, lines are listed without their columns, to the last one.
+        assert!(lines.ends_with(", 30"), "{lines}");
+        assert!(
+            e.to_string().contains("27 records have missing values"),
+            "{e}"
+        );
+        let f = csv("a,b,other\n1,2,\n3,4,\n");
+        assert_eq!(
+            read_records(f.path(), &["a".into(), "b".into()]).unwrap(),
+            vec![1.0, 2.0, 3.0, 4.0]
+        );
+        let f = csv("a,b\n1,2\n3,x7\n");
+        let e = read_records(f.path(), &["a".into(), "b".into()]).unwrap_err();
+        assert!(matches!(e, DataError::NotANumber { line: 3, .. }), "{e}");
     }
 
     #[test]
