@@ -271,6 +271,15 @@ pub fn load_secret_key(path: &Path) -> Result<fhe_batch_fhe::SecretKey> {
     )?)
 }
 
+/// The SHA-256 of a batch's header, from the batch's bytes (what its results are bound to).
+pub fn batch_header_sha256(batch: &[u8]) -> Result<[u8; 32]> {
+    Ok(fhe_batch_core::format::BatchHeader::parse(
+        batch,
+        &fhe_batch_core::format::BatchLimits::default(),
+    )?
+    .sha256())
+}
+
 /// The public key written beside a secret key file: `client.key` -> `client.pub`.
 pub fn public_key_file(key: &Path) -> std::path::PathBuf {
     key.with_extension("pub")

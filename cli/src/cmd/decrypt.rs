@@ -72,12 +72,7 @@ pub fn run(args: DecryptArgs) -> Result<()> {
 
 /// SHA-256 of a batch file's header (what its results are bound to).
 fn batch_header_sha256(path: &Path) -> Result<[u8; 32]> {
-    use sha2::Digest;
     let bytes =
         std::fs::read(path).map_err(|e| anyhow::anyhow!("reading {}: {e}", path.display()))?;
-    let header = fhe_batch_core::format::BatchHeader::parse(
-        &bytes,
-        &fhe_batch_core::format::BatchLimits::default(),
-    )?;
-    Ok(sha2::Sha256::digest(&bytes[..header.header_len() as usize]).into())
+    crate::store::batch_header_sha256(&bytes)
 }

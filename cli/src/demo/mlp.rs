@@ -125,6 +125,10 @@ pub fn run(records: usize, workers: usize, dir: &std::path::Path) -> Result<()> 
     );
     phases.push(("encrypt", t.elapsed()));
     let up = batch.len() as u64;
+    let expected = fhe_batch_fhe::batch::ExpectedBatch {
+        job: job.clone(),
+        batch_header_sha256: Some(store::batch_header_sha256(&batch)?),
+    };
     println!(
         "  {} ({:.0} B per digit), chunks of {} digits",
         bytes(up),
@@ -174,10 +178,11 @@ pub fn run(records: usize, workers: usize, dir: &std::path::Path) -> Result<()> 
     let results = rt.block_on(store::read_results_from_store(&bucket, &job))?;
     let down: u64 = results.iter().map(|(_, b)| b.len() as u64).sum();
     let pb = bar(records as u64, "decrypt", true);
-    let scores = fhe_batch_fhe::batch::decrypt_job(
+    let scores = fhe_batch_fhe::batch::decrypt_job_for(
         &key,
         &pkg.client,
         &pkg.manifest.model_id,
+        &expected,
         &results,
         &|k| pb.inc(k),
     )?;

@@ -40,9 +40,11 @@ pub(super) struct Encrypted {
     pub quantized: Vec<u64>,
     pub n: usize,
     pub f: usize,
-    /// The batch file's bytes (taken by the upload) and their size.
+    /// The batch file's bytes (taken by the upload), their size, and the SHA-256 of its
+    /// header (the results must answer exactly this batch).
     pub batch: Vec<u8>,
     pub up: u64,
+    pub header_sha256: [u8; 32],
 }
 
 /// The decrypted results and where the predictions CSV is.
@@ -170,6 +172,7 @@ impl Demo<'_> {
             quantized,
             n,
             f,
+            header_sha256: store::batch_header_sha256(&batch)?,
             batch,
             up,
         })
@@ -252,10 +255,16 @@ impl Demo<'_> {
         self.lap("fetch", t);
         let t = Instant::now();
         let pb = bar(enc.n as u64, "decrypt", !self.quiet);
-        let logits = fhe_batch_fhe::batch::decrypt_job(
+        // Bound: every result must answer this job and this batch.
+        let expected = fhe_batch_fhe::batch::ExpectedBatch {
+            job: self.job.clone(),
+            batch_header_sha256: Some(enc.header_sha256),
+        };
+        let logits = fhe_batch_fhe::batch::decrypt_job_for(
             key,
             &enc.side.client,
             &enc.side.manifest.model_id,
+            &expected,
             &results,
             &|k| pb.inc(k),
         )?;

@@ -483,6 +483,12 @@ impl BatchHeader {
         Ok(())
     }
 
+    /// The SHA-256 of the encoded header: what a job's results are bound to
+    /// ([`ResultBinding`]), and what names the batch in its job's record.
+    pub fn sha256(&self) -> [u8; 32] {
+        Sha256::digest(self.encode()).into()
+    }
+
     /// Serializes the header (chunk table and checksum included).
     pub fn encode(&self) -> Vec<u8> {
         let chunk_count = self.chunks.len() as u32;

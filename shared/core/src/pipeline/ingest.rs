@@ -9,7 +9,7 @@ use crate::job::{ChunkMessage, FailureKind, FailureRecord, JOB_FORMAT_VERSION, J
 use crate::layout;
 use crate::model::{MAX_CLIENT_PART_BYTES, ModelManifest};
 use crate::ports::{JobQueue, MAX_EVAL_KEY_BYTES, ObjectStore, PutOutcome, StoreError};
-use sha2::{Digest, Sha256};
+
 use tracing::{info, warn};
 
 /// What ingest did with an uploaded object.
@@ -116,7 +116,7 @@ pub async fn ingest_object<S: ObjectStore, Q: JobQueue>(
         }
     };
     // What every result of this batch is bound to, and what the job record names.
-    let header_sha256: [u8; 32] = Sha256::digest(header.encode()).into();
+    let header_sha256 = header.sha256();
     let manifest = job_manifest(&job, key, size, &header, &header_sha256);
     let created = store
         .put_if_absent(
