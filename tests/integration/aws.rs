@@ -406,6 +406,7 @@ async fn job_ends_are_published_to_the_success_and_error_topics() {
         fhe_batch_aws::SnsNotifier::new(sns, Some(topics[0].clone()), Some(topics[1].clone()));
     let note = |job: &str, state, reason: Option<&str>| JobNotification {
         job: JobId::parse(job).unwrap(),
+        attempt: 1,
         state,
         chunks_total: 3,
         chunks_done: 3,

@@ -11,5 +11,6 @@ mod notify;
 mod permissions;
 mod pipeline;
 mod reliability;
+mod resubmit;
 mod training;
 mod trees;
