@@ -7,7 +7,8 @@ invoke -e` takes). S3 and SQS are the moto server infra/test.sh started (AWS_END
 Flow: train, keygen and encrypt with the fhe-batch CLI; publish the model and submit the batch
 to a fresh bucket with the CLI; invoke ingest with the S3 fixture; invoke the worker with an SQS
 event built from the real queued message; invoke status with the Function URL fixture; check
-status, fetch and decrypt with the CLI; then a neural network (imported from ONNX, evaluation key
+status, fetch and decrypt with the CLI; a second job lost to the dead-letter function, retried
+with `fhe-batch retry --bucket --queue-url` and run as attempt 2; then a neural network (imported from ONNX, evaluation key
 published) through ingest and the worker. Every process started here is stopped by its PID. Exits non-zero on any failure.
 
 Usage: python runtime_loop_test.py TARGET_RELEASE_DIR
@@ -177,6 +178,34 @@ def main(argv):
         lost_status = json.loads(out["body"])
         assert lost_status["state"] == "FAILED", lost_status
         assert lost_status["failures"][0]["kind"] == "worker_lost", lost_status
+        assert lost_status["attempt"] == 1, lost_status
+
+        # retry: the CLI records attempt 2 in S3 and sends the lost chunk to SQS. Attempt 1's
+        # dead letter handed over again now records nothing (it is stale), the worker binary
+        # runs attempt 2's message, and the status binary reports attempt 2 SUCCEEDED with no
+        # failures. Handled messages are deleted, as the event source mapping and the move to
+        # the dead-letter queue would.
+        for m in (msgs[0], lost[0]):
+            sqs.delete_message(QueueUrl=queue_url, ReceiptHandle=m["ReceiptHandle"])
+        out = run(cli, "retry", "claims-lost", "--bucket", bucket, "--queue-url", queue_url).stdout
+        assert "job claims-lost: attempt 2: queued 1 unfinished chunks again" in out, out
+        retried = sqs.receive_message(QueueUrl=queue_url, MaxNumberOfMessages=10,
+                                      WaitTimeSeconds=2).get("Messages", [])
+        assert [json.loads(m["Body"]).get("attempt") for m in retried] == [2], retried
+        out = with_function(fns["deadletter"], env, work / "dead.json", work)
+        assert out == {"batchItemFailures": []}, out
+        event = json.loads((FIXTURES / "sqs-chunk.json").read_text())
+        event["Records"][0].update(messageId=retried[0]["MessageId"],
+                                   receiptHandle=retried[0]["ReceiptHandle"],
+                                   body=retried[0]["Body"])
+        (work / "sqs-retried.json").write_text(json.dumps(event))
+        out = with_function(fns["worker"], env, work / "sqs-retried.json", work)
+        assert out == {"batchItemFailures": []}, out
+        sqs.delete_message(QueueUrl=queue_url, ReceiptHandle=retried[0]["ReceiptHandle"])
+        out = with_function(fns["status"], env, work / "status-lost.json", work)
+        retried_status = json.loads(out["body"])
+        assert (retried_status["state"], retried_status["attempt"]) == ("SUCCEEDED", 2), retried_status
+        assert retried_status["failures"] == [], retried_status
 
         # status: the Function URL fixture.
         out = with_function(fns["status"], env, FIXTURES / "status-get-job.json", work)
@@ -295,7 +324,7 @@ def main(argv):
             assert got == want, (job, got, want)
         assert sorted(p.name for p in producer.iterdir()) == sorted(
             ["owner.pub", "iris-pk.fheb", "mlp-pk.fheb", "tree-pk.fheb"])
-        print("runtime loop: ingest, worker, status and deadletter answered their fixtures; 150 linear and 24 neural-network predictions decrypted; public-key batches for the linear model, the network and a tree decrypted to their secret-key predictions")
+        print("runtime loop: ingest, worker, status and deadletter answered their fixtures; a FAILED job retried as attempt 2; 150 linear and 24 neural-network predictions decrypted; public-key batches for the linear model, the network and a tree decrypted to their secret-key predictions")
     finally:
         for p in procs:
             stop(p)

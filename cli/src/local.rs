@@ -46,10 +46,7 @@ pub fn bar(len: u64, what: &str, show: bool) -> ProgressBar {
 
 /// Ingests every batch in `inbox/` and runs `workers` workers until the queue is drained.
 pub async fn run_local(store: &FsStore, workers: usize, show_progress: bool) -> Result<RunReport> {
-    let queue = MemQueue::new(MemQueueConfig {
-        visibility_timeout: Duration::from_secs(60),
-        max_receives: 5,
-    });
+    let queue = local_queue();
     let mut report = RunReport::default();
     let started = Instant::now();
     for key in store.list(layout::INBOX_PREFIX).await? {
@@ -57,6 +54,19 @@ pub async fn run_local(store: &FsStore, workers: usize, show_progress: bool) -> 
         report.ingested.push(outcome);
     }
     report.ingest_time = started.elapsed();
+    work(store, &queue, workers, show_progress, &mut report).await?;
+    Ok(report)
+}
+
+/// Runs `workers` workers on `queue` until it is drained, then records its dead letters and
+/// publishes the job ends (as SNS would carry them) into `report`.
+pub async fn work(
+    store: &FsStore,
+    queue: &MemQueue,
+    workers: usize,
+    show_progress: bool,
+    report: &mut RunReport,
+) -> Result<()> {
     let total = queue.stats().sent;
     let pb = bar(total, "evaluate", show_progress);
     let notes = Arc::new(fhe_batch_core::pipeline::CollectingNotifier::default());
@@ -85,7 +95,9 @@ pub async fn run_local(store: &FsStore, workers: usize, show_progress: bool) -> 
                 |o, _| {
                     let i = match o {
                         ChunkOutcome::Written { .. } => 0,
-                        ChunkOutcome::AlreadyDone { .. } | ChunkOutcome::Skipped { .. } => 1,
+                        ChunkOutcome::AlreadyDone { .. }
+                        | ChunkOutcome::Skipped { .. }
+                        | ChunkOutcome::Stale { .. } => 1,
                         ChunkOutcome::Failed { .. } => 2,
                     };
                     counters[i].fetch_add(1, Ordering::Relaxed);
@@ -114,9 +126,24 @@ pub async fn run_local(store: &FsStore, workers: usize, show_progress: bool) -> 
     for body in &dead {
         if let Ok(msg) = fhe_batch_core::job::ChunkMessage::parse(body) {
             let me = fhe_batch_core::pipeline::Claimant::Chunk(msg.chunk);
-            fhe_batch_core::pipeline::notify_if_ended(store, notes.as_ref(), &msg.job, me).await?;
+            fhe_batch_core::pipeline::notify_attempt_if_ended(
+                store,
+                notes.as_ref(),
+                &msg.job,
+                Some(msg.attempt),
+                me,
+            )
+            .await?;
         }
     }
     report.notifications = notes.take();
-    Ok(report)
+    Ok(())
+}
+
+/// The in-process queue of the local pipeline.
+pub fn local_queue() -> MemQueue {
+    MemQueue::new(MemQueueConfig {
+        visibility_timeout: Duration::from_secs(60),
+        max_receives: 5,
+    })
 }

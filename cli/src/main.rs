@@ -18,8 +18,8 @@ mod store;
 
 use clap::{Parser, Subcommand};
 use cmd::{
-    decrypt, encrypt, fetch, import, ingest, keygen, publish, publish_key, run, status, submit,
-    train, worker,
+    decrypt, encrypt, fetch, import, ingest, keygen, publish, publish_key, retry, run, status,
+    submit, train, worker,
 };
 
 /// Encrypted batch inference: your records stay encrypted end to end; only you can read the
@@ -33,12 +33,14 @@ use cmd::{
 ///   fhe-batch publish --model model/ && fhe-batch submit claims.fheb
 ///   fhe-batch run                                      # local pipeline (or upload to S3)
 ///   fhe-batch status claims
+///   fhe-batch retry claims                             # a FAILED job's unfinished chunks again
 ///   fhe-batch decrypt --model model/ --key client.key --job claims --out predictions.csv
 ///
 /// Tree ensembles imported from ONNX (`fhe-batch import`) also need your evaluation key,
 /// uploaded once: `fhe-batch publish-key --key client.key` before `encrypt`.
 ///
-/// On AWS, add `--bucket NAME` to publish-key, publish, submit, status, fetch and decrypt --job.
+/// On AWS, add `--bucket NAME` to publish-key, publish, submit, status, fetch and decrypt --job
+/// (and to retry, with --queue-url).
 /// Or see it all at once: `fhe-batch demo`.
 #[derive(Parser, Debug)]
 #[command(name = "fhe-batch", version, verbatim_doc_comment)]
@@ -63,6 +65,7 @@ enum Command {
     Submit(submit::SubmitArgs),
     Run(run::RunArgs),
     Status(status::StatusArgs),
+    Retry(retry::RetryArgs),
     Fetch(fetch::FetchArgs),
     Decrypt(decrypt::DecryptArgs),
     Ingest(ingest::IngestArgs),
@@ -98,6 +101,7 @@ fn dispatch(command: Command) -> anyhow::Result<()> {
         Command::Submit(args) => submit::run(args),
         Command::Run(args) => run::run(args),
         Command::Status(args) => status::run(args),
+        Command::Retry(args) => retry::run(args),
         Command::Fetch(args) => fetch::run(args),
         Command::Decrypt(args) => decrypt::run(args),
         Command::Ingest(args) => ingest::run(args),

@@ -78,6 +78,9 @@ pub fn status_line(st: &JobStatus) -> String {
         "job {}: {} {}/{} chunks, {} records",
         st.job, st.state, st.chunks_done, st.chunks_total, st.records
     );
+    if st.attempt > 1 {
+        s.push_str(&format!(", attempt {}", st.attempt));
+    }
     if st.state == JobState::Failed {
         s.push_str(&format!(" ({} failures)", st.failures.len().max(1)));
     }

@@ -107,6 +107,7 @@ fn print_outcome(outcome: &ChunkOutcome, receive_count: u32) {
         ChunkOutcome::Written { .. } => "written",
         ChunkOutcome::AlreadyDone { .. } => "already_done",
         ChunkOutcome::Skipped { .. } => "skipped",
+        ChunkOutcome::Stale { .. } => "stale",
         ChunkOutcome::Failed { .. } => "failed",
     };
     let line = serde_json::json!({

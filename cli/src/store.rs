@@ -135,8 +135,16 @@ pub async fn require_succeeded(
                 .failures
                 .first()
                 .map_or("no reason recorded".to_string(), |f| f.reason.clone());
+            let next = if st.rejected_at_ingest() {
+                format!(
+                    "upload a corrected batch under the same name (it runs as attempt {})",
+                    st.attempt + 1
+                )
+            } else {
+                format!("`fhe-batch retry {job}` runs its unfinished chunks again")
+            };
             anyhow::bail!(
-                "job {job} FAILED ({reason}): its results are incomplete and are not decrypted; fix the batch and upload it under a new job name"
+                "job {job} FAILED ({reason}): its results are incomplete and are not decrypted; {next}"
             )
         }
     }

@@ -610,3 +610,113 @@ fn an_imported_decision_tree_runs_encrypted_end_to_end() {
         .collect();
     assert_eq!(labels, ort);
 }
+
+/// Resubmission through the CLI: a batch refused at ingest (its model was not published) is
+/// corrected by submitting under the same name (attempt 2), `retry` refuses it and a job that
+/// succeeded, and a job whose chunk failed (its upload damaged in the bucket) is retried: once
+/// more failing while the damage is there, then, repaired, succeeding with decryptable results.
+#[test]
+fn refused_batches_are_resubmitted_and_failed_jobs_retried() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let iris = data("iris.csv");
+    ok(d, &["train", "--data", &iris, "--out", "model"]);
+    ok(d, &["keygen", "--out", "client.key"]);
+    let encrypt = [
+        "encrypt",
+        "--model",
+        "model",
+        "--key",
+        "client.key",
+        "--input",
+        &iris,
+        "--out",
+        "claims.fheb",
+    ];
+    ok(d, &encrypt);
+    ok(d, &["submit", "claims.fheb"]);
+    let out = ok(d, &["run"]);
+    assert!(
+        out.contains("job claims: FAILED") && out.contains("not published"),
+        "{out}"
+    );
+    let refused = fhe_batch(d, &["retry", "claims"]);
+    assert!(!refused.status.success());
+    let err = String::from_utf8_lossy(&refused.stderr);
+    assert!(err.contains("upload a corrected batch"), "{err}");
+    // The model published, the same file submitted again runs as attempt 2.
+    ok(d, &["publish", "--model", "model"]);
+    let out = ok(d, &["submit", "claims.fheb"]);
+    assert!(out.contains("runs as attempt 2"), "{out}");
+    let out = ok(d, &["run"]);
+    assert!(
+        out.contains("job claims: attempt 2") && out.contains("queued 1 chunks"),
+        "{out}"
+    );
+    assert!(
+        out.contains("notification: job claims attempt 2 SUCCEEDED"),
+        "{out}"
+    );
+    let out = ok(d, &["status", "claims"]);
+    assert!(
+        out.contains("SUCCEEDED 1/1 chunks, 150 records, attempt 2"),
+        "{out}"
+    );
+    let done = fhe_batch(d, &["retry", "claims"]);
+    assert!(!done.status.success());
+    let err = String::from_utf8_lossy(&done.stderr);
+    assert!(err.contains("job claims is SUCCEEDED"), "{err}");
+    let decrypt = |job: &str| {
+        ok(
+            d,
+            &[
+                "decrypt",
+                "--model",
+                "model",
+                "--key",
+                "client.key",
+                "--job",
+                job,
+                "--out",
+                "p.csv",
+            ],
+        )
+    };
+    decrypt("claims");
+
+    // A chunk damaged in the bucket fails its job; retried while still damaged, it fails again
+    // as attempt 2; repaired, attempt 3 succeeds.
+    let good = std::fs::read(d.join("claims.fheb")).unwrap();
+    let mut bad = good.clone();
+    *bad.last_mut().unwrap() ^= 1;
+    std::fs::write(d.join("damaged.fheb"), &bad).unwrap();
+    ok(d, &["submit", "damaged.fheb"]);
+    let out = ok(d, &["run"]);
+    assert!(out.contains("notification: job damaged FAILED"), "{out}");
+    let again = fhe_batch(d, &["submit", "damaged.fheb"]);
+    let err = String::from_utf8_lossy(&again.stderr);
+    assert!(
+        !again.status.success() && err.contains("fhe-batch retry damaged"),
+        "{err}"
+    );
+    let out = ok(d, &["retry", "damaged"]);
+    assert!(
+        out.contains("job damaged: attempt 2: queued 1 unfinished chunks again"),
+        "{out}"
+    );
+    assert!(
+        out.contains("notification: job damaged attempt 2 FAILED"),
+        "{out}"
+    );
+    std::fs::write(d.join(".fhe-batch/bucket/inbox/damaged.fheb"), &good).unwrap();
+    let out = ok(d, &["retry", "damaged"]);
+    assert!(out.contains("attempt 2 chunk 0:"), "{out}");
+    assert!(
+        out.contains("notification: job damaged attempt 3 SUCCEEDED")
+            && out.contains("SUCCEEDED 1/1 chunks, 150 records, attempt 3"),
+        "{out}"
+    );
+    decrypt("damaged");
+    let preds = std::fs::read_to_string(d.join("p.csv")).unwrap();
+    assert_eq!(preds.lines().count(), 151);
+}

@@ -249,6 +249,77 @@ async fn pipeline_over_s3_and_sqs_with_the_lambda_handlers() {
     }
 }
 
+/// `fhe-batch retry --bucket`: over S3 and SQS, a job whose chunk was damaged in the bucket
+/// fails through the worker function's handler; once the upload is repaired, `retry_job`
+/// records attempt 2 in S3 and sends the chunk to SQS, the handler runs it, and the status
+/// function reports attempt 2 SUCCEEDED with no failures; the results decrypt exactly.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_job_is_retried_over_s3_and_sqs() {
+    if endpoint().is_none() {
+        return;
+    }
+    let aws = setup("resubmit").await;
+    publish(&aws.store, iris_package()).await;
+    let (good, q) = iris_batch(150, 22);
+    let mut bad = good.clone();
+    *bad.last_mut().unwrap() ^= 1;
+    let job = JobId::parse("retried").unwrap();
+    aws.store.put(&layout::inbox(&job), bad).await.unwrap();
+    let inbox = layout::inbox(&job);
+    ingest_object(&aws.store, &aws.queue, &inbox, &BatchLimits::default())
+        .await
+        .unwrap();
+    let worker = Arc::new(Worker::new(
+        aws.store.clone(),
+        GlweEvaluator,
+        WorkerConfig::default(),
+    ));
+    let status = || async {
+        let reply = handle_status_request(&aws.store, "GET", "/jobs/retried").await;
+        serde_json::from_str::<JobStatus>(&reply.body).unwrap()
+    };
+    for expected_attempt in [1, 2] {
+        let d = receive_n(&aws.queue, 1).await;
+        assert_eq!(d.len(), 1);
+        let response = handle_sqs_event(
+            worker.clone(),
+            Some((&aws.queue, RetryDelays::default())),
+            sqs_event(&d),
+        )
+        .await;
+        assert!(response.batch_item_failures.is_empty());
+        aws.queue.ack(&d[0].receipt).await.unwrap();
+        let st = status().await;
+        assert_eq!(st.attempt, expected_attempt, "{st:?}");
+        if expected_attempt == 1 {
+            assert_eq!(st.state, fhe_batch_core::job::JobState::Failed, "{st:?}");
+            // Repaired in the bucket, then retried as `fhe-batch retry --bucket` does.
+            aws.store.put(&inbox, good.clone()).await.unwrap();
+            let out = fhe_batch_core::pipeline::retry_job(&aws.store, &aws.queue, &job)
+                .await
+                .unwrap();
+            assert_eq!((out.attempt, out.chunks_queued), (2, 1));
+        } else {
+            assert_eq!(st.state, fhe_batch_core::job::JobState::Succeeded, "{st:?}");
+            assert!(st.failures.is_empty(), "{st:?}");
+        }
+    }
+    let pkg = iris_package();
+    let logits = fhe_batch_fhe::batch::decrypt_job(
+        key(),
+        &pkg.client,
+        &pkg.manifest.model_id,
+        &results(&aws.store, &job).await,
+        &|_| {},
+    )
+    .unwrap();
+    let f = pkg.client.n_features();
+    assert_eq!(logits.len(), 150 * 3);
+    for (x, l) in q.chunks_exact(f).zip(logits.chunks_exact(3)) {
+        assert_eq!(pkg.server.eval_plain(x), l);
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_endpoint_honours_if_none_match() {
     if endpoint().is_none() {
@@ -406,6 +477,7 @@ async fn job_ends_are_published_to_the_success_and_error_topics() {
         fhe_batch_aws::SnsNotifier::new(sns, Some(topics[0].clone()), Some(topics[1].clone()));
     let note = |job: &str, state, reason: Option<&str>| JobNotification {
         job: JobId::parse(job).unwrap(),
+        attempt: 1,
         state,
         chunks_total: 3,
         chunks_done: 3,

@@ -12,5 +12,6 @@ mod permissions;
 mod pipeline;
 mod public_key;
 mod reliability;
+mod resubmit;
 mod training;
 mod trees;

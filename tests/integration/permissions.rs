@@ -2,7 +2,9 @@
 //! store call the ingest, worker and status logic makes is recorded as the IAM action it needs
 //! and the key prefix it touches, over scenarios that reach every path (new batch, repeated
 //! event, rejected batch, tree batch with its evaluation key, successful, duplicate and failed
-//! chunks, status of unknown, uploaded, running, finished and failed jobs). The result must
+//! chunks, status of unknown, uploaded, running, finished and failed jobs, a corrected upload
+//! of a refused batch, a retried job's next attempt and its earlier attempt's dead letters). The
+//! result must
 //! equal `tests/fixtures/permissions.json`, and `infra/check_template.py` checks that
 //! `template.yaml` grants each function exactly that. moto does not enforce IAM, so without this
 //! a missing grant would only show on AWS (as the status function's 403 on `inbox/` once did).
@@ -13,7 +15,8 @@ use fhe_batch_core::format::{BatchLimits, ChunkLayout};
 use fhe_batch_core::ids::JobId;
 use fhe_batch_core::layout;
 use fhe_batch_core::pipeline::{
-    IngestOutcome, StatusError, Worker, WorkerConfig, ingest_object, job_status, list_jobs,
+    ChunkOutcome, IngestOutcome, StatusError, Worker, WorkerConfig, ingest_object, job_status,
+    list_jobs, retry_job,
 };
 use fhe_batch_core::ports::{ObjectStore, PutOutcome, StoreError};
 use fhe_batch_fhe::FheEvaluator;
@@ -91,24 +94,43 @@ impl<S: ObjectStore> ObjectStore for Recording<S> {
     }
 }
 
-/// Ingest: a new batch, the same event again, a damaged batch, a tree batch naming its key.
+/// Ingest: a new batch, the same event again, a damaged batch, a tree batch naming its key, and
+/// a refused batch corrected by a new upload (its next attempt).
 async fn ingest_grants(env: &Env, q: &fhe_batch_local::MemQueue) -> BTreeSet<Grant> {
     let store = Recording::new(env.store.clone());
     let limits = BatchLimits::default();
     let notes = Notifications::default();
-    for job in ["perm-linear", "perm-linear", "perm-bad", "perm-tree"] {
+    for job in [
+        "perm-linear",
+        "perm-linear",
+        "perm-bad",
+        "perm-tree",
+        "perm-fixed",
+    ] {
         let job = JobId::parse(job).unwrap();
         let out = ingest_object(&store, q, &layout::inbox(&job), &limits)
             .await
             .unwrap();
         let rejected = matches!(out, IngestOutcome::Rejected { .. });
-        assert_eq!(rejected, job.as_str() == "perm-bad", "{job}: {out:?}");
+        assert_eq!(
+            rejected,
+            matches!(job.as_str(), "perm-bad" | "perm-fixed"),
+            "{job}: {out:?}"
+        );
         // A refused batch ends its job: the ingest function publishes that.
         fhe_batch_aws::handlers::notify_refused(&store, &notes, &[out])
             .await
             .unwrap();
     }
-    assert_eq!(notes.sent().len(), 1);
+    assert_eq!(notes.sent().len(), 2);
+    let fixed = env.upload("perm-fixed", iris_batch(100, 9).0).await;
+    let out = ingest_object(&store, q, &layout::inbox(&fixed), &limits)
+        .await
+        .unwrap();
+    assert!(
+        matches!(out, IngestOutcome::Resubmitted { attempt: 2, .. }),
+        "{out:?}"
+    );
     store.grants()
 }
 
@@ -164,7 +186,13 @@ async fn status_grants(env: &Env) -> BTreeSet<Grant> {
         job_status(&store, &unknown).await,
         Err(StatusError::NotFound(_))
     ));
-    for job in ["perm-uploaded", "perm-linear", "perm-bad", "perm-tree"] {
+    for job in [
+        "perm-uploaded",
+        "perm-linear",
+        "perm-bad",
+        "perm-tree",
+        "perm-fixed",
+    ] {
         job_status(&store, &JobId::parse(job).unwrap())
             .await
             .unwrap();
@@ -201,7 +229,8 @@ async fn each_function_needs_exactly_the_grants_the_template_is_checked_against(
     let mut damaged = linear.clone();
     damaged.truncate(damaged.len() - 10);
     env.upload("perm-linear", linear.clone()).await;
-    env.upload("perm-bad", damaged).await;
+    env.upload("perm-bad", damaged.clone()).await;
+    env.upload("perm-fixed", damaged).await;
     env.upload("perm-uploaded", linear.clone()).await;
     let layout = ChunkLayout {
         records_per_chunk: 16,
@@ -218,6 +247,24 @@ async fn each_function_needs_exactly_the_grants_the_template_is_checked_against(
     env.upload("perm-linear", corrupt).await;
     let worker = worker_grants(&env, &q).await;
     let status = status_grants(&env).await;
+    // perm-linear FAILED (its damaged chunk) and is retried: its chunk runs as attempt 2 (and
+    // fails again), and attempt 1's messages, dead-lettered below, are stale.
+    let linear_job = JobId::parse("perm-linear").unwrap();
+    let retried = queue(Duration::from_secs(600));
+    let out = retry_job(&env.store, &retried, &linear_job).await.unwrap();
+    assert_eq!((out.attempt, out.chunks_queued), (2, 1));
+    let recording = Recording::new(env.store.clone());
+    let second = Worker::new(
+        recording.clone(),
+        FheEvaluator::new(None),
+        WorkerConfig { max_receives: 5 },
+    )
+    .with_notifier(Arc::new(Notifications::default()));
+    for d in receive_all(&retried).await {
+        let out = second.handle_message(&d.body, d.receive_count).await;
+        assert!(matches!(out, Ok(ChunkOutcome::Failed { .. })), "{out:?}");
+    }
+    let worker: BTreeSet<Grant> = worker.union(&recording.grants()).cloned().collect();
     // A job whose chunk never finished: its message, dead-lettered, is recorded.
     let (lost, _) = iris_batch(100, 8);
     env.upload("perm-lost", lost).await;

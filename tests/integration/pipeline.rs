@@ -217,13 +217,17 @@ async fn a_different_upload_under_an_existing_job_name_is_refused_visibly() {
     env.upload("claims", second).await;
     for _ in 0..2 {
         let out = env.ingest(&queue, &job).await;
-        assert!(matches!(out, IngestOutcome::Ignored { .. }), "{out:?}");
+        assert!(
+            matches!(&out, IngestOutcome::Refused { reason, .. } if reason.contains("SUCCEEDED")),
+            "{out:?}"
+        );
     }
     assert!(queue.is_idle());
     let st = env.status(&job).await;
-    assert_eq!(st.state, JobState::Succeeded);
+    assert_eq!((st.state, st.attempt), (JobState::Succeeded, 1));
     assert_eq!(st.refused_uploads.len(), 1, "{st:?}");
     assert!(st.refused_uploads[0].contains("upload it under a new job name"));
+    assert!(st.refused_uploads[0].contains("while job claims is SUCCEEDED"));
     // The first batch's results are untouched.
     env.store
         .put(&layout::inbox(&job), iris_batch(150, 60).0)

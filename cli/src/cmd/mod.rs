@@ -11,6 +11,7 @@ pub mod ingest;
 pub mod keygen;
 pub mod publish;
 pub mod publish_key;
+pub mod retry;
 pub mod run;
 pub mod status;
 pub mod submit;

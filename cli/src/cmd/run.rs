@@ -31,12 +31,35 @@ pub fn run(args: RunArgs) -> Result<()> {
             IngestOutcome::Requeued { job, chunks } => {
                 println!("job {job}: already ingested; re-queued {chunks} unfinished chunks")
             }
-            IngestOutcome::Rejected { job, reason } => {
-                println!("job {job}: FAILED: {reason}")
+            IngestOutcome::Resubmitted {
+                job,
+                attempt,
+                chunks,
+            } => println!(
+                "job {job}: attempt {attempt} (the earlier upload was refused at ingest): queued {chunks} chunks"
+            ),
+            IngestOutcome::Rejected {
+                job,
+                attempt: 1,
+                reason,
+            } => println!("job {job}: FAILED: {reason}"),
+            IngestOutcome::Rejected {
+                job,
+                attempt,
+                reason,
+            } => println!("job {job}: attempt {attempt} FAILED: {reason}"),
+            IngestOutcome::Refused { job, reason } => {
+                println!("job {job}: upload refused: {reason}")
             }
             IngestOutcome::Ignored { .. } => {}
         }
     }
+    print_work(&report);
+    Ok(())
+}
+
+/// What the workers did, and the job-end notifications of the run.
+pub fn print_work(report: &local::RunReport) {
     println!(
         "{} chunk results written, {} already done, {} failed, in {}",
         report.written,
@@ -46,8 +69,13 @@ pub fn run(args: RunArgs) -> Result<()> {
     );
     for n in &report.notifications {
         println!(
-            "notification: job {} {} ({}/{} chunks, {} records){}",
+            "notification: job {}{} {} ({}/{} chunks, {} records){}",
             n.job,
+            if n.attempt > 1 {
+                format!(" attempt {}", n.attempt)
+            } else {
+                String::new()
+            },
             n.state,
             n.chunks_done,
             n.chunks_total,
@@ -58,5 +86,4 @@ pub fn run(args: RunArgs) -> Result<()> {
                 .unwrap_or_else(|| format!("; results in {}", n.results_prefix))
         );
     }
-    Ok(())
 }

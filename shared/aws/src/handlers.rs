@@ -173,6 +173,10 @@ async fn notify_dead_letter<S: ObjectStore>(
     let (Some(notifier), Some((job, chunk))) = (notifier, outcome.chunk()) else {
         return Ok(());
     };
+    if matches!(outcome, DeadLetterOutcome::Stale { .. }) {
+        // An earlier attempt's message: the job's current attempt is not ended by it.
+        return Ok(());
+    }
     notify_if_ended(store, notifier, job, Claimant::Chunk(chunk))
         .await
         .map(|_| ())
@@ -188,7 +192,7 @@ pub async fn notify_refused<S: ObjectStore>(
 ) -> Result<(), NotifyFailure> {
     for outcome in outcomes {
         let job = match outcome {
-            IngestOutcome::Rejected { job, .. } => job.clone(),
+            IngestOutcome::Rejected { job, .. } | IngestOutcome::Refused { job, .. } => job.clone(),
             // A retried event of a refused batch (its notification may not have gone out).
             IngestOutcome::Ignored { key, .. } => match fhe_batch_core::layout::job_for_upload(key)
             {

@@ -72,10 +72,43 @@ pub struct ChunkMessage {
     /// How the chunk was encrypted (absent: with the secret key, as every older message).
     #[serde(default, skip_serializing_if = "is_secret_key")]
     pub encryption: crate::params::Encryption,
+    /// The job's attempt this message belongs to (1 when absent: messages queued before
+    /// attempts existed, and every first attempt's, which leave it out). A worker drops a
+    /// message of an earlier attempt than the job's current one.
+    #[serde(default = "first_attempt", skip_serializing_if = "is_first_attempt")]
+    pub attempt: u32,
 }
 
 fn is_secret_key(e: &crate::params::Encryption) -> bool {
     *e == crate::params::Encryption::SecretKey
+}
+
+fn first_attempt() -> u32 {
+    1
+}
+
+fn is_first_attempt(n: &u32) -> bool {
+    *n == 1
+}
+
+/// `jobs/<job>/attempts/<n>.json`: attempt `n` (2, 3, ...) of a job, created once.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AttemptRecord {
+    pub attempt: u32,
+    pub cause: AttemptCause,
+    /// The upload the attempt runs, as [`FailureRecord::upload`] names one.
+    pub upload: String,
+    pub at_unix_ms: u64,
+}
+
+/// Why a job has another attempt.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AttemptCause {
+    /// `fhe-batch retry`: the same batch, its chunks without a result queued again.
+    Retry,
+    /// A new upload under the name of a job whose batch was refused at ingest.
+    Upload,
 }
 
 /// A chunk message that cannot be processed, ever.
@@ -112,6 +145,7 @@ impl ChunkMessage {
             eval_key: header.eval_key,
             batch_header_sha256: Some(hex::encode(header_sha256)),
             encryption: header.encryption,
+            attempt: 1,
         }
     }
 
@@ -122,6 +156,12 @@ impl ChunkMessage {
             records_per_chunk: self.records_per_chunk(),
             encryption: self.encryption,
         }
+    }
+
+    /// The message for attempt `attempt` of its job.
+    pub fn with_attempt(mut self, attempt: u32) -> Self {
+        self.attempt = attempt;
+        self
     }
 
     /// The binding of this chunk's result: its job and batch (when the message names the
@@ -153,6 +193,9 @@ impl ChunkMessage {
             serde_json::from_str(body).map_err(|e| MessageError(e.to_string()))?;
         if m.v != JOB_FORMAT_VERSION {
             return Err(MessageError(format!("version {}", m.v)));
+        }
+        if m.attempt == 0 {
+            return Err(MessageError("attempt 0".into()));
         }
         if m.chunk >= m.chunk_count {
             return Err(MessageError(format!(
@@ -230,6 +273,11 @@ pub struct FailureRecord {
     pub kind: FailureKind,
     pub reason: String,
     pub at_unix_ms: u64,
+    /// A batch refused at ingest: the upload, as `<size>:<SHA-256 of the bytes ingest read>`
+    /// (the header, or as much of it as was readable), so a repeated event of the same upload
+    /// is told from a new one. Absent in chunk records and in records of older versions.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub upload: Option<String>,
 }
 
 /// The message published once when a job ends (SUCCEEDED or FAILED), as SageMaker
@@ -238,6 +286,9 @@ pub struct FailureRecord {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct JobNotification {
     pub job: JobId,
+    /// The attempt that ended (one notification per attempt).
+    #[serde(default = "first_attempt")]
+    pub attempt: u32,
     pub state: JobState,
     pub chunks_total: u32,
     pub chunks_done: u32,
@@ -274,6 +325,10 @@ impl std::fmt::Display for JobState {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct JobStatus {
     pub job: JobId,
+    /// The job's current attempt (1 unless it was retried or re-uploaded); the state, counts
+    /// and failures are this attempt's.
+    #[serde(default = "first_attempt")]
+    pub attempt: u32,
     pub state: JobState,
     pub chunks_done: u32,
     pub chunks_total: u32,
@@ -288,4 +343,49 @@ pub struct JobStatus {
     /// existed), with what to do instead.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub refused_uploads: Vec<String>,
+}
+
+impl JobStatus {
+    /// The current attempt's batch was refused at ingest (FAILED with no chunks): a corrected
+    /// upload under the same name runs as the next attempt.
+    pub fn rejected_at_ingest(&self) -> bool {
+        self.state == JobState::Failed && self.chunks_total == 0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A message queued before attempts existed (no `attempt` field) is attempt 1, and an
+    /// attempt-1 message is written without the field, so older workers still read it.
+    #[test]
+    fn messages_without_an_attempt_are_attempt_one() {
+        let old = r#"{"v":1,"job":"claims","batch_key":"inbox/claims.fheb","chunk":0,"chunk_count":1,"offset":100,"length":200,"records":3,"first_record":0,"sha256":"0000000000000000000000000000000000000000000000000000000000000000","model_id":"00000000000000000000000000000000","key_fingerprint":"00000000000000000000000000000000","params":"glwe-2048-tuniform17-v1"}"#;
+        let m = ChunkMessage::parse(old).expect("a message of the previous version parses");
+        assert_eq!(m.attempt, 1);
+        assert!(!m.to_body().contains("attempt"));
+        let second = m.clone().with_attempt(2);
+        let body = second.to_body();
+        assert!(body.contains(r#""attempt":2"#), "{body}");
+        assert_eq!(ChunkMessage::parse(&body).unwrap().attempt, 2);
+        let zero = body.replace(r#""attempt":2"#, r#""attempt":0"#);
+        assert!(ChunkMessage::parse(&zero).is_err());
+    }
+
+    /// Records written before attempts existed still read.
+    #[test]
+    fn old_records_read() {
+        let failure: FailureRecord = serde_json::from_str(
+            r#"{"chunk":null,"kind":"invalid_batch","reason":"invalid batch","at_unix_ms":1}"#,
+        )
+        .unwrap();
+        assert_eq!(failure.upload, None);
+        let status: JobStatus = serde_json::from_str(
+            r#"{"job":"claims","state":"FAILED","chunks_done":0,"chunks_total":0,"chunks_failed":0,"records":0,"model_id":null,"created_unix_ms":null,"failures":[],"results_prefix":"results/claims/"}"#,
+        )
+        .unwrap();
+        assert_eq!(status.attempt, 1);
+        assert!(status.rejected_at_ingest());
+    }
 }

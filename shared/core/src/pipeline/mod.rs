@@ -7,6 +7,8 @@
 //!   the chunks that can never succeed;
 //! - [`run_queue_worker`]: the receive, process, acknowledge loop of a worker outside Lambda;
 //! - [`job_status`] and [`list_jobs`]: a job's state, derived from the objects in the store;
+//! - [`retry_job`]: a failed job's next attempt, its unfinished chunks queued again
+//!   ([`current_attempt`] says which attempt a job is at);
 //! - [`FaultPoint`] and [`FaultProbe`]: where tests and the chaos benchmark inject faults.
 //!
 //! The evaluator port ([`ChunkEvaluator`]) lives in [`crate::ports`]; it is re-exported here
@@ -18,6 +20,7 @@ mod faults;
 mod ingest;
 mod notify;
 mod queue_loop;
+mod resubmit;
 mod status;
 mod worker;
 
@@ -25,8 +28,12 @@ pub use crate::ports::{ChunkEvaluator, ChunkInput, EvalError, MAX_EVAL_KEY_BYTES
 pub use deadletter::{DeadLetterOutcome, record_dead_letter};
 pub use faults::{FaultPoint, FaultProbe};
 pub use ingest::{IngestOutcome, ingest_object};
-pub use notify::{Claimant, CollectingNotifier, NoNotifier, NotifyFailure, notify_if_ended};
+pub use notify::{
+    Claimant, CollectingNotifier, NoNotifier, NotifyFailure, notify_attempt_if_ended,
+    notify_if_ended,
+};
 pub use queue_loop::{LoopConfig, RetryDelays, run_queue_worker};
+pub use resubmit::{RetryError, RetryOutcome, retry_job};
 pub use status::{StatusError, job_status, list_jobs};
 pub use worker::{ChunkOutcome, RetryLater, Worker, WorkerConfig};
 
@@ -36,12 +43,13 @@ use crate::layout;
 use crate::ports::{ObjectStore, PutOutcome, QueueError, StoreError};
 use std::collections::HashMap;
 
-/// Milliseconds since the Unix epoch.
-/// Writes a chunk's failure record (`jobs/<job>/errors/<chunk>.json`) create-once; the worker
-/// and the dead-letter handler both record failures through this.
+/// Writes a chunk's failure record (`jobs/<job>/errors/<chunk>.json`, or under
+/// `attempt-<n>/` for a later attempt) create-once; the worker and the dead-letter handler
+/// both record failures through this.
 pub(crate) async fn write_chunk_failure<S: ObjectStore>(
     store: &S,
     job: &JobId,
+    attempt: u32,
     chunk: u32,
     kind: crate::job::FailureKind,
     reason: String,
@@ -51,13 +59,39 @@ pub(crate) async fn write_chunk_failure<S: ObjectStore>(
         kind,
         reason,
         at_unix_ms: now_unix_ms(),
+        upload: None,
     };
     let bytes = serde_json::to_vec_pretty(&record).expect("record serializes");
     store
-        .put_if_absent(&layout::chunk_error(job, chunk), bytes)
+        .put_if_absent(&layout::attempt_chunk_error(job, attempt, chunk), bytes)
         .await
 }
 
+/// A job's current attempt: the highest attempt record (`jobs/<job>/attempts/<n>.json`), or 1
+/// when it has none (every job before its first retry or corrected upload).
+pub async fn current_attempt<S: ObjectStore>(store: &S, job: &JobId) -> Result<u32, StoreError> {
+    Ok(store
+        .list(&layout::attempts_prefix(job))
+        .await?
+        .iter()
+        .filter_map(|k| layout::attempt_of_record(job, k))
+        .max()
+        .unwrap_or(1))
+}
+
+/// A failure record, or `None` when there is none (or an unreadable one).
+async fn read_failure<S: ObjectStore>(
+    store: &S,
+    key: &str,
+) -> Result<Option<crate::job::FailureRecord>, StoreError> {
+    match store.get(key, MAX_RECORD_BYTES).await {
+        Ok(b) => Ok(serde_json::from_slice(&b).ok()),
+        Err(StoreError::NotFound { .. }) => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+/// Milliseconds since the Unix epoch.
 pub fn now_unix_ms() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)

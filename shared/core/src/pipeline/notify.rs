@@ -1,8 +1,9 @@
-//! Job-end notifications, published once per job: when a job's last chunk result or its
-//! failure is written, whoever wrote it checks whether the job has ended, and the one that
-//! creates `jobs/<job>/notify-claim` (create-once) publishes; `jobs/<job>/notified.json` is
-//! written after the publish succeeded. Duplicate deliveries and concurrent last chunks find the
-//! claim taken and publish nothing.
+//! Job-end notifications, published once per job attempt: when a job's last chunk result or
+//! its failure is written, whoever wrote it checks whether the job has ended, and the one that
+//! creates `jobs/<job>/notify-claim` (create-once; `jobs/<job>/attempt-<n>/notify-claim` for a
+//! later attempt) publishes; `notified.json` beside it is written after the publish succeeded.
+//! Duplicate deliveries and concurrent last chunks find the claim taken and publish nothing; a
+//! retried job's next attempt has its own claim, so it tells its end once more.
 //!
 //! A notification is never lost: a publish that fails marks the claim, and the claimant's
 //! redelivered message publishes again; a claimant that died between its claim and its publish
@@ -58,12 +59,25 @@ pub enum NotifyFailure {
     Publish(#[from] crate::ports::NotifyError),
 }
 
-/// Publishes the job's end notification if the job has ended and nobody else claimed it.
-/// Returns the notification when this call published it.
+/// Publishes the end notification of the job's current attempt if it has ended and nobody
+/// else claimed it. Returns the notification when this call published it.
 pub async fn notify_if_ended<S: ObjectStore>(
     store: &S,
     notifier: &dyn Notifier,
     job: &JobId,
+    me: Claimant,
+) -> Result<Option<JobNotification>, NotifyFailure> {
+    notify_attempt_if_ended(store, notifier, job, None, me).await
+}
+
+/// As [`notify_if_ended`], for the end of attempt `attempt` only: nothing is published when
+/// the job has moved on to a later attempt (a chunk of an earlier attempt does not end the
+/// current one).
+pub async fn notify_attempt_if_ended<S: ObjectStore>(
+    store: &S,
+    notifier: &dyn Notifier,
+    job: &JobId,
+    attempt: Option<u32>,
     me: Claimant,
 ) -> Result<Option<JobNotification>, NotifyFailure> {
     let status = match job_status(store, job).await {
@@ -71,14 +85,18 @@ pub async fn notify_if_ended<S: ObjectStore>(
         Err(super::StatusError::NotFound(_)) => return Ok(None),
         Err(super::StatusError::Store(e)) => return Err(e.into()),
     };
-    if !matches!(status.state, JobState::Succeeded | JobState::Failed) {
+    if !matches!(status.state, JobState::Succeeded | JobState::Failed)
+        || attempt.is_some_and(|a| a != status.attempt)
+    {
         return Ok(None);
     }
-    if !claim(store, job, me).await? {
+    let attempt = status.attempt;
+    if !claim(store, job, attempt, me).await? {
         return Ok(None);
     }
     let notification = JobNotification {
         job: job.clone(),
+        attempt,
         state: status.state,
         chunks_total: status.chunks_total,
         chunks_done: status.chunks_done,
@@ -90,19 +108,26 @@ pub async fn notify_if_ended<S: ObjectStore>(
     };
     if let Err(e) = notifier.publish(&notification).await {
         warn!(%job, error = %e, "job-end notification not published; will be retried");
-        put_claim(store, job, me, true).await?;
+        put_claim(store, job, attempt, me, true).await?;
         return Err(e.into());
     }
     let body = serde_json::to_vec_pretty(&notification).expect("notification serializes");
-    store.put(&layout::job_notified(job), body).await?;
-    info!(%job, state = %notification.state, "job-end notification published");
+    store
+        .put(&layout::attempt_notified(job, attempt), body)
+        .await?;
+    info!(%job, attempt, state = %notification.state, "job-end notification published");
     Ok(Some(notification))
 }
 
 /// Whether `me` publishes: it created the claim, or the claim is its own failed publish, or a
 /// stale claim of its own chunk with nothing published.
-async fn claim<S: ObjectStore>(store: &S, job: &JobId, me: Claimant) -> Result<bool, StoreError> {
-    let key = layout::job_notify_claim(job);
+async fn claim<S: ObjectStore>(
+    store: &S,
+    job: &JobId,
+    attempt: u32,
+    me: Claimant,
+) -> Result<bool, StoreError> {
+    let key = layout::attempt_notify_claim(job, attempt);
     let fresh = Claim {
         by: me.tag(),
         at_unix_ms: now_unix_ms(),
@@ -112,7 +137,11 @@ async fn claim<S: ObjectStore>(store: &S, job: &JobId, me: Claimant) -> Result<b
     if store.put_if_absent(&key, bytes).await? == PutOutcome::Created {
         return Ok(true);
     }
-    if store.size(&layout::job_notified(job)).await?.is_some() {
+    if store
+        .size(&layout::attempt_notified(job, attempt))
+        .await?
+        .is_some()
+    {
         return Ok(false);
     }
     let held: Option<Claim> = serde_json::from_slice(&store.get(&key, 4096).await?).ok();
@@ -121,7 +150,7 @@ async fn claim<S: ObjectStore>(store: &S, job: &JobId, me: Claimant) -> Result<b
             && (c.publish_failed || now_unix_ms().saturating_sub(c.at_unix_ms) > STALE_CLAIM_MS)
     });
     if retry {
-        put_claim(store, job, me, false).await?;
+        put_claim(store, job, attempt, me, false).await?;
     }
     Ok(retry)
 }
@@ -129,6 +158,7 @@ async fn claim<S: ObjectStore>(store: &S, job: &JobId, me: Claimant) -> Result<b
 async fn put_claim<S: ObjectStore>(
     store: &S,
     job: &JobId,
+    attempt: u32,
     me: Claimant,
     publish_failed: bool,
 ) -> Result<(), StoreError> {
@@ -138,7 +168,9 @@ async fn put_claim<S: ObjectStore>(
         publish_failed,
     };
     let bytes = serde_json::to_vec(&c).expect("claim serializes");
-    store.put(&layout::job_notify_claim(job), bytes).await
+    store
+        .put(&layout::attempt_notify_claim(job, attempt), bytes)
+        .await
 }
 
 /// A notifier that publishes nothing (no topics configured).

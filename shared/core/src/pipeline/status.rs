@@ -1,9 +1,9 @@
 //! Status: a job's state derived from the objects in the store (no database), and the list of
 //! known jobs.
 
-use super::{chunk_set, read_manifest};
+use super::{chunk_set, current_attempt, read_failure, read_manifest};
 use crate::ids::JobId;
-use crate::job::{FailureRecord, JobManifest, JobState, JobStatus, MAX_RECORD_BYTES};
+use crate::job::{JobManifest, JobState, JobStatus, MAX_RECORD_BYTES};
 use crate::layout;
 use crate::ports::{ObjectStore, StoreError};
 
@@ -16,10 +16,13 @@ pub enum StatusError {
     Store(#[from] StoreError),
 }
 
-/// Derives a job's state from the objects in the store (no database).
+/// Derives a job's state from the objects in the store (no database): its current attempt's
+/// state, counts and failures (an earlier attempt's failures are history, not this attempt's).
 pub async fn job_status<S: ObjectStore>(store: &S, job: &JobId) -> Result<JobStatus, StatusError> {
+    let attempt = current_attempt(store, job).await?;
     let mut status = JobStatus {
         job: job.clone(),
+        attempt,
         state: JobState::Queued,
         chunks_done: 0,
         chunks_total: 0,
@@ -32,7 +35,7 @@ pub async fn job_status<S: ObjectStore>(store: &S, job: &JobId) -> Result<JobSta
         refused_uploads: Vec::new(),
     };
     let manifest = read_manifest(store, job).await?;
-    let job_failure = read_failure(store, &layout::job_failure(job)).await?;
+    let job_failure = read_failure(store, &layout::attempt_failure(job, attempt)).await?;
     let Some(manifest) = manifest else {
         if let Some(f) = job_failure {
             status.state = JobState::Failed;
@@ -47,7 +50,7 @@ pub async fn job_status<S: ObjectStore>(store: &S, job: &JobId) -> Result<JobSta
         }
         return Err(StatusError::NotFound(job.clone()));
     };
-    count_chunks(store, job, &manifest, &mut status).await?;
+    count_chunks(store, job, attempt, &manifest, &mut status).await?;
     for key in store
         .list(&layout::job_refused_prefix(job))
         .await?
@@ -76,11 +79,12 @@ pub async fn job_status<S: ObjectStore>(store: &S, job: &JobId) -> Result<JobSta
     Ok(status)
 }
 
-/// Fills in what the manifest says, the chunks done, and the chunks failed (with the records
-/// of the first 20 of them).
+/// Fills in what the manifest says, the chunks done, and the chunks of this attempt failed
+/// (with the records of the first 20 of them).
 async fn count_chunks<S: ObjectStore>(
     store: &S,
     job: &JobId,
+    attempt: u32,
     manifest: &JobManifest,
     status: &mut JobStatus,
 ) -> Result<(), StoreError> {
@@ -90,7 +94,7 @@ async fn count_chunks<S: ObjectStore>(
     status.created_unix_ms = Some(manifest.created_unix_ms);
     let done = chunk_set(store, &layout::results_prefix(job)).await?;
     status.chunks_done = done.keys().filter(|&&c| c < manifest.chunk_count).count() as u32;
-    let errors = chunk_set(store, &layout::job_errors_prefix(job)).await?;
+    let errors = chunk_set(store, &layout::attempt_errors_prefix(job, attempt)).await?;
     let mut failed: Vec<(u32, String)> = errors
         .into_iter()
         .filter(|(c, _)| !done.contains_key(c))
@@ -101,18 +105,6 @@ async fn count_chunks<S: ObjectStore>(
         status.failures.extend(read_failure(store, key).await?);
     }
     Ok(())
-}
-
-/// A failure record, or `None` when there is none (or an unreadable one).
-async fn read_failure<S: ObjectStore>(
-    store: &S,
-    key: &str,
-) -> Result<Option<FailureRecord>, StoreError> {
-    match store.get(key, MAX_RECORD_BYTES).await {
-        Ok(b) => Ok(serde_json::from_slice::<FailureRecord>(&b).ok()),
-        Err(StoreError::NotFound { .. }) => Ok(None),
-        Err(e) => Err(e),
-    }
 }
 
 /// Every job known to the store (those with a manifest or a job-level failure).

@@ -7,8 +7,8 @@
 
 use super::attempt::{AttemptError, Settled, check_message, result_header};
 use super::faults::{FaultPoint, FaultProbe};
-use super::notify::{Claimant, notify_if_ended};
-use super::write_chunk_failure;
+use super::notify::{Claimant, notify_attempt_if_ended};
+use super::{current_attempt, write_chunk_failure};
 use crate::format::ResultHeader;
 use crate::ids::{EvalKeyId, JobId, ModelId};
 use crate::job::{ChunkMessage, FailureKind};
@@ -32,6 +32,14 @@ pub enum ChunkOutcome {
     AlreadyDone { job: JobId, chunk: u32 },
     /// The job has already failed; the chunk is skipped.
     Skipped { job: JobId, chunk: u32 },
+    /// The message belongs to an earlier attempt of its job than the current one (the job was
+    /// retried or re-uploaded since): dropped, nothing written.
+    Stale {
+        job: JobId,
+        chunk: u32,
+        attempt: u32,
+        current: u32,
+    },
     /// The chunk can never succeed; its failure is recorded and the job shows FAILED.
     Failed {
         job: Option<JobId>,
@@ -46,7 +54,8 @@ impl ChunkOutcome {
         match self {
             ChunkOutcome::Written { job, chunk }
             | ChunkOutcome::AlreadyDone { job, chunk }
-            | ChunkOutcome::Skipped { job, chunk } => (Some(job), *chunk),
+            | ChunkOutcome::Skipped { job, chunk }
+            | ChunkOutcome::Stale { job, chunk, .. } => (Some(job), *chunk),
             ChunkOutcome::Failed { job, chunk, .. } => (job.as_ref(), *chunk),
         }
     }
@@ -143,6 +152,7 @@ impl<S: ObjectStore, E: ChunkEvaluator + 'static> Worker<S, E> {
             }
         };
         let error = match self.try_attempt(&msg).await {
+            Ok(outcome @ ChunkOutcome::Stale { .. }) => return Ok(outcome),
             Ok(outcome) => {
                 self.notify(&msg).await?;
                 return Ok(outcome);
@@ -178,10 +188,11 @@ impl<S: ObjectStore, E: ChunkEvaluator + 'static> Worker<S, E> {
         let Some(notifier) = &self.notifier else {
             return Ok(());
         };
-        notify_if_ended(
+        notify_attempt_if_ended(
             &self.store,
             notifier.as_ref(),
             &msg.job,
+            Some(msg.attempt),
             Claimant::Chunk(msg.chunk),
         )
         .await
@@ -199,7 +210,8 @@ impl<S: ObjectStore, E: ChunkEvaluator + 'static> Worker<S, E> {
     ) -> Result<ChunkOutcome, RetryLater> {
         let (job, chunk) = (&msg.job, msg.chunk);
         warn!(%job, chunk, %reason, "chunk failed");
-        let written = write_chunk_failure(&self.store, job, chunk, kind, reason.clone()).await;
+        let written =
+            write_chunk_failure(&self.store, job, msg.attempt, chunk, kind, reason.clone()).await;
         match written {
             Ok(_) if kind == FailureKind::RetriesExhausted => Err(RetryLater(reason)),
             Ok(_) => Ok(ChunkOutcome::Failed {
@@ -244,7 +256,8 @@ impl<S: ObjectStore, E: ChunkEvaluator + 'static> Worker<S, E> {
         self.write_result(msg, &header, &body, eval_us).await
     }
 
-    /// The outcome of a chunk that needs no work: its result exists, or its job has failed.
+    /// The outcome of a chunk that needs no work: its result exists, its message belongs to
+    /// an earlier attempt of the job, or its job has failed.
     async fn already_settled(
         &self,
         msg: &ChunkMessage,
@@ -258,7 +271,28 @@ impl<S: ObjectStore, E: ChunkEvaluator + 'static> Worker<S, E> {
         {
             return Ok(Some(ChunkOutcome::AlreadyDone { job, chunk }));
         }
-        if self.store.size(&layout::job_failure(&job)).await?.is_some() {
+        let current = current_attempt(&self.store, &job).await?;
+        if msg.attempt != current {
+            tracing::info!(
+                %job,
+                chunk,
+                attempt = msg.attempt,
+                current,
+                "dropping a chunk message of another attempt than the job's current one"
+            );
+            return Ok(Some(ChunkOutcome::Stale {
+                job,
+                chunk,
+                attempt: msg.attempt,
+                current,
+            }));
+        }
+        if self
+            .store
+            .size(&layout::attempt_failure(&job, current))
+            .await?
+            .is_some()
+        {
             return Ok(Some(ChunkOutcome::Skipped { job, chunk }));
         }
         Ok(None)
