@@ -26,6 +26,15 @@ fn ok(dir: &Path, args: &[&str]) -> String {
     stdout
 }
 
+/// Runs a command that must fail, and returns its stderr after checking it says `needle`.
+fn fails(dir: &Path, args: &[&str], needle: &str) -> String {
+    let out = fhe_batch(dir, args);
+    let stderr = String::from_utf8_lossy(&out.stderr).to_string();
+    assert!(!out.status.success(), "fhe-batch {args:?} succeeded");
+    assert!(stderr.contains(needle), "fhe-batch {args:?}: {stderr}");
+    stderr
+}
+
 #[test]
 fn demo_runs_end_to_end_with_full_agreement() {
     let dir = tempfile::tempdir().unwrap();
@@ -487,7 +496,7 @@ fn an_imported_decision_tree_runs_encrypted_end_to_end() {
     std::fs::write(d.join("holdout.csv"), csv).unwrap();
     ok(d, &["keygen", "--out", "k.key"]);
     // Without an evaluation key the client says what to do.
-    let out = fhe_batch(
+    fails(
         d,
         &[
             "encrypt",
@@ -500,12 +509,7 @@ fn an_imported_decision_tree_runs_encrypted_end_to_end() {
             "--out",
             "t.fheb",
         ],
-    );
-    assert!(!out.status.success());
-    assert!(
-        String::from_utf8_lossy(&out.stderr).contains("publish-key"),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+        "publish-key",
     );
     let out = ok(d, &["publish-key", "--key", "k.key"]);
     assert!(out.contains("keys/") && out.contains("eval.key"), "{out}");
@@ -554,7 +558,7 @@ fn an_imported_decision_tree_runs_encrypted_end_to_end() {
         .map(|p| p.file_name().unwrap().to_string_lossy().to_string())
         .collect();
     assert_eq!(names.len(), 2, "{names:?}");
-    let refused = fhe_batch(
+    fails(
         &producer,
         &[
             "decrypt",
@@ -567,12 +571,7 @@ fn an_imported_decision_tree_runs_encrypted_end_to_end() {
             "--out",
             "p.csv",
         ],
-    );
-    assert!(!refused.status.success());
-    assert!(
-        String::from_utf8_lossy(&refused.stderr).contains("not an fhe-batch key file"),
-        "{}",
-        String::from_utf8_lossy(&refused.stderr)
+        "not an fhe-batch key file",
     );
     std::fs::copy(producer.join("tp.fheb"), d.join("tp.fheb")).unwrap();
     ok(d, &["publish", "--model", "tree"]);
@@ -640,10 +639,7 @@ fn refused_batches_are_resubmitted_and_failed_jobs_retried() {
         out.contains("job claims: FAILED") && out.contains("not published"),
         "{out}"
     );
-    let refused = fhe_batch(d, &["retry", "claims"]);
-    assert!(!refused.status.success());
-    let err = String::from_utf8_lossy(&refused.stderr);
-    assert!(err.contains("upload a corrected batch"), "{err}");
+    fails(d, &["retry", "claims"], "upload a corrected batch");
     // The model published, the same file submitted again runs as attempt 2.
     ok(d, &["publish", "--model", "model"]);
     let out = ok(d, &["submit", "claims.fheb"]);
@@ -662,10 +658,7 @@ fn refused_batches_are_resubmitted_and_failed_jobs_retried() {
         out.contains("SUCCEEDED 1/1 chunks, 150 records, attempt 2"),
         "{out}"
     );
-    let done = fhe_batch(d, &["retry", "claims"]);
-    assert!(!done.status.success());
-    let err = String::from_utf8_lossy(&done.stderr);
-    assert!(err.contains("job claims is SUCCEEDED"), "{err}");
+    fails(d, &["retry", "claims"], "job claims is SUCCEEDED");
     let decrypt = |job: &str| {
         ok(
             d,
