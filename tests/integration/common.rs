@@ -115,6 +115,49 @@ impl Env {
         files
     }
 
+    /// Encrypts `rows` for `pkg` (with the tests' secret key) in chunks of `layout`, runs the
+    /// job through ingest and `workers` workers over a fresh `FheEvaluator`, checks that it
+    /// SUCCEEDED, and returns the ingest outcome and the decrypted result values.
+    pub async fn run_decrypted(
+        &self,
+        name: &str,
+        pkg: &ModelPackage,
+        rows: &[Vec<f64>],
+        layout: fhe_batch_core::format::ChunkLayout,
+        workers: usize,
+    ) -> (IngestOutcome, Vec<i64>) {
+        let cols: Vec<u64> = rows.iter().flat_map(|r| pkg.client.columns(r)).collect();
+        let batch = fhe_batch_fhe::batch::encrypt_batch_with(
+            key(),
+            &pkg.client,
+            pkg.manifest.model_id,
+            &cols,
+            layout,
+            &|_| {},
+        );
+        let q = queue(Duration::from_secs(60));
+        let job = self.upload(name, batch).await;
+        let outcome = self.ingest(&q, &job).await;
+        let worker = Arc::new(Worker::new(
+            self.store.clone(),
+            fhe_batch_fhe::FheEvaluator::new(None),
+            WorkerConfig { max_receives: 5 },
+        ));
+        drain(worker, &q, workers).await;
+        let st = self.status(&job).await;
+        assert_eq!(st.state, JobState::Succeeded, "{st:?}");
+        let files = self.results(&job).await;
+        let values = fhe_batch_fhe::batch::decrypt_job(
+            key(),
+            &pkg.client,
+            &pkg.manifest.model_id,
+            &files,
+            &|_| {},
+        )
+        .unwrap();
+        (outcome, values)
+    }
+
     /// Decrypts a finished job and checks every record against the plaintext reference.
     pub async fn assert_exact(&self, job: &JobId, quantized: &[u64]) {
         let st = self.status(job).await;

@@ -5,15 +5,10 @@
 
 use crate::common::*;
 use fhe_batch_core::format::ChunkLayout;
-use fhe_batch_core::job::JobState;
 use fhe_batch_core::layout;
 use fhe_batch_core::model::{ClientBody, ModelPackage};
-use fhe_batch_core::pipeline::{Worker, WorkerConfig};
 use fhe_batch_core::ports::ObjectStore;
-use fhe_batch_fhe::FheEvaluator;
 use fhe_batch_train::import::{ImportData, ImportOptions, compile_imported};
-use std::sync::Arc;
-use std::time::Duration;
 
 /// Imports and compiles a bundled breast-cancer pipeline, as `fhe-batch import` does.
 fn compile(name: &str) -> (ModelPackage, Vec<String>) {
@@ -64,39 +59,12 @@ async fn round_trip(pkg: &ModelPackage, records: usize) -> (Vec<i64>, Vec<i64>) 
         }
         _ => None,
     };
-    let cols: Vec<u64> = rows.iter().flat_map(|r| pkg.client.columns(r)).collect();
-    let batch = fhe_batch_fhe::batch::encrypt_batch_with(
-        key(),
-        &pkg.client,
-        pkg.manifest.model_id,
-        &cols,
-        ChunkLayout {
-            records_per_chunk: 16,
-            eval_key,
-            encryption: fhe_batch_core::params::Encryption::SecretKey,
-        },
-        &|_| {},
-    );
-    let q = queue(Duration::from_secs(60));
-    let job = env.upload("imported", batch).await;
-    env.ingest(&q, &job).await;
-    let worker = Arc::new(Worker::new(
-        env.store.clone(),
-        FheEvaluator::new(None),
-        WorkerConfig { max_receives: 5 },
-    ));
-    drain(worker, &q, 1).await;
-    let st = env.status(&job).await;
-    assert_eq!(st.state, JobState::Succeeded, "{st:?}");
-    let files = env.results(&job).await;
-    let got = fhe_batch_fhe::batch::decrypt_job(
-        key(),
-        &pkg.client,
-        &pkg.manifest.model_id,
-        &files,
-        &|_| {},
-    )
-    .unwrap();
+    let layout = ChunkLayout {
+        records_per_chunk: 16,
+        eval_key,
+        encryption: fhe_batch_core::params::Encryption::SecretKey,
+    };
+    let (_, got) = env.run_decrypted("imported", pkg, &rows, layout, 1).await;
     let want = rows
         .iter()
         .flat_map(|r| {

@@ -5,16 +5,13 @@
 
 use crate::common::*;
 use fhe_batch_core::format::ChunkLayout;
-use fhe_batch_core::job::JobState;
 use fhe_batch_core::layout;
-use fhe_batch_core::pipeline::{IngestOutcome, Worker, WorkerConfig};
+use fhe_batch_core::pipeline::IngestOutcome;
 use fhe_batch_core::ports::ObjectStore;
 use fhe_batch_fhe::FheEvaluator;
 use fhe_batch_fhe::forest::{EvalKey, eval_key_id};
 use fhe_batch_train::import::{ImportData, ImportOptions};
 use fhe_batch_train::mlp::compile_mlp;
-use std::sync::Arc;
-use std::time::Duration;
 
 fn onnx(name: &str) -> fhe_batch_onnx::Mlp {
     let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/onnx");
@@ -58,43 +55,16 @@ async fn an_mlp_job_decrypts_within_the_proven_error_of_the_reference() {
         .await
         .unwrap();
     let rows: Vec<Vec<f64>> = (0..24).map(|i| eval.row(i).to_vec()).collect();
-    let cols: Vec<u64> = rows.iter().flat_map(|r| pkg.client.columns(r)).collect();
-    let batch = fhe_batch_fhe::batch::encrypt_batch_with(
-        key(),
-        &pkg.client,
-        pkg.manifest.model_id,
-        &cols,
-        ChunkLayout {
-            records_per_chunk: 8,
-            eval_key: Some(id),
-            encryption: fhe_batch_core::params::Encryption::SecretKey,
-        },
-        &|_| {},
-    );
-    let q = queue(Duration::from_secs(60));
-    let job = env.upload("mlp", batch).await;
-    let outcome = env.ingest(&q, &job).await;
+    let layout = ChunkLayout {
+        records_per_chunk: 8,
+        eval_key: Some(id),
+        encryption: fhe_batch_core::params::Encryption::SecretKey,
+    };
+    let (outcome, scores) = env.run_decrypted("mlp", &pkg, &rows, layout, 2).await;
     assert!(
         matches!(outcome, IngestOutcome::Queued { chunks: 3, .. }),
         "{outcome:?}"
     );
-    let worker = Arc::new(Worker::new(
-        env.store.clone(),
-        FheEvaluator::new(None),
-        WorkerConfig { max_receives: 5 },
-    ));
-    drain(worker, &q, 2).await;
-    let st = env.status(&job).await;
-    assert_eq!(st.state, JobState::Succeeded, "{st:?}");
-    let files = env.results(&job).await;
-    let scores = fhe_batch_fhe::batch::decrypt_job(
-        key(),
-        &pkg.client,
-        &pkg.manifest.model_id,
-        &files,
-        &|_| {},
-    )
-    .unwrap();
     let fhe_batch_core::model::ServerBody::NeuralNetwork(server) = &pkg.server.body else {
         panic!("a network")
     };

@@ -562,15 +562,7 @@ fn fold_branch(p: &Preprocess, j: usize, cmp: Cmp, t: f32) -> Folded {
             (true, true) => return Folded::Always(true),
             _ => {}
         }
-        let (mut yes, mut no) = (lo, hi);
-        while no - yes > 1 {
-            let mid = yes + (no - yes) / 2;
-            if holds(unkey(mid)) {
-                yes = mid
-            } else {
-                no = mid
-            }
-        }
+        let (yes, _) = transition(lo, hi, |k| holds(unkey(k)));
         Folded::Branch(Cmp::Leq, unkey(yes))
     } else {
         // Holds for x >= X: find the smallest such X.
@@ -579,17 +571,20 @@ fn fold_branch(p: &Preprocess, j: usize, cmp: Cmp, t: f32) -> Folded {
             (true, true) => return Folded::Always(true),
             _ => {}
         }
-        let (mut no, mut yes) = (lo, hi);
-        while yes - no > 1 {
-            let mid = no + (yes - no) / 2;
-            if holds(unkey(mid)) {
-                yes = mid
-            } else {
-                no = mid
-            }
-        }
+        let (_, yes) = transition(lo, hi, |k| holds(unkey(k)));
         Folded::Branch(Cmp::Gte, unkey(yes))
     }
+}
+
+/// For a predicate monotone over the ordered keys `lo..=hi` that differs at its ends: the two
+/// adjacent keys `(a, a + 1)` between which it changes (bisection).
+fn transition(mut lo: i64, mut hi: i64, f: impl Fn(i64) -> bool) -> (i64, i64) {
+    let at_lo = f(lo);
+    while hi - lo > 1 {
+        let mid = lo + (hi - lo) / 2;
+        if f(mid) == at_lo { lo = mid } else { hi = mid }
+    }
+    (lo, hi)
 }
 
 /// Moves the preprocessing into every threshold ([`fold_branch`]); branches that become

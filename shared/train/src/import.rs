@@ -221,19 +221,28 @@ mod tests {
         PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
     }
 
-    fn compile(onnx: &str) -> CompiledImport {
-        let bytes = std::fs::read(root().join("tests/fixtures/onnx").join(onnx)).unwrap();
-        let imported = fhe_batch_onnx::import_onnx(&bytes).unwrap();
-        let ds =
-            read_labelled_csv(&root().join("data/breast_cancer.csv"), "label", Task::Auto).unwrap();
+    fn breast_cancer() -> Dataset {
+        read_labelled_csv(&root().join("data/breast_cancer.csv"), "label", Task::Auto).unwrap()
+    }
+
+    /// Compiles an import on `ds`, reported on a 20% holdout.
+    fn compile_on(imported: &Imported, ds: &Dataset) -> CompiledImport {
         let (calibration, eval) = ds.split(0.2, 42);
         let data = ImportData {
-            all: &ds,
+            all: ds,
             calibration: &calibration,
             eval: &eval,
             evaluated_on: "holdout",
         };
-        compile_imported(&imported, data, &ImportOptions::default()).unwrap()
+        compile_imported(imported, data, &ImportOptions::default()).unwrap()
+    }
+
+    fn compile(onnx: &str) -> CompiledImport {
+        let bytes = std::fs::read(root().join("tests/fixtures/onnx").join(onnx)).unwrap();
+        compile_on(
+            &fhe_batch_onnx::import_onnx(&bytes).unwrap(),
+            &breast_cancer(),
+        )
     }
 
     #[test]
@@ -248,8 +257,7 @@ mod tests {
     #[test]
     fn a_network_without_hidden_layers_compiles_as_a_linear_model() {
         use fhe_batch_onnx::{Activation, Dense, FloatModel, Mlp, OnnxTask, Scaler};
-        let ds =
-            read_labelled_csv(&root().join("data/breast_cancer.csv"), "label", Task::Auto).unwrap();
+        let ds = breast_cancer();
         let f = ds.n_features();
         let (mean, sd): (Vec<f32>, Vec<f32>) = crate::data::column_stats(&ds)
             .into_iter()
@@ -287,14 +295,7 @@ mod tests {
             op_type: "MLP".into(),
             folded: Vec::new(),
         };
-        let (calibration, eval) = ds.split(0.2, 42);
-        let data = ImportData {
-            all: &ds,
-            calibration: &calibration,
-            eval: &eval,
-            evaluated_on: "holdout",
-        };
-        let c = compile_imported(&imported, data, &ImportOptions::default()).unwrap();
+        let c = compile_on(&imported, &ds);
         assert_eq!(c.summary, ImportSummary::Linear);
         assert_eq!(c.package.manifest.pbs_per_record, 0);
     }
@@ -330,13 +331,7 @@ mod tests {
     #[test]
     fn regressors_report_mae_rmse_and_r2_float_against_quantized() {
         let ds = iris_petal_width();
-        let (calibration, eval) = ds.split(0.2, 42);
-        let data = ImportData {
-            all: &ds,
-            calibration: &calibration,
-            eval: &eval,
-            evaluated_on: "holdout",
-        };
+        let holdout = ds.split(0.2, 42).1.len();
         for name in [
             "iris-linear-regressor",
             "iris-scaler-linear-regressor",
@@ -351,12 +346,12 @@ mod tests {
             )
             .unwrap();
             let imported = fhe_batch_onnx::import_onnx(&bytes).unwrap();
-            let c = compile_imported(&imported, data, &ImportOptions::default()).unwrap();
+            let c = compile_on(&imported, &ds);
             let r = c
                 .regression
                 .unwrap_or_else(|| panic!("{name}: no error figures"));
             eprintln!("{name}: {r:?}");
-            assert_eq!(r.records, eval.len());
+            assert_eq!(r.records, holdout);
             for e in [r.float, r.quantized] {
                 // Petal width spans 0.1..2.5 cm: these models are within a few millimetres.
                 assert!(e.mae > 0.0 && e.mae < 0.25, "{name}: {r:?}");
@@ -367,7 +362,7 @@ mod tests {
             assert!(r.encrypted_simulated.is_none());
             // The package's report carries the same R^2 figures.
             let report = &c.package.manifest.report;
-            assert_eq!(report.records, eval.len(), "{name}");
+            assert_eq!(report.records, holdout, "{name}");
             assert!((report.float_score - r.float.r2).abs() < 1e-9, "{name}");
             assert!(
                 (report.quantized_score - r.quantized.r2).abs() < 1e-9,
