@@ -74,12 +74,20 @@ impl BinaryPolyMultiplier {
             interpolate,
             twist,
             untwist,
-            key_values: Vec::new(),
+            key_values: vec![Complex64::default(); half],
         };
-        let mut values = vec![Complex64::default(); half];
-        m.values_of(|j| key[j] as f64, &mut values);
-        m.key_values = values;
+        m.set_key(key);
         m
+    }
+
+    /// Multiplies by another binary polynomial of the same size from now on, keeping the FFT
+    /// plans and twist tables (a public-key encryption multiplies by a fresh `r` per GLWE).
+    pub fn set_key(&mut self, key: &[u64]) {
+        assert_eq!(key.len(), 2 * self.half, "polynomial size");
+        assert!(key.iter().all(|&b| b <= 1), "binary key");
+        let mut values = std::mem::take(&mut self.key_values);
+        self.values_of(|j| key[j] as f64, &mut values);
+        self.key_values = values;
     }
 
     fn values_of(&self, coeff: impl Fn(usize) -> f64, out: &mut [Complex64]) {

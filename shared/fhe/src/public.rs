@@ -113,10 +113,12 @@ impl PublicKey {
 
     /// Encrypts one message polynomial (`N` coefficients, already scaled) into a whole GLWE
     /// ciphertext, appended to `out` as `(k + 1) x N` words (mask, then body).
+    /// `times_r` is a multiplier of this size, re-keyed here with the fresh `r`.
     fn encrypt_glwe(
         &self,
         message: &[u64],
         generator: &mut RandomGenerator<DefaultRandomGenerator>,
+        times_r: &mut BinaryPolyMultiplier,
         out: &mut Vec<u64>,
     ) {
         let n = self.params.polynomial_size();
@@ -124,7 +126,7 @@ impl PublicKey {
         assert_eq!(message.len(), n, "one polynomial");
         let mut r = vec![0u64; n];
         generator.fill_slice_with_random_uniform_binary_bits(&mut r);
-        let mut times_r = BinaryPolyMultiplier::new(&r);
+        times_r.set_key(&r);
         r.zeroize();
         // Noise first (e1 on the mask, e2 on the body), then the products with r.
         let mut glwe = vec![0u64; (k + 1) * n];
@@ -178,6 +180,7 @@ impl PublicKey {
             RandomGenerator::<DefaultRandomGenerator>::new(crate::seed::MixedSeeder::new().seed());
         let mut words = Vec::with_capacity(glwes * (params.glwe_dimension() + 1) * n);
         let mut message = vec![0u64; n];
+        let mut times_r = BinaryPolyMultiplier::new(&message);
         for t in 0..glwes {
             message.fill(0);
             for c in 0..g {
@@ -189,7 +192,7 @@ impl PublicKey {
                     message[c * slots + i] = record[j] << shift;
                 }
             }
-            self.encrypt_glwe(&message, &mut generator, &mut words);
+            self.encrypt_glwe(&message, &mut generator, &mut times_r, &mut words);
         }
         message.zeroize();
         let mut out = Vec::with_capacity(shape.payload_len(params) as usize);
