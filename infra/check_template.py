@@ -5,6 +5,8 @@
 - the dead-letter limit is 5 receives and the worker reports partial batch failures;
 - the ingest trigger only fires on inbox/*.fheb (no recursive triggers from results/ or jobs/);
 - the worker cannot delete objects and the status function cannot write;
+- ingest, worker and dead-letter functions may publish job ends to both SNS topics and put them
+  on the EventBusName bus (the bus named in their environment);
 - every function logs to a stack log group with a retention, every alarm has an action, and
   inbox/, results/ and jobs/ expire;
 - ingest reads the worker's timeout from the same parameter as the worker (chunk sizing);
@@ -123,6 +125,20 @@ def main(path):
         }
         if topics != {"SuccessTopic", "ErrorTopic"}:
             fail(f"{logical} must publish job ends to SuccessTopic and ErrorTopic")
+        buses = [
+            p["Fn::If"]
+            for p in res[logical]["Properties"]["Policies"]
+            if isinstance(p, dict) and "Fn::If" in p
+        ]
+        if not any(
+            b[0] == "HasEventBus"
+            and b[1].get("EventBridgePutEventsPolicy", {}).get("EventBusName") == {"Ref": "EventBusName"}
+            for b in buses
+        ):
+            fail(f"{logical} must be allowed to put job-end events on the EventBusName bus")
+    env = t["Globals"]["Function"]["Environment"]["Variables"]
+    if env.get("FHE_BATCH_EVENT_BUS") != {"Ref": "EventBusName"}:
+        fail("the functions must read the event bus from the EventBusName parameter")
     dl = res["DeadLetterFunction"]["Properties"]["Events"]["DeadLetters"]["Properties"]
     if dl["Queue"] != {"Fn::GetAtt": ["JobsDeadLetterQueue", "Arn"]}:
         fail("the dead-letter function must consume the job queue's dead-letter queue")

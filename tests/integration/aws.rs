@@ -449,7 +449,8 @@ async fn job_ends_are_published_to_the_success_and_error_topics() {
     }
     use fhe_batch_core::job::{JobNotification, JobState};
     use fhe_batch_core::ports::Notifier;
-    let (_, sqs, sns) = fhe_batch_aws::config::all_clients().await;
+    let fhe_batch_aws::config::Clients { sqs, sns, .. } =
+        fhe_batch_aws::config::all_clients().await;
     let name = format!("fheb-notify-{}", std::process::id());
     let mut topics = Vec::new();
     let mut queues = Vec::new();
@@ -515,4 +516,89 @@ async fn job_ends_are_published_to_the_success_and_error_topics() {
             Some(format!("fhe-batch job {job} {state}").as_str())
         );
     }
+}
+
+/// Job-end events over the EventBridge wire protocol: a rule on the bus matching the
+/// `fhe-batch` source delivers each job end to a queue, with its detail type and detail.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn job_ends_are_put_on_the_event_bus() {
+    if endpoint().is_none() {
+        return;
+    }
+    use fhe_batch_core::job::{JobNotification, JobState};
+    use fhe_batch_core::ports::Notifier;
+    let fhe_batch_aws::config::Clients { sqs, events, .. } =
+        fhe_batch_aws::config::all_clients().await;
+    let name = format!("fheb-events-{}", std::process::id());
+    events.create_event_bus().name(&name).send().await.unwrap();
+    let (url, arn) = new_queue(&sqs, &name).await;
+    events
+        .put_rule()
+        .name(&name)
+        .event_bus_name(&name)
+        .event_pattern(r#"{"source": ["fhe-batch"], "detail-type": ["fhe-batch Job Failed"]}"#)
+        .send()
+        .await
+        .unwrap();
+    events
+        .put_targets()
+        .rule(&name)
+        .event_bus_name(&name)
+        .targets(
+            aws_sdk_eventbridge::types::Target::builder()
+                .id("queue")
+                .arn(arn)
+                .build()
+                .unwrap(),
+        )
+        .send()
+        .await
+        .unwrap();
+    let notifier = fhe_batch_aws::EventBridgeNotifier::new(events.clone(), &name);
+    let note = |job: &str, state, reason: Option<&str>| JobNotification {
+        job: JobId::parse(job).unwrap(),
+        attempt: 2,
+        state,
+        chunks_total: 3,
+        chunks_done: 2,
+        chunks_failed: 1,
+        records: 6000,
+        results_prefix: format!("results/{job}/"),
+        reason: reason.map(str::to_string),
+        at_unix_ms: 1,
+    };
+    notifier
+        .publish(&note("claims-ok", JobState::Succeeded, None))
+        .await
+        .unwrap();
+    notifier
+        .publish(&note(
+            "claims-bad",
+            JobState::Failed,
+            Some("chunk 2 timed out"),
+        ))
+        .await
+        .unwrap();
+    // The rule matches failures only: exactly the failed job's event arrives.
+    let queue = SqsQueue::new(sqs.clone(), url);
+    let got = receive_n(&queue, 1).await;
+    assert_eq!(got.len(), 1);
+    let event: serde_json::Value = serde_json::from_str(&got[0].body).unwrap();
+    assert_eq!(event["source"], fhe_batch_aws::SOURCE);
+    assert_eq!(event["detail-type"], fhe_batch_aws::DETAIL_FAILED);
+    let detail: JobNotification = serde_json::from_value(event["detail"].clone()).unwrap();
+    assert_eq!(detail.job.as_str(), "claims-bad");
+    assert_eq!(detail.state, JobState::Failed);
+    assert_eq!(detail.attempt, 2);
+    assert_eq!(detail.reason.as_deref(), Some("chunk 2 timed out"));
+    let more = queue.receive(10, Duration::from_secs(2)).await.unwrap();
+    assert!(more.is_empty(), "{more:?}");
+    // A bus that does not exist is a failed publish, not a silent loss.
+    let nowhere = fhe_batch_aws::EventBridgeNotifier::new(events, format!("{name}-missing"));
+    assert!(
+        nowhere
+            .publish(&note("claims-x", JobState::Failed, None))
+            .await
+            .is_err()
+    );
 }

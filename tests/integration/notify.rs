@@ -95,3 +95,40 @@ async fn a_failed_job_is_notified_once_with_its_reason_and_a_failed_publish_is_r
         "{sent:?}"
     );
 }
+
+#[tokio::test]
+async fn a_publish_that_fails_on_one_channel_is_retried_on_that_channel_only() {
+    let env = Env::new().await;
+    let (sns, events) = (
+        Arc::new(Notifications::default()),
+        Arc::new(Notifications::default()),
+    );
+    events.fail_next(2);
+    let fan = fhe_batch_core::pipeline::FanOut::new(vec![
+        ("sns", Box::new(sns.clone())),
+        ("eventbridge", Box::new(events.clone())),
+    ]);
+    let w = Arc::new(
+        Worker::new(env.store.clone(), GlweEvaluator, WorkerConfig::default())
+            .with_notifier(Arc::new(fan)),
+    );
+    let (bytes, q) = iris_batch(150, 51);
+    let job = env.upload("fanned", bytes).await;
+    let queue = queue(Duration::from_secs(600));
+    env.ingest(&queue, &job).await;
+    let d = receive_all(&queue).await;
+    assert_eq!(d.len(), 1);
+    // SNS gets it, EventBridge fails twice: the message stays for a retry each time.
+    assert!(w.handle_message(&d[0].body, 1).await.is_err());
+    assert!(w.handle_message(&d[0].body, 2).await.is_err());
+    assert_eq!(sns.sent().len(), 1);
+    assert!(events.sent().is_empty());
+    // The third delivery publishes to EventBridge only; later ones publish nothing.
+    w.handle_message(&d[0].body, 3).await.unwrap();
+    w.handle_message(&d[0].body, 4).await.unwrap();
+    let (a, b) = (sns.sent(), events.sent());
+    assert_eq!((a.len(), b.len()), (1, 1), "{a:?} {b:?}");
+    assert_eq!(b[0].state, JobState::Succeeded);
+    assert_eq!(b[0].job, job);
+    env.assert_exact(&job, &q).await;
+}

@@ -5,9 +5,9 @@
 //! `fhe_batch_core::pipeline::record_dead_letter`.
 
 use aws_lambda_events::event::sqs::SqsEvent;
+use fhe_batch_aws::S3Store;
 use fhe_batch_aws::config::{Config, all_clients, init_tracing};
 use fhe_batch_aws::handlers::handle_dead_letters;
-use fhe_batch_aws::{S3Store, SnsNotifier};
 use fhe_batch_core::retry::{RetryPolicy, Retrying};
 use lambda_runtime::{Error, LambdaEvent, service_fn};
 
@@ -15,9 +15,10 @@ use lambda_runtime::{Error, LambdaEvent, service_fn};
 async fn main() -> Result<(), Error> {
     init_tracing();
     let config = Config::from_env()?;
-    let (s3, _, sns) = all_clients().await;
+    let clients = all_clients().await;
+    let s3 = clients.s3.clone();
     let store = &Retrying::new(S3Store::new(s3, &config.bucket), RetryPolicy::default());
-    let notifier = &SnsNotifier::from_env(sns);
+    let notifier = &clients.notifier_from_env();
     lambda_runtime::run(service_fn(move |event: LambdaEvent<SqsEvent>| async move {
         let notifier = notifier
             .as_ref()

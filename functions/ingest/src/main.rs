@@ -3,7 +3,7 @@
 
 use fhe_batch_aws::config::{Config, all_clients, init_tracing};
 use fhe_batch_aws::handlers::{handle_s3_event, notify_refused};
-use fhe_batch_aws::{S3Store, SnsNotifier, SqsQueue};
+use fhe_batch_aws::{S3Store, SqsQueue};
 use fhe_batch_core::retry::{RetryPolicy, Retrying};
 use lambda_runtime::{Error, LambdaEvent, service_fn};
 
@@ -11,8 +11,9 @@ use lambda_runtime::{Error, LambdaEvent, service_fn};
 async fn main() -> Result<(), Error> {
     init_tracing();
     let config = Config::from_env()?;
-    let (s3, sqs, sns) = all_clients().await;
-    let notifier = SnsNotifier::from_env(sns);
+    let clients = all_clients().await;
+    let notifier = clients.notifier_from_env();
+    let (s3, sqs) = (clients.s3, clients.sqs);
     let store = Retrying::new(S3Store::new(s3, &config.bucket), RetryPolicy::default());
     let queue = Retrying::new(
         SqsQueue::new(sqs, config.queue_url()?),

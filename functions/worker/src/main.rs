@@ -6,7 +6,7 @@
 use aws_lambda_events::event::sqs::SqsEvent;
 use fhe_batch_aws::config::{Config, all_clients, init_tracing};
 use fhe_batch_aws::handlers::handle_sqs_event;
-use fhe_batch_aws::{S3Store, SnsNotifier, SqsQueue};
+use fhe_batch_aws::{S3Store, SqsQueue};
 use fhe_batch_core::pipeline::{RetryDelays, Worker, WorkerConfig};
 use fhe_batch_core::retry::{RetryPolicy, Retrying};
 use fhe_batch_fhe::FheEvaluator;
@@ -17,7 +17,9 @@ use std::sync::Arc;
 async fn main() -> Result<(), Error> {
     init_tracing();
     let config = Config::from_env()?;
-    let (s3, sqs, sns) = all_clients().await;
+    let clients = all_clients().await;
+    let notifier = clients.notifier_from_env();
+    let (s3, sqs) = (clients.s3, clients.sqs);
     // Failed chunks are retried after 15 s, doubling, rather than the queue's visibility
     // timeout (JOBS_QUEUE_URL is set by the template; without it the timeout applies).
     let queue = config
@@ -32,7 +34,7 @@ async fn main() -> Result<(), Error> {
         },
     );
     // The job-end notification goes out once, from whichever chunk ends the job.
-    if let Some(n) = SnsNotifier::from_env(sns) {
+    if let Some(n) = notifier {
         worker = worker.with_notifier(Arc::new(n));
     }
     let worker = Arc::new(worker);

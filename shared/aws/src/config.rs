@@ -1,6 +1,9 @@
 //! Configuration of the functions, read once at cold start from the environment.
 
+use crate::{EventBridgeNotifier, SnsNotifier};
 use fhe_batch_core::format::BatchLimits;
+use fhe_batch_core::pipeline::FanOut;
+use fhe_batch_core::ports::Notifier;
 
 /// Why the function cannot start.
 #[derive(Debug, thiserror::Error)]
@@ -66,12 +69,40 @@ impl Config {
 /// [`fhe_batch_core::retry::Retrying`], one bounded retry layer whose behaviour under injected
 /// faults is tested (two layers would multiply the attempts).
 pub async fn clients() -> (aws_sdk_s3::Client, aws_sdk_sqs::Client) {
-    let (s3, sqs, _) = all_clients().await;
-    (s3, sqs)
+    let c = all_clients().await;
+    (c.s3, c.sqs)
 }
 
-/// [`clients`], and an SNS client for job-end notifications, from the same configuration.
-pub async fn all_clients() -> (aws_sdk_s3::Client, aws_sdk_sqs::Client, aws_sdk_sns::Client) {
+/// The SDK clients the functions use, from one configuration.
+#[derive(Clone, Debug)]
+pub struct Clients {
+    pub s3: aws_sdk_s3::Client,
+    pub sqs: aws_sdk_sqs::Client,
+    /// Job-end notifications to the success and error topics.
+    pub sns: aws_sdk_sns::Client,
+    /// Job-end events on an event bus.
+    pub events: aws_sdk_eventbridge::Client,
+}
+
+impl Clients {
+    /// Where job ends are published, from the environment: the SNS topics
+    /// (`FHE_BATCH_SUCCESS_TOPIC_ARN`, `FHE_BATCH_ERROR_TOPIC_ARN`) and the event bus
+    /// (`FHE_BATCH_EVENT_BUS`), each channel once per job end; `None` when none is set.
+    pub fn notifier_from_env(&self) -> Option<FanOut> {
+        let mut channels: Vec<(&'static str, Box<dyn Notifier>)> = Vec::new();
+        if let Some(n) = SnsNotifier::from_env(self.sns.clone()) {
+            channels.push(("sns", Box::new(n)));
+        }
+        if let Some(n) = EventBridgeNotifier::from_env(self.events.clone()) {
+            channels.push(("eventbridge", Box::new(n)));
+        }
+        (!channels.is_empty()).then(|| FanOut::new(channels))
+    }
+}
+
+/// [`clients`], and the SNS and EventBridge clients for job-end notifications, from the same
+/// configuration.
+pub async fn all_clients() -> Clients {
     let mut loader = aws_config::defaults(aws_config::BehaviorVersion::latest())
         .retry_config(aws_config::retry::RetryConfig::standard().with_max_attempts(1));
     if let Some(url) = std::env::var("FHE_BATCH_ENDPOINT_URL")
@@ -85,11 +116,12 @@ pub async fn all_clients() -> (aws_sdk_s3::Client, aws_sdk_sqs::Client, aws_sdk_
     let s3 = aws_sdk_s3::config::Builder::from(&shared)
         .force_path_style(path_style)
         .build();
-    (
-        aws_sdk_s3::Client::from_conf(s3),
-        aws_sdk_sqs::Client::new(&shared),
-        aws_sdk_sns::Client::new(&shared),
-    )
+    Clients {
+        s3: aws_sdk_s3::Client::from_conf(s3),
+        sqs: aws_sdk_sqs::Client::new(&shared),
+        sns: aws_sdk_sns::Client::new(&shared),
+        events: aws_sdk_eventbridge::Client::new(&shared),
+    }
 }
 
 /// JSON logs for CloudWatch, filtered by `RUST_LOG`. Never logs key or ciphertext bytes: the

@@ -121,6 +121,23 @@ pub trait Notifier: Send + Sync {
         &'a self,
         notification: &'a crate::job::JobNotification,
     ) -> std::pin::Pin<Box<dyn Future<Output = Result<(), NotifyError>> + Send + 'a>>;
+
+    /// The channels a notification goes to, in publishing order (a notifier that fans out to
+    /// SNS and EventBridge names both). A publish that failed part-way is retried on the
+    /// channels that do not have it yet, so each channel gets a job's end once.
+    fn channels(&self) -> Vec<&'static str> {
+        vec!["default"]
+    }
+
+    /// Publishes to one of [`Notifier::channels`]; a notifier with one channel publishes.
+    fn publish_to<'a>(
+        &'a self,
+        channel: &'a str,
+        notification: &'a crate::job::JobNotification,
+    ) -> std::pin::Pin<Box<dyn Future<Output = Result<(), NotifyError>> + Send + 'a>> {
+        let _ = channel;
+        self.publish(notification)
+    }
 }
 
 /// An at-least-once message queue with visibility timeouts and a dead-letter limit (SQS's model).
@@ -266,5 +283,26 @@ pub async fn fetch_and_install<T>(
         }
         Ok(Err(e)) => Err(KeyLoadError::Unusable(e)),
         Err(_) => Err(KeyLoadError::Panicked),
+    }
+}
+
+impl<T: Notifier + ?Sized> Notifier for std::sync::Arc<T> {
+    fn publish<'a>(
+        &'a self,
+        notification: &'a crate::job::JobNotification,
+    ) -> std::pin::Pin<Box<dyn Future<Output = Result<(), NotifyError>> + Send + 'a>> {
+        (**self).publish(notification)
+    }
+
+    fn channels(&self) -> Vec<&'static str> {
+        (**self).channels()
+    }
+
+    fn publish_to<'a>(
+        &'a self,
+        channel: &'a str,
+        notification: &'a crate::job::JobNotification,
+    ) -> std::pin::Pin<Box<dyn Future<Output = Result<(), NotifyError>> + Send + 'a>> {
+        (**self).publish_to(channel, notification)
     }
 }

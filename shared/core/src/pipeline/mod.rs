@@ -29,7 +29,7 @@ pub use deadletter::{DeadLetterOutcome, record_dead_letter};
 pub use faults::{FaultPoint, FaultProbe};
 pub use ingest::{IngestOutcome, ingest_object};
 pub use notify::{
-    Claimant, CollectingNotifier, NoNotifier, NotifyFailure, notify_attempt_if_ended,
+    Claimant, CollectingNotifier, FanOut, NoNotifier, NotifyFailure, notify_attempt_if_ended,
     notify_if_ended,
 };
 pub use queue_loop::{LoopConfig, RetryDelays, run_queue_worker};

@@ -30,6 +30,9 @@ struct Claim {
     by: String,
     at_unix_ms: u64,
     publish_failed: bool,
+    /// The channels that already have this notification (a publish that failed part-way).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    published: Vec<String>,
 }
 
 /// Who claims the notification: a chunk's worker, ingest (a refused batch), or the
@@ -91,9 +94,9 @@ pub async fn notify_attempt_if_ended<S: ObjectStore>(
         return Ok(None);
     }
     let attempt = status.attempt;
-    if !claim(store, job, attempt, me).await? {
+    let Some(mut published) = claim(store, job, attempt, me).await? else {
         return Ok(None);
-    }
+    };
     let notification = JobNotification {
         job: job.clone(),
         attempt,
@@ -106,10 +109,16 @@ pub async fn notify_attempt_if_ended<S: ObjectStore>(
         reason: status.failures.first().map(|f| f.reason.clone()),
         at_unix_ms: now_unix_ms(),
     };
-    if let Err(e) = notifier.publish(&notification).await {
-        warn!(%job, error = %e, "job-end notification not published; will be retried");
-        put_claim(store, job, attempt, me, true).await?;
-        return Err(e.into());
+    for channel in notifier.channels() {
+        if published.iter().any(|p| p == channel) {
+            continue;
+        }
+        if let Err(e) = notifier.publish_to(channel, &notification).await {
+            warn!(%job, channel, error = %e, "job-end notification not published; will be retried");
+            put_claim(store, job, attempt, me, true, published).await?;
+            return Err(e.into());
+        }
+        published.push(channel.to_string());
     }
     let body = serde_json::to_vec_pretty(&notification).expect("notification serializes");
     store
@@ -119,40 +128,41 @@ pub async fn notify_attempt_if_ended<S: ObjectStore>(
     Ok(Some(notification))
 }
 
-/// Whether `me` publishes: it created the claim, or the claim is its own failed publish, or a
-/// stale claim of its own chunk with nothing published.
+/// Whether `me` publishes, and to which channels it already has: it created the claim, or the
+/// claim is its own failed publish, or a stale claim of its own chunk with nothing published.
 async fn claim<S: ObjectStore>(
     store: &S,
     job: &JobId,
     attempt: u32,
     me: Claimant,
-) -> Result<bool, StoreError> {
+) -> Result<Option<Vec<String>>, StoreError> {
     let key = layout::attempt_notify_claim(job, attempt);
     let fresh = Claim {
         by: me.tag(),
         at_unix_ms: now_unix_ms(),
         publish_failed: false,
+        published: Vec::new(),
     };
     let bytes = serde_json::to_vec(&fresh).expect("claim serializes");
     if store.put_if_absent(&key, bytes).await? == PutOutcome::Created {
-        return Ok(true);
+        return Ok(Some(Vec::new()));
     }
     if store
         .size(&layout::attempt_notified(job, attempt))
         .await?
         .is_some()
     {
-        return Ok(false);
+        return Ok(None);
     }
     let held: Option<Claim> = serde_json::from_slice(&store.get(&key, 4096).await?).ok();
-    let retry = held.is_some_and(|c| {
+    let Some(held) = held.filter(|c| {
         c.by == me.tag()
             && (c.publish_failed || now_unix_ms().saturating_sub(c.at_unix_ms) > STALE_CLAIM_MS)
-    });
-    if retry {
-        put_claim(store, job, attempt, me, false).await?;
-    }
-    Ok(retry)
+    }) else {
+        return Ok(None);
+    };
+    put_claim(store, job, attempt, me, false, held.published.clone()).await?;
+    Ok(Some(held.published))
 }
 
 async fn put_claim<S: ObjectStore>(
@@ -161,16 +171,81 @@ async fn put_claim<S: ObjectStore>(
     attempt: u32,
     me: Claimant,
     publish_failed: bool,
+    published: Vec<String>,
 ) -> Result<(), StoreError> {
     let c = Claim {
         by: me.tag(),
         at_unix_ms: now_unix_ms(),
         publish_failed,
+        published,
     };
     let bytes = serde_json::to_vec(&c).expect("claim serializes");
     store
         .put(&layout::attempt_notify_claim(job, attempt), bytes)
         .await
+}
+
+/// Publishes to several notifiers, each one channel (SNS topics and an EventBridge bus). A
+/// channel that fails stops the publish; its retry goes to the channels that lack it only.
+pub struct FanOut {
+    channels: Vec<(&'static str, Box<dyn Notifier>)>,
+}
+
+impl FanOut {
+    /// `channels`: a stable name per notifier (recorded in the claim), in publishing order.
+    pub fn new(channels: Vec<(&'static str, Box<dyn Notifier>)>) -> Self {
+        Self { channels }
+    }
+
+    /// Whether no channel is configured.
+    pub fn is_empty(&self) -> bool {
+        self.channels.is_empty()
+    }
+}
+
+impl std::fmt::Debug for FanOut {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_list()
+            .entries(self.channels.iter().map(|c| c.0))
+            .finish()
+    }
+}
+
+impl Notifier for FanOut {
+    fn publish<'a>(
+        &'a self,
+        n: &'a JobNotification,
+    ) -> std::pin::Pin<
+        Box<dyn std::future::Future<Output = Result<(), crate::ports::NotifyError>> + Send + 'a>,
+    > {
+        Box::pin(async move {
+            for (_, c) in &self.channels {
+                c.publish(n).await?;
+            }
+            Ok(())
+        })
+    }
+
+    fn channels(&self) -> Vec<&'static str> {
+        self.channels.iter().map(|c| c.0).collect()
+    }
+
+    fn publish_to<'a>(
+        &'a self,
+        channel: &'a str,
+        n: &'a JobNotification,
+    ) -> std::pin::Pin<
+        Box<dyn std::future::Future<Output = Result<(), crate::ports::NotifyError>> + Send + 'a>,
+    > {
+        Box::pin(async move {
+            match self.channels.iter().find(|c| c.0 == channel) {
+                Some((_, c)) => c.publish(n).await,
+                None => Err(crate::ports::NotifyError(format!(
+                    "no notification channel {channel}"
+                ))),
+            }
+        })
+    }
 }
 
 /// A notifier that publishes nothing (no topics configured).
