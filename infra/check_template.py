@@ -10,6 +10,8 @@
 - every function logs to a stack log group with a retention, every alarm has an action, and
   inbox/, results/ and jobs/ expire;
 - ingest reads the worker's timeout from the same parameter as the worker (chunk sizing);
+- a tenant role (infra/tenant-role.yaml) reaches only its tenant's prefixes (and reads models/),
+  and is named with the prefix the status function reads tenants from;
 - each function's S3 grants equal what its code was recorded to need
   (tests/fixtures/permissions.json, written from tests/integration/permissions.rs).
 Exits non-zero with a message on the first violation.
@@ -84,6 +86,49 @@ def check_permissions(res):
             fail(f"{logical} lacks grants its code needs: {sorted(want - have)}")
 
 
+TENANT_ROLE = os.path.join(os.path.dirname(__file__), "tenant-role.yaml")
+BUCKET_ARN = "arn:${AWS::Partition}:s3:::${ServiceStack}-${AWS::AccountId}-${AWS::Region}"
+
+
+def check_tenant_role(t):
+    """Every S3 grant of the tenant role is confined to inbox/, jobs/, results/ or keys/ of
+    ${Tenant}, except reading models/; listing is conditioned on those prefixes."""
+    env = t["Globals"]["Function"]["Environment"]["Variables"]
+    if env.get("FHE_BATCH_TENANT_ROLE_PREFIX") != {"Fn::Sub": "${AWS::StackName}-tenant-"}:
+        fail("the functions must read tenant role names as <stack>-tenant-")
+    if env.get("FHE_BATCH_TENANCY") != {"Ref": "Tenancy"}:
+        fail("the functions must read the tenancy from the Tenancy parameter")
+    role = yaml_parse(open(TENANT_ROLE).read())["Resources"]["TenantRole"]["Properties"]
+    if role["RoleName"] != {"Fn::Sub": "${ServiceStack}-tenant-${Tenant}"}:
+        fail("the tenant role must be named <stack>-tenant-<tenant>")
+    own = {f"{BUCKET_ARN}/{p}/${{Tenant}}/*" for p in ("inbox", "jobs", "results", "keys")}
+    for policy in role["Policies"]:
+        for stmt in policy["PolicyDocument"]["Statement"]:
+            acts = stmt["Action"] if isinstance(stmt["Action"], list) else [stmt["Action"]]
+            res = stmt["Resource"] if isinstance(stmt["Resource"], list) else [stmt["Resource"]]
+            arns = [r.get("Fn::Sub") if isinstance(r, dict) else r for r in res]
+            for a in acts:
+                if not a.startswith("s3:"):
+                    if a not in ("lambda:InvokeFunctionUrl", "lambda:InvokeFunction"):
+                        fail(f"tenant role grants {a}")
+                    continue
+                if a == "s3:ListBucket":
+                    prefixes = stmt.get("Condition", {}).get("StringLike", {}).get("s3:prefix", [])
+                    subs = {p.get("Fn::Sub") if isinstance(p, dict) else p for p in prefixes}
+                    allowed = {f"{p}/${{Tenant}}/*" for p in ("inbox", "jobs", "results", "keys")}
+                    if arns != [BUCKET_ARN] or not subs or not subs <= allowed | {"models/*"}:
+                        fail(f"tenant role lists beyond its prefixes: {sorted(map(str, subs))}")
+                    continue
+                for arn in arns:
+                    model_read = a == "s3:GetObject" and arn == f"{BUCKET_ARN}/models/*"
+                    if arn not in own and not model_read:
+                        fail(f"tenant role grants {a} on {arn}")
+                    if a not in ("s3:GetObject", "s3:PutObject"):
+                        fail(f"tenant role grants {a}")
+                    if a == "s3:PutObject" and not (arn.endswith("/inbox/${Tenant}/*") or arn.endswith("/keys/${Tenant}/*")):
+                        fail(f"tenant role may write {arn}")
+
+
 def main(path):
     t = yaml_parse(open(path).read())
     res, params = t["Resources"], t["Parameters"]
@@ -117,6 +162,7 @@ def main(path):
             if any("results/" in str(r) for r in stmt.get("Resource", [])):
                 fail("ingest must not read results")
     check_permissions(res)
+    check_tenant_role(t)
     for logical in ("IngestFunction", "WorkerFunction", "DeadLetterFunction"):
         topics = {
             p["SNSPublishMessagePolicy"]["TopicName"]["Fn::GetAtt"][0]
@@ -157,7 +203,8 @@ def main(path):
         fail(f"inbox/, results/ and jobs/ must expire (expiring: {sorted(map(str, expiring))})")
     print(
         f"template checks passed ({len(allowed)} worker timeouts, visibility >= 6x, "
-        "S3 grants equal the recorded needs of ingest, worker, status and deadletter)"
+        "S3 grants equal the recorded needs of ingest, worker, status and deadletter; "
+        "the tenant role stays in its prefixes)"
     )
 
 

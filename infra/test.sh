@@ -24,7 +24,7 @@ infra/local-stack.sh install
 
 echo "== template"
 mkdir -p "$CARGO_TARGET_DIR"
-"$VENV/bin/cfn-lint" template.yaml
+"$VENV/bin/cfn-lint" template.yaml infra/tenant-role.yaml
 "$VENV/bin/python" infra/sam_to_cfn.py template.yaml > "$CARGO_TARGET_DIR/template.cfn.json"
 "$VENV/bin/cfn-lint" "$CARGO_TARGET_DIR/template.cfn.json"
 "$VENV/bin/python" infra/check_template.py template.yaml

@@ -608,6 +608,16 @@ fn an_imported_decision_tree_runs_encrypted_end_to_end() {
         .map(|v| names[v.as_u64().unwrap() as usize].to_string())
         .collect();
     assert_eq!(labels, ort);
+    // On a multi-tenant stack the key goes under the tenant's prefix.
+    let out = ok(d, &["publish-key", "--key", "k.key", "--tenant", "acme"]);
+    assert!(out.contains("/keys/acme/"), "{out}");
+    fails(
+        d,
+        &["publish-key", "--key", "k.key", "--tenant", "a.b"],
+        "tenant id",
+    );
+    let out = ok(d, &["status", "--tenant", "acme"]);
+    assert!(out.contains("no jobs"), "{out}");
 }
 
 /// Resubmission through the CLI: a batch refused at ingest (its model was not published) is

@@ -13,5 +13,6 @@ mod pipeline;
 mod public_key;
 mod reliability;
 mod resubmit;
+mod tenants;
 mod training;
 mod trees;

@@ -70,8 +70,10 @@ pub fn runtime() -> Result<tokio::runtime::Runtime> {
         .build()?)
 }
 
+/// A job named on the command line: `claims`, or `acme/claims` for tenant acme's job on a
+/// multi-tenant stack.
 pub fn job_arg(s: &str) -> Result<JobId> {
-    JobId::parse(s).with_context(|| {
+    JobId::parse_qualified(s).with_context(|| {
         let (mapped, _) = JobId::from_file_name(s);
         format!("invalid job id {s:?} (an upload named {s}.fheb runs as job {mapped})")
     })

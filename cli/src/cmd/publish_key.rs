@@ -4,6 +4,7 @@
 use super::common::{StoreArg, runtime};
 use crate::{output, store};
 use anyhow::{Context, Result};
+use fhe_batch_core::ids::TenantId;
 use fhe_batch_core::layout;
 use fhe_batch_core::ports::ObjectStore;
 use fhe_batch_fhe::PublicKey;
@@ -19,6 +20,9 @@ use std::time::Instant;
 pub struct PublishKeyArgs {
     #[arg(long, short, default_value = "client.key")]
     key: PathBuf,
+    /// On a multi-tenant stack, your tenant: the key goes to keys/<tenant>/<id>/eval.key.
+    #[arg(long, value_parser = tenant_arg)]
+    tenant: Option<TenantId>,
     #[command(flatten)]
     store: StoreArg,
 }
@@ -32,7 +36,8 @@ pub fn run(args: PublishKeyArgs) -> Result<()> {
     let n = bytes.len() as u64;
     runtime()?.block_on(async {
         let s = args.store.open().await?;
-        s.put_if_absent(&layout::eval_key(&id), bytes).await?;
+        let location = layout::eval_key_of(args.tenant.as_ref(), &id);
+        s.put_if_absent(&location, bytes).await?;
         let saved = store::eval_key_file(&args.key);
         std::fs::write(&saved, format!("{id}\n"))
             .with_context(|| format!("writing {}", saved.display()))?;
@@ -43,7 +48,7 @@ pub fn run(args: PublishKeyArgs) -> Result<()> {
             output::bytes(n),
             output::dur(generated),
             s.describe(),
-            layout::eval_key(&id),
+            location,
             saved.display()
         );
         println!(
@@ -52,4 +57,8 @@ pub fn run(args: PublishKeyArgs) -> Result<()> {
         );
         Ok(())
     })
+}
+
+fn tenant_arg(s: &str) -> Result<TenantId, String> {
+    TenantId::parse(s).map_err(|e| e.to_string())
 }

@@ -3,7 +3,8 @@
 use super::common::{StoreArg, job_arg, runtime};
 use crate::output;
 use anyhow::Result;
-use fhe_batch_core::pipeline::{job_status, list_jobs};
+use fhe_batch_core::ids::TenantId;
+use fhe_batch_core::pipeline::{job_status, list_tenant_jobs};
 
 /// Show a job's state (QUEUED, RUNNING done/total, SUCCEEDED, FAILED with reasons), or list jobs.
 #[derive(clap::Args, Debug)]
@@ -16,6 +17,10 @@ pub struct StatusArgs {
     /// (1 s, doubling, at most 30 s). Exits non-zero when the job FAILED.
     #[arg(long, requires = "job")]
     wait: bool,
+    /// On a multi-tenant stack, list this tenant's jobs (jobs/<tenant>/); name one job as
+    /// <tenant>/<job>.
+    #[arg(long, conflicts_with = "job")]
+    tenant: Option<String>,
     #[command(flatten)]
     store: StoreArg,
 }
@@ -28,7 +33,10 @@ pub fn run(args: StatusArgs) -> Result<()> {
     }
     let jobs = match &args.job {
         Some(j) => vec![job_arg(j)?],
-        None => rt.block_on(list_jobs(&s))?,
+        None => {
+            let tenant = args.tenant.as_deref().map(TenantId::parse).transpose()?;
+            rt.block_on(list_tenant_jobs(&s, tenant.as_ref()))?
+        }
     };
     if jobs.is_empty() {
         println!("no jobs in {}", s.describe());

@@ -2,6 +2,7 @@
 
 use crate::{EventBridgeNotifier, SnsNotifier};
 use fhe_batch_core::format::BatchLimits;
+use fhe_batch_core::layout::Tenancy;
 use fhe_batch_core::pipeline::FanOut;
 use fhe_batch_core::ports::Notifier;
 
@@ -12,6 +13,8 @@ pub enum ConfigError {
     Missing(&'static str),
     #[error("environment variable {name} is not a valid number: {value:?}")]
     Number { name: &'static str, value: String },
+    #[error("environment variable FHE_BATCH_TENANCY must be single or multi, not {0:?}")]
+    Tenancy(String),
 }
 
 /// What every function needs. Never holds secrets (credentials come from the SDK chain).
@@ -25,6 +28,12 @@ pub struct Config {
     pub max_receives: u32,
     /// Batch limits (`MAX_BATCH_RECORDS`, `MAX_BATCH_BYTES`).
     pub limits: BatchLimits,
+    /// One data owner or several tenants (`FHE_BATCH_TENANCY`: `single`, the default, or
+    /// `multi`).
+    pub tenancy: Tenancy,
+    /// On a multi-tenant stack, the prefix of tenant role (or user) names:
+    /// `<prefix><tenant>` (`FHE_BATCH_TENANT_ROLE_PREFIX`, default `fhe-batch-tenant-`).
+    pub tenant_role_prefix: String,
 }
 
 fn number<T: std::str::FromStr>(name: &'static str, default: T) -> Result<T, ConfigError> {
@@ -49,6 +58,14 @@ impl Config {
                 max_batch_bytes: number("MAX_BATCH_BYTES", defaults.max_batch_bytes)?,
                 ..defaults
             },
+            tenancy: {
+                let raw = std::env::var("FHE_BATCH_TENANCY").unwrap_or_default();
+                Tenancy::parse(&raw).ok_or(ConfigError::Tenancy(raw))?
+            },
+            tenant_role_prefix: std::env::var("FHE_BATCH_TENANT_ROLE_PREFIX")
+                .ok()
+                .filter(|p| !p.trim().is_empty())
+                .unwrap_or_else(|| "fhe-batch-tenant-".into()),
         })
     }
 

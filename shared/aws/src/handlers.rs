@@ -4,11 +4,12 @@
 use aws_lambda_events::event::sqs::{BatchItemFailure, SqsBatchResponse, SqsEvent};
 use fhe_batch_core::events::{S3Notification, s3_notification};
 use fhe_batch_core::format::BatchLimits;
-use fhe_batch_core::ids::JobId;
+use fhe_batch_core::ids::{JobId, TenantId};
+use fhe_batch_core::layout::{Tenancy, job_for_upload_in};
 use fhe_batch_core::pipeline::{
     ChunkEvaluator, Claimant, DeadLetterOutcome, IngestOutcome, NotifyFailure, PipelineError,
-    RetryDelays, StatusError, Worker, ingest_object, job_status, list_jobs, notify_if_ended,
-    record_dead_letter,
+    RetryDelays, StatusError, Worker, ingest_object_in, job_status, list_tenant_jobs,
+    notify_if_ended, record_dead_letter,
 };
 use fhe_batch_core::ports::{JobQueue, Notifier, ObjectStore};
 use std::sync::Arc;
@@ -27,6 +28,18 @@ pub async fn handle_s3_event<S: ObjectStore, Q: JobQueue>(
     bucket: &str,
     event: serde_json::Value,
     limits: &BatchLimits,
+) -> Result<Vec<IngestOutcome>, PipelineError> {
+    handle_s3_event_in(store, queue, bucket, event, limits, Tenancy::Single).await
+}
+
+/// [`handle_s3_event`] on a stack of the given tenancy (`FHE_BATCH_TENANCY`).
+pub async fn handle_s3_event_in<S: ObjectStore, Q: JobQueue>(
+    store: &S,
+    queue: &Q,
+    bucket: &str,
+    event: serde_json::Value,
+    limits: &BatchLimits,
+    tenancy: Tenancy,
 ) -> Result<Vec<IngestOutcome>, PipelineError> {
     let keys = match s3_notification(&event, bucket) {
         S3Notification::Test => {
@@ -47,7 +60,7 @@ pub async fn handle_s3_event<S: ObjectStore, Q: JobQueue>(
     let mut outcomes = Vec::new();
     let mut first_error = None;
     for key in keys {
-        match ingest_object(store, queue, &key, limits).await {
+        match ingest_object_in(store, queue, &key, limits, tenancy).await {
             Ok(o) => {
                 info!(key = %key, outcome = ?o, "ingested");
                 outcomes.push(o);
@@ -190,12 +203,21 @@ pub async fn notify_refused<S: ObjectStore>(
     notifier: &dyn Notifier,
     outcomes: &[IngestOutcome],
 ) -> Result<(), NotifyFailure> {
+    notify_refused_in(store, notifier, outcomes, Tenancy::Single).await
+}
+
+/// [`notify_refused`] on a stack of the given tenancy.
+pub async fn notify_refused_in<S: ObjectStore>(
+    store: &S,
+    notifier: &dyn Notifier,
+    outcomes: &[IngestOutcome],
+    tenancy: Tenancy,
+) -> Result<(), NotifyFailure> {
     for outcome in outcomes {
         let job = match outcome {
             IngestOutcome::Rejected { job, .. } | IngestOutcome::Refused { job, .. } => job.clone(),
             // A retried event of a refused batch (its notification may not have gone out).
-            IngestOutcome::Ignored { key, .. } => match fhe_batch_core::layout::job_for_upload(key)
-            {
+            IngestOutcome::Ignored { key, .. } => match job_for_upload_in(key, tenancy) {
                 Ok((job, _)) => job,
                 Err(_) => continue,
             },
@@ -220,19 +242,73 @@ fn json_reply(status: u16, value: serde_json::Value) -> HttpReply {
     }
 }
 
-/// Routes a status request: `GET /jobs` lists jobs, `GET /jobs/{job}` reports one job (404 for
-/// an unknown job, 400 for an invalid id).
+/// Whose jobs a status request may see.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StatusScope {
+    /// A single-tenant stack: every job.
+    Stack,
+    /// One tenant of a multi-tenant stack: its own jobs only.
+    Tenant(TenantId),
+}
+
+/// The tenant of a status caller on a multi-tenant stack, from the caller's IAM identity as the
+/// Function URL's `AWS_IAM` authorizer reports it (`requestContext.authorizer.iam.userArn`,
+/// signed by the caller, so not forgeable): a role (`...:assumed-role/<prefix><tenant>/<session>`)
+/// or a user (`...:user/<path>/<prefix><tenant>`) named with the stack's tenant prefix. Anyone
+/// else is refused with the reason.
+pub fn tenant_of_caller(user_arn: Option<&str>, role_prefix: &str) -> Result<TenantId, String> {
+    let Some(arn) = user_arn else {
+        return Err("the request carries no IAM identity".into());
+    };
+    let resource = arn.splitn(6, ':').nth(5).unwrap_or("");
+    let name = if let Some(rest) = resource.strip_prefix("assumed-role/") {
+        rest.split('/').next()
+    } else if let Some(rest) = resource.strip_prefix("user/") {
+        rest.rsplit('/').next()
+    } else {
+        None
+    };
+    name.and_then(|n| n.strip_prefix(role_prefix))
+        .and_then(|t| TenantId::parse(t).ok())
+        .ok_or_else(|| {
+            format!("the caller is not a tenant of this stack (its role or user name must start with {role_prefix:?})")
+        })
+}
+
+/// Routes a status request on a single-tenant stack: `GET /jobs` lists jobs, `GET /jobs/{job}`
+/// reports one job (404 for an unknown job, 400 for an invalid id).
 pub async fn handle_status_request<S: ObjectStore>(
     store: &S,
     method: &str,
     path: &str,
 ) -> HttpReply {
+    handle_status_request_in(store, method, path, Ok(StatusScope::Stack)).await
+}
+
+/// Routes a status request for `scope`. A tenant sees only its own jobs: `GET /jobs` lists
+/// them, `GET /jobs/{job}` (or `/jobs/{tenant}/{job}` with its own tenant) reports one; another
+/// tenant's job answers 404, exactly as a job that does not exist. A caller that is no tenant
+/// (`Err`) gets 403 with the reason.
+pub async fn handle_status_request_in<S: ObjectStore>(
+    store: &S,
+    method: &str,
+    path: &str,
+    scope: Result<StatusScope, String>,
+) -> HttpReply {
     if method != "GET" {
         return json_reply(405, serde_json::json!({"error": "only GET is supported"}));
     }
+    let scope = match scope {
+        Ok(s) => s,
+        Err(why) => return json_reply(403, serde_json::json!({ "error": why })),
+    };
+    let tenant = match &scope {
+        StatusScope::Stack => None,
+        StatusScope::Tenant(t) => Some(t),
+    };
     let path = path.trim_end_matches('/');
     if path == "/jobs" {
-        return match list_jobs(store).await {
+        return match list_tenant_jobs(store, tenant).await {
             Ok(jobs) => json_reply(200, serde_json::json!({ "jobs": jobs })),
             Err(e) => {
                 error!(error = %e, "listing jobs failed");
@@ -249,20 +325,34 @@ pub async fn handle_status_request<S: ObjectStore>(
             serde_json::json!({"error": "use GET /jobs or GET /jobs/{job}"}),
         );
     };
-    let job = match decode_s3_key(raw).as_deref().map(JobId::parse) {
-        Some(Ok(job)) => job,
-        Some(Err(e)) => return json_reply(400, serde_json::json!({"error": e.to_string()})),
-        None => return json_reply(400, serde_json::json!({"error": "invalid job id"})),
+    let not_found = |name: &str| {
+        json_reply(
+            404,
+            serde_json::json!({ "error": format!("no job named {name}") }),
+        )
+    };
+    let Some(raw) = decode_s3_key(raw) else {
+        return json_reply(400, serde_json::json!({"error": "invalid job id"}));
+    };
+    let parsed = match tenant {
+        None => JobId::parse(&raw),
+        Some(t) => match raw.split_once('/') {
+            // Another tenant's job does not exist for this caller (not even as "forbidden").
+            Some((named, _)) if named != t.as_str() => return not_found(&raw),
+            Some(_) => JobId::parse_qualified(&raw),
+            None => JobId::parse(&raw).map(|name| JobId::for_tenant(t, &name)),
+        },
+    };
+    let job = match parsed {
+        Ok(job) => job,
+        Err(e) => return json_reply(400, serde_json::json!({"error": e.to_string()})),
     };
     match job_status(store, &job).await {
         Ok(st) => HttpReply {
             status: 200,
             body: serde_json::to_string(&st).expect("status serializes"),
         },
-        Err(StatusError::NotFound(job)) => json_reply(
-            404,
-            serde_json::json!({"error": format!("no job named {job}")}),
-        ),
+        Err(StatusError::NotFound(_)) => not_found(&raw),
         Err(StatusError::Store(e)) => {
             error!(error = %e, "status failed");
             json_reply(

@@ -31,42 +31,115 @@ pub enum IdError {
     },
 }
 
-/// A job id: the name of an uploaded batch (`inbox/<job>.fheb`).
+/// Checks a name from `[A-Za-z0-9_-]`, 1 to `max` characters, starting with a letter or digit.
+fn check_name(kind: &'static str, s: &str, max: usize) -> Result<(), IdError> {
+    if s.is_empty() {
+        return Err(IdError::Empty { kind });
+    }
+    let len = s.chars().count();
+    if len > max {
+        return Err(IdError::TooLong { kind, len, max });
+    }
+    for (i, c) in s.chars().enumerate() {
+        let ok = c.is_ascii_alphanumeric() || (i > 0 && (c == '-' || c == '_'));
+        if !ok {
+            return Err(IdError::BadChar {
+                kind,
+                value: s.to_string(),
+                bad: c,
+            });
+        }
+    }
+    Ok(())
+}
+
+/// A tenant: one data owner of a stack that serves several (`inbox/<tenant>/`,
+/// `jobs/<tenant>/`, `results/<tenant>/`, `keys/<tenant>/`).
 ///
-/// 1 to 64 characters from `[A-Za-z0-9_-]`, starting with a letter or digit. That alphabet has
-/// no `/`, `.` or `%`, so a job id can never climb out of its prefix in a bucket or a directory.
+/// 1 to 32 characters from `[A-Za-z0-9_-]`, starting with a letter or digit.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct TenantId(String);
+
+impl TenantId {
+    /// Longest accepted tenant id.
+    pub const MAX_LEN: usize = 32;
+
+    /// Parses an untrusted string.
+    pub fn parse(s: &str) -> Result<Self, IdError> {
+        check_name("tenant id", s, Self::MAX_LEN)?;
+        Ok(Self(s.to_string()))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl TryFrom<String> for TenantId {
+    type Error = IdError;
+    fn try_from(s: String) -> Result<Self, IdError> {
+        Self::parse(&s)
+    }
+}
+
+impl From<TenantId> for String {
+    fn from(id: TenantId) -> String {
+        id.0
+    }
+}
+
+impl fmt::Display for TenantId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// A job id: the name of an uploaded batch (`inbox/<job>.fheb`), or, on a stack that serves
+/// several tenants, the tenant and the name (`acme/claims`, uploaded as
+/// `inbox/acme/claims.fheb`).
+///
+/// A name is 1 to 64 characters from `[A-Za-z0-9_-]`, starting with a letter or digit; a tenant
+/// is a [`TenantId`]. That alphabet has no `.` or `%`, and the one `/` only ever separates a
+/// valid tenant from a valid name, so a job id can never climb out of its prefix in a bucket or
+/// a directory.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(try_from = "String", into = "String")]
 pub struct JobId(String);
 
 impl JobId {
-    /// Longest accepted job id.
+    /// Longest accepted job name (without its tenant).
     pub const MAX_LEN: usize = 64;
 
-    /// Parses an untrusted string.
-    pub fn parse(s: &str) -> Result<Self, IdError> {
-        const KIND: &str = "job id";
-        if s.is_empty() {
-            return Err(IdError::Empty { kind: KIND });
-        }
-        let len = s.chars().count();
-        if len > Self::MAX_LEN {
-            return Err(IdError::TooLong {
-                kind: KIND,
-                len,
-                max: Self::MAX_LEN,
-            });
-        }
-        for (i, c) in s.chars().enumerate() {
-            let ok = c.is_ascii_alphanumeric() || (i > 0 && (c == '-' || c == '_'));
-            if !ok {
-                return Err(IdError::BadChar {
-                    kind: KIND,
-                    value: s.to_string(),
-                    bad: c,
-                });
+    /// A tenant's job: `tenant/name`.
+    pub fn for_tenant(tenant: &TenantId, name: &JobId) -> Self {
+        Self(format!("{tenant}/{}", name.name()))
+    }
+
+    /// Parses an untrusted job id with or without a tenant (`claims`, `acme/claims`).
+    pub fn parse_qualified(s: &str) -> Result<Self, IdError> {
+        match s.split_once('/') {
+            Some((tenant, name)) => {
+                let tenant = TenantId::parse(tenant)?;
+                Ok(Self::for_tenant(&tenant, &Self::parse(name)?))
             }
+            None => Self::parse(s),
         }
+    }
+
+    /// The job's tenant, on a stack that serves several.
+    pub fn tenant(&self) -> Option<TenantId> {
+        self.0.split_once('/').map(|(t, _)| TenantId(t.to_string()))
+    }
+
+    /// The job's name without its tenant.
+    pub fn name(&self) -> &str {
+        self.0.split_once('/').map_or(&self.0, |(_, n)| n)
+    }
+
+    /// Parses an untrusted job name (no tenant).
+    pub fn parse(s: &str) -> Result<Self, IdError> {
+        check_name("job id", s, Self::MAX_LEN)?;
         Ok(Self(s.to_string()))
     }
 
@@ -145,12 +218,37 @@ mod file_name_tests {
         assert_eq!(a.as_str().len(), 64);
         assert_ne!(a, b);
     }
+
+    #[test]
+    fn tenant_jobs() {
+        use super::TenantId;
+        let job = JobId::parse_qualified("acme/claims").unwrap();
+        assert_eq!(job.tenant(), Some(TenantId::parse("acme").unwrap()));
+        assert_eq!((job.name(), job.as_str()), ("claims", "acme/claims"));
+        let plain = JobId::parse_qualified("claims").unwrap();
+        assert_eq!((plain.tenant(), plain.name()), (None, "claims"));
+        for bad in [
+            "acme/",
+            "/claims",
+            "a/b/c",
+            "ac me/claims",
+            "../claims",
+            "acme/.x",
+            "acme//x",
+        ] {
+            assert!(JobId::parse_qualified(bad).is_err(), "{bad}");
+        }
+        assert!(JobId::parse("acme/claims").is_err());
+        assert!(TenantId::parse(&"t".repeat(33)).is_err());
+        let back: JobId = serde_json::from_str("\"acme/claims\"").unwrap();
+        assert_eq!(back, job);
+    }
 }
 
 impl TryFrom<String> for JobId {
     type Error = IdError;
     fn try_from(s: String) -> Result<Self, IdError> {
-        Self::parse(&s)
+        Self::parse_qualified(&s)
     }
 }
 
@@ -169,7 +267,7 @@ impl fmt::Display for JobId {
 impl std::str::FromStr for JobId {
     type Err = IdError;
     fn from_str(s: &str) -> Result<Self, IdError> {
-        Self::parse(s)
+        Self::parse_qualified(s)
     }
 }
 

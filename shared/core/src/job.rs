@@ -203,7 +203,10 @@ impl ChunkMessage {
                 m.chunk, m.chunk_count
             )));
         }
-        if crate::layout::job_for_upload(&m.batch_key).map(|(job, _)| job) != Ok(m.job.clone()) {
+        let tenancy = crate::layout::Tenancy::of_job(&m.job);
+        if crate::layout::job_for_upload_in(&m.batch_key, tenancy).map(|(job, _)| job)
+            != Ok(m.job.clone())
+        {
             return Err(MessageError(format!(
                 "batch key {:?} does not belong to job {}",
                 m.batch_key, m.job

@@ -16,11 +16,17 @@
 //! results/<job>/<chunk>.fher        chunk results, created once
 //! ```
 //!
+//! On a stack that serves several tenants ([`Tenancy::Multi`]) every job is `<tenant>/<name>`,
+//! so the keys above become `inbox/<tenant>/<name>.fheb`, `jobs/<tenant>/<name>/...` and
+//! `results/<tenant>/<name>/...`, and evaluation keys live under `keys/<tenant>/<id>/eval.key`
+//! (`keys/<id>/eval.key` on a single-tenant stack). Models stay shared under `models/`. A stack
+//! is one or the other, so a tenant's prefix never meets a single-tenant job's.
+//!
 //! Attempt 1 (every job without an attempt record) keeps the keys above, so jobs, messages and
 //! records written before attempts existed read as they did; a later attempt starts with no
 //! failures and its own end notification because its records live under `attempt-<n>/`.
 
-use crate::ids::{JobId, ModelId};
+use crate::ids::{JobId, ModelId, TenantId};
 
 pub const INBOX_PREFIX: &str = "inbox/";
 pub const BATCH_SUFFIX: &str = ".fheb";
@@ -31,6 +37,10 @@ pub const RESULT_SUFFIX: &str = ".fher";
 pub enum KeyError {
     #[error("object {key:?} is not a batch upload: batches go to inbox/<job>.fheb")]
     NotABatch { key: String },
+    #[error(
+        "object {key:?} names no tenant: this stack serves several tenants, so batches go to inbox/<tenant>/<job>.fheb"
+    )]
+    NoTenant { key: String },
     #[error("object {key:?} does not name a valid job: {source}")]
     BadJob {
         key: String,
@@ -47,7 +57,54 @@ pub fn inbox(job: &JobId) -> String {
 /// The job an uploaded object runs as (key already URL-decoded), and whether its file name had
 /// to be renamed ([`JobId::from_file_name`]): every `inbox/*.fheb` upload becomes a job.
 pub fn job_for_upload(key: &str) -> Result<(JobId, bool), KeyError> {
-    Ok(JobId::from_file_name(upload_name(key)?))
+    job_for_upload_in(key, Tenancy::Single)
+}
+
+/// Whether a stack serves one data owner (today's keys) or several tenants, each under its own
+/// prefixes (`FHE_BATCH_TENANCY=multi`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Tenancy {
+    #[default]
+    Single,
+    Multi,
+}
+
+impl Tenancy {
+    /// From `single` or `multi` (the template's `Tenancy` parameter).
+    pub fn parse(s: &str) -> Option<Self> {
+        match s.trim() {
+            "" | "single" => Some(Self::Single),
+            "multi" => Some(Self::Multi),
+            _ => None,
+        }
+    }
+
+    /// The tenancy a job belongs to (a tenant's job is multi-tenant).
+    pub fn of_job(job: &JobId) -> Self {
+        if job.tenant().is_some() {
+            Self::Multi
+        } else {
+            Self::Single
+        }
+    }
+}
+
+/// [`job_for_upload`] on a stack of the given tenancy. Multi-tenant: the key must be
+/// `inbox/<tenant>/<name>.fheb` with a valid tenant; the name follows the file-name rule.
+pub fn job_for_upload_in(key: &str, tenancy: Tenancy) -> Result<(JobId, bool), KeyError> {
+    let name = upload_name(key)?;
+    match tenancy {
+        Tenancy::Single => Ok(JobId::from_file_name(name)),
+        Tenancy::Multi => {
+            let bad = || KeyError::NoTenant {
+                key: key.chars().take(200).collect(),
+            };
+            let (tenant, rest) = name.split_once('/').ok_or_else(bad)?;
+            let tenant = TenantId::parse(tenant).map_err(|_| bad())?;
+            let (job, renamed) = JobId::from_file_name(rest);
+            Ok((JobId::for_tenant(&tenant, &job), renamed))
+        }
+    }
 }
 
 /// The file name of an `inbox/<name>.fheb` key, without prefix and suffix.
@@ -83,6 +140,20 @@ pub fn model_client(model: &ModelId) -> String {
 /// A client's evaluation key (bootstrapping and packing keys), uploaded once.
 pub fn eval_key(id: &crate::ids::EvalKeyId) -> String {
     format!("keys/{id}/eval.key")
+}
+
+/// Where the evaluation key a job names lives: under its tenant's `keys/<tenant>/` on a
+/// multi-tenant stack, else `keys/<id>/eval.key`.
+pub fn eval_key_for(job: &JobId, id: &crate::ids::EvalKeyId) -> String {
+    eval_key_of(job.tenant().as_ref(), id)
+}
+
+/// [`eval_key_for`] by tenant.
+pub fn eval_key_of(tenant: Option<&TenantId>, id: &crate::ids::EvalKeyId) -> String {
+    match tenant {
+        Some(t) => format!("keys/{t}/{id}/eval.key"),
+        None => eval_key(id),
+    }
 }
 pub fn job_manifest(job: &JobId) -> String {
     format!("jobs/{job}/manifest.json")
@@ -165,6 +236,14 @@ pub fn chunk_error(job: &JobId, chunk: u32) -> String {
 pub fn jobs_prefix() -> &'static str {
     "jobs/"
 }
+
+/// Where a tenant's jobs are listed: `jobs/<tenant>/` (`jobs/` without a tenant).
+pub fn tenant_jobs_prefix(tenant: Option<&TenantId>) -> String {
+    match tenant {
+        Some(t) => format!("jobs/{t}/"),
+        None => "jobs/".into(),
+    }
+}
 pub fn results_prefix(job: &JobId) -> String {
     format!("results/{job}/")
 }
@@ -233,10 +312,44 @@ mod tests {
         }
     }
 
+    #[test]
+    fn tenant_keys() {
+        let t = Tenancy::Multi;
+        let (job, renamed) = job_for_upload_in("inbox/acme/claims.fheb", t).unwrap();
+        assert_eq!((job.as_str(), renamed), ("acme/claims", false));
+        assert_eq!(inbox(&job), "inbox/acme/claims.fheb");
+        assert_eq!(job_manifest(&job), "jobs/acme/claims/manifest.json");
+        assert_eq!(chunk_result(&job, 1), "results/acme/claims/000001.fher");
+        let id = crate::ids::EvalKeyId::from_bytes([0xab; 16]);
+        assert_eq!(eval_key_for(&job, &id), format!("keys/acme/{id}/eval.key"));
+        let (dotted, renamed) = job_for_upload_in("inbox/acme/claims.v2.fheb", t).unwrap();
+        assert_eq!((dotted.as_str(), renamed), ("acme/claims-v2", true));
+        let (deep, _) = job_for_upload_in("inbox/acme/2026/claims.fheb", t).unwrap();
+        assert_eq!(deep.as_str(), "acme/2026-claims");
+        for key in ["inbox/claims.fheb", "inbox/ac.me/x.fheb", "inbox//x.fheb"] {
+            assert!(
+                matches!(job_for_upload_in(key, t), Err(KeyError::NoTenant { .. })),
+                "{key}"
+            );
+        }
+        // A single-tenant stack keeps today's rule.
+        let (flat, _) = job_for_upload_in("inbox/acme/claims.fheb", Tenancy::Single).unwrap();
+        assert_eq!(flat.as_str(), "acme-claims");
+        assert_eq!(eval_key_for(&flat, &id), format!("keys/{id}/eval.key"));
+        assert_eq!(Tenancy::parse("multi"), Some(Tenancy::Multi));
+        assert_eq!(Tenancy::parse(""), Some(Tenancy::Single));
+        assert_eq!(Tenancy::parse("many"), None);
+    }
+
     proptest! {
         #[test]
-        fn every_key_stays_under_its_prefix(s in "\\PC{0,70}", chunk in any::<u32>()) {
-            if let Ok(job) = JobId::parse(&s) {
+        fn every_key_stays_under_its_prefix(s in "\\PC{0,70}|[a-z]{1,3}/[a-z./]{0,6}", chunk in any::<u32>()) {
+            if let Ok(job) = JobId::parse_qualified(&s) {
+                if let Some(t) = job.tenant() {
+                    prop_assert!(job_manifest(&job).starts_with(&tenant_jobs_prefix(Some(&t))));
+                    let tenant_inbox = format!("{INBOX_PREFIX}{t}/");
+                    prop_assert!(inbox(&job).starts_with(&tenant_inbox));
+                }
                 let attempt = chunk.max(2);
                 for key in [inbox(&job), job_manifest(&job), job_failure(&job), chunk_error(&job, chunk), chunk_result(&job, chunk), attempt_record(&job, attempt), attempt_chunk_error(&job, attempt, chunk), attempt_notify_claim(&job, attempt)] {
                     prop_assert!(!key.split('/').any(|c| c == ".." || c == "." || c.is_empty()));

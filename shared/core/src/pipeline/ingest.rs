@@ -20,7 +20,7 @@ use crate::job::{
     AttemptCause, AttemptRecord, ChunkMessage, FailureKind, FailureRecord, JOB_FORMAT_VERSION,
     JobManifest, JobState, MAX_RECORD_BYTES,
 };
-use crate::layout;
+use crate::layout::{self, Tenancy};
 use crate::model::{MAX_CLIENT_PART_BYTES, ModelManifest};
 use crate::ports::{JobQueue, MAX_EVAL_KEY_BYTES, ObjectStore, PutOutcome, StoreError};
 use sha2::{Digest, Sha256};
@@ -142,7 +142,20 @@ pub async fn ingest_object<S: ObjectStore, Q: JobQueue>(
     key: &str,
     limits: &BatchLimits,
 ) -> Result<IngestOutcome, PipelineError> {
-    let job = match layout::job_for_upload(key) {
+    ingest_object_in(store, queue, key, limits, Tenancy::Single).await
+}
+
+/// [`ingest_object`] on a stack of the given tenancy: on a multi-tenant stack the upload must
+/// be `inbox/<tenant>/<job>.fheb`, the job is `<tenant>/<job>` and its evaluation key is read
+/// from `keys/<tenant>/`.
+pub async fn ingest_object_in<S: ObjectStore, Q: JobQueue>(
+    store: &S,
+    queue: &Q,
+    key: &str,
+    limits: &BatchLimits,
+    tenancy: Tenancy,
+) -> Result<IngestOutcome, PipelineError> {
+    let job = match layout::job_for_upload_in(key, tenancy) {
         Ok((job, false)) => job,
         Ok((job, true)) => {
             warn!(key, %job, "the file name is not a job id; it runs under the mapped name");
@@ -156,7 +169,7 @@ pub async fn ingest_object<S: ObjectStore, Q: JobQueue>(
     let Some(size) = store.size(key).await? else {
         return Ok(ignored(key, "the object no longer exists".into()));
     };
-    let checked = check_batch(store, key, size, limits).await?;
+    let checked = check_batch(store, key, size, limits, &job).await?;
     if let Some(existing) = read_manifest(store, &job).await? {
         return ran_before(store, queue, &job, key, existing, checked).await;
     }
@@ -363,11 +376,12 @@ async fn check_batch<S: ObjectStore>(
     key: &str,
     size: u64,
     limits: &BatchLimits,
+    job: &JobId,
 ) -> Result<Checked, StoreError> {
     let mut seen = Vec::new();
     let mut header = read_header(store, key, size, limits, &mut seen).await;
     if let Ok(h) = &header
-        && let Err(e) = check_model(store, h).await
+        && let Err(e) = check_model(store, h, job).await
     {
         header = Err(e);
     }
@@ -467,7 +481,11 @@ async fn read_header<S: ObjectStore>(
 }
 
 /// Checks that the model the batch names is published and takes this batch.
-async fn check_model<S: ObjectStore>(store: &S, header: &BatchHeader) -> Result<(), CheckError> {
+async fn check_model<S: ObjectStore>(
+    store: &S,
+    header: &BatchHeader,
+    job: &JobId,
+) -> Result<(), CheckError> {
     let id = header.model_id;
     let bytes = match store
         .get(&layout::model_manifest(&id), MAX_CLIENT_PART_BYTES)
@@ -505,7 +523,7 @@ async fn check_model<S: ObjectStore>(store: &S, header: &BatchHeader) -> Result<
         .check_encryption(header.encryption)
         .map_err(|e| model_refuses(format!("the batch was encrypted with a public key and {e}")))?;
     if manifest.family.bootstraps() {
-        check_bootstrapping(store, header, &manifest).await
+        check_bootstrapping(store, header, &manifest, job).await
     } else if header.eval_key.is_some() {
         Err(model_refuses(format!(
             "the batch names an evaluation key but model {id} does not bootstrap"
@@ -521,6 +539,7 @@ async fn check_bootstrapping<S: ObjectStore>(
     store: &S,
     header: &BatchHeader,
     manifest: &ModelManifest,
+    job: &JobId,
 ) -> Result<(), CheckError> {
     let id = header.model_id;
     let Some(key) = header.eval_key else {
@@ -528,10 +547,11 @@ async fn check_bootstrapping<S: ObjectStore>(
             "model {id} bootstraps and needs an evaluation key, but the batch names none (upload one with `fhe-batch publish-key` and encrypt with it)"
         )));
     };
-    match store.size(&layout::eval_key(&key)).await? {
+    let location = layout::eval_key_for(job, &key);
+    match store.size(&location).await? {
         None => {
             return Err(model_refuses(format!(
-                "the batch names evaluation key {key}, which is not uploaded (keys/{key}/eval.key)"
+                "the batch names evaluation key {key}, which is not uploaded ({location})"
             )));
         }
         Some(n) if n > MAX_EVAL_KEY_BYTES => {

@@ -27,14 +27,14 @@ mod worker;
 pub use crate::ports::{ChunkEvaluator, ChunkInput, EvalError, MAX_EVAL_KEY_BYTES};
 pub use deadletter::{DeadLetterOutcome, record_dead_letter};
 pub use faults::{FaultPoint, FaultProbe};
-pub use ingest::{IngestOutcome, ingest_object};
+pub use ingest::{IngestOutcome, ingest_object, ingest_object_in};
 pub use notify::{
     Claimant, CollectingNotifier, FanOut, NoNotifier, NotifyFailure, notify_attempt_if_ended,
     notify_if_ended,
 };
 pub use queue_loop::{LoopConfig, RetryDelays, run_queue_worker};
 pub use resubmit::{RetryError, RetryOutcome, retry_job};
-pub use status::{StatusError, job_status, list_jobs};
+pub use status::{StatusError, job_status, list_jobs, list_tenant_jobs};
 pub use worker::{ChunkOutcome, RetryLater, Worker, WorkerConfig};
 
 use crate::ids::JobId;

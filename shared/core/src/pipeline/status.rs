@@ -2,7 +2,7 @@
 //! known jobs.
 
 use super::{chunk_set, current_attempt, read_failure, read_manifest};
-use crate::ids::JobId;
+use crate::ids::{JobId, TenantId};
 use crate::job::{JobManifest, JobState, JobStatus, MAX_RECORD_BYTES};
 use crate::layout;
 use crate::ports::{ObjectStore, StoreError};
@@ -107,18 +107,30 @@ async fn count_chunks<S: ObjectStore>(
     Ok(())
 }
 
-/// Every job known to the store (those with a manifest or a job-level failure).
+/// Every job known to the store (those with a manifest or a job-level failure) on a
+/// single-tenant stack.
 pub async fn list_jobs<S: ObjectStore>(store: &S) -> Result<Vec<JobId>, StoreError> {
+    list_tenant_jobs(store, None).await
+}
+
+/// A tenant's jobs (`jobs/<tenant>/`), or, without a tenant, the single-tenant stack's.
+pub async fn list_tenant_jobs<S: ObjectStore>(
+    store: &S,
+    tenant: Option<&TenantId>,
+) -> Result<Vec<JobId>, StoreError> {
+    let prefix = layout::tenant_jobs_prefix(tenant);
     let mut jobs: Vec<JobId> = store
-        .list(layout::jobs_prefix())
+        .list(&prefix)
         .await?
         .iter()
         .filter_map(|k| {
-            let rest = k.strip_prefix(layout::jobs_prefix())?;
+            let rest = k.strip_prefix(&prefix)?;
             let (job, file) = rest.split_once('/')?;
-            (file == "manifest.json" || file == "failed.json")
-                .then(|| JobId::parse(job).ok())
-                .flatten()
+            let job = JobId::parse(job).ok()?;
+            (file == "manifest.json" || file == "failed.json").then(|| match tenant {
+                Some(t) => JobId::for_tenant(t, &job),
+                None => job,
+            })
         })
         .collect();
     jobs.sort();

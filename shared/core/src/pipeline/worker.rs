@@ -389,7 +389,8 @@ impl<S: ObjectStore, E: ChunkEvaluator + 'static> Worker<S, E> {
                 msg.model_id
             )));
         };
-        self.eval_key(id).await?;
+        self.eval_key(id, &layout::eval_key_for(&msg.job, id))
+            .await?;
         if let Some(owner) = self.evaluator.eval_key_owner(id)
             && owner != msg.key_fingerprint
         {
@@ -402,13 +403,14 @@ impl<S: ObjectStore, E: ChunkEvaluator + 'static> Worker<S, E> {
     }
 
     /// Makes evaluation key `id` ready: from the evaluator's caches, else downloaded once.
-    async fn eval_key(&self, id: &EvalKeyId) -> Result<(), AttemptError> {
-        let key = layout::eval_key(id);
-        let fetch = Box::pin(self.store.get(&key, MAX_EVAL_KEY_BYTES));
+    /// Keys are named by the SHA-256 of their bytes (checked when loaded), so one cache serves
+    /// every tenant: the same id is the same key wherever it was uploaded.
+    async fn eval_key(&self, id: &EvalKeyId, key: &str) -> Result<(), AttemptError> {
+        let fetch = Box::pin(self.store.get(key, MAX_EVAL_KEY_BYTES));
         match self.evaluator.prepare_eval_key(id, fetch).await {
             Ok(()) => Ok(()),
             Err(KeyLoadError::Fetch(StoreError::NotFound { .. })) => Err(AttemptError::model(
-                format!("evaluation key {id} is not uploaded (keys/{id}/eval.key)"),
+                format!("evaluation key {id} is not uploaded ({key})"),
             )),
             Err(KeyLoadError::Fetch(e)) => Err(e.into()),
             Err(KeyLoadError::Unusable(e)) => {
