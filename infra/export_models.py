@@ -56,6 +56,7 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 from onnx import TensorProto, helper, numpy_helper
+from catboost import CatBoostClassifier, CatBoostRegressor
 from lightgbm import LGBMClassifier, LGBMRegressor
 from onnxmltools import convert_lightgbm, convert_xgboost
 from onnxmltools.convert.common.data_types import FloatTensorType as XgbFloat
@@ -87,7 +88,14 @@ def load(name, label="label"):
 def run_onnx(path, x):
     sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     outs = sess.run(None, {sess.get_inputs()[0].name: x})
-    return {o.name: v.tolist() for o, v in zip(sess.get_outputs(), outs)}
+
+    def plain(v):
+        # A ZipMap output (CatBoost keeps one) is a list of {class: probability}: as rows.
+        if isinstance(v, list):
+            return [[d[k] for k in sorted(d)] for d in v]
+        return v.tolist()
+
+    return {o.name: plain(v) for o, v in zip(sess.get_outputs(), outs)}
 
 
 def write(out, name, onx, features, x_test, y_test, float_accuracy=None, note="", extra=None):
@@ -125,8 +133,11 @@ def main():
     if only == "pipelines":
         export_pipelines(out)
         return
+    if only == "catboost":
+        export_catboost(out)
+        return
     if only is not None:
-        sys.exit(f"--only {only}: only 'pipelines' is known")
+        sys.exit(f"--only {only}: only 'pipelines' and 'catboost' are known")
     opts = {"zipmap": False}
 
     features, x, y = load("breast_cancer.csv")
@@ -179,6 +190,7 @@ def main():
     write(out, "iris-scaler-logistic", onx, features, xte, yte, float(pipe.score(xte, yte)))
 
     export_pipelines(out)
+    export_catboost(out)
     export_networks(out)
 
 
@@ -241,6 +253,49 @@ def export_pipelines(out):
     onx = convert_lightgbm(reg, initial_types=[("input", XgbFloat([None, 3]))], target_opset=15)
     r2 = float(reg.score(xte, yte))
     write(out, "iris-lgbm-regressor", onx, features[:3], xte, yte, extra={"float_r2": r2})
+    print(f"  R^2 {r2:.4f}")
+
+
+def export_catboost(out):
+    """CatBoost's own ONNX export (`save_model(format="onnx")`): oblivious trees as an
+    ai.onnx.ml TreeEnsembleClassifier (with CatBoost's ZipMap) or TreeEnsembleRegressor."""
+    features, x, y = load("breast_cancer.csv")
+    classes = sorted(set(y))
+    yb = np.array([classes.index(v) for v in y])
+    xtr, xte, ytr, yte = train_test_split(x, yb, test_size=0.2, random_state=42, stratify=yb)
+    tmp = out / "catboost.tmp.onnx"
+
+    def export(model, name, features, xte, yte, **kw):
+        model.save_model(str(tmp), format="onnx")
+        onx = onnx.load(str(tmp))
+        tmp.unlink()
+        # CatBoost stamps each export with its training time and a random id: drop those two
+        # so the files are reproducible (the trees and every other property are kept).
+        kept = [p for p in onx.metadata_props if p.key not in ("train_finish_time", "model_guid")]
+        del onx.metadata_props[:]
+        onx.metadata_props.extend(kept)
+        write(out, name, onx, features, xte, yte, **kw)
+
+    clf = CatBoostClassifier(iterations=20, depth=4, random_seed=0, verbose=0, thread_count=1,
+                         allow_writing_files=False)
+    clf.fit(xtr, ytr)
+    export(clf, "bc-catboost-20x4", features, xte, yte, float_accuracy=float(clf.score(xte, yte)))
+    features, x, y = load("iris.csv")
+    classes = sorted(set(y))
+    yi = np.array([classes.index(v) for v in y])
+    xtr, xte, ytr, yte = train_test_split(x, yi, test_size=0.3, random_state=42, stratify=yi)
+    multi = CatBoostClassifier(iterations=10, depth=3, loss_function="MultiClass", random_seed=0,
+                               verbose=0, thread_count=1, allow_writing_files=False)
+    multi.fit(xtr, ytr)
+    export(multi, "iris-catboost-10x3", features, xte, yte,
+           float_accuracy=float(multi.score(xte, yte)))
+    xr, yr = x[:, :3], x[:, 3]
+    xtr, xte, ytr, yte = train_test_split(xr, yr, test_size=0.3, random_state=42)
+    reg = CatBoostRegressor(iterations=20, depth=3, random_seed=0, verbose=0, thread_count=1,
+                         allow_writing_files=False)
+    reg.fit(xtr, ytr)
+    r2 = float(reg.score(xte, yte))
+    export(reg, "iris-catboost-regressor", features[:3], xte, yte, extra={"float_r2": r2})
     print(f"  R^2 {r2:.4f}")
 
 

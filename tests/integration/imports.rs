@@ -99,3 +99,12 @@ async fn a_scaler_and_tree_pipeline_decrypts_to_the_integer_reference() {
     assert_eq!(got.len(), 24 * pkg.client.family_impl().n_scores());
     assert_eq!(got, want);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_catboost_export_decrypts_to_the_integer_reference() {
+    // CatBoost's own ONNX export: 20 oblivious trees of depth 4 (160 bootstraps per record).
+    let (pkg, _) = compile("bc-catboost-20x4");
+    let (got, want) = round_trip(&pkg, 4).await;
+    assert_eq!(got.len(), 4 * pkg.client.family_impl().n_scores());
+    assert_eq!(got, want);
+}

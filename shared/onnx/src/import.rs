@@ -92,9 +92,15 @@ pub fn import_onnx(bytes: &[u8]) -> Result<Imported, ImportError> {
     }
     let proto = ModelProto::decode(bytes).map_err(|e| ImportError::Decode(e.to_string()))?;
     let graph = proto.graph.as_ref().ok_or(ImportError::NoGraph)?;
-    let producer = format!("{} {}", proto.producer_name, proto.producer_version)
+    // CatBoost's producer_version is a multi-line build banner: keep its first line, and at
+    // most 80 characters of an untrusted file's text.
+    let version = proto.producer_version.lines().next().unwrap_or("");
+    let producer: String = format!("{} {}", proto.producer_name, version)
         .trim()
-        .to_string();
+        .chars()
+        .filter(|c| !c.is_control())
+        .take(80)
+        .collect();
     let has_model_op = graph
         .node
         .iter()

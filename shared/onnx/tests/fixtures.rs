@@ -69,7 +69,15 @@ fn scikit_learn_and_xgboost_models_match_onnx_runtime() {
         ("bc-scaler-tree-d3", "TreeEnsembleClassifier"),
         ("bc-minmax-rf-10x3", "TreeEnsembleClassifier"),
         ("bc-lgbm-20x15", "TreeEnsembleClassifier"),
+        // CatBoost's own export (its ZipMap kept), binary and multiclass.
+        ("bc-catboost-20x4", "TreeEnsembleClassifier"),
+        ("iris-catboost-10x3", "TreeEnsembleClassifier"),
     ] {
+        let producer = import_onnx(&fixture(name).0).unwrap().producer;
+        assert!(
+            !producer.contains('\n') && producer.len() <= 80,
+            "{producer:?}"
+        );
         let accuracy = check(name, op, "probabilities").unwrap();
         let (_, exp) = fixture(name);
         let float = exp["float_accuracy"].as_f64().unwrap();
@@ -87,6 +95,14 @@ fn scikit_learn_and_xgboost_models_match_onnx_runtime() {
         assert!(check(name, op, "variable").is_none());
     }
     assert!(check("iris-lgbm-regressor", "TreeEnsembleRegressor", "variable").is_none());
+    assert!(
+        check(
+            "iris-catboost-regressor",
+            "TreeEnsembleRegressor",
+            "predictions"
+        )
+        .is_none()
+    );
 }
 
 #[test]

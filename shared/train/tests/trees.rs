@@ -45,6 +45,8 @@ fn thermometer_bits_reach_the_float_models_leaves() {
         "bc-scaler-tree-d3",
         "bc-minmax-rf-10x3",
         "bc-lgbm-20x15",
+        "bc-catboost-20x4",
+        "iris-catboost-10x3",
     ] {
         let (e, rows) = load(name);
         let q = quantize_trees(&e).unwrap().model;
@@ -98,6 +100,7 @@ fn leaves_sized_to_the_noise_budget_stay_within_one_point_of_float_accuracy() {
         ("bc-scaler-tree-d3", 8),
         ("bc-minmax-rf-10x3", 70),
         ("bc-lgbm-20x15", 160),
+        ("iris-catboost-10x3", 100),
     ] {
         let (e, rows) = load(name);
         let c = quantize_trees(&e).unwrap();
