@@ -136,8 +136,11 @@ def main():
     if only == "catboost":
         export_catboost(out)
         return
+    if only == "te5":
+        export_tree_ensemble_v5(out)
+        return
     if only is not None:
-        sys.exit(f"--only {only}: only 'pipelines' and 'catboost' are known")
+        sys.exit(f"--only {only}: only 'pipelines', 'catboost' and 'te5' are known")
     opts = {"zipmap": False}
 
     features, x, y = load("breast_cancer.csv")
@@ -191,6 +194,7 @@ def main():
 
     export_pipelines(out)
     export_catboost(out)
+    export_tree_ensemble_v5(out)
     export_networks(out)
 
 
@@ -297,6 +301,76 @@ def export_catboost(out):
     r2 = float(reg.score(xte, yte))
     export(reg, "iris-catboost-regressor", features[:3], xte, yte, extra={"float_r2": r2})
     print(f"  R^2 {r2:.4f}")
+
+
+def tree_ensemble_v5(trees, n_features, n_targets, aggregate):
+    """The opset-5 `TreeEnsemble` (ai.onnx.ml 5) of fitted scikit-learn trees, written as newer
+    converters write it: every tree once per target (a v5 leaf carries one target's weight),
+    thresholds as a float tensor, modes as a uint8 tensor (0 = BRANCH_LEQ), children that are
+    leaves flagged in nodes_trueleafs / nodes_falseleafs. `aggregate`: 0 AVERAGE, 1 SUM."""
+    from onnx import TensorProto, helper, numpy_helper
+    feat, split, tn, fn, tl, fl, roots, lt, lw = [], [], [], [], [], [], [], [], []
+    for target in range(n_targets):
+        for est in trees:
+            t = est.tree_
+            internal = [i for i in range(t.node_count) if t.children_left[i] != -1]
+            index = {n: len(feat) + k for k, n in enumerate(internal)}
+            leaf = {}
+            for n in range(t.node_count):
+                if t.children_left[n] == -1:
+                    leaf[n] = len(lw)
+                    lt.append(target)
+                    lw.append(float(t.value[n][target][0]))
+            roots.append(index[0])
+            for n in internal:
+                feat.append(int(t.feature[n]))
+                split.append(float(t.threshold[n]))
+                for child, ids, leafs in ((t.children_left[n], tn, tl),
+                                          (t.children_right[n], fn, fl)):
+                    if child in leaf:
+                        ids.append(leaf[child])
+                        leafs.append(1)
+                    else:
+                        ids.append(index[child])
+                        leafs.append(0)
+    node = helper.make_node(
+        "TreeEnsemble", ["X"], ["Y"], domain="ai.onnx.ml", name="TreeEnsemble",
+        n_targets=n_targets, aggregate_function=aggregate, post_transform=0, tree_roots=roots,
+        nodes_featureids=feat,
+        nodes_splits=numpy_helper.from_array(np.array(split, dtype=np.float32)),
+        nodes_modes=numpy_helper.from_array(np.zeros(len(feat), dtype=np.uint8)),
+        nodes_truenodeids=tn, nodes_falsenodeids=fn, nodes_trueleafs=tl, nodes_falseleafs=fl,
+        leaf_targetids=lt, leaf_weights=numpy_helper.from_array(np.array(lw, dtype=np.float32)))
+    graph = helper.make_graph(
+        [node], "tree_ensemble_v5",
+        [helper.make_tensor_value_info("X", TensorProto.FLOAT, [None, n_features])],
+        [helper.make_tensor_value_info("Y", TensorProto.FLOAT, [None, n_targets])])
+    onx = helper.make_model(graph, producer_name="fhe-batch export_models.py (TreeEnsemble v5)",
+                            opset_imports=[helper.make_opsetid("", 21),
+                                           helper.make_opsetid("ai.onnx.ml", 5)])
+    onx.ir_version = 10
+    onnx.checker.check_model(onx)
+    return onx
+
+
+def export_tree_ensemble_v5(out):
+    """Random forest regressors as the opset-5 TreeEnsemble: petal width from the other three
+    iris measurements (AVERAGE, one target), and petal length and width from the sepal
+    measurements (two targets)."""
+    features, x, y = load("iris.csv")
+    xr, yr = x[:, :3], x[:, 3]
+    xtr, xte, ytr, yte = train_test_split(xr, yr, test_size=0.3, random_state=42)
+    rf = RandomForestRegressor(n_estimators=10, max_depth=4, random_state=0).fit(xtr, ytr)
+    r2 = float(rf.score(xte, yte))
+    write(out, "iris-te5-rf-regressor", tree_ensemble_v5(rf.estimators_, 3, 1, 0), features[:3],
+          xte, yte, extra={"float_r2": r2})
+    print(f"  R^2 {r2:.4f}")
+    xs, ys = x[:, :2], x[:, 2:4]
+    xtr, xte, ytr, yte = train_test_split(xs, ys, test_size=0.3, random_state=42)
+    rf2 = RandomForestRegressor(n_estimators=6, max_depth=3, random_state=0).fit(xtr, ytr)
+    onx = tree_ensemble_v5(rf2.estimators_, 2, 2, 0)
+    write(out, "iris-te5-rf-2targets", onx, features[:2], xte, [list(r) for r in yte],
+          extra={"float_r2": float(rf2.score(xte, yte))})
 
 
 def fit_quietly(model, x, y):

@@ -421,6 +421,8 @@ fn pipelines_say_what_was_folded_and_regressors_report_their_errors() {
     for (onnx, out) in [
         ("iris-scaler-linear-regressor.onnx", "reg1"),
         ("iris-lgbm-regressor.onnx", "reg2"),
+        ("iris-te5-rf-regressor.onnx", "reg3"),
+        ("iris-catboost-regressor.onnx", "reg4"),
     ] {
         let text = import(onnx, &pw, out);
         assert!(

@@ -25,7 +25,7 @@ pub enum ImportError {
     #[error("the ONNX model has no graph")]
     NoGraph,
     #[error(
-        "unsupported ONNX operator {op_type} (domain {domain:?}, node {node:?}); supported: LinearClassifier, LinearRegressor, TreeEnsembleClassifier, TreeEnsembleRegressor, with Cast, Identity, ZipMap and Normalizer(L1) around them; or a dense network: MatMul+Add or Gemm layers, Relu, Tanh, Sigmoid, Softmax (last), BatchNormalization (right after a layer), Dropout, Identity, Cast, Reshape, Flatten, Scaler/Sub/Add/Mul/Div by constants, and skl2onnx's label operators (Concat, ArgMax, ArrayFeatureExtractor, ZipMap)"
+        "unsupported ONNX operator {op_type} (domain {domain:?}, node {node:?}); supported: LinearClassifier, LinearRegressor, TreeEnsembleClassifier, TreeEnsembleRegressor, TreeEnsemble (ai.onnx.ml 5), with Cast, Identity, ZipMap and Normalizer(L1) around them; or a dense network: MatMul+Add or Gemm layers, Relu, Tanh, Sigmoid, Softmax (last), BatchNormalization (right after a layer), Dropout, Identity, Cast, Reshape, Flatten, Scaler/Sub/Add/Mul/Div by constants, and skl2onnx's label operators (Concat, ArgMax, ArrayFeatureExtractor, ZipMap)"
     )]
     UnsupportedOperator {
         op_type: String,
@@ -49,7 +49,7 @@ pub enum ImportError {
     #[error("invalid {op}: {detail}")]
     Invalid { op: String, detail: String },
     #[error(
-        "the graph holds no model operator (LinearClassifier, LinearRegressor, TreeEnsembleClassifier, TreeEnsembleRegressor) and no dense layer (MatMul, Gemm) on its output's path"
+        "the graph holds no model operator (LinearClassifier, LinearRegressor, TreeEnsembleClassifier, TreeEnsembleRegressor, TreeEnsemble) and no dense layer (MatMul, Gemm) on its output's path"
     )]
     NoModel,
     #[error("the graph holds {0} model operators; one is supported")]
@@ -75,11 +75,13 @@ pub struct Imported {
     pub folded: Vec<String>,
 }
 
-const MODEL_OPS: [&str; 4] = [
+const MODEL_OPS: [&str; 5] = [
     "LinearClassifier",
     "LinearRegressor",
     "TreeEnsembleClassifier",
     "TreeEnsembleRegressor",
+    // ai.onnx.ml opset 5: one operator for every ensemble, its outputs the raw scores.
+    "TreeEnsemble",
 ];
 
 /// Reads an ONNX file.
@@ -210,7 +212,11 @@ pub fn import_onnx(bytes: &[u8]) -> Result<Imported, ImportError> {
             FloatModel::Linear(l)
         }
         _ => {
-            let mut e = trees(node, &attrs, declared)?;
+            let mut e = if node.op_type == "TreeEnsemble" {
+                trees_v5(node, &attrs, declared)?
+            } else {
+                trees(node, &attrs, declared)?
+            };
             if let Some(p) = pre {
                 check_widths(node, &p, e.n_features)?;
                 let pruned = fold_thresholds(&mut e, &p);
@@ -738,15 +744,43 @@ impl<'a> Attrs<'a> {
         if let Some(a) = self.get(name, attr_type::FLOATS)? {
             return Ok(a.floats.clone());
         }
-        let tensor_name = format!("{name}_as_tensor");
-        let Some(a) = self.get(&tensor_name, attr_type::TENSOR)? else {
+        self.tensor_floats(&format!("{name}_as_tensor"))
+    }
+
+    /// A uint8 tensor attribute (`TreeEnsemble`'s `nodes_modes`); empty when absent.
+    fn tensor_u8(&self, name: &str) -> Result<Vec<u8>, ImportError> {
+        let Some(a) = self.get(name, attr_type::TENSOR)? else {
+            return Ok(Vec::new());
+        };
+        let t =
+            a.t.as_ref()
+                .ok_or_else(|| invalid(self.node, format!("{name} holds no tensor")))?;
+        if t.data_location != 0 {
+            return Err(unsupported(self.node, name, "external data"));
+        }
+        match t.data_type {
+            data_type::UINT8 if !t.raw_data.is_empty() => Ok(t.raw_data.clone()),
+            data_type::UINT8 => t
+                .int32_data
+                .iter()
+                .map(|&v| {
+                    u8::try_from(v).map_err(|_| invalid(self.node, format!("{name} holds {v}")))
+                })
+                .collect(),
+            other => Err(unsupported(self.node, name, &format!("data type {other}"))),
+        }
+    }
+
+    /// A float (or double) tensor attribute; empty when absent.
+    fn tensor_floats(&self, tensor_name: &str) -> Result<Vec<f32>, ImportError> {
+        let Some(a) = self.get(tensor_name, attr_type::TENSOR)? else {
             return Ok(Vec::new());
         };
         let t =
             a.t.as_ref()
                 .ok_or_else(|| invalid(self.node, format!("{tensor_name} holds no tensor")))?;
         if t.data_location != 0 {
-            return Err(unsupported(self.node, &tensor_name, "external data"));
+            return Err(unsupported(self.node, tensor_name, "external data"));
         }
         match t.data_type {
             data_type::FLOAT if !t.raw_data.is_empty() => Ok(t
@@ -763,7 +797,7 @@ impl<'a> Attrs<'a> {
             data_type::DOUBLE => Ok(t.double_data.iter().map(|&d| d as f32).collect()),
             other => Err(unsupported(
                 self.node,
-                &tensor_name,
+                tensor_name,
                 &format!("data type {other}"),
             )),
         }
@@ -1062,6 +1096,208 @@ fn trees(node: &NodeProto, a: &Attrs, declared: Option<i64>) -> Result<TreeEnsem
         average,
         weights_positive,
     })
+}
+
+/// A node still to visit: its index in the file, where its local index goes (the parent's
+/// local index and whether it is the yes branch), and its depth.
+type Visit = (i64, Option<(usize, bool)>, usize);
+
+/// Most nodes one `TreeEnsemble` may hold (ONNX Runtime's own models stay far below).
+const MAX_V5_NODES: usize = 1 << 22;
+
+/// The opset-5 `TreeEnsemble` (ai.onnx.ml 5), which newer converters emit instead of
+/// `TreeEnsembleClassifier`/`TreeEnsembleRegressor`: trees given by their roots, a node's child
+/// being a node or a leaf (`nodes_trueleafs`/`nodes_falseleafs`), leaves one weight for one
+/// target each. Its output is the raw scores, read as a regressor's (`n_targets` of them).
+fn trees_v5(
+    node: &NodeProto,
+    a: &Attrs,
+    declared: Option<i64>,
+) -> Result<TreeEnsemble, ImportError> {
+    let features = a.ints("nodes_featureids")?;
+    let splits = a.tensor_floats("nodes_splits")?;
+    let modes = a.tensor_u8("nodes_modes")?;
+    let yes = a.ints("nodes_truenodeids")?;
+    let no = a.ints("nodes_falsenodeids")?;
+    let yes_leaf = a.ints("nodes_trueleafs")?;
+    let no_leaf = a.ints("nodes_falseleafs")?;
+    let missing = a.ints("nodes_missing_value_tracks_true")?;
+    let roots = a.ints("tree_roots")?;
+    let leaf_target = a.ints("leaf_targetids")?;
+    let leaf_weight = a.tensor_floats("leaf_weights")?;
+    let n = features.len();
+    if n == 0 || n > MAX_V5_NODES {
+        return Err(invalid(node, format!("{n} nodes")));
+    }
+    for (what, len) in [
+        ("nodes_splits", splits.len()),
+        ("nodes_modes", modes.len()),
+        ("nodes_truenodeids", yes.len()),
+        ("nodes_falsenodeids", no.len()),
+        ("nodes_trueleafs", yes_leaf.len()),
+        ("nodes_falseleafs", no_leaf.len()),
+    ] {
+        if len != n {
+            return Err(invalid(
+                node,
+                format!("{what} has {len} entries, nodes_featureids {n}"),
+            ));
+        }
+    }
+    if !missing.is_empty() && missing.len() != n {
+        return Err(invalid(
+            node,
+            "nodes_missing_value_tracks_true has the wrong length",
+        ));
+    }
+    if a.tensor_floats("membership_values")?
+        .iter()
+        .any(|v| !v.is_nan())
+    {
+        return Err(unsupported(
+            node,
+            "membership_values",
+            "set membership splits",
+        ));
+    }
+    let m = leaf_target.len();
+    if m == 0 || leaf_weight.len() != m {
+        return Err(invalid(
+            node,
+            "leaf_targetids and leaf_weights disagree in length",
+        ));
+    }
+    let targets = a
+        .int("n_targets")?
+        .ok_or_else(|| invalid(node, "n_targets is missing"))?;
+    if !(1..=64).contains(&targets) {
+        return Err(unsupported(node, "n_targets", &targets.to_string()));
+    }
+    let n_scores = targets as usize;
+    let average = match a.int("aggregate_function")? {
+        None | Some(1) => false,
+        Some(0) => true,
+        Some(other) => {
+            let name = match other {
+                2 => "MIN".to_string(),
+                3 => "MAX".to_string(),
+                o => o.to_string(),
+            };
+            return Err(unsupported(node, "aggregate_function", &name));
+        }
+    };
+    let post = match a.int("post_transform")? {
+        None | Some(0) => PostTransform::None,
+        Some(1) => PostTransform::Softmax,
+        Some(2) => PostTransform::Logistic,
+        Some(3) => return Err(unsupported(node, "post_transform", "SOFTMAX_ZERO")),
+        Some(4) => return Err(unsupported(node, "post_transform", "PROBIT")),
+        Some(o) => return Err(unsupported(node, "post_transform", &o.to_string())),
+    };
+    let leaf = |j: i64| -> Result<Node, ImportError> {
+        let j = usize::try_from(j)
+            .ok()
+            .filter(|&j| j < m)
+            .ok_or_else(|| invalid(node, format!("leaf {j} of {m}")))?;
+        let t = leaf_target[j];
+        if t < 0 || t >= targets {
+            return Err(invalid(
+                node,
+                format!("leaf target {t}; n_targets {targets}"),
+            ));
+        }
+        Ok(Node::Leaf {
+            weights: vec![(t as usize, leaf_weight[j])],
+        })
+    };
+    let mut max_feature = 0usize;
+    let mut out = Vec::with_capacity(roots.len());
+    for (t, &root) in roots.iter().enumerate() {
+        // Depth-first from the root; every node index is visited at most once per tree.
+        let mut nodes: Vec<Node> = Vec::new();
+        let mut seen: HashSet<usize> = HashSet::new();
+        let mut stack: Vec<Visit> = vec![(root, None, 0)];
+        while let Some((i, parent, depth)) = stack.pop() {
+            if depth > MAX_TREE_DEPTH {
+                return Err(invalid(
+                    node,
+                    format!("tree {t} is deeper than {MAX_TREE_DEPTH}"),
+                ));
+            }
+            let i = usize::try_from(i)
+                .ok()
+                .filter(|&i| i < n)
+                .ok_or_else(|| invalid(node, format!("tree {t} points to node {i} of {n}")))?;
+            if !seen.insert(i) {
+                return Err(invalid(
+                    node,
+                    format!("tree {t} is not a tree (node reached twice)"),
+                ));
+            }
+            let cmp = match modes[i] {
+                0 => Cmp::Leq,
+                1 => Cmp::Lt,
+                2 => Cmp::Gte,
+                3 => Cmp::Gt,
+                4 => return Err(unsupported(node, "nodes_modes", "BRANCH_EQ")),
+                5 => return Err(unsupported(node, "nodes_modes", "BRANCH_NEQ")),
+                6 => return Err(unsupported(node, "nodes_modes", "BRANCH_MEMBER")),
+                o => return Err(unsupported(node, "nodes_modes", &o.to_string())),
+            };
+            if features[i] < 0 || features[i] > 1 << 20 {
+                return Err(invalid(node, format!("feature id {}", features[i])));
+            }
+            if splits[i].is_nan() {
+                return Err(invalid(node, "a NaN threshold"));
+            }
+            max_feature = max_feature.max(features[i] as usize);
+            let me = nodes.len();
+            nodes.push(Node::Branch {
+                feature: features[i] as usize,
+                threshold: splits[i],
+                cmp,
+                yes: usize::MAX,
+                no: usize::MAX,
+                missing_yes: missing.get(i).is_some_and(|&v| v != 0),
+            });
+            if let Some((p, is_yes)) = parent {
+                set_child(&mut nodes[p], is_yes, me);
+            }
+            for (child, is_leaf, is_yes) in
+                [(yes[i], yes_leaf[i], true), (no[i], no_leaf[i], false)]
+            {
+                if is_leaf != 0 {
+                    let l = nodes.len();
+                    nodes.push(leaf(child)?);
+                    set_child(&mut nodes[me], is_yes, l);
+                } else {
+                    stack.push((child, Some((me, is_yes)), depth + 1));
+                }
+            }
+        }
+        let tree = Tree { nodes };
+        check_shape(node, t as i64, &tree)?;
+        out.push(tree);
+    }
+    if out.is_empty() {
+        return Err(invalid(node, "tree_roots is empty"));
+    }
+    Ok(TreeEnsemble {
+        task: OnnxTask::Regressor { targets: n_scores },
+        n_features: feature_count(node, declared, max_feature + 1)?,
+        trees: out,
+        n_scores,
+        base_values: Vec::new(),
+        post,
+        average,
+        weights_positive: leaf_weight.iter().all(|&w| w >= 0.0),
+    })
+}
+
+fn set_child(parent: &mut Node, is_yes: bool, child: usize) {
+    if let Node::Branch { yes, no, .. } = parent {
+        *(if is_yes { yes } else { no }) = child;
+    }
 }
 
 /// Swaps the root into index 0, fixing child indices.

@@ -103,6 +103,77 @@ fn scikit_learn_and_xgboost_models_match_onnx_runtime() {
         )
         .is_none()
     );
+    // The opset-5 TreeEnsemble: one target (AVERAGE), and two targets (every tree once per
+    // target).
+    assert!(check("iris-te5-rf-regressor", "TreeEnsemble", "Y").is_none());
+    assert!(check("iris-te5-rf-2targets", "TreeEnsemble", "Y").is_none());
+}
+
+#[test]
+fn damaged_opset_5_ensembles_are_refused() {
+    use fhe_batch_onnx::proto::ModelProto;
+    use prost::Message;
+    let (bytes, _) = fixture("iris-te5-rf-regressor");
+    let original = ModelProto::decode(bytes.as_slice()).unwrap();
+    let edit = |f: &dyn Fn(&mut fhe_batch_onnx::proto::AttributeProto)| {
+        let mut m = original.clone();
+        for a in &mut m.graph.as_mut().unwrap().node[0].attribute {
+            f(a);
+        }
+        import_onnx(&m.encode_to_vec())
+    };
+    let refused = |f: &dyn Fn(&mut fhe_batch_onnx::proto::AttributeProto), needle: &str| {
+        let e = edit(f).unwrap_err();
+        assert!(e.to_string().contains(needle), "{needle}: {e}");
+    };
+    refused(
+        &|a| {
+            if a.name == "nodes_modes" {
+                a.t.as_mut().unwrap().raw_data[0] = 6;
+            }
+        },
+        "BRANCH_MEMBER",
+    );
+    refused(
+        &|a| {
+            if a.name == "aggregate_function" {
+                a.i = 3;
+            }
+        },
+        "MAX",
+    );
+    refused(
+        &|a| {
+            if a.name == "nodes_truenodeids" {
+                a.ints[1] = a.ints[0]; // a child points back up: not a tree
+            }
+        },
+        "not a tree",
+    );
+    refused(
+        &|a| {
+            if a.name == "nodes_falsenodeids" {
+                a.ints[0] = 1 << 40;
+            }
+        },
+        "points to node",
+    );
+    refused(
+        &|a| {
+            if a.name == "leaf_targetids" {
+                a.ints[0] = 1;
+            }
+        },
+        "leaf target 1",
+    );
+    refused(
+        &|a| {
+            if a.name == "nodes_trueleafs" {
+                a.ints.pop();
+            }
+        },
+        "nodes_trueleafs",
+    );
 }
 
 #[test]
