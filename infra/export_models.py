@@ -139,8 +139,11 @@ def main():
     if only == "te5":
         export_tree_ensemble_v5(out)
         return
+    if only == "forests":
+        export_forests(out)
+        return
     if only is not None:
-        sys.exit(f"--only {only}: only 'pipelines', 'catboost' and 'te5' are known")
+        sys.exit(f"--only {only}: only 'pipelines', 'catboost', 'te5' and 'forests' are known")
     opts = {"zipmap": False}
 
     features, x, y = load("breast_cancer.csv")
@@ -195,6 +198,7 @@ def main():
     export_pipelines(out)
     export_catboost(out)
     export_tree_ensemble_v5(out)
+    export_forests(out)
     export_networks(out)
 
 
@@ -258,6 +262,24 @@ def export_pipelines(out):
     r2 = float(reg.score(xte, yte))
     write(out, "iris-lgbm-regressor", onx, features[:3], xte, yte, extra={"float_r2": r2})
     print(f"  R^2 {r2:.4f}")
+
+
+def export_forests(out):
+    """Random forests with more trees than one score slot holds (issue 12: the planner sums
+    groups of trees into separate score slots, which the client adds): `bc-rf-48x3` (small
+    enough for CI's encrypted end-to-end test), scikit-learn's default forest (100 trees) with
+    its depth capped at 8, and 200 trees of depth 8 (`fhe-batch import`, `fhe-batch bench
+    --trees`). `--only forests` writes just these."""
+    features, x, y = load("breast_cancer.csv")
+    classes = sorted(set(y))
+    yb = np.array([classes.index(v) for v in y])
+    xtr, xte, ytr, yte = train_test_split(x, yb, test_size=0.2, random_state=42, stratify=yb)
+    for name, trees, depth in [("bc-rf-48x3", 48, 3), ("bc-rf-100x8", 100, 8),
+                               ("bc-rf-200x8", 200, 8)]:
+        rf = RandomForestClassifier(n_estimators=trees, max_depth=depth, random_state=0, n_jobs=1)
+        rf.fit(xtr, ytr)
+        onx = to_onnx(rf, xtr[:1], options={id(rf): {"zipmap": False}}, target_opset=SKL_OPSET)
+        write(out, name, onx, features, xte, yte, float(rf.score(xte, yte)))
 
 
 def export_catboost(out):

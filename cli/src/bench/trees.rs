@@ -26,6 +26,11 @@ pub struct TreeFigures {
     pub pbs_per_record: usize,
     pub thermometer_bits: usize,
     pub slot_bits: u8,
+    /// Tree groups (each summed into its own score slots), score slots per record, and the
+    /// integer spread of a tree's leaves.
+    pub groups: usize,
+    pub score_slots: u32,
+    pub leaf_range: u64,
     pub records_per_chunk: usize,
     pub eval_key_bytes: usize,
     pub eval_keygen_s: f64,
@@ -87,7 +92,13 @@ fn measure(path: &Path, keys: &Keys, data: &Dataset, records: usize) -> Result<T
     let fhe_batch_onnx::FloatModel::Trees(e) = fhe_batch_onnx::import_onnx(&onnx)?.model else {
         bail!("{} is not a tree ensemble", path.display());
     };
-    let c = fhe_batch_train::trees::quantize_trees(&e)?;
+    // Compiled as `fhe-batch import` compiles it by default: the leaf resolution chosen on the
+    // calibration records of a 20% holdout split (seed 42).
+    let (calibration, _) = data.split(0.2, 42);
+    let cal_rows: Vec<Vec<f32>> = (0..calibration.len())
+        .map(|i| calibration.row(i).iter().map(|&v| v as f32).collect())
+        .collect();
+    let (c, _) = fhe_batch_train::trees::quantize_trees_on(&e, &cal_rows)?;
     let pkg = fhe_batch_train::trees::package_forest(
         &e,
         &c,
@@ -148,6 +159,9 @@ fn measure(path: &Path, keys: &Keys, data: &Dataset, records: usize) -> Result<T
         pbs_per_record: c.plan.pbs_per_record(),
         thermometer_bits: c.model.thresholds.len(),
         slot_bits: c.plan.slot_bits,
+        groups: c.layout.groups,
+        score_slots: c.plan.score_slots,
+        leaf_range: c.layout.leaf_range,
         records_per_chunk: slots,
         eval_key_bytes: keys.eval_key.len(),
         eval_keygen_s: keys.keygen_s,
@@ -239,15 +253,19 @@ fn print_text(out: &[TreeFigures], keys: &Keys) {
         keys.keygen_s
     );
     println!(
-        "| model | records | PBS/record | s/record (eval) | up B/record | down B/record | chunk | cold start s | exact | accuracy |"
+        "| model | records | PBS/record | groups / slots x bits / leaf range | s/record (eval) | up B/record | down B/record | chunk | cold start s | exact | accuracy |"
     );
-    println!("|---|---|---|---|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|---|---|---|---|");
     for f in out {
         println!(
-            "| {} | {} | {} | {:.3} | {:.0} | {:.0} | {} | {:.2} + {:.2} | {}/{} | {:.1}% |",
+            "| {} | {} | {} | {} / {} x {} / {} | {:.3} | {:.0} | {:.0} | {} | {:.2} + {:.2} | {}/{} | {:.1}% |",
             f.model,
             f.records,
             f.pbs_per_record,
+            f.groups,
+            f.score_slots,
+            f.slot_bits,
+            f.leaf_range,
             f.eval_s_per_record,
             f.up_bytes_per_record,
             f.down_bytes_per_record,

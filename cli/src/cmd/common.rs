@@ -33,8 +33,8 @@ impl StoreArg {
 #[derive(clap::Args, Debug)]
 pub struct CompileArgs {
     /// Bits per quantized input and per integer weight (2..=16) of linear models. Tree
-    /// ensembles ignore it: their inputs are threshold bits and their leaves are sized to
-    /// what the encrypted score slots carry exactly.
+    /// ensembles ignore it: their inputs are threshold bits and their leaf resolution is
+    /// measured on the calibration records.
     #[arg(long, default_value_t = 8)]
     pub n_bits: u8,
     /// Share of records held out to report accuracy on (0 reports on all records).

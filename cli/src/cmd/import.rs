@@ -28,8 +28,11 @@ use std::path::PathBuf;
 /// are quantized against --data (a labelled CSV whose feature columns are the model's
 /// inputs, in order), proven exact and written like `train` writes them. Tree ensembles
 /// are compiled for evaluation with programmable bootstrapping: thresholds become
-/// thermometer bits the client encrypts, leaves are quantized to what the score slots carry
-/// exactly, and the bootstrap plan is proven; data owners then need an evaluation key
+/// thermometer bits the client encrypts, the leaf resolution is measured on the calibration
+/// records (the coarsest that keeps the float model's labels and scores), the trees are
+/// grouped into as many score slots as that resolution needs (the client adds the groups),
+/// leaves are quantized to what those slots carry exactly, and the bootstrap plan is proven;
+/// data owners then need an evaluation key
 /// (`fhe-batch publish-key`). Neural networks are quantized against --data (--n-bits input
 /// bits), one bootstrap per hidden neuron applies bias, activation and requantization, and
 /// the compile proves each neuron's input range and the scores' error bound.
@@ -130,9 +133,25 @@ fn print_trees(t: &TreeSummary, on: &str) {
         t.thermometer_bits,
         t.thermometer_bits * 8,
     );
+    if let Some(r) = &t.resolution {
+        let chosen = r.trials.iter().find(|x| x.leaf_range == r.leaf_range);
+        println!(
+            "  leaf resolution wanted: {} integers per tree (RMS score error {:.2}% of the scores' standard deviation, label agreement {:.1}% with float on the calibration records)",
+            r.leaf_range,
+            chosen.map_or(0.0, |x| 100.0 * x.score_rms_error
+                / r.score_sd.max(f64::MIN_POSITIVE)),
+            chosen.map_or(0.0, |x| 100.0 * x.agreement)
+        );
+    }
     println!(
-        "  {} bootstraps per record ({} lookup tables each), {} score slots of {} bits, leaves spread over {} integers",
-        t.pbs_per_record, t.functions, t.score_slots, t.slot_bits, t.leaf_range
+        "  {} bootstraps per record ({} lookup tables each); {} tree group(s) of <= {} trees, {} score slots of {} bits, leaves spread over {} integers",
+        t.pbs_per_record,
+        t.functions,
+        t.groups,
+        t.trees_per_group,
+        t.score_slots,
+        t.slot_bits,
+        t.leaf_range
     );
     let budget = ChunkBudget::default();
     println!(

@@ -124,7 +124,7 @@ fn random_forests_decrypt_to_the_integer_reference() {
             scale: 1.0,
         };
         // Leaves as wide as the layout allows.
-        let layout = tree::plan_layout(&model.trees, outputs, PARAMS).unwrap();
+        let layout = tree::plan_layout(&model.trees, outputs, PARAMS, 1).unwrap();
         let r = (layout.leaf_range / 2) as i64;
         for t in &mut model.trees {
             for n in &mut t.nodes {
@@ -146,6 +146,88 @@ fn random_forests_decrypt_to_the_integer_reference() {
         let got = run_as(encryption, &pkg, &bits, slots);
         let want: Vec<i64> = bits.iter().flat_map(|b| model.eval_plain(b)).collect();
         assert_eq!(got, want, "trees {trees} depth {depth} outputs {outputs}");
+    }
+}
+
+/// Forests one score slot per output cannot hold: the trees are summed in groups, each into
+/// its own slots, and the client adds the groups' decrypted sums. A synthetic 30-tree forest
+/// with two outputs (one slot per output and group) and the 48-tree scikit-learn forest (two
+/// digit slots per group, many-LUT) decrypt to the integer reference on every record, and the
+/// forest's labels are ONNX Runtime's.
+#[test]
+fn grouped_forests_decrypt_to_the_integer_reference() {
+    let mut rng = rand::rngs::StdRng::seed_from_u64(12);
+    let n_bits = 6u32;
+    let model = TreeModel {
+        n_features: 1,
+        n_outputs: 2,
+        thresholds: (0..n_bits)
+            .map(|j| Threshold {
+                feature: 0,
+                value: j as f32,
+                inclusive: false,
+            })
+            .collect(),
+        trees: (0..30)
+            .map(|_| random_tree(&mut rng, 2, n_bits, 2, 6))
+            .collect(),
+        leaf_bits: 16,
+        scale: 1.0,
+    };
+    let pkg = package(&model, vec!["a".into(), "b".into()]);
+    let ServerBody::TreeEnsemble(plan) = &pkg.server.body else {
+        panic!("a forest")
+    };
+    assert!(plan.score_slots > 2, "{} slots", plan.score_slots);
+    let bits: Vec<Vec<bool>> = (0..4)
+        .map(|_| (0..n_bits).map(|_| rng.gen_bool(0.5)).collect())
+        .collect();
+    let got = run(&pkg, &bits, 4);
+    let want: Vec<i64> = bits.iter().flat_map(|b| model.eval_plain(b)).collect();
+    assert_eq!(got, want);
+
+    use fhe_batch_onnx::{FloatModel, import_onnx};
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/onnx");
+    let bytes = std::fs::read(dir.join("bc-rf-48x3.onnx")).unwrap();
+    let FloatModel::Trees(e) = import_onnx(&bytes).unwrap().model else {
+        panic!("a forest")
+    };
+    let exp: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.join("bc-rf-48x3.expected.json")).unwrap())
+            .unwrap();
+    let rows: Vec<Vec<f32>> = exp["x"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| {
+            r.as_array()
+                .unwrap()
+                .iter()
+                .map(|v| v.as_f64().unwrap() as f32)
+                .collect()
+        })
+        .collect();
+    let (c, _) = fhe_batch_train::trees::quantize_trees_on(&e, &rows).unwrap();
+    assert!(
+        c.layout.groups > 1 && c.layout.digits == 2,
+        "{:?}",
+        c.layout
+    );
+    let names = (0..e.n_features).map(|j| format!("f{j}")).collect();
+    let pkg =
+        fhe_batch_train::trees::package_forest(&e, &c, names, "y".into(), None, None, "").unwrap();
+    // Records 0..3 of the held-out set (192 bootstraps each).
+    let bits: Vec<Vec<bool>> = rows[..3].iter().map(|x| c.model.bits(x)).collect();
+    let got = run(&pkg, &bits, 3);
+    let want: Vec<i64> = bits.iter().flat_map(|b| c.model.eval_plain(b)).collect();
+    assert_eq!(got, want);
+    for (i, scores) in got.chunks_exact(pkg.client.n_scores()).enumerate() {
+        let ort = exp["onnxruntime"]["label"][i].to_string();
+        assert_eq!(
+            pkg.client.predict(scores).label,
+            ort.trim_matches('"'),
+            "record {i}"
+        );
     }
 }
 

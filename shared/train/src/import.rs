@@ -9,7 +9,10 @@
 use crate::data::{Dataset, Target};
 use crate::metrics::{RegressionErrors, regression_errors};
 use crate::model::TrainError;
-use crate::trees::{TreeReport, labelled_rows, package_forest, quantize_trees, tree_report};
+use crate::trees::{
+    ResolutionChoice, TreeReport, labelled_rows, package_forest, quantize_trees, quantize_trees_on,
+    tree_report,
+};
 use fhe_batch_core::budget::ChunkBudget;
 use fhe_batch_core::model::ModelPackage;
 use fhe_batch_core::params::ParamSet;
@@ -63,6 +66,13 @@ pub struct TreeSummary {
     pub slot_bits: u8,
     /// How many integers one tree's leaves spread over.
     pub leaf_range: u64,
+    /// Tree groups, each summing into its own score slots (the client adds them), and the
+    /// largest group's tree count.
+    pub groups: usize,
+    pub trees_per_group: usize,
+    /// The leaf resolution the calibration records called for (what the groups were sized
+    /// from); `None` when they do not fit the model (the default resolution is used).
+    pub resolution: Option<ResolutionChoice>,
     /// Records per chunk at the parameters' polynomial size.
     pub records_per_chunk: usize,
     /// Float against quantized accuracy (classifiers whose labels match the data set's).
@@ -135,14 +145,25 @@ pub fn compile_imported(
     }
 }
 
-/// Thresholds become the client's thermometer bits, leaves are quantized to what the score
-/// slots carry exactly, and the bootstrap plan is proven.
+/// Thresholds become the client's thermometer bits; the leaf resolution is measured on the
+/// calibration records (the coarsest whose scores stay within tolerance of the float model's,
+/// [`crate::trees::choose_leaf_range`]), the trees are grouped into the score slots that
+/// resolution needs, leaves are quantized to what those slots carry exactly, and the bootstrap
+/// plan is proven.
 fn compile_trees(
     e: &TreeEnsemble,
     data: ImportData<'_>,
     options: &ImportOptions,
 ) -> Result<CompiledImport, TrainError> {
-    let c = quantize_trees(e)?;
+    let rows: Vec<Vec<f32>> = (0..data.calibration.len())
+        .map(|i| data.calibration.row(i).iter().map(|&v| v as f32).collect())
+        .collect();
+    let (c, resolution) = if !rows.is_empty() && data.calibration.n_features() == e.n_features {
+        let (c, choice) = quantize_trees_on(e, &rows)?;
+        (c, Some(choice))
+    } else {
+        (quantize_trees(e)?, None)
+    };
     // Accuracy is reported where the data set's labels are the model's classes.
     let report = labelled_rows(e, data.eval)
         .ok()
@@ -200,6 +221,9 @@ fn compile_trees(
         score_slots: c.plan.score_slots,
         slot_bits: c.plan.slot_bits,
         leaf_range: c.layout.leaf_range,
+        groups: c.layout.groups,
+        trees_per_group: c.layout.trees_per_group,
+        resolution,
         records_per_chunk: ChunkBudget::default()
             .records_per_chunk(pbs_per_record, options.params.polynomial_size()),
         report,
@@ -314,6 +338,31 @@ mod tests {
             .expect("a classifier with the data set's labels");
         assert!(r.quantized_accuracy > 0.8, "{r:?}");
         assert_eq!(c.package.manifest.report.evaluated_on, "holdout");
+    }
+
+    /// scikit-learn's forest at 200 trees of depth 8 (one score slot cannot hold it): the leaf
+    /// resolution is measured on the calibration records, the trees are grouped into the
+    /// slots that resolution needs, and quantized accuracy stays within one point of float.
+    #[test]
+    fn a_200_tree_depth_8_forest_imports_in_groups() {
+        let c = compile("bc-rf-200x8.onnx");
+        let ImportSummary::TreeEnsemble(t) = &c.summary else {
+            panic!("{:?}", c.summary)
+        };
+        assert_eq!((t.trees, t.max_depth), (200, 8));
+        let chosen = t
+            .resolution
+            .as_ref()
+            .expect("measured on the calibration records");
+        assert!(t.groups > 1 && t.leaf_range >= chosen.leaf_range, "{t:?}");
+        assert_eq!(t.score_slots as usize, t.groups);
+        assert!(t.trees_per_group * t.groups >= 200);
+        assert_eq!(c.package.manifest.pbs_per_record, t.pbs_per_record as u64);
+        let r = t.report.as_ref().expect("a classifier");
+        assert!(
+            r.quantized_accuracy >= r.float_accuracy - 0.01 && r.float_accuracy > 0.9,
+            "{r:?}"
+        );
     }
 
     /// Iris petal width from the other three measurements (the export script's regressors).

@@ -8,8 +8,8 @@ use fhe_batch_core::model::{
 };
 use fhe_batch_core::params::ParamSet;
 use fhe_batch_core::tree::{
-    ForestClient, ForestPlan, Layout, QNode, QTree, SlotReadout, Threshold, TreeModel, build_plan,
-    plan_layout,
+    ForestClient, ForestPlan, Layout, MAX_LEAF_RANGE, QNode, QTree, SlotReadout, Threshold,
+    TreeModel, build_plan_in, plan_layout,
 };
 use fhe_batch_onnx::{Cmp, FloatPrediction, Node, TreeEnsemble};
 use std::collections::BTreeMap;
@@ -27,22 +27,152 @@ pub struct CompiledForest {
     pub readout: SlotReadout,
 }
 
-/// Quantizes `e` for encrypted evaluation: leaf values get the widest integer spread the score
-/// slots can carry exactly ([`plan_layout`]: the noise of the summed bootstrap outputs decides
-/// the slot width), then the bootstrap plan is built and proven ([`build_plan`]).
+/// The leaf range asked for when no records are at hand to measure what resolution buys
+/// ([`choose_leaf_range`]): 3 bits per tree and output. Every single-slot layout of the sample
+/// ensembles already gives at least this (12 to 65,535), so their plans are those of the
+/// single-slot layout.
+pub const DEFAULT_MIN_LEAF_RANGE: u64 = 7;
+
+/// The RMS error quantization may add to a record's raw scores, as a fraction of the float
+/// scores' standard deviation over the records ([`choose_leaf_range`]).
+pub const SCORE_ERROR_TOLERANCE: f64 = 0.02;
+
+/// Quantizes `e` for encrypted evaluation with at least [`DEFAULT_MIN_LEAF_RANGE`] integers
+/// per tree's leaves: [`quantize_trees_at`].
 pub fn quantize_trees(e: &TreeEnsemble) -> Result<CompiledForest, TrainError> {
+    quantize_trees_at(e, DEFAULT_MIN_LEAF_RANGE)
+}
+
+/// Quantizes `e` for encrypted evaluation: the trees are grouped into the fewest groups of
+/// score slots whose slots give every tree's leaves at least `min_leaf_range` integers
+/// ([`plan_layout`]: one group whenever a single slot per output does; the noise of the summed
+/// bootstrap outputs decides the slot width), leaves are quantized to the widest spread those
+/// slots carry exactly, then the bootstrap plan is built and proven ([`build_plan_in`]).
+pub fn quantize_trees_at(
+    e: &TreeEnsemble,
+    min_leaf_range: u64,
+) -> Result<CompiledForest, TrainError> {
     let shaped = structure(e, |_| vec![0; e.n_scores]);
-    let layout = plan_layout(&shaped.trees, e.n_scores, TREE_PARAMS)
+    let layout = plan_layout(&shaped.trees, e.n_scores, TREE_PARAMS, min_leaf_range)
         .map_err(|err| TrainError::Unsupported(err.to_string()))?;
     let model = quantize_with_range(e, layout.leaf_range)?;
-    let (plan, readout) =
-        build_plan(&model, TREE_PARAMS).map_err(|err| TrainError::Unsupported(err.to_string()))?;
+    let (plan, readout) = build_plan_in(&model, &layout, TREE_PARAMS)
+        .map_err(|err| TrainError::Unsupported(err.to_string()))?;
     Ok(CompiledForest {
         model,
         layout,
         plan,
         readout,
     })
+}
+
+/// What one leaf range buys on a set of records, against the float model.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ResolutionTrial {
+    pub leaf_range: u64,
+    /// RMS over records and outputs of (quantized - float) raw score.
+    pub score_rms_error: f64,
+    /// Fraction of records whose quantized prediction equals the float one.
+    pub agreement: f64,
+}
+
+/// The leaf range [`choose_leaf_range`] picked, and the trials it was picked from.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ResolutionChoice {
+    pub leaf_range: u64,
+    /// Standard deviation of the float raw scores over the records (RMS over outputs).
+    pub score_sd: f64,
+    /// The finest range's trial first (the agreement to match), then the ladder up to the
+    /// chosen range.
+    pub trials: Vec<ResolutionTrial>,
+}
+
+/// Measures on `rows` (records in the model's feature order) what leaf resolution buys, and
+/// picks the coarsest leaf range of the ladder 1, 3, 7, ..., 65,535 whose quantized model
+/// (a) predicts the float model's label on as many records as the finest range does and
+/// (b) adds an RMS raw-score error of at most [`SCORE_ERROR_TOLERANCE`] of the float scores'
+/// standard deviation. The planner then groups the trees so that every tree gets at least that
+/// range ([`quantize_trees_at`]): the resolution decides the slots, not the reverse.
+pub fn choose_leaf_range(
+    e: &TreeEnsemble,
+    rows: &[Vec<f32>],
+) -> Result<ResolutionChoice, TrainError> {
+    if rows.is_empty() || rows.iter().any(|r| r.len() != e.n_features) {
+        return Err(TrainError::Unsupported(format!(
+            "choosing the leaf resolution needs records of {} features",
+            e.n_features
+        )));
+    }
+    let float: Vec<Vec<f32>> = rows.iter().map(|x| e.raw_scores(x)).collect();
+    let labels: Vec<Option<String>> = float.iter().map(|s| e.finish(s.clone()).label).collect();
+    let n = rows.len() as f64;
+    let outputs = e.n_scores.max(1);
+    let variance: f64 = (0..outputs)
+        .map(|o| {
+            let mean = float.iter().map(|s| s[o] as f64).sum::<f64>() / n;
+            float
+                .iter()
+                .map(|s| (s[o] as f64 - mean).powi(2))
+                .sum::<f64>()
+                / n
+        })
+        .sum::<f64>()
+        / outputs as f64;
+    let score_sd = variance.sqrt();
+    let trial = |range: u64| -> Result<ResolutionTrial, TrainError> {
+        let q = quantize_with_range(e, range)?;
+        let (mut err2, mut agree) = (0f64, 0usize);
+        for (x, (f, label)) in rows.iter().zip(float.iter().zip(&labels)) {
+            let raw: Vec<f32> = q
+                .eval_plain(&q.bits(x))
+                .iter()
+                .map(|&v| (v as f64 * q.scale) as f32)
+                .collect();
+            err2 += raw
+                .iter()
+                .zip(f)
+                .map(|(a, b)| (*a as f64 - *b as f64).powi(2))
+                .sum::<f64>();
+            agree += usize::from(e.finish(raw).label == *label);
+        }
+        Ok(ResolutionTrial {
+            leaf_range: range,
+            score_rms_error: (err2 / (n * outputs as f64)).sqrt(),
+            agreement: agree as f64 / n,
+        })
+    };
+    let finest = trial(MAX_LEAF_RANGE)?;
+    let mut trials = vec![finest.clone()];
+    for bits in 1..16 {
+        let t = trial((1u64 << bits) - 1)?;
+        let accepted = t.agreement >= finest.agreement
+            && t.score_rms_error <= SCORE_ERROR_TOLERANCE * score_sd;
+        trials.push(t);
+        if accepted {
+            break;
+        }
+    }
+    let leaf_range = trials
+        .last()
+        .filter(|t| {
+            t.agreement >= finest.agreement && t.score_rms_error <= SCORE_ERROR_TOLERANCE * score_sd
+        })
+        .map_or(MAX_LEAF_RANGE, |t| t.leaf_range);
+    Ok(ResolutionChoice {
+        leaf_range,
+        score_sd,
+        trials,
+    })
+}
+
+/// Quantizes `e` at the leaf resolution `rows` call for ([`choose_leaf_range`]), grouping the
+/// trees into as many score slots as that resolution needs ([`quantize_trees_at`]).
+pub fn quantize_trees_on(
+    e: &TreeEnsemble,
+    rows: &[Vec<f32>],
+) -> Result<(CompiledForest, ResolutionChoice), TrainError> {
+    let choice = choose_leaf_range(e, rows)?;
+    Ok((quantize_trees_at(e, choice.leaf_range)?, choice))
 }
 
 /// Distinct comparisons, in a stable order: (feature, threshold bits, inclusive).
@@ -226,6 +356,9 @@ pub struct TreeReport {
     /// Width of a score slot and the integer spread of a tree's leaves it allows.
     pub slot_bits: u8,
     pub leaf_range: u64,
+    /// Tree groups (each summed into its own score slots) and score slots per record.
+    pub groups: usize,
+    pub score_slots: u32,
 }
 
 /// Compares the float and quantized ensembles on `(record, label)` pairs.
@@ -256,6 +389,8 @@ pub fn tree_report(
         pbs_per_record: c.plan.pbs_per_record(),
         slot_bits: c.plan.slot_bits,
         leaf_range: c.layout.leaf_range,
+        groups: c.layout.groups,
+        score_slots: c.plan.score_slots,
     }
 }
 

@@ -4,7 +4,10 @@
 
 use fhe_batch_core::tree::QNode;
 use fhe_batch_onnx::{FloatModel, Node, import_onnx};
-use fhe_batch_train::trees::{quantize_trees, quantize_with_range, tree_report};
+use fhe_batch_train::trees::{
+    SCORE_ERROR_TOLERANCE, choose_leaf_range, quantize_trees, quantize_trees_on,
+    quantize_with_range, tree_report,
+};
 use std::path::PathBuf;
 
 fn load(name: &str) -> (fhe_batch_onnx::TreeEnsemble, Vec<(Vec<f32>, String)>) {
@@ -101,6 +104,7 @@ fn leaves_sized_to_the_noise_budget_stay_within_one_point_of_float_accuracy() {
         ("bc-minmax-rf-10x3", 70),
         ("bc-lgbm-20x15", 160),
         ("iris-catboost-10x3", 100),
+        ("bc-catboost-20x4", 160),
     ] {
         let (e, rows) = load(name);
         let c = quantize_trees(&e).unwrap();
@@ -168,4 +172,117 @@ fn leaf_values_use_the_full_range_and_plans_reproduce_the_reference() {
             );
         }
     }
+}
+
+/// Without records to measure on, the sample ensembles keep the single-slot layout they had
+/// before tree groups: one group, the same leaf range (so the same plans and figures).
+#[test]
+fn small_ensembles_keep_the_single_slot_layout() {
+    for (name, range) in [
+        ("bc-tree-d4", 65535),
+        ("bc-rf-20x4", 15),
+        ("bc-gb-20x4", 15),
+        ("bc-xgb-20x4", 15),
+        ("iris-rf-10x3", 12),
+        ("bc-scaler-tree-d3", 65535),
+        ("bc-minmax-rf-10x3", 168),
+        ("bc-lgbm-20x15", 15),
+    ] {
+        let (e, _) = load(name);
+        let c = quantize_trees(&e).unwrap();
+        assert_eq!((c.layout.groups, c.layout.leaf_range), (1, range), "{name}");
+        assert_eq!(
+            c.plan.score_slots as usize,
+            e.n_scores * c.layout.digits as usize,
+            "{name}"
+        );
+    }
+}
+
+/// Forests one score slot cannot hold (scikit-learn's default 100 trees and 200 trees, depth
+/// capped at 8; 48 shallow trees): the leaf resolution measured on the records decides the
+/// groups, the plan is proven, every record's slot sums read back to the integer reference, and
+/// quantized accuracy stays within one point of float.
+#[test]
+fn large_forests_plan_in_groups_within_one_point_of_float() {
+    for (name, trees, depth) in [
+        ("bc-rf-48x3", 48, 3),
+        ("bc-rf-100x8", 100, 8),
+        ("bc-rf-200x8", 200, 8),
+    ] {
+        let (e, rows) = load(name);
+        let x: Vec<Vec<f32>> = rows.iter().map(|(x, _)| x.clone()).collect();
+        let (c, choice) = quantize_trees_on(&e, &x).unwrap();
+        let r = tree_report(&e, &c, &rows);
+        eprintln!("{name}: {r:?}, chosen {choice:?}");
+        assert_eq!((r.trees, r.max_depth), (trees, depth), "{name}");
+        assert!(c.layout.groups > 1, "{name}: {:?}", c.layout);
+        assert!(c.layout.leaf_range >= choice.leaf_range, "{name}");
+        assert_eq!(
+            c.plan.score_slots as usize,
+            c.layout.groups * c.layout.digits as usize
+        );
+        c.plan
+            .validate(fhe_batch_train::trees::TREE_PARAMS)
+            .unwrap();
+        assert!(
+            (r.float_accuracy - r.quantized_accuracy).abs() <= 0.01 + 1e-12,
+            "{name}: {r:?}"
+        );
+        for (x, _) in &rows {
+            let bits = c.model.bits(x);
+            let slots = c.plan.eval_slots(&bits);
+            assert!(slots.iter().all(|&s| s < 1 << c.plan.slot_bits), "{name}");
+            assert_eq!(
+                c.readout.scores(&slots),
+                c.model.eval_plain(&bits),
+                "{name}"
+            );
+        }
+    }
+    // The default depth-capped forests did not fit one slot: their single-slot layout, asked
+    // for the coarsest leaves, still needs groups.
+    for name in ["bc-rf-100x8", "bc-rf-200x8"] {
+        let (e, _) = load(name);
+        let c = fhe_batch_train::trees::quantize_trees_at(&e, 1).unwrap();
+        assert!(c.layout.groups > 1, "{name}");
+    }
+}
+
+/// The resolution chosen is the coarsest of the ladder that meets both criteria on the
+/// records; the one below it fails one of them. Records of the wrong width are refused.
+#[test]
+fn the_leaf_resolution_is_the_coarsest_that_keeps_the_scores() {
+    for name in ["bc-gb-20x4", "bc-xgb-20x4", "bc-rf-200x8", "iris-rf-10x3"] {
+        let (e, rows) = load(name);
+        let x: Vec<Vec<f32>> = rows.iter().map(|(x, _)| x.clone()).collect();
+        let choice = choose_leaf_range(&e, &x).unwrap();
+        let finest = &choice.trials[0];
+        let ok = |t: &fhe_batch_train::trees::ResolutionTrial| {
+            t.agreement >= finest.agreement
+                && t.score_rms_error <= SCORE_ERROR_TOLERANCE * choice.score_sd
+        };
+        let chosen = choice.trials.last().unwrap();
+        assert_eq!(chosen.leaf_range, choice.leaf_range, "{name}");
+        assert!(ok(chosen), "{name}: {choice:?}");
+        assert!(
+            choice.trials[1..choice.trials.len() - 1]
+                .iter()
+                .all(|t| !ok(t)),
+            "{name}: {choice:?}"
+        );
+        assert!(
+            choice.trials[1..]
+                .windows(2)
+                .all(|w| w[1].leaf_range == 2 * w[0].leaf_range + 1)
+        );
+        let short: Vec<Vec<f32>> = x.iter().map(|r| r[1..].to_vec()).collect();
+        assert!(choose_leaf_range(&e, &short).is_err(), "{name}");
+        assert!(choose_leaf_range(&e, &[]).is_err(), "{name}");
+    }
+    // Gradient boosting's leaves need more than the single slot's 15: two groups.
+    let (e, rows) = load("bc-gb-20x4");
+    let x: Vec<Vec<f32>> = rows.iter().map(|(x, _)| x.clone()).collect();
+    let (c, choice) = quantize_trees_on(&e, &x).unwrap();
+    assert!(choice.leaf_range > 15 && c.layout.groups > 1, "{choice:?}");
 }

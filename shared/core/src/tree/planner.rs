@@ -80,28 +80,96 @@ fn tree_shapes(t: &QTree) -> Vec<Shape> {
     out
 }
 
-/// The encoding a model's leaves must fit, decided from the trees' structure alone.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// The encoding a model's leaves must fit, decided from the trees' structure and the leaf
+/// resolution asked for.
+///
+/// Trees are partitioned into `groups`; group `g` sums its trees' bootstrap outputs into its own
+/// score slots (`slots_per_group` of them: one per output, or a low and a high digit), and the
+/// client adds the groups' decrypted sums ([`SlotReadout`]). One group is the single-slot
+/// layout. More groups cost result bytes and packing keyswitches, never bootstraps: each slot
+/// sums fewer trees (so each tree's leaves get a wider share of the slot) and fewer bootstrap
+/// outputs (so less noise and wider slots).
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Layout {
     pub functions: u8,
-    /// Score slots per output: 2 splits each leaf value into a low and a high digit, carried by
-    /// the two lookup tables of one many-LUT bootstrap.
+    /// Score slots per output and group: 2 splits each leaf value into a low and a high digit,
+    /// carried by the two lookup tables of one many-LUT bootstrap.
     pub digits: u8,
     pub digit_base: u64,
     pub slot_bits: u8,
     /// Largest spread (max - min) of one tree's leaf values for one output.
     pub leaf_range: u64,
     pub pbs_per_record: usize,
+    /// Tree groups, each with its own score slots.
+    pub groups: usize,
+    /// The group of each tree (a tree without bootstraps, a single leaf, is in group 0: its
+    /// value is a constant of the readout).
+    pub group_of: Vec<u32>,
+    /// Largest number of trees in one group.
+    pub trees_per_group: usize,
+    /// Bootstrap outputs summed into the fullest slot (what its noise, and `slot_bits`, are
+    /// decided from).
+    pub outputs_per_slot: usize,
+}
+
+impl Layout {
+    /// Score slots of one group: one per output and digit.
+    pub fn slots_per_group(&self, n_outputs: usize) -> usize {
+        n_outputs * self.digits as usize
+    }
+
+    /// Score slots per record.
+    pub fn score_slots(&self, n_outputs: usize) -> usize {
+        self.groups * self.slots_per_group(n_outputs)
+    }
+
+    /// The slot tree `tree`'s lookup tables for `output` and `digit` add to.
+    pub fn slot(&self, tree: usize, n_outputs: usize, output: usize, digit: usize) -> u32 {
+        let group = self.group_of.get(tree).copied().unwrap_or(0) as usize;
+        (group * self.slots_per_group(n_outputs) + output * self.digits as usize + digit) as u32
+    }
 }
 
 /// Largest leaf spread ever used (16 bits is far finer than any accuracy gain).
 pub const MAX_LEAF_RANGE: u64 = (1 << 16) - 1;
 
-/// Works out the layout for trees with `n_outputs` score outputs, bootstrapped under `params`.
+/// Splits the trees with bootstraps (`shapes[t] > 0`) into `groups` groups of at most
+/// `ceil(active / groups)` trees, balancing the bootstrap outputs per group (largest trees
+/// first, each to the lightest group with room). Returns each tree's group, the largest group's
+/// tree count and the largest group's bootstrap count.
+fn partition(shapes: &[usize], groups: usize) -> (Vec<u32>, usize, usize) {
+    let mut active: Vec<usize> = (0..shapes.len()).filter(|&t| shapes[t] > 0).collect();
+    let groups = groups.clamp(1, active.len().max(1));
+    let cap = active.len().div_ceil(groups);
+    active.sort_by_key(|&t| std::cmp::Reverse(shapes[t]));
+    let mut group_of = vec![0u32; shapes.len()];
+    let mut load = vec![(0usize, 0usize); groups];
+    for t in active {
+        let g = (0..groups)
+            .filter(|&g| load[g].0 < cap)
+            .min_by_key(|&g| (load[g].1, g))
+            .expect("the groups hold every active tree");
+        load[g].0 += 1;
+        load[g].1 += shapes[t];
+        group_of[t] = g as u32;
+    }
+    let trees = load.iter().map(|l| l.0).max().unwrap_or(0);
+    let outputs = load.iter().map(|l| l.1).max().unwrap_or(0);
+    (group_of, trees, outputs)
+}
+
+/// Works out the layout for trees with `n_outputs` score outputs, bootstrapped under `params`,
+/// whose leaves must spread over at least `min_leaf_range` integers per tree and output.
+///
+/// The fewest groups that give that range are chosen (one group, the single-slot layout,
+/// whenever it does), and their leaf range is the most their slots carry. When no grouping
+/// reaches `min_leaf_range` (at most [`crate::model::MAX_OUTPUTS`] slots), the finest one is
+/// returned; the caller reads `leaf_range`.
 pub fn plan_layout(
     trees: &[QTree],
     n_outputs: usize,
     params: ParamSet,
+    min_leaf_range: u64,
 ) -> Result<Layout, PlanError> {
     let noise = BootstrapNoise::of(params);
     let inputs = noise.pbs_input_values;
@@ -117,6 +185,12 @@ pub fn plan_layout(
             "a tree is deeper than 8 levels (a bootstrap input would reach {max_u}); at most 8 are supported"
         )));
     }
+    if n_outputs == 0 || n_outputs > crate::model::MAX_OUTPUTS {
+        return Err(PlanError::Malformed(format!(
+            "{n_outputs} outputs; between 1 and {} are supported",
+            crate::model::MAX_OUTPUTS
+        )));
+    }
     let functions: u8 = if max_u < inputs / 2 { 2 } else { 1 };
     let digits: u8 = if n_outputs == 1 && functions == 2 {
         2
@@ -124,52 +198,114 @@ pub fn plan_layout(
         1
     };
     let per_shape = (n_outputs * digits as usize).div_ceil(functions as usize);
-    let n_shapes: usize = shapes.iter().map(Vec::len).sum();
-    let active_trees = shapes.iter().filter(|s| !s.is_empty()).count().max(1) as u64;
-    let slot_bits = noise.slot_bits_for(n_shapes.max(1)).min(40);
-    let top = (1u64 << slot_bits) - 1;
-    let (digit_base, leaf_range) = if digits == 2 {
-        let base = top / active_trees + 1;
-        let high = top / active_trees;
-        (base, (base * (high + 1) - 1).min(MAX_LEAF_RANGE))
-    } else {
-        (1, (top / active_trees).min(MAX_LEAF_RANGE))
-    };
-    if leaf_range == 0 {
-        return Err(PlanError::Malformed(format!(
-            "{active_trees} trees leave no room for leaf values in {slot_bits}-bit score slots"
-        )));
+    let per_tree: Vec<usize> = shapes.iter().map(Vec::len).collect();
+    let n_shapes: usize = per_tree.iter().sum();
+    let active = per_tree.iter().filter(|&&s| s > 0).count().max(1);
+    let slots_per_group = n_outputs * digits as usize;
+    let max_groups = (crate::model::MAX_OUTPUTS / slots_per_group).clamp(1, active);
+    let want = min_leaf_range.clamp(1, MAX_LEAF_RANGE);
+    let mut finest: Option<Layout> = None;
+    for groups in 1..=max_groups {
+        let (group_of, trees_per_group, outputs_per_slot) = partition(&per_tree, groups);
+        let per_group = trees_per_group.max(1) as u64;
+        let slot_bits = noise.slot_bits_for(outputs_per_slot.max(1)).min(40);
+        let top = (1u64 << slot_bits) - 1;
+        let (digit_base, leaf_range) = if digits == 2 {
+            let base = top / per_group + 1;
+            let high = top / per_group;
+            (base, (base * (high + 1) - 1).min(MAX_LEAF_RANGE))
+        } else {
+            (1, (top / per_group).min(MAX_LEAF_RANGE))
+        };
+        let layout = Layout {
+            functions,
+            digits,
+            digit_base,
+            slot_bits,
+            leaf_range,
+            pbs_per_record: n_shapes * per_shape,
+            groups,
+            group_of,
+            trees_per_group,
+            outputs_per_slot,
+        };
+        if leaf_range >= want {
+            return Ok(layout);
+        }
+        if finest.as_ref().is_none_or(|f| leaf_range > f.leaf_range) {
+            finest = Some(layout);
+        }
     }
-    Ok(Layout {
-        functions,
-        digits,
-        digit_base,
-        slot_bits,
-        leaf_range,
-        pbs_per_record: n_shapes * per_shape,
-    })
+    match finest {
+        Some(layout) if layout.leaf_range > 0 => Ok(layout),
+        _ => Err(PlanError::Malformed(format!(
+            "{active} trees leave no room for leaf values in {max_groups} groups of score slots"
+        ))),
+    }
+}
+
+/// The largest spread of one tree's leaf values for one output.
+fn widest_spread(model: &TreeModel) -> u64 {
+    model
+        .trees
+        .iter()
+        .flat_map(|t| {
+            (0..model.n_outputs as usize).map(move |o| {
+                let (lo, hi) = t
+                    .leaf_values()
+                    .map(|v| v.get(o).copied().unwrap_or(0))
+                    .fold((i64::MAX, i64::MIN), |(a, b), v| (a.min(v), b.max(v)));
+                hi.saturating_sub(lo).max(0) as u64
+            })
+        })
+        .max()
+        .unwrap_or(0)
 }
 
 /// Compiles a quantized ensemble into its bootstrap plan (server) and slot readout (client),
-/// and proves the plan under `params`.
+/// and proves the plan under `params`, with the fewest tree groups its leaves fit
+/// ([`plan_layout`] asked for the widest leaf spread the model has).
 /// `eval_plain(bits) == readout.scores(plan.eval_slots(bits))` for every bit pattern.
 pub fn build_plan(
     model: &TreeModel,
     params: ParamSet,
 ) -> Result<(ForestPlan, SlotReadout), PlanError> {
-    let layout = plan_layout(&model.trees, model.n_outputs as usize, params)?;
+    let layout = plan_layout(
+        &model.trees,
+        model.n_outputs as usize,
+        params,
+        widest_spread(model),
+    )?;
+    build_plan_in(model, &layout, params)
+}
+
+/// [`build_plan`] in a given layout (from [`plan_layout`] on the same trees' structure);
+/// refuses a model whose leaves spread wider than the layout allows.
+pub fn build_plan_in(
+    model: &TreeModel,
+    layout: &Layout,
+    params: ParamSet,
+) -> Result<(ForestPlan, SlotReadout), PlanError> {
     let outputs = model.n_outputs as usize;
+    if layout.group_of.len() != model.trees.len() || layout.groups == 0 {
+        return Err(PlanError::Malformed(format!(
+            "a layout for {} trees in {} groups, for a model of {} trees",
+            layout.group_of.len(),
+            layout.groups,
+            model.trees.len()
+        )));
+    }
     let input_values =
         (BootstrapNoise::of(params).pbs_input_values / layout.functions as u32) as usize;
     let mut offsets = vec![0i64; outputs];
     let mut programs = Vec::new();
     for (ti, t) in model.trees.iter().enumerate() {
-        let mins = leaf_minimums(ti, t, outputs, &layout)?;
+        let mins = leaf_minimums(ti, t, outputs, layout)?;
         for (offset, m) in offsets.iter_mut().zip(&mins) {
             *offset += m;
         }
         for shape in tree_shapes(t) {
-            let luts = shape_luts(t, &shape, &mins, &layout, input_values);
+            let luts = shape_luts(ti, t, &shape, &mins, layout, input_values);
             for group in luts.chunks(layout.functions as usize) {
                 programs.push(Program {
                     tree: ti as u32,
@@ -184,11 +320,11 @@ pub fn build_plan(
         thermometer_bits: model.thresholds.len() as u32,
         functions: layout.functions,
         programs,
-        score_slots: (outputs * layout.digits as usize) as u32,
+        score_slots: layout.score_slots(outputs) as u32,
         slot_bits: layout.slot_bits,
     };
     plan.validate(params)?;
-    Ok((plan, slot_readout(outputs, &layout, offsets)))
+    Ok((plan, slot_readout(outputs, layout, offsets)))
 }
 
 /// Per output, the smallest leaf value of tree `ti` (its lookup tables carry `value - min`);
@@ -218,6 +354,7 @@ fn leaf_minimums(
 /// The lookup tables of one bootstrap shape: per output and digit, the (shifted) value of the
 /// leaf that fires at each input `u`.
 fn shape_luts(
+    ti: usize,
     t: &QTree,
     shape: &Shape,
     mins: &[i64],
@@ -238,7 +375,7 @@ fn shape_luts(
                 };
             }
             luts.push(Lut {
-                slot: (o * d + digit) as u32,
+                slot: layout.slot(ti, mins.len(), o, digit),
                 table,
             });
         }
@@ -246,7 +383,8 @@ fn shape_luts(
     luts
 }
 
-/// The client's readout: output `o`'s score is `offset + low digit + base * high digit`.
+/// The client's readout: output `o`'s score is `offset + sum over groups of (low digit + base *
+/// high digit)`.
 fn slot_readout(outputs: usize, layout: &Layout, offsets: Vec<i64>) -> SlotReadout {
     let d = layout.digits as usize;
     let weight = |digit: usize| {
@@ -256,11 +394,16 @@ fn slot_readout(outputs: usize, layout: &Layout, offsets: Vec<i64>) -> SlotReado
             layout.digit_base as i64
         }
     };
+    let per_group = layout.slots_per_group(outputs);
     SlotReadout {
         slots: (0..outputs)
             .map(|o| {
-                (0..d)
-                    .map(|digit| ((o * d + digit) as u32, weight(digit)))
+                (0..layout.groups)
+                    .flat_map(|g| {
+                        (0..d).map(move |digit| {
+                            ((g * per_group + o * d + digit) as u32, weight(digit))
+                        })
+                    })
                     .collect()
             })
             .collect(),
@@ -337,6 +480,257 @@ mod tests {
             plan.validate(ParamSet::Glwe2048TUniform17).unwrap();
             for pattern in 0..(1u32 << bits) {
                 let b: Vec<bool> = (0..bits).map(|j| pattern >> j & 1 == 1).collect();
+                let slots = plan.eval_slots(&b);
+                prop_assert!(slots.iter().all(|&s| s < 1 << plan.slot_bits));
+                prop_assert_eq!(readout.scores(&slots), model.eval_plain(&b));
+            }
+        }
+    }
+
+    const P: ParamSet = ParamSet::Glwe2048TUniform17;
+
+    /// A small deterministic generator (splitmix64) for the many-tree models.
+    struct Mix(u64);
+    impl Mix {
+        fn next(&mut self) -> u64 {
+            self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+            let mut z = self.0;
+            z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+            z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+            z ^ (z >> 31)
+        }
+        fn below(&mut self, n: u64) -> u64 {
+            self.next() % n
+        }
+    }
+
+    /// A random tree of depth <= `depth` over `bits` bits; leaf values in `[lo, lo + spread]`
+    /// (one leaf at each end, so the tree's spread is exactly `spread`).
+    fn random_tree(rng: &mut Mix, depth: usize, bits: u32, outputs: usize, spread: i64) -> QTree {
+        fn grow(rng: &mut Mix, nodes: &mut Vec<QNode>, depth: usize, bits: u32, outputs: usize) {
+            let i = nodes.len();
+            nodes.push(QNode::Leaf {
+                values: vec![0; outputs],
+            });
+            if depth == 0 || (i > 0 && rng.below(6) == 0) {
+                return;
+            }
+            let yes = nodes.len() as u32;
+            grow(rng, nodes, depth - 1, bits, outputs);
+            let no = nodes.len() as u32;
+            grow(rng, nodes, depth - 1, bits, outputs);
+            nodes[i] = QNode::Branch {
+                bit: rng.below(bits as u64) as u32,
+                yes_when: rng.below(2) == 0,
+                yes,
+                no,
+            };
+        }
+        let mut nodes = Vec::new();
+        grow(rng, &mut nodes, depth, bits, outputs);
+        let leaves: Vec<usize> = (0..nodes.len())
+            .filter(|&i| matches!(nodes[i], QNode::Leaf { .. }))
+            .collect();
+        let lo: Vec<i64> = (0..outputs).map(|_| rng.below(9) as i64 - 4).collect();
+        for (k, &i) in leaves.iter().enumerate() {
+            let values = (0..outputs)
+                .map(|o| {
+                    lo[o]
+                        + match k {
+                            0 => 0,
+                            1 => spread,
+                            _ => rng.below(spread as u64 + 1) as i64,
+                        }
+                })
+                .collect();
+            nodes[i] = QNode::Leaf { values };
+        }
+        QTree { nodes }
+    }
+
+    fn forest(seed: u64, trees: usize, depth: usize, outputs: usize, spread: i64) -> TreeModel {
+        let bits = 10u32;
+        let mut rng = Mix(seed);
+        TreeModel {
+            n_features: 1,
+            n_outputs: outputs as u32,
+            thresholds: (0..bits)
+                .map(|j| Threshold {
+                    feature: 0,
+                    value: j as f32,
+                    inclusive: false,
+                })
+                .collect(),
+            trees: (0..trees)
+                .map(|_| random_tree(&mut rng, depth, bits, outputs, spread))
+                .collect(),
+            leaf_bits: 20,
+            scale: 1.0,
+        }
+    }
+
+    /// The leaf range `groups` groups give (one score slot per output and digit each).
+    fn range_in_groups(model: &TreeModel, groups: usize) -> u64 {
+        let shapes: Vec<usize> = model.trees.iter().map(|t| tree_shapes(t).len()).collect();
+        let (_, per_group, outputs) = partition(&shapes, groups);
+        let top = (1u64 << BootstrapNoise::of(P).slot_bits_for(outputs).min(40)) - 1;
+        let per_group = per_group as u64;
+        let digits = plan_layout(&model.trees, model.n_outputs as usize, P, 1)
+            .unwrap()
+            .digits;
+        if digits == 2 {
+            ((top / per_group + 1) * (top / per_group + 1) - 1).min(MAX_LEAF_RANGE)
+        } else {
+            (top / per_group).min(MAX_LEAF_RANGE)
+        }
+    }
+
+    /// The leaf range one score slot per output gives (the layout before tree groups).
+    fn single_slot_range(model: &TreeModel) -> u64 {
+        range_in_groups(model, 1)
+    }
+
+    /// 100 trees of depth <= 3: one slot leaves them no room (the single-slot layout refused
+    /// them); now they plan in groups, more of them the finer the leaves must be, and a model
+    /// quantized to the range reads back exactly on every bit pattern.
+    #[test]
+    fn a_forest_one_slot_cannot_hold_plans_in_groups() {
+        let shallow = forest(7, 100, 3, 1, 1);
+        assert!(
+            shallow
+                .trees
+                .iter()
+                .all(|t| t.depth() <= 3 && t.nodes.len() > 1)
+        );
+        assert_eq!(single_slot_range(&shallow), 0);
+        let coarse = plan_layout(&shallow.trees, 1, P, 1).unwrap();
+        let fine = plan_layout(&shallow.trees, 1, P, 15).unwrap();
+        assert!(coarse.groups > 1 && coarse.leaf_range >= 1, "{coarse:?}");
+        assert!(
+            fine.groups > coarse.groups && fine.leaf_range >= 15,
+            "{fine:?}"
+        );
+        // Fewest groups: one fewer would not give the range; each group holds its share.
+        for (need, layout) in [(1, &coarse), (15, &fine)] {
+            assert_eq!(range_in_groups(&shallow, layout.groups), layout.leaf_range);
+            assert!(range_in_groups(&shallow, layout.groups - 1) < need);
+            assert_eq!(layout.trees_per_group, 100usize.div_ceil(layout.groups));
+            for g in 0..layout.groups as u32 {
+                let n = layout.group_of.iter().filter(|&&x| x == g).count();
+                assert!(n > 0 && n <= layout.trees_per_group);
+            }
+        }
+        let model = forest(7, 100, 3, 1, fine.leaf_range as i64);
+        let (plan, readout) = build_plan_in(&model, &fine, P).unwrap();
+        assert_eq!(plan.score_slots as usize, fine.groups * 2);
+        assert_eq!(plan.pbs_per_record(), fine.pbs_per_record);
+        for pattern in 0..1u32 << 10 {
+            let b: Vec<bool> = (0..10).map(|j| pattern >> j & 1 == 1).collect();
+            let slots = plan.eval_slots(&b);
+            assert!(slots.iter().all(|&s| s < 1 << plan.slot_bits));
+            assert_eq!(readout.scores(&slots), model.eval_plain(&b));
+        }
+        // build_plan finds the same grouping from the leaves alone.
+        assert_eq!(build_plan(&model, P).unwrap().0, plan);
+        // Leaves wider than the layout are refused with a typed error.
+        let wider = forest(7, 100, 3, 1, fine.leaf_range as i64 + 1);
+        assert!(matches!(
+            build_plan_in(&wider, &fine, P),
+            Err(PlanError::Malformed(_))
+        ));
+    }
+
+    /// Where one slot per output already gives the range asked for, the layout is the
+    /// single-slot one (small models' plans are unchanged); one more integer needs groups.
+    #[test]
+    fn the_single_slot_layout_is_kept_while_it_gives_the_range() {
+        let model = forest(3, 20, 4, 1, 1);
+        let single = single_slot_range(&model);
+        assert!(single >= 3, "{single}");
+        for need in [1, single] {
+            let l = plan_layout(&model.trees, 1, P, need).unwrap();
+            assert_eq!((l.groups, l.leaf_range), (1, single));
+            assert!(l.group_of.iter().all(|&g| g == 0));
+        }
+        let l = plan_layout(&model.trees, 1, P, single + 1).unwrap();
+        assert!(l.groups > 1 && l.leaf_range > single, "{l:?}");
+        // Several outputs: one slot per output and group.
+        let three = forest(3, 30, 6, 3, 1);
+        let l = plan_layout(&three.trees, 3, P, 40).unwrap();
+        assert_eq!((l.digits, l.functions), (1, 1));
+        assert!(l.groups > 1 && l.leaf_range >= 40, "{l:?}");
+        assert_eq!(l.score_slots(3), 3 * l.groups);
+    }
+
+    /// A plan that sums two groups into one slot, or decodes a slot wider than its noise
+    /// allows, is refused by the proof a worker re-runs.
+    #[test]
+    fn a_plan_that_overfills_a_slot_is_refused() {
+        let shallow = forest(11, 60, 3, 1, 1);
+        let layout = plan_layout(&shallow.trees, 1, P, 15).unwrap();
+        assert!(layout.groups >= 2, "{layout:?}");
+        let model = forest(11, 60, 3, 1, layout.leaf_range as i64);
+        let (plan, _) = build_plan_in(&model, &layout, P).unwrap();
+        plan.validate(P).unwrap();
+        // Group 1's tables moved onto group 0's slots: the sum overflows.
+        let mut merged = plan.clone();
+        for p in &mut merged.programs {
+            for l in &mut p.luts {
+                if l.slot == 2 || l.slot == 3 {
+                    l.slot -= 2;
+                }
+            }
+        }
+        assert!(
+            matches!(merged.validate(P), Err(PlanError::Slot { slot, .. }) if slot < 2),
+            "{:?}",
+            merged.validate(P)
+        );
+        // One more bit per slot than the noise of its bootstrap outputs allows.
+        let mut wide = plan.clone();
+        wide.slot_bits += 1;
+        assert!(matches!(wide.validate(P), Err(PlanError::Slot { .. })));
+        // A table entry raised past what the group's slot holds.
+        let mut big = plan;
+        let top = (1u64 << big.slot_bits) - 1;
+        let l = &mut big.programs[0].luts[0];
+        let u = l.table.iter().position(|&v| v > 0).unwrap_or(0);
+        l.table[u] = top;
+        assert!(matches!(big.validate(P), Err(PlanError::Slot { .. })));
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(24))]
+        /// Many-tree forests (up to 160 trees of depth up to 8, 1..=3 outputs, leaves spread
+        /// up to 24 per tree): the plan is proven with the fewest groups that hold the leaves,
+        /// every slot stays in range, and the groups' slot sums read back to the integer
+        /// reference on random bit patterns.
+        #[test]
+        fn groups_sum_to_the_reference(
+            seed in any::<u64>(),
+            trees in 20usize..=160,
+            depth in 1usize..=8,
+            outputs in 1usize..=3,
+            spread in 1i64..=24,
+        ) {
+            let model = forest(seed, trees, depth, outputs, spread);
+            let layout = plan_layout(&model.trees, outputs, P, spread as u64).unwrap();
+            if layout.leaf_range < spread as u64 {
+                // Beyond what the finest grouping carries (one tree per group, or 256 slots):
+                // refused with a typed error, never planned.
+                let limit = (crate::model::MAX_OUTPUTS / layout.slots_per_group(outputs)).min(trees);
+                prop_assert_eq!(layout.groups, limit);
+                prop_assert!(matches!(build_plan(&model, P), Err(PlanError::Malformed(_))));
+                return Ok(());
+            }
+            prop_assert!(layout.groups == 1 || range_in_groups(&model, layout.groups - 1) < spread as u64);
+            let (plan, readout) = build_plan(&model, P).unwrap();
+            plan.validate(P).unwrap();
+            let per_group = plan.score_slots as usize / readout.slots.len();
+            prop_assert!(readout.slots.iter().all(|t| t.len() == per_group));
+            let mut rng = Mix(seed ^ 0x5eed);
+            for _ in 0..64 {
+                let b: Vec<bool> = (0..10).map(|_| rng.below(2) == 1).collect();
                 let slots = plan.eval_slots(&b);
                 prop_assert!(slots.iter().all(|&s| s < 1 << plan.slot_bits));
                 prop_assert_eq!(readout.scores(&slots), model.eval_plain(&b));
