@@ -1,0 +1,19 @@
+#!/usr/bin/env bash
+# Side-by-side benchmark of tree ensembles: concrete-ml 1.9 and fhe-batch on the same models
+# (same data split, same hyperparameters), one model after the other in one run on this
+# machine, printing seconds and bootstraps per record and the ratio. Run on an idle machine.
+#
+#   infra/peer-bench.sh [--records N] [--models bc-tree-d4,bc-rf-20x4,bc-xgb-20x4]
+#
+# Installs concrete-ml into $PEER_VENV (default ~/.cache/fhe-batch/cml-venv) and builds the
+# release CLI into $CARGO_TARGET_DIR (default ~/.cache/fhe-batch/target).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+VENV=${PEER_VENV:-$HOME/.cache/fhe-batch/cml-venv}
+export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$HOME/.cache/fhe-batch/target}
+if [ ! -x "$VENV/bin/python" ] || ! "$VENV/bin/python" -c "import concrete.ml" 2>/dev/null; then
+    python3 -m venv "$VENV"
+    "$VENV/bin/pip" install -q -r infra/requirements-peer.txt
+fi
+cargo build --release --locked -p fhe-batch-cli >/dev/null
+exec "$VENV/bin/python" infra/peer_bench.py --fhe-batch "$CARGO_TARGET_DIR/release/fhe-batch" "$@"
