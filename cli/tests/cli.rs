@@ -405,6 +405,49 @@ fn pipelines_say_what_was_folded_and_regressors_report_their_errors() {
         out.contains("MinMaxScaler (Mul, Add) folded into the thresholds"),
         "{out}"
     );
+    assert!(out.contains("leaf resolution wanted"), "{out}");
+    // The user's own leaf resolution: finer leaves take more tree groups, never bootstraps.
+    let bootstraps = |out: &str| {
+        out.lines()
+            .find_map(|l| {
+                l.trim()
+                    .split(" bootstraps per record")
+                    .next()?
+                    .parse::<u32>()
+                    .ok()
+            })
+            .unwrap()
+    };
+    let fine = ok(
+        d,
+        &[
+            "import",
+            "--onnx",
+            &fixture("bc-minmax-rf-10x3.onnx"),
+            "--data",
+            &bc,
+            "--out",
+            "rf-fine",
+            "--leaf-range",
+            "1000",
+        ],
+    );
+    assert!(!fine.contains("leaf resolution wanted"), "{fine}");
+    assert!(fine.contains("tree group(s)"), "{fine}");
+    assert_eq!(bootstraps(&fine), bootstraps(&out), "{fine}");
+    let groups = |out: &str| {
+        out.lines()
+            .find_map(|l| {
+                l.split("; ")
+                    .nth(1)?
+                    .split(" tree group(s)")
+                    .next()?
+                    .parse::<u32>()
+                    .ok()
+            })
+            .unwrap()
+    };
+    assert!(groups(&fine) > groups(&out), "{out}\n{fine}");
     // Petal width from the other three iris measurements.
     let iris = std::fs::read_to_string(data("iris.csv")).unwrap();
     let csv: String = iris

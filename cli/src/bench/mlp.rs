@@ -52,6 +52,7 @@ pub fn run(b: &MlpBench<'_>) -> Result<()> {
         &ImportOptions {
             n_bits: b.n_bits,
             params,
+            leaf_range: None,
         },
     )?;
     let compile_s = t.elapsed().as_secs_f64();

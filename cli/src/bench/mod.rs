@@ -45,6 +45,11 @@ pub struct BenchArgs {
     /// (0 skips it).
     #[arg(long, default_value_t = 0)]
     pbs: usize,
+    /// Measure tfhe's audited parameter sets that could replace ours for bootstrapping (the
+    /// 2_2 set we use, its KS32 variant, the 1_1 set, multi-bit 2_2), this many bootstraps
+    /// each, one line per set.
+    #[arg(long, default_value_t = 0)]
+    pbs_candidates: usize,
     /// Benchmark these tree-ensemble ONNX files instead (comma-separated; e.g. the ones in
     /// tests/fixtures/onnx): compiled, encrypted, evaluated with bootstraps and decrypted on
     /// the bundled breast-cancer records, every score checked against the plaintext reference.
@@ -80,6 +85,30 @@ pub struct BenchArgs {
 pub fn run(args: BenchArgs) -> Result<()> {
     if args.encryption {
         return encryption::run(args.iters, args.json);
+    }
+    if args.pbs_candidates > 0 {
+        let figures = fhe_batch_fhe::pbs::measure_candidates(args.pbs_candidates);
+        if args.json {
+            println!("{}", serde_json::to_string_pretty(&figures)?);
+        } else {
+            println!("{}", machine());
+            for f in figures {
+                println!(
+                    "pbs_candidate set=\"{}\" k={} N={} positions={} n={} bootstraps={} single_thread_ms={:.2} parallel_ms={:.2} threads={} all_correct={}",
+                    f.name,
+                    f.glwe_dimension,
+                    f.polynomial_size,
+                    2 * f.polynomial_size,
+                    f.lwe_dimension,
+                    f.bootstraps,
+                    f.single_thread_ms,
+                    f.parallel_ms,
+                    rayon::current_num_threads(),
+                    f.all_correct
+                );
+            }
+        }
+        return Ok(());
     }
     if let Some(onnx) = &args.mlp {
         let data = read_labelled_csv(&args.mlp_data, "label", Task::Classification)?;

@@ -46,6 +46,11 @@ pub struct ImportArgs {
     data: PathBuf,
     #[arg(long, default_value = "label")]
     label: String,
+    /// Tree ensembles: give each tree's leaves at least this many integers (1..=65535) instead
+    /// of the resolution measured on --data. Finer leaves cost result slots (bytes down, packing
+    /// work), never bootstraps; coarser ones cost score error, reported as accuracy or MAE/R^2.
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..=65535))]
+    leaf_range: Option<u64>,
     #[command(flatten)]
     compile: CompileArgs,
 }
@@ -85,6 +90,7 @@ pub fn run(args: ImportArgs) -> Result<()> {
     let options = ImportOptions {
         n_bits: args.compile.n_bits,
         params: ParamSet::Glwe2048TUniform17,
+        leaf_range: args.leaf_range,
     };
     let compiled = compile_imported(&imported, data, &options)?;
     let (pkg, out) = (&compiled.package, &args.compile.out);

@@ -72,6 +72,102 @@ pub fn measure(key: &SecretKey, n: usize) -> PbsFigures {
     }
 }
 
+/// Bootstrapping speed of one of tfhe's audited parameter sets, measured with its own keys.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct CandidateFigures {
+    pub name: &'static str,
+    /// `(k, N)`: the GLWE dimension and polynomial size; a bootstrap reads its input at `2N`
+    /// positions of the torus.
+    pub glwe_dimension: usize,
+    pub polynomial_size: usize,
+    pub lwe_dimension: usize,
+    pub bootstraps: usize,
+    pub single_thread_ms: f64,
+    pub parallel_ms: f64,
+    pub all_correct: bool,
+}
+
+fn candidate<P>(name: &'static str, p: P, n: usize) -> CandidateFigures
+where
+    P: Into<tfhe::shortint::parameters::AtomicPatternParameters> + Copy,
+{
+    use tfhe::shortint::ClientKey;
+    let ap: tfhe::shortint::parameters::AtomicPatternParameters = p.into();
+    let ck = ClientKey::new(p);
+    let sk = ServerKey::new(&ck);
+    let m = ap.message_modulus().0;
+    let lut = sk.generate_lookup_table(|x| (x + 1) % m);
+    let inputs: Vec<_> = (0..n).map(|i| ck.encrypt(i as u64 % m)).collect();
+    let single_n = (n / 4).max(1);
+    let t = Instant::now();
+    let single: Vec<_> = inputs[..single_n]
+        .iter()
+        .map(|c| sk.apply_lookup_table(c, &lut))
+        .collect();
+    let single_ms = t.elapsed().as_secs_f64() * 1e3 / single_n as f64;
+    let t = Instant::now();
+    let parallel: Vec<_> = inputs
+        .par_iter()
+        .map(|c| sk.apply_lookup_table(c, &lut))
+        .collect();
+    let parallel_ms = t.elapsed().as_secs_f64() * 1e3 / n as f64;
+    let all_correct = single
+        .iter()
+        .chain(&parallel)
+        .enumerate()
+        .all(|(i, c)| ck.decrypt(c) == ((i % n) as u64 % m + 1) % m);
+    CandidateFigures {
+        name,
+        glwe_dimension: ap.glwe_dimension().0,
+        polynomial_size: ap.polynomial_size().0,
+        lwe_dimension: ap.lwe_dimension().0,
+        bootstraps: n,
+        single_thread_ms: single_ms,
+        parallel_ms,
+        all_correct,
+    }
+}
+
+/// The candidates for a cheaper bootstrap than ours (issue 12: the cheapest audited set that
+/// holds a plan's precision), each with fresh keys of its own: tfhe 1.8's 2_2 set (ours), its
+/// 32-bit-keyswitch variant, the 1_1 set (N = 512, k = 4: 1,024 positions instead of 4,096)
+/// and the multi-bit 2_2 sets (groups of 2, 3, 4), all at p_fail <= 2^-128.
+pub fn measure_candidates(n: usize) -> Vec<CandidateFigures> {
+    use tfhe::shortint::parameters::v1_8::*;
+    vec![
+        candidate(
+            "2_2 KS_PBS TUNIFORM (ours)",
+            V1_8_PARAM_MESSAGE_2_CARRY_2_KS_PBS_TUNIFORM_2M128,
+            n,
+        ),
+        candidate(
+            "2_2 KS32_PBS TUNIFORM",
+            V1_8_PARAM_MESSAGE_2_CARRY_2_KS32_PBS_TUNIFORM_2M128,
+            n,
+        ),
+        candidate(
+            "1_1 KS_PBS TUNIFORM",
+            V1_8_PARAM_MESSAGE_1_CARRY_1_KS_PBS_TUNIFORM_2M128,
+            n,
+        ),
+        candidate(
+            "2_2 multi-bit group 2",
+            V1_8_PARAM_MULTI_BIT_GROUP_2_MESSAGE_2_CARRY_2_KS_PBS_TUNIFORM_2M128,
+            n,
+        ),
+        candidate(
+            "2_2 multi-bit group 3",
+            V1_8_PARAM_MULTI_BIT_GROUP_3_MESSAGE_2_CARRY_2_KS_PBS_TUNIFORM_2M128,
+            n,
+        ),
+        candidate(
+            "2_2 multi-bit group 4",
+            V1_8_PARAM_MULTI_BIT_GROUP_4_MESSAGE_2_CARRY_2_KS_PBS_TUNIFORM_2M128,
+            n,
+        ),
+    ]
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -40,12 +40,17 @@ pub struct ImportOptions {
     /// their leaves from the score slots instead).
     pub n_bits: u8,
     pub params: ParamSet,
+    /// Tree ensembles: at least this many integers per tree's leaves, instead of the
+    /// resolution measured on the calibration records. Finer leaves cost result slots (bytes
+    /// down and packing work), never bootstraps; coarser ones cost score error (reported).
+    pub leaf_range: Option<u64>,
 }
 
 impl Default for ImportOptions {
     fn default() -> Self {
         ImportOptions {
             n_bits: 8,
+            leaf_range: None,
             params: ParamSet::Glwe2048TUniform17,
         }
     }
@@ -158,7 +163,9 @@ fn compile_trees(
     let rows: Vec<Vec<f32>> = (0..data.calibration.len())
         .map(|i| data.calibration.row(i).iter().map(|&v| v as f32).collect())
         .collect();
-    let (c, resolution) = if !rows.is_empty() && data.calibration.n_features() == e.n_features {
+    let (c, resolution) = if let Some(range) = options.leaf_range {
+        (crate::trees::quantize_trees_at(e, range)?, None)
+    } else if !rows.is_empty() && data.calibration.n_features() == e.n_features {
         let (c, choice) = quantize_trees_on(e, &rows)?;
         (c, Some(choice))
     } else {
