@@ -439,6 +439,28 @@ async fn a_failed_chunk_comes_back_after_the_retry_delay_set_over_sqs() {
     assert_eq!(later[0].receive_count, 2);
 }
 
+/// A job end of 3 chunks and 6,000 records, as the pipeline publishes it.
+fn job_end(
+    job: &str,
+    attempt: u32,
+    state: fhe_batch_core::job::JobState,
+    reason: Option<&str>,
+) -> fhe_batch_core::job::JobNotification {
+    let failed = u32::from(state != fhe_batch_core::job::JobState::Succeeded);
+    fhe_batch_core::job::JobNotification {
+        job: JobId::parse(job).unwrap(),
+        attempt,
+        state,
+        chunks_total: 3,
+        chunks_done: 3 - failed,
+        chunks_failed: failed,
+        records: 6000,
+        results_prefix: format!("results/{job}/"),
+        reason: reason.map(str::to_string),
+        at_unix_ms: 1,
+    }
+}
+
 /// Job-end notifications over the SNS wire protocol: a SUCCEEDED job goes to the success
 /// topic, a FAILED one (with its reason) to the error topic, each delivered to a subscribed
 /// queue as SNS delivers to subscribers.
@@ -476,18 +498,7 @@ async fn job_ends_are_published_to_the_success_and_error_topics() {
     }
     let notifier =
         fhe_batch_aws::SnsNotifier::new(sns, Some(topics[0].clone()), Some(topics[1].clone()));
-    let note = |job: &str, state, reason: Option<&str>| JobNotification {
-        job: JobId::parse(job).unwrap(),
-        attempt: 1,
-        state,
-        chunks_total: 3,
-        chunks_done: 3,
-        chunks_failed: 0,
-        records: 6000,
-        results_prefix: format!("results/{job}/"),
-        reason: reason.map(str::to_string),
-        at_unix_ms: 1,
-    };
+    let note = |job: &str, state, reason: Option<&str>| job_end(job, 1, state, reason);
     notifier
         .publish(&note("claims-ok", JobState::Succeeded, None))
         .await
@@ -555,18 +566,7 @@ async fn job_ends_are_put_on_the_event_bus() {
         .await
         .unwrap();
     let notifier = fhe_batch_aws::EventBridgeNotifier::new(events.clone(), &name);
-    let note = |job: &str, state, reason: Option<&str>| JobNotification {
-        job: JobId::parse(job).unwrap(),
-        attempt: 2,
-        state,
-        chunks_total: 3,
-        chunks_done: 2,
-        chunks_failed: 1,
-        records: 6000,
-        results_prefix: format!("results/{job}/"),
-        reason: reason.map(str::to_string),
-        at_unix_ms: 1,
-    };
+    let note = |job: &str, state, reason: Option<&str>| job_end(job, 2, state, reason);
     notifier
         .publish(&note("claims-ok", JobState::Succeeded, None))
         .await

@@ -28,6 +28,26 @@ fn s3_put(key: &str) -> serde_json::Value {
     }]})
 }
 
+/// Uploads `bytes` at `key` and hands ingest the event, on a multi-tenant stack.
+async fn upload_and_ingest(
+    env: &Env,
+    q: &fhe_batch_local::MemQueue,
+    key: &str,
+    bytes: Vec<u8>,
+) -> Vec<IngestOutcome> {
+    env.store.put(key, bytes).await.unwrap();
+    handle_s3_event_in(
+        &env.store,
+        q,
+        BUCKET,
+        s3_put(key),
+        &BatchLimits::default(),
+        Tenancy::Multi,
+    )
+    .await
+    .unwrap()
+}
+
 fn tenant(t: &str) -> Result<StatusScope, String> {
     Ok(StatusScope::Tenant(TenantId::parse(t).unwrap()))
 }
@@ -45,28 +65,16 @@ async fn status(
 async fn tenants_share_a_stack_without_seeing_each_other() {
     let env = Env::new().await;
     let q = queue(Duration::from_secs(60));
-    let limits = BatchLimits::default();
     // Two tenants upload a batch under the same name; a third object names no tenant.
     let (acme_bytes, acme_q) = iris_batch(2100, 61);
     let (globex_bytes, globex_q) = iris_batch(300, 62);
+    let mut outcomes = Vec::new();
     for (key, bytes) in [
         ("inbox/acme/claims.fheb", acme_bytes),
         ("inbox/globex/claims.fheb", globex_bytes.clone()),
         ("inbox/claims.fheb", globex_bytes),
     ] {
-        env.store.put(key, bytes).await.unwrap();
-    }
-    let mut outcomes = Vec::new();
-    for key in [
-        "inbox/acme/claims.fheb",
-        "inbox/globex/claims.fheb",
-        "inbox/claims.fheb",
-    ] {
-        outcomes.extend(
-            handle_s3_event_in(&env.store, &q, BUCKET, s3_put(key), &limits, Tenancy::Multi)
-                .await
-                .unwrap(),
-        );
+        outcomes.extend(upload_and_ingest(&env, &q, key, bytes).await);
     }
     let (acme, globex) = (
         JobId::parse_qualified("acme/claims").unwrap(),
@@ -145,7 +153,6 @@ async fn a_tenants_evaluation_key_is_read_from_its_own_prefix() {
     let t = crate::trees::tree();
     publish(&env.store, &t.pkg).await;
     let id = crate::trees::key_id();
-    let limits = BatchLimits::default();
     let q = queue(Duration::from_secs(60));
     let batch = || {
         crate::trees::batch(ChunkLayout {
@@ -159,20 +166,7 @@ async fn a_tenants_evaluation_key_is_read_from_its_own_prefix() {
         .put(&layout::eval_key(&id), t.key_bytes.clone())
         .await
         .unwrap();
-    env.store
-        .put("inbox/acme/trees.fheb", batch())
-        .await
-        .unwrap();
-    let out = handle_s3_event_in(
-        &env.store,
-        &q,
-        BUCKET,
-        s3_put("inbox/acme/trees.fheb"),
-        &limits,
-        Tenancy::Multi,
-    )
-    .await
-    .unwrap();
+    let out = upload_and_ingest(&env, &q, "inbox/acme/trees.fheb", batch()).await;
     let want = format!("keys/acme/{id}/eval.key");
     assert!(
         matches!(&out[0], IngestOutcome::Rejected { reason, .. } if reason.contains(&want)),
@@ -180,20 +174,7 @@ async fn a_tenants_evaluation_key_is_read_from_its_own_prefix() {
     );
     // Published under the tenant's prefix (`publish-key --tenant acme`), the job runs.
     env.store.put(&want, t.key_bytes.clone()).await.unwrap();
-    env.store
-        .put("inbox/acme/trees2.fheb", batch())
-        .await
-        .unwrap();
-    let out = handle_s3_event_in(
-        &env.store,
-        &q,
-        BUCKET,
-        s3_put("inbox/acme/trees2.fheb"),
-        &limits,
-        Tenancy::Multi,
-    )
-    .await
-    .unwrap();
+    let out = upload_and_ingest(&env, &q, "inbox/acme/trees2.fheb", batch()).await;
     let job = JobId::parse_qualified("acme/trees2").unwrap();
     assert!(
         matches!(&out[0], IngestOutcome::Queued { job: j, .. } if *j == job),

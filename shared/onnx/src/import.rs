@@ -920,27 +920,19 @@ fn trees(node: &NodeProto, a: &Attrs, declared: Option<i64>) -> Result<TreeEnsem
     let no = a.ints("nodes_falsenodeids")?;
     let missing = a.ints("nodes_missing_value_tracks_true")?;
     let n = tree_ids.len();
-    for (what, len) in [
-        ("nodes_nodeids", node_ids.len()),
-        ("nodes_featureids", features.len()),
-        ("nodes_modes", modes.len()),
-        ("nodes_values", values.len()),
-        ("nodes_truenodeids", yes.len()),
-        ("nodes_falsenodeids", no.len()),
-    ] {
-        if len != n {
-            return Err(invalid(
-                node,
-                format!("{what} has {len} entries, nodes_treeids {n}"),
-            ));
-        }
-    }
-    if !missing.is_empty() && missing.len() != n {
-        return Err(invalid(
-            node,
-            "nodes_missing_value_tracks_true has the wrong length",
-        ));
-    }
+    same_lengths(
+        node,
+        ("nodes_treeids", n),
+        &[
+            ("nodes_nodeids", node_ids.len()),
+            ("nodes_featureids", features.len()),
+            ("nodes_modes", modes.len()),
+            ("nodes_values", values.len()),
+            ("nodes_truenodeids", yes.len()),
+            ("nodes_falsenodeids", no.len()),
+        ],
+        missing.len(),
+    )?;
     if n == 0 {
         return Err(invalid(node, "no nodes"));
     }
@@ -1129,27 +1121,19 @@ fn trees_v5(
     if n == 0 || n > MAX_V5_NODES {
         return Err(invalid(node, format!("{n} nodes")));
     }
-    for (what, len) in [
-        ("nodes_splits", splits.len()),
-        ("nodes_modes", modes.len()),
-        ("nodes_truenodeids", yes.len()),
-        ("nodes_falsenodeids", no.len()),
-        ("nodes_trueleafs", yes_leaf.len()),
-        ("nodes_falseleafs", no_leaf.len()),
-    ] {
-        if len != n {
-            return Err(invalid(
-                node,
-                format!("{what} has {len} entries, nodes_featureids {n}"),
-            ));
-        }
-    }
-    if !missing.is_empty() && missing.len() != n {
-        return Err(invalid(
-            node,
-            "nodes_missing_value_tracks_true has the wrong length",
-        ));
-    }
+    same_lengths(
+        node,
+        ("nodes_featureids", n),
+        &[
+            ("nodes_splits", splits.len()),
+            ("nodes_modes", modes.len()),
+            ("nodes_truenodeids", yes.len()),
+            ("nodes_falsenodeids", no.len()),
+            ("nodes_trueleafs", yes_leaf.len()),
+            ("nodes_falseleafs", no_leaf.len()),
+        ],
+        missing.len(),
+    )?;
     if a.tensor_floats("membership_values")?
         .iter()
         .any(|v| !v.is_nan())
@@ -1298,6 +1282,31 @@ fn set_child(parent: &mut Node, is_yes: bool, child: usize) {
     if let Node::Branch { yes, no, .. } = parent {
         *(if is_yes { yes } else { no }) = child;
     }
+}
+
+/// Every per-node list of an ensemble has the first list's length, and
+/// `nodes_missing_value_tracks_true` too when given.
+fn same_lengths(
+    node: &NodeProto,
+    (first, n): (&str, usize),
+    lists: &[(&str, usize)],
+    missing: usize,
+) -> Result<(), ImportError> {
+    for &(what, len) in lists {
+        if len != n {
+            return Err(invalid(
+                node,
+                format!("{what} has {len} entries, {first} {n}"),
+            ));
+        }
+    }
+    if missing != 0 && missing != n {
+        return Err(invalid(
+            node,
+            "nodes_missing_value_tracks_true has the wrong length",
+        ));
+    }
+    Ok(())
 }
 
 /// Swaps the root into index 0, fixing child indices.

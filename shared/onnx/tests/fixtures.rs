@@ -111,18 +111,8 @@ fn scikit_learn_and_xgboost_models_match_onnx_runtime() {
 
 #[test]
 fn damaged_opset_5_ensembles_are_refused() {
-    use fhe_batch_onnx::proto::ModelProto;
-    use prost::Message;
-    let (bytes, _) = fixture("iris-te5-rf-regressor");
-    let original = ModelProto::decode(bytes.as_slice()).unwrap();
-    let edit = |f: &dyn Fn(&mut fhe_batch_onnx::proto::AttributeProto)| {
-        let mut m = original.clone();
-        for a in &mut m.graph.as_mut().unwrap().node[0].attribute {
-            f(a);
-        }
-        import_onnx(&m.encode_to_vec())
-    };
-    let refused = |f: &dyn Fn(&mut fhe_batch_onnx::proto::AttributeProto), needle: &str| {
+    let edit = editor("iris-te5-rf-regressor");
+    let refused = |f: AttrEdit, needle: &str| {
         let e = edit(f).unwrap_err();
         assert!(e.to_string().contains(needle), "{needle}: {e}");
     };
@@ -264,19 +254,26 @@ fn unsupported_models_are_refused_naming_what_is_missing() {
     ));
 }
 
-#[test]
-fn damaged_ensembles_are_refused() {
+/// A change to one attribute of a model node.
+type AttrEdit<'a> = &'a dyn Fn(&mut fhe_batch_onnx::proto::AttributeProto);
+
+/// Imports fixture `name` with its model node's attributes changed by the function given.
+fn editor(name: &str) -> impl Fn(AttrEdit) -> Result<fhe_batch_onnx::Imported, ImportError> {
     use fhe_batch_onnx::proto::ModelProto;
     use prost::Message;
-    let (bytes, _) = fixture("bc-tree-d4");
-    let original = ModelProto::decode(bytes.as_slice()).unwrap();
-    let edit = |f: &dyn Fn(&mut fhe_batch_onnx::proto::AttributeProto)| {
+    let original = ModelProto::decode(fixture(name).0.as_slice()).unwrap();
+    move |f| {
         let mut m = original.clone();
         for a in &mut m.graph.as_mut().unwrap().node[0].attribute {
             f(a);
         }
         import_onnx(&m.encode_to_vec())
-    };
+    }
+}
+
+#[test]
+fn damaged_ensembles_are_refused() {
+    let edit = editor("bc-tree-d4");
     let e = edit(&|a| {
         if a.name == "nodes_modes" {
             a.strings[0] = b"BRANCH_EQ".to_vec();
