@@ -301,8 +301,8 @@ def main(argv):
 
         def decrypt(model, job):
             run(cli, "decrypt", "--model", work / model, "--key", work / "client.key",
-                "--job", job, "--bucket", bucket, "--out", work / f"{job}.csv")
-            return (work / f"{job}.csv").read_text()
+                "--job", job, "--bucket", bucket, "--out", work / f"{job.replace('/', '-')}.csv")
+            return (work / f"{job.replace('/', '-')}.csv").read_text()
 
         run(cli, "encrypt", "--model", work / "tree", "--key", work / "client.key",
             "--input", work / "bc24.csv", "--out", work / "tree-sk.fheb")
@@ -324,7 +324,56 @@ def main(argv):
             assert got == want, (job, got, want)
         assert sorted(p.name for p in producer.iterdir()) == sorted(
             ["owner.pub", "iris-pk.fheb", "mlp-pk.fheb", "tree-pk.fheb"])
-        print("runtime loop: ingest, worker, status and deadletter answered their fixtures; a FAILED job retried as attempt 2; 150 linear and 24 neural-network predictions decrypted; public-key batches for the linear model, the network and a tree decrypted to their secret-key predictions")
+
+        # Tenants (Tenancy=multi) through the ingest, worker and status binaries: tenant acme's
+        # batch runs as acme/claims under its own prefixes, and the status binary answers a
+        # caller by its signed identity (the Function URL authorizer's userArn).
+        multi = dict(env, FHE_BATCH_TENANCY="multi", FHE_BATCH_TENANT_ROLE_PREFIX="fheb-tenant-")
+        run(cli, "submit", work / "claims-2026.fheb", "--job", "acme/claims", "--bucket", bucket)
+        event = json.loads((FIXTURES / "s3-put.json").read_text())
+        event["Records"][0]["s3"]["bucket"]["name"] = bucket
+        event["Records"][0]["s3"]["object"]["key"] = "inbox/acme/claims.fheb"
+        (work / "s3-acme.json").write_text(json.dumps(event))
+        out = with_function(fns["ingest"], multi, work / "s3-acme.json", work)
+        assert out["ingested"][0]["outcome"] == "queued", out
+        assert out["ingested"][0]["job"] == "acme/claims", out
+        while True:
+            msgs = sqs.receive_message(QueueUrl=queue_url, MaxNumberOfMessages=1,
+                                       WaitTimeSeconds=2).get("Messages", [])
+            assert len(msgs) == 1, msgs
+            if json.loads(msgs[0]["Body"])["job"] == "acme/claims":
+                break
+            sqs.delete_message(QueueUrl=queue_url, ReceiptHandle=msgs[0]["ReceiptHandle"])
+        event = json.loads((FIXTURES / "sqs-chunk.json").read_text())
+        event["Records"][0].update(messageId=msgs[0]["MessageId"],
+                                   receiptHandle=msgs[0]["ReceiptHandle"], body=msgs[0]["Body"])
+        (work / "sqs-acme.json").write_text(json.dumps(event))
+        out = with_function(fns["worker"], multi, work / "sqs-acme.json", work)
+        assert out == {"batchItemFailures": []}, out
+        assert s3.list_objects_v2(Bucket=bucket, Prefix="results/acme/claims/")["KeyCount"] == 1
+
+        def tenant_status(path, role):
+            req = json.loads((FIXTURES / "status-get-job.json").read_text())
+            req["rawPath"] = req["requestContext"]["http"]["path"] = path
+            if role:
+                req["requestContext"]["authorizer"] = {"iam": {
+                    "accessKey": "ASIA0000000000000000", "accountId": "123456789012",
+                    "callerId": "AROA0000000000000000:s", "userId": "AROA0000000000000000:s",
+                    "userArn": f"arn:aws:sts::123456789012:assumed-role/{role}/s"}}
+            (work / "status-tenant.json").write_text(json.dumps(req))
+            return with_function(fns["status"], multi, work / "status-tenant.json", work)
+
+        out = tenant_status("/jobs/claims", "fheb-tenant-acme")
+        assert out["statusCode"] == 200, out
+        st = json.loads(out["body"])
+        assert (st["job"], st["state"], st["records"]) == ("acme/claims", "SUCCEEDED", 150), st
+        out = tenant_status("/jobs", "fheb-tenant-acme")
+        assert json.loads(out["body"])["jobs"] == ["acme/claims"], out
+        assert tenant_status("/jobs/acme/claims", "fheb-tenant-globex")["statusCode"] == 404
+        assert tenant_status("/jobs/claims", "some-admin-role")["statusCode"] == 403
+        assert tenant_status("/jobs/claims", None)["statusCode"] == 403
+        assert decrypt("model", "acme/claims") == decrypt("model", "claims-2026")
+        print("runtime loop: ingest, worker, status and deadletter answered their fixtures; a FAILED job retried as attempt 2; 150 linear and 24 neural-network predictions decrypted; public-key batches for the linear model, the network and a tree decrypted to their secret-key predictions; a tenant's job ran under its prefixes and the status binary answered each caller for its own tenant")
     finally:
         for p in procs:
             stop(p)
