@@ -41,10 +41,7 @@ try:
     time.sleep(2.0)
     out = rt.with_function(fns["status"], env, rt.FIXTURES / "status-get-job.json", work)
     assert json.loads(out["body"])["state"] == "QUEUED", out
-    event = json.loads((rt.FIXTURES / "s3-put.json").read_text())
-    event["Records"][0]["s3"]["bucket"]["name"] = bucket
-    (work / "s3.json").write_text(json.dumps(event))
-    out = rt.with_function(fns["ingest"], env, work / "s3.json", work)
+    out = rt.with_function(fns["ingest"], env, rt.s3_event(work, bucket, None, "s3.json"), work)
     assert out["ingested"][0]["outcome"] == "queued", out
     msgs = sqs.receive_message(QueueUrl=queue_url, MaxNumberOfMessages=1,
                                WaitTimeSeconds=2)["Messages"]

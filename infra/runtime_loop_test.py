@@ -61,6 +61,16 @@ def invoke(data_file):
     return json.loads(out.stdout)
 
 
+def s3_event(work, bucket, key, name):
+    """The S3 fixture pointed at `bucket` and `key`, written to `work/name`; returns its path."""
+    event = json.loads((FIXTURES / "s3-put.json").read_text())
+    event["Records"][0]["s3"]["bucket"]["name"] = bucket
+    if key is not None:
+        event["Records"][0]["s3"]["object"]["key"] = key
+    (work / name).write_text(json.dumps(event))
+    return work / name
+
+
 def with_function(binary, env, data_file, work):
     """Runs one function binary against the runtime API for one invocation."""
     fenv = dict(os.environ, **env,
@@ -130,10 +140,7 @@ def main(argv):
         assert out["statusCode"] == 404, out
 
         # ingest: the S3 fixture, pointed at this bucket.
-        event = json.loads((FIXTURES / "s3-put.json").read_text())
-        event["Records"][0]["s3"]["bucket"]["name"] = bucket
-        (work / "s3.json").write_text(json.dumps(event))
-        out = with_function(fns["ingest"], env, work / "s3.json", work)
+        out = with_function(fns["ingest"], env, s3_event(work, bucket, None, "s3.json"), work)
         assert out == {"ingested": [{"job": "claims-2026", "outcome": "queued", "chunks": 1}]}, out
         out = with_function(fns["ingest"], env, FIXTURES / "s3-test-event.json", work)
         assert out == {"ingested": []}, out
@@ -154,10 +161,7 @@ def main(argv):
         # handed to the dead-letter function instead) is recorded, and that job ends FAILED; the
         # finished job's message, dead-lettered too, changes nothing.
         run(cli, "submit", work / "claims-2026.fheb", "--job", "claims-lost", "--bucket", bucket)
-        event = json.loads((FIXTURES / "s3-put.json").read_text())
-        event["Records"][0]["s3"]["bucket"]["name"] = bucket
-        event["Records"][0]["s3"]["object"]["key"] = "inbox/claims-lost.fheb"
-        (work / "s3-lost.json").write_text(json.dumps(event))
+        s3_event(work, bucket, "inbox/claims-lost.fheb", "s3-lost.json")
         out = with_function(fns["ingest"], env, work / "s3-lost.json", work)
         assert out["ingested"][0]["job"] == "claims-lost", out
         lost = sqs.receive_message(QueueUrl=queue_url, MaxNumberOfMessages=1,
@@ -234,10 +238,7 @@ def main(argv):
             "--input", work / "bc24.csv", "--out", work / "bc-mlp.fheb")
         run(cli, "publish", "--model", work / "mlp", "--bucket", bucket)
         run(cli, "submit", work / "bc-mlp.fheb", "--bucket", bucket)
-        event = json.loads((FIXTURES / "s3-put.json").read_text())
-        event["Records"][0]["s3"]["bucket"]["name"] = bucket
-        event["Records"][0]["s3"]["object"]["key"] = "inbox/bc-mlp.fheb"
-        (work / "s3-mlp.json").write_text(json.dumps(event))
+        s3_event(work, bucket, "inbox/bc-mlp.fheb", "s3-mlp.json")
         out = with_function(fns["ingest"], env, work / "s3-mlp.json", work)
         assert out == {"ingested": [{"job": "bc-mlp", "outcome": "queued", "chunks": 1}]}, out
         msgs = sqs.receive_message(QueueUrl=queue_url, MaxNumberOfMessages=10,
@@ -271,10 +272,7 @@ def main(argv):
 
         def through_binaries(job, batch):
             run(cli, "submit", batch, "--job", job, "--bucket", bucket)
-            event = json.loads((FIXTURES / "s3-put.json").read_text())
-            event["Records"][0]["s3"]["bucket"]["name"] = bucket
-            event["Records"][0]["s3"]["object"]["key"] = f"inbox/{job}.fheb"
-            (work / f"s3-{job}.json").write_text(json.dumps(event))
+            s3_event(work, bucket, f"inbox/{job}.fheb", f"s3-{job}.json")
             out = with_function(fns["ingest"], env, work / f"s3-{job}.json", work)
             assert out["ingested"][0]["outcome"] == "queued", out
             chunks = out["ingested"][0]["chunks"]
@@ -330,10 +328,7 @@ def main(argv):
         # caller by its signed identity (the Function URL authorizer's userArn).
         multi = dict(env, FHE_BATCH_TENANCY="multi", FHE_BATCH_TENANT_ROLE_PREFIX="fheb-tenant-")
         run(cli, "submit", work / "claims-2026.fheb", "--job", "acme/claims", "--bucket", bucket)
-        event = json.loads((FIXTURES / "s3-put.json").read_text())
-        event["Records"][0]["s3"]["bucket"]["name"] = bucket
-        event["Records"][0]["s3"]["object"]["key"] = "inbox/acme/claims.fheb"
-        (work / "s3-acme.json").write_text(json.dumps(event))
+        s3_event(work, bucket, "inbox/acme/claims.fheb", "s3-acme.json")
         out = with_function(fns["ingest"], multi, work / "s3-acme.json", work)
         assert out["ingested"][0]["outcome"] == "queued", out
         assert out["ingested"][0]["job"] == "acme/claims", out
