@@ -45,10 +45,7 @@ try:
     assert out["ingested"][0]["outcome"] == "queued", out
     msgs = sqs.receive_message(QueueUrl=queue_url, MaxNumberOfMessages=1,
                                WaitTimeSeconds=2)["Messages"]
-    event = json.loads((rt.FIXTURES / "sqs-chunk.json").read_text())
-    event["Records"][0].update(messageId=msgs[0]["MessageId"],
-                               receiptHandle=msgs[0]["ReceiptHandle"], body=msgs[0]["Body"])
-    (work / "sqs.json").write_text(json.dumps(event))
+    rt.sqs_event(work, msgs[0], "sqs.json")
     out = rt.with_function(fns["worker"], env, work / "sqs.json", work)
     assert out == {"batchItemFailures": []}, out
     out = rt.with_function(fns["status"], env, rt.FIXTURES / "status-get-job.json", work)

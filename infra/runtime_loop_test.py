@@ -71,6 +71,15 @@ def s3_event(work, bucket, key, name):
     return work / name
 
 
+def sqs_event(work, message, name):
+    """The SQS fixture carrying one received `message`, written to `work/name`; returns its path."""
+    event = json.loads((FIXTURES / "sqs-chunk.json").read_text())
+    event["Records"][0].update(messageId=message["MessageId"],
+                               receiptHandle=message["ReceiptHandle"], body=message["Body"])
+    (work / name).write_text(json.dumps(event))
+    return work / name
+
+
 def with_function(binary, env, data_file, work):
     """Runs one function binary against the runtime API for one invocation."""
     fenv = dict(os.environ, **env,
@@ -149,12 +158,7 @@ def main(argv):
         msgs = sqs.receive_message(QueueUrl=queue_url, MaxNumberOfMessages=10,
                                    AttributeNames=["All"], WaitTimeSeconds=2).get("Messages", [])
         assert len(msgs) == 1, msgs
-        event = json.loads((FIXTURES / "sqs-chunk.json").read_text())
-        record = event["Records"][0]
-        record.update(messageId=msgs[0]["MessageId"], receiptHandle=msgs[0]["ReceiptHandle"],
-                      body=msgs[0]["Body"])
-        (work / "sqs.json").write_text(json.dumps(event))
-        out = with_function(fns["worker"], env, work / "sqs.json", work)
+        out = with_function(fns["worker"], env, sqs_event(work, msgs[0], "sqs.json"), work)
         assert out == {"batchItemFailures": []}, out
 
         # deadletter: a chunk of a second job whose worker "never finished" (its message is
@@ -167,10 +171,7 @@ def main(argv):
         lost = sqs.receive_message(QueueUrl=queue_url, MaxNumberOfMessages=1,
                                    WaitTimeSeconds=2).get("Messages", [])
         assert len(lost) == 1, lost
-        event = json.loads((FIXTURES / "sqs-chunk.json").read_text())
-        event["Records"][0].update(messageId=lost[0]["MessageId"],
-                                   receiptHandle=lost[0]["ReceiptHandle"], body=lost[0]["Body"])
-        (work / "dead.json").write_text(json.dumps(event))
+        sqs_event(work, lost[0], "dead.json")
         out = with_function(fns["deadletter"], env, work / "dead.json", work)
         assert out == {"batchItemFailures": []}, out
         out = with_function(fns["deadletter"], env, work / "sqs.json", work)
@@ -198,11 +199,7 @@ def main(argv):
         assert [json.loads(m["Body"]).get("attempt") for m in retried] == [2], retried
         out = with_function(fns["deadletter"], env, work / "dead.json", work)
         assert out == {"batchItemFailures": []}, out
-        event = json.loads((FIXTURES / "sqs-chunk.json").read_text())
-        event["Records"][0].update(messageId=retried[0]["MessageId"],
-                                   receiptHandle=retried[0]["ReceiptHandle"],
-                                   body=retried[0]["Body"])
-        (work / "sqs-retried.json").write_text(json.dumps(event))
+        sqs_event(work, retried[0], "sqs-retried.json")
         out = with_function(fns["worker"], env, work / "sqs-retried.json", work)
         assert out == {"batchItemFailures": []}, out
         sqs.delete_message(QueueUrl=queue_url, ReceiptHandle=retried[0]["ReceiptHandle"])
@@ -244,10 +241,7 @@ def main(argv):
         msgs = sqs.receive_message(QueueUrl=queue_url, MaxNumberOfMessages=10,
                                    WaitTimeSeconds=2).get("Messages", [])
         assert len(msgs) == 1, msgs
-        event = json.loads((FIXTURES / "sqs-chunk.json").read_text())
-        event["Records"][0].update(messageId=msgs[0]["MessageId"],
-                                   receiptHandle=msgs[0]["ReceiptHandle"], body=msgs[0]["Body"])
-        (work / "sqs-mlp.json").write_text(json.dumps(event))
+        sqs_event(work, msgs[0], "sqs-mlp.json")
         out = with_function(fns["worker"], env, work / "sqs-mlp.json", work)
         assert out == {"batchItemFailures": []}, out
         out = run(cli, "status", "bc-mlp", "--bucket", bucket).stdout
@@ -287,11 +281,7 @@ def main(argv):
                     sqs.delete_message(QueueUrl=queue_url, ReceiptHandle=msgs[0]["ReceiptHandle"])
                     continue
                 done += 1
-                event = json.loads((FIXTURES / "sqs-chunk.json").read_text())
-                event["Records"][0].update(messageId=msgs[0]["MessageId"],
-                                           receiptHandle=msgs[0]["ReceiptHandle"],
-                                           body=msgs[0]["Body"])
-                (work / f"sqs-{job}.json").write_text(json.dumps(event))
+                sqs_event(work, msgs[0], f"sqs-{job}.json")
                 out = with_function(fns["worker"], env, work / f"sqs-{job}.json", work)
                 assert out == {"batchItemFailures": []}, out
             out = run(cli, "status", job, "--bucket", bucket).stdout
@@ -339,10 +329,7 @@ def main(argv):
             if json.loads(msgs[0]["Body"])["job"] == "acme/claims":
                 break
             sqs.delete_message(QueueUrl=queue_url, ReceiptHandle=msgs[0]["ReceiptHandle"])
-        event = json.loads((FIXTURES / "sqs-chunk.json").read_text())
-        event["Records"][0].update(messageId=msgs[0]["MessageId"],
-                                   receiptHandle=msgs[0]["ReceiptHandle"], body=msgs[0]["Body"])
-        (work / "sqs-acme.json").write_text(json.dumps(event))
+        sqs_event(work, msgs[0], "sqs-acme.json")
         out = with_function(fns["worker"], multi, work / "sqs-acme.json", work)
         assert out == {"batchItemFailures": []}, out
         assert s3.list_objects_v2(Bucket=bucket, Prefix="results/acme/claims/")["KeyCount"] == 1
