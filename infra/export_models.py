@@ -142,8 +142,11 @@ def main():
     if only == "forests":
         export_forests(out)
         return
+    if only == "prefixes":
+        export_client_prefixes(out)
+        return
     if only is not None:
-        sys.exit(f"--only {only}: only 'pipelines', 'catboost', 'te5' and 'forests' are known")
+        sys.exit(f"--only {only}: only 'pipelines', 'prefixes', 'catboost', 'te5' and 'forests' are known")
     opts = {"zipmap": False}
 
     features, x, y = load("breast_cancer.csv")
@@ -228,17 +231,7 @@ def export_pipelines(out):
     onx = convert_lightgbm(lgbm, initial_types=[("input", XgbFloat([None, x.shape[1]]))],
                            zipmap=False, target_opset=15)
     write(out, "bc-lgbm-20x15", onx, features, xte, yte, float(lgbm.score(xte, yte)))
-    for name, pipe in [
-        ("unsupported-imputer-pipeline", make_pipeline(SimpleImputer(), LogisticRegression(
-            max_iter=5000))),
-        ("unsupported-normalizer-pipeline", make_pipeline(Normalizer(norm="l2"),
-                                                          LogisticRegression(max_iter=5000))),
-    ]:
-        pipe.fit(xtr, ytr)
-        onx = to_onnx(pipe, xtr[:1], options={id(pipe.steps[-1][1]): {"zipmap": False}},
-                      target_opset=SKL_OPSET)
-        note = "Imputer" if "imputer" in name else "Normalizer"
-        write(out, name, onx, features, xte[:20], yte[:20], note=note)
+    export_client_prefixes(out)
 
     # Regressors: petal width from the other three measurements (iris-rf-regressor's split).
     features, x, y = load("iris.csv")
@@ -262,6 +255,101 @@ def export_pipelines(out):
     r2 = float(reg.score(xte, yte))
     write(out, "iris-lgbm-regressor", onx, features[:3], xte, yte, extra={"float_r2": r2})
     print(f"  R^2 {r2:.4f}")
+
+
+def model_input(onx):
+    """The tensor the model reads: its classical operator's input, or the first dense layer's."""
+    for n in onx.graph.node:
+        if n.domain == "ai.onnx.ml" and n.op_type in (
+                "LinearClassifier", "LinearRegressor", "TreeEnsembleClassifier",
+                "TreeEnsembleRegressor", "TreeEnsemble"):
+            return n.input[0]
+    return next(n.input[0] for n in onx.graph.node if n.op_type in ("MatMul", "Gemm"))
+
+
+def prefix_outputs(onx, x):
+    """ONNX Runtime's values of the model's input tensor (what the client-side preprocessing
+    must reproduce), by adding it to a copy of the graph's outputs."""
+    probe = onnx.ModelProto()
+    probe.CopyFrom(onx)
+    probe.graph.output.append(onnx.helper.make_tensor_value_info(
+        model_input(onx), onnx.TensorProto.FLOAT, None))
+    sess = ort.InferenceSession(probe.SerializeToString(), providers=["CPUExecutionProvider"])
+    return sess.run([model_input(onx)], {sess.get_inputs()[0].name: x})[0].tolist()
+
+
+def with_site(x, seed):
+    """Iris with a categorical column: the (integer) site a record was measured at."""
+    rng = np.random.default_rng(seed)
+    site = rng.integers(1, 4, size=(x.shape[0], 1)).astype(np.float32)
+    return np.hstack([x, site])
+
+
+def export_client_prefixes(out):
+    """Pipelines whose preprocessing is not affine per feature (issue 12): the importer splits
+    it off as a client-side prefix the data owner runs before quantizing. Each fixture also
+    stores ONNX Runtime's values of the model's input ("prefix"), and missing cells as null.
+    Still refused: a KBinsDiscretizer (its comparisons are not a prefix operator)."""
+    from sklearn.compose import ColumnTransformer
+    from sklearn.preprocessing import Binarizer, KBinsDiscretizer, OneHotEncoder, OrdinalEncoder
+
+    def save(name, pipe, features, xte, yte, note=""):
+        onx = to_onnx(pipe, xte[:1], options={id(pipe.steps[-1][1]): {"zipmap": False}},
+                      target_opset=SKL_OPSET)
+        prefix = prefix_outputs(onx, xte) if not note else None
+        clean = np.where(np.isnan(xte), None, xte.astype(object)).tolist()
+        write(out, name, onx, features, xte, yte,
+              None if note else float(pipe.score(xte, yte)), note=note,
+              extra={"prefix": prefix} if prefix else None)
+        # JSON has no NaN: missing cells as null (the Rust loaders read null as missing).
+        path = out / f"{name}.expected.json"
+        exp = json.loads(path.read_text())
+        exp["x"] = clean
+        path.write_text(json.dumps(exp) + "\n")
+
+    # Breast cancer with 5% of the cells missing, imputed by the pipeline's SimpleImputer.
+    features, x, y = load("breast_cancer.csv")
+    classes = sorted(set(y))
+    yb = np.array([classes.index(v) for v in y])
+    xm = x.copy()
+    holes = np.random.default_rng(12).random(xm.shape) < 0.05
+    xm[holes] = np.nan
+    xtr, xte, ytr, yte = train_test_split(xm, yb, test_size=0.2, random_state=42, stratify=yb)
+    pipe = make_pipeline(SimpleImputer(), StandardScaler(), LogisticRegression(max_iter=5000))
+    save("bc-imputer-scaler-logistic", pipe.fit(xtr, ytr), features, xte, yte)
+    with open(out / "bc-missing.csv", "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(features + ["label"])
+        for row, label in zip(xm, y):
+            w.writerow(["" if np.isnan(v) else repr(float(v)) for v in row] + [label])
+
+    # Iris with a site column: one-hot (ColumnTransformer) in front of gradient boosting, an
+    # ordinal encoding (LabelEncoder) in front of a random forest.
+    features, x, y = load("iris.csv")
+    classes = sorted(set(y))
+    yi = np.array([classes.index(v) for v in y])
+    xs = with_site(x, 7)
+    xtr, xte, ytr, yte = train_test_split(xs, yi, test_size=0.3, random_state=42, stratify=yi)
+    onehot = ColumnTransformer([("num", StandardScaler(), [0, 1, 2, 3]),
+                                ("site", OneHotEncoder(handle_unknown="ignore"), [4])])
+    save("iris-site-onehot-gb", make_pipeline(onehot, GradientBoostingClassifier(
+        n_estimators=10, max_depth=3, random_state=0)).fit(xtr, ytr), features + ["site"], xte,
+        yte)
+    ordinal = ColumnTransformer([("num", "passthrough", [0, 1, 2, 3]),
+                                 ("site", OrdinalEncoder(), [4])])
+    save("iris-site-ordinal-rf", make_pipeline(ordinal, RandomForestClassifier(
+        n_estimators=10, max_depth=3, random_state=0)).fit(xtr, ytr), features + ["site"], xte,
+        yte)
+    xtr, xte, ytr, yte = train_test_split(x, yi, test_size=0.3, random_state=42, stratify=yi)
+    save("iris-normalizer-mlp", make_pipeline(Normalizer(norm="l2"), MLPClassifier(
+        hidden_layer_sizes=(8,), max_iter=3000, random_state=0)).fit(xtr, ytr), features, xte,
+        yte)
+    save("iris-binarizer-logistic", make_pipeline(Binarizer(threshold=1.5), LogisticRegression(
+        max_iter=1000)).fit(xtr, ytr), features, xte, yte)
+    save("unsupported-kbins-pipeline", make_pipeline(KBinsDiscretizer(
+        n_bins=3, encode="ordinal", quantile_method="averaged_inverted_cdf"),
+        LogisticRegression(max_iter=1000)).fit(xtr, ytr), features, xte[:20], yte[:20],
+        note="Less")
 
 
 def export_forests(out):
@@ -325,11 +413,14 @@ def export_catboost(out):
     print(f"  R^2 {r2:.4f}")
 
 
-def tree_ensemble_v5(trees, n_features, n_targets, aggregate):
+def tree_ensemble_v5(trees, n_features, n_targets, aggregate, classes=None):
     """The opset-5 `TreeEnsemble` (ai.onnx.ml 5) of fitted scikit-learn trees, written as newer
     converters write it: every tree once per target (a v5 leaf carries one target's weight),
     thresholds as a float tensor, modes as a uint8 tensor (0 = BRANCH_LEQ), children that are
-    leaves flagged in nodes_trueleafs / nodes_falseleafs. `aggregate`: 0 AVERAGE, 1 SUM."""
+    leaves flagged in nodes_trueleafs / nodes_falseleafs. `aggregate`: 0 AVERAGE, 1 SUM.
+    With `classes` (a classifier's labels), the scores are the classes' probabilities and the
+    graph ends as such converters end a classifier: an ArgMax over the scores, and a Gather of
+    the label from a constant."""
     from onnx import TensorProto, helper, numpy_helper
     feat, split, tn, fn, tl, fl, roots, lt, lw = [], [], [], [], [], [], [], [], []
     for target in range(n_targets):
@@ -342,7 +433,8 @@ def tree_ensemble_v5(trees, n_features, n_targets, aggregate):
                 if t.children_left[n] == -1:
                     leaf[n] = len(lw)
                     lt.append(target)
-                    lw.append(float(t.value[n][target][0]))
+                    v = t.value[n][0][target] if classes is not None else t.value[n][target][0]
+                    lw.append(float(v))
             roots.append(index[0])
             for n in internal:
                 feat.append(int(t.feature[n]))
@@ -363,10 +455,19 @@ def tree_ensemble_v5(trees, n_features, n_targets, aggregate):
         nodes_modes=numpy_helper.from_array(np.zeros(len(feat), dtype=np.uint8)),
         nodes_truenodeids=tn, nodes_falsenodeids=fn, nodes_trueleafs=tl, nodes_falseleafs=fl,
         leaf_targetids=lt, leaf_weights=numpy_helper.from_array(np.array(lw, dtype=np.float32)))
+    nodes, outputs, constants = [node], [], []
+    if classes is not None:
+        nodes.append(helper.make_node("ArgMax", ["Y"], ["index"], axis=1, keepdims=0,
+                                      name="ArgMax"))
+        nodes.append(helper.make_node("Gather", ["classes", "index"], ["label"], axis=0,
+                                      name="Gather"))
+        constants.append(numpy_helper.from_array(np.array(classes, dtype=object), "classes"))
+        outputs.append(helper.make_tensor_value_info("label", TensorProto.STRING, [None]))
+    outputs.append(helper.make_tensor_value_info("Y", TensorProto.FLOAT, [None, n_targets]))
     graph = helper.make_graph(
-        [node], "tree_ensemble_v5",
+        nodes, "tree_ensemble_v5",
         [helper.make_tensor_value_info("X", TensorProto.FLOAT, [None, n_features])],
-        [helper.make_tensor_value_info("Y", TensorProto.FLOAT, [None, n_targets])])
+        outputs, initializer=constants)
     onx = helper.make_model(graph, producer_name="fhe-batch export_models.py (TreeEnsemble v5)",
                             opset_imports=[helper.make_opsetid("", 21),
                                            helper.make_opsetid("ai.onnx.ml", 5)])
@@ -376,9 +477,10 @@ def tree_ensemble_v5(trees, n_features, n_targets, aggregate):
 
 
 def export_tree_ensemble_v5(out):
-    """Random forest regressors as the opset-5 TreeEnsemble: petal width from the other three
-    iris measurements (AVERAGE, one target), and petal length and width from the sepal
-    measurements (two targets)."""
+    """Random forests as the opset-5 TreeEnsemble: petal width from the other three iris
+    measurements (AVERAGE, one target), petal length and width from the sepal measurements
+    (two targets), and the species (a classifier: ArgMax over the class scores, Gather of the
+    label)."""
     features, x, y = load("iris.csv")
     xr, yr = x[:, :3], x[:, 3]
     xtr, xte, ytr, yte = train_test_split(xr, yr, test_size=0.3, random_state=42)
@@ -393,6 +495,12 @@ def export_tree_ensemble_v5(out):
     onx = tree_ensemble_v5(rf2.estimators_, 2, 2, 0)
     write(out, "iris-te5-rf-2targets", onx, features[:2], xte, [list(r) for r in yte],
           extra={"float_r2": float(rf2.score(xte, yte))})
+    # A classifier: probabilities as the TreeEnsemble's scores (AVERAGE), then ArgMax + Gather.
+    xtr, xte, ytr, yte = train_test_split(x, np.array(y), test_size=0.3, random_state=42,
+                                          stratify=y)
+    rfc = RandomForestClassifier(n_estimators=10, max_depth=3, random_state=0).fit(xtr, ytr)
+    onx = tree_ensemble_v5(rfc.estimators_, 4, 3, 0, classes=list(rfc.classes_))
+    write(out, "iris-te5-rf-classifier", onx, features, xte, yte, float(rfc.score(xte, yte)))
 
 
 def fit_quietly(model, x, y):

@@ -479,16 +479,94 @@ fn pipelines_say_what_was_folded_and_regressors_report_their_errors() {
         &[
             "import",
             "--onnx",
-            &fixture("unsupported-imputer-pipeline.onnx"),
+            &fixture("unsupported-kbins-pipeline.onnx"),
             "--data",
-            &bc,
+            &data("iris.csv"),
             "--out",
             "m4",
         ],
     );
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
-        err.contains("export the model without the Imputer and impute before encrypting"),
+        err.contains("unsupported preprocessing operator Less")
+            && err.contains("apply the Less to the records before encrypting"),
+        "{err}"
+    );
+}
+
+/// A pipeline that imputes missing cells (SimpleImputer, StandardScaler, LogisticRegression on
+/// breast cancer with 5% of the cells empty) imports with its preprocessing on the client, and
+/// encrypts, runs and decrypts records with holes; a model without an imputer refuses the same
+/// records, naming every one.
+#[test]
+fn a_pipeline_with_an_imputer_takes_records_with_missing_cells() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let holes = fixture("bc-missing.csv");
+    let out = ok(
+        d,
+        &[
+            "import",
+            "--onnx",
+            &fixture("bc-imputer-scaler-logistic.onnx"),
+            "--data",
+            &holes,
+            "--out",
+            "model",
+        ],
+    );
+    assert!(
+        out.contains("client-side preprocessing (Imputer, Scaler)")
+            && out.contains("missing cells are imputed"),
+        "{out}"
+    );
+    ok(d, &["keygen", "--out", "k.key"]);
+    ok(
+        d,
+        &[
+            "encrypt", "--model", "model", "--key", "k.key", "--input", &holes, "--out", "bc.fheb",
+        ],
+    );
+    ok(d, &["publish", "--model", "model"]);
+    ok(d, &["submit", "bc.fheb"]);
+    ok(d, &["run"]);
+    ok(
+        d,
+        &[
+            "decrypt", "--model", "model", "--key", "k.key", "--job", "bc", "--out", "p.csv",
+        ],
+    );
+    let preds = std::fs::read_to_string(d.join("p.csv")).unwrap();
+    assert_eq!(preds.lines().count(), 570);
+    // The plain logistic regression has no imputer: every record with a hole is named.
+    ok(
+        d,
+        &[
+            "import",
+            "--onnx",
+            &fixture("bc-logistic.onnx"),
+            "--data",
+            &data("breast_cancer.csv"),
+            "--out",
+            "plain",
+        ],
+    );
+    let out = fhe_batch(
+        d,
+        &[
+            "encrypt", "--model", "plain", "--key", "k.key", "--input", &holes, "--out", "x.fheb",
+        ],
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    let text = std::fs::read_to_string(&holes).unwrap();
+    let with_holes = text
+        .lines()
+        .skip(1)
+        .filter(|l| l.split(',').any(str::is_empty))
+        .count();
+    assert!(with_holes > 100, "{with_holes}");
+    assert!(
+        err.contains(&format!("{with_holes} records have missing values")),
         "{err}"
     );
 }

@@ -115,7 +115,8 @@ impl Env {
         files
     }
 
-    /// Encrypts `rows` for `pkg` (with the tests' secret key) in chunks of `layout`, runs the
+    /// Encrypts raw `rows` for `pkg` (its client-side preprocessing first, if any; with the
+    /// tests' secret key) in chunks of `layout`, runs the
     /// job through ingest and `workers` workers over a fresh `FheEvaluator`, checks that it
     /// SUCCEEDED, and returns the ingest outcome and the decrypted result values.
     pub async fn run_decrypted(
@@ -126,7 +127,10 @@ impl Env {
         layout: fhe_batch_core::format::ChunkLayout,
         workers: usize,
     ) -> (IngestOutcome, Vec<i64>) {
-        let cols: Vec<u64> = rows.iter().flat_map(|r| pkg.client.columns(r)).collect();
+        let cols: Vec<u64> = rows
+            .iter()
+            .flat_map(|r| pkg.client.record_columns(r).unwrap())
+            .collect();
         let batch = fhe_batch_fhe::batch::encrypt_batch_with(
             key(),
             &pkg.client,

@@ -42,6 +42,12 @@ async fn round_trip(pkg: &ModelPackage, records: usize) -> (Vec<i64>, Vec<i64>) 
     )
     .unwrap();
     let rows: Vec<Vec<f64>> = (0..records).map(|i| ds.row(i).to_vec()).collect();
+    round_trip_rows(pkg, &rows).await
+}
+
+/// Runs raw `rows` through ingest, one worker and decryption; returns the decrypted integer
+/// scores and the reference's.
+async fn round_trip_rows(pkg: &ModelPackage, rows: &[Vec<f64>]) -> (Vec<i64>, Vec<i64>) {
     let env = Env::new().await;
     publish(&env.store, pkg).await;
     let eval_key = match &pkg.client.body {
@@ -64,11 +70,13 @@ async fn round_trip(pkg: &ModelPackage, records: usize) -> (Vec<i64>, Vec<i64>) 
         eval_key,
         encryption: fhe_batch_core::params::Encryption::SecretKey,
     };
-    let (_, got) = env.run_decrypted("imported", pkg, &rows, layout, 1).await;
+    let (_, got) = env.run_decrypted("imported", pkg, rows, layout, 1).await;
     let want = rows
         .iter()
         .flat_map(|r| {
-            let values = pkg.server.eval_plain(&pkg.client.columns(r));
+            let values = pkg
+                .server
+                .eval_plain(&pkg.client.record_columns(r).unwrap());
             match &pkg.client.body {
                 ClientBody::TreeEnsemble(f) => {
                     let sums: Vec<u64> = values.iter().map(|&v| v as u64).collect();
@@ -107,4 +115,96 @@ async fn a_catboost_export_decrypts_to_the_integer_reference() {
     let (got, want) = round_trip(&pkg, 4).await;
     assert_eq!(got.len(), 4 * pkg.client.family_impl().n_scores());
     assert_eq!(got, want);
+}
+
+/// A fixture's held-out rows (missing cells NaN) as a labelled data set, and ONNX Runtime's
+/// labels for them.
+fn fixture_rows(name: &str) -> (fhe_batch_train::data::Dataset, Vec<String>) {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/onnx");
+    let exp: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.join(format!("{name}.expected.json"))).unwrap())
+            .unwrap();
+    let text = |v: &serde_json::Value| v.to_string().trim_matches('"').to_string();
+    let x: Vec<f64> = exp["x"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|r| r.as_array().unwrap().iter())
+        .map(|v| v.as_f64().unwrap_or(f64::NAN))
+        .collect();
+    let labels: Vec<String> = exp["y"].as_array().unwrap().iter().map(text).collect();
+    let mut names = labels.clone();
+    names.sort();
+    names.dedup();
+    let idx = labels
+        .iter()
+        .map(|l| names.binary_search(l).unwrap())
+        .collect();
+    let ds = fhe_batch_train::data::Dataset {
+        feature_names: exp["features"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(text)
+            .collect(),
+        target_name: "label".into(),
+        x,
+        y: fhe_batch_train::data::Target::Classes { names, idx },
+    };
+    let ort = exp["onnxruntime"]["label"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(text)
+        .collect();
+    (ds, ort)
+}
+
+/// Pipelines whose preprocessing runs on the client (an imputer in front of a logistic
+/// regression, fed records with holes; a ColumnTransformer's one-hot and ordinal encodings of a
+/// site column in front of gradient boosting and a random forest), and an opset-5
+/// `TreeEnsemble` read as a classifier through its ArgMax: records go through the client's
+/// preprocessing, encryption, ingest, a worker and decryption, every decrypted score equals the
+/// integer reference, and the tree ensembles' predictions are ONNX Runtime's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pipelines_with_client_side_preprocessing_decrypt_to_the_integer_reference() {
+    for (name, records) in [
+        ("bc-imputer-scaler-logistic", 114),
+        ("iris-site-onehot-gb", 12),
+        ("iris-site-ordinal-rf", 12),
+        ("iris-te5-rf-classifier", 12),
+    ] {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/onnx");
+        let imported =
+            fhe_batch_onnx::import_onnx(&std::fs::read(dir.join(format!("{name}.onnx"))).unwrap())
+                .unwrap();
+        let (ds, ort) = fixture_rows(name);
+        let data = ImportData {
+            all: &ds,
+            calibration: &ds,
+            eval: &ds,
+            evaluated_on: "fixture rows",
+        };
+        let pkg = compile_imported(&imported, data, &ImportOptions::default())
+            .unwrap()
+            .package;
+        assert_eq!(pkg.client.prefix.is_some(), !name.contains("te5"), "{name}");
+        let rows: Vec<Vec<f64>> = (0..records).map(|i| ds.row(i).to_vec()).collect();
+        let holes = rows.iter().filter(|r| r.iter().any(|v| v.is_nan())).count();
+        assert_eq!(holes > 0, name.contains("imputer"), "{name}: {holes}");
+        let (got, want) = round_trip_rows(&pkg, &rows).await;
+        assert_eq!(got, want, "{name}");
+        let n = pkg.client.n_scores();
+        let agree = got
+            .chunks_exact(n)
+            .zip(&ort)
+            .filter(|(s, o)| pkg.client.predict(s).label == **o)
+            .count();
+        if matches!(pkg.client.body, ClientBody::TreeEnsemble(_)) {
+            assert_eq!(agree, records, "{name}");
+        } else {
+            // Quantized weights: within a few borderline records of the float model.
+            assert!(agree * 100 >= records * 97, "{name}: {agree}/{records}");
+        }
+    }
 }

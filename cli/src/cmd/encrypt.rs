@@ -5,7 +5,7 @@
 use crate::{local, output, store};
 use anyhow::{Context, Result};
 use fhe_batch_fhe::{Encryptor, PublicKey};
-use fhe_batch_train::data::read_records;
+use fhe_batch_train::data::{read_records, read_records_with_missing};
 use std::path::PathBuf;
 use std::time::Instant;
 
@@ -66,12 +66,16 @@ pub fn run(args: EncryptArgs) -> Result<()> {
         }
     }
     let t = Instant::now();
-    let raw = read_records(&args.input, &side.client.feature_names)?;
+    let raw = if side.client.prefix.as_ref().is_some_and(|p| p.imputes()) {
+        read_records_with_missing(&args.input, &side.client.feature_names)?
+    } else {
+        read_records(&args.input, &side.client.feature_names)?
+    };
     let records = raw.len() / side.client.n_features();
-    let columns: Vec<u64> = raw
-        .chunks_exact(side.client.n_features())
-        .flat_map(|r| side.client.columns(r))
-        .collect();
+    let columns = side
+        .client
+        .records_columns(&raw)
+        .with_context(|| format!("preprocessing {}", args.input.display()))?;
     let chunk_layout = store::chunk_layout(
         &side,
         key.params(),

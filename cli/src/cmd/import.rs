@@ -8,7 +8,7 @@ use anyhow::{Context, Result};
 use fhe_batch_core::budget::ChunkBudget;
 use fhe_batch_core::params::ParamSet;
 use fhe_batch_train::Task;
-use fhe_batch_train::data::read_labelled_csv;
+use fhe_batch_train::data::{read_labelled_csv, read_labelled_csv_with_missing};
 use fhe_batch_train::import::{
     ImportData, ImportOptions, ImportSummary, TreeSummary, compile_imported,
 };
@@ -73,13 +73,30 @@ pub fn run(args: ImportArgs) -> Result<()> {
     for f in &imported.folded {
         println!("  {f}");
     }
+    if let Some(p) = &imported.prefix {
+        println!(
+            "  client-side preprocessing ({}): runs on the data owner's machine before quantization, {} raw columns to {} model features{}",
+            p.describe(),
+            p.inputs,
+            p.outputs()?,
+            if p.imputes() {
+                "; missing cells are imputed"
+            } else {
+                ""
+            }
+        );
+    }
     // The label column is read as the model's task says: digits 0-9 are classes for a
     // classifier, numbers for a regressor.
     let task = match imported.model.task() {
         fhe_batch_onnx::OnnxTask::Classifier { .. } => Task::Classification,
         fhe_batch_onnx::OnnxTask::Regressor { .. } => Task::Regression,
     };
-    let ds = read_labelled_csv(&args.data, &args.label, task)?;
+    let ds = if imported.prefix.as_ref().is_some_and(|p| p.imputes()) {
+        read_labelled_csv_with_missing(&args.data, &args.label, task)?
+    } else {
+        read_labelled_csv(&args.data, &args.label, task)?
+    };
     let (calibration, eval, on) = args.compile.split(&ds)?;
     let data = ImportData {
         all: &ds,

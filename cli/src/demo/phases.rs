@@ -139,10 +139,10 @@ impl Demo<'_> {
         };
         let f = side.client.n_features();
         let n = raw.len() / f;
-        let quantized: Vec<u64> = raw
-            .chunks_exact(f)
-            .flat_map(|r| side.client.columns(r))
-            .collect();
+        let quantized = side
+            .client
+            .records_columns(&raw)
+            .map_err(|e| anyhow::anyhow!("{}: {e}", records_path.display()))?;
         self.lap("read + quantize CSV", t);
         let t = Instant::now();
         let pb = bar(n as u64, "encrypt", !self.quiet);

@@ -4,9 +4,11 @@
 
 use crate::mlp::{MLP_OP_TYPE, Walk, is_dense_op};
 use crate::model::{
-    Cmp, ElemOp, FloatModel, Linear, Node, OnnxTask, PostTransform, Preprocess, Tree, TreeEnsemble,
+    Cmp, ElemOp, FloatModel, FloatPrediction, Linear, Node, OnnxTask, PostTransform, Preprocess,
+    Tree, TreeEnsemble,
 };
 use crate::proto::{AttributeProto, GraphProto, ModelProto, NodeProto, attr_type, data_type};
+use fhe_batch_core::model::{ClientPrefix, PrefixError};
 use prost::Message;
 use std::collections::{HashMap, HashSet};
 
@@ -73,6 +75,28 @@ pub struct Imported {
     /// What the importer folded into the model, one sentence each (a scaler in front, post
     /// operations on the scores), for the import report.
     pub folded: Vec<String>,
+    /// The pipeline's preprocessing the client runs on each raw record (everything in front of
+    /// the model when it is not affine per feature); the model's features are its outputs.
+    pub prefix: Option<ClientPrefix>,
+}
+
+impl Imported {
+    /// Raw columns per record: the prefix's inputs, or the model's features.
+    pub fn raw_features(&self) -> usize {
+        self.prefix
+            .as_ref()
+            .map_or_else(|| self.model.n_features(), |p| p.inputs)
+    }
+
+    /// The float model's prediction on a raw record (the prefix applied first), as ONNX
+    /// Runtime computes it.
+    pub fn predict_raw(&self, record: &[f64]) -> Result<FloatPrediction, PrefixError> {
+        let x: Vec<f32> = match &self.prefix {
+            Some(p) => p.apply(record)?.iter().map(|&v| v as f32).collect(),
+            None => record.iter().map(|&v| v as f32).collect(),
+        };
+        Ok(self.model.predict(&x))
+    }
 }
 
 const MODEL_OPS: [&str; 5] = [
@@ -103,6 +127,8 @@ pub fn import_onnx(bytes: &[u8]) -> Result<Imported, ImportError> {
         .filter(|c| !c.is_control())
         .take(80)
         .collect();
+    let (prefix, split) = client_prefix(graph)?;
+    let graph = split.as_ref().unwrap_or(graph);
     let has_model_op = graph
         .node
         .iter()
@@ -129,6 +155,7 @@ pub fn import_onnx(bytes: &[u8]) -> Result<Imported, ImportError> {
             producer,
             op_type: MLP_OP_TYPE.to_string(),
             folded,
+            prefix,
         });
     }
     let main: Vec<&NodeProto> = graph
@@ -141,8 +168,8 @@ pub fn import_onnx(bytes: &[u8]) -> Result<Imported, ImportError> {
         [one] => *one,
         many => return Err(ImportError::SeveralModels(many.len())),
     };
-    let prefix = upstream_of(graph, node);
-    let pre = preprocess(graph, node, &prefix)?;
+    let upstream = upstream_of(graph, node);
+    let pre = preprocess(graph, node, &upstream)?;
     // After the model: label and score plumbing, and element-wise operations on the scores.
     let mut scores: HashSet<&str> = HashSet::new();
     let classifier = node.op_type.ends_with("Classifier");
@@ -150,12 +177,42 @@ pub fn import_onnx(bytes: &[u8]) -> Result<Imported, ImportError> {
         scores.insert(s.as_str());
     }
     let mut post_ops: Vec<(ElemOp, String)> = Vec::new();
+    // The opset-5 TreeEnsemble outputs scores only: a classifier is an ArgMax over them (after
+    // an optional Softmax), its index optionally mapped to labels by a Gather from a constant.
+    let v5 = node.op_type == "TreeEnsemble";
+    let mut argmax: Option<&str> = None;
+    let mut labels: Option<Vec<String>> = None;
+    let mut softmax = false;
     for (i, n) in graph.node.iter().enumerate() {
-        if std::ptr::eq(n, node) || prefix.contains(&i) {
+        if std::ptr::eq(n, node) || upstream.contains(&i) {
             continue;
         }
         let on_scores = n.input.first().is_some_and(|x| scores.contains(x.as_str()));
+        let on_argmax = argmax.is_some_and(|a| n.input.iter().any(|x| x == a));
         match n.op_type.as_str() {
+            "ArgMax" | "Softmax" if v5 && on_scores && n.domain.is_empty() => {
+                let axis = Attrs::new(n)?.int("axis")?;
+                if !matches!(axis, Some(1) | Some(-1)) {
+                    return Err(unsupported(
+                        n,
+                        "axis",
+                        &format!("{axis:?} (the scores' axis is 1)"),
+                    ));
+                }
+                if n.op_type == "Softmax" {
+                    softmax = true;
+                } else if argmax.is_some() {
+                    return Err(invalid(n, "a second ArgMax over the scores"));
+                } else {
+                    // Its output is the class index, not scores.
+                    argmax = n.output.first().map(String::as_str);
+                    continue;
+                }
+            }
+            "Gather" | "ArrayFeatureExtractor" if on_argmax && labels.is_none() => {
+                labels = Some(class_labels(graph, n)?);
+                continue;
+            }
             "Cast" | "Identity" | "Reshape" if n.domain.is_empty() => {
                 if n.op_type == "Cast"
                     && on_scores
@@ -238,12 +295,144 @@ pub fn import_onnx(bytes: &[u8]) -> Result<Imported, ImportError> {
     for (op, name) in post_ops {
         folded.push(fold_post_op(&mut model, &op, &name)?);
     }
+    if argmax.is_some() || softmax {
+        folded.push(read_as_classifier(
+            &mut model,
+            node,
+            argmax.is_some(),
+            softmax,
+            labels,
+        )?);
+    }
     Ok(Imported {
         model,
         producer,
         op_type: node.op_type.clone(),
         folded,
+        prefix,
     })
+}
+
+/// An opset-5 `TreeEnsemble` followed by an `ArgMax` over its scores: a classifier whose labels
+/// are the class indices, or the constant a `Gather` maps them to.
+fn read_as_classifier(
+    model: &mut FloatModel,
+    node: &NodeProto,
+    argmax: bool,
+    softmax: bool,
+    labels: Option<Vec<String>>,
+) -> Result<String, ImportError> {
+    let FloatModel::Trees(e) = model else {
+        return Err(invalid(
+            node,
+            "an ArgMax after a model that is not a tree ensemble",
+        ));
+    };
+    let targets = match e.task {
+        OnnxTask::Regressor { targets } if argmax && targets >= 2 => targets,
+        _ if !argmax => {
+            return Err(invalid(
+                node,
+                "a Softmax on its scores is supported only before an ArgMax (a classifier)",
+            ));
+        }
+        _ => return Err(invalid(node, "an ArgMax over fewer than two scores")),
+    };
+    if softmax && e.post != PostTransform::None {
+        return Err(invalid(
+            node,
+            "a Softmax after its own post_transform is not supported",
+        ));
+    }
+    let labels = labels.unwrap_or_else(|| (0..targets).map(|c| c.to_string()).collect());
+    if labels.len() != targets {
+        return Err(invalid(
+            node,
+            format!("{} class labels for {targets} scores", labels.len()),
+        ));
+    }
+    let said = format!(
+        "ArgMax over the TreeEnsemble's {targets} scores{}: read as a classifier (labels {})",
+        if softmax { " (after a Softmax)" } else { "" },
+        labels.join(", ")
+    );
+    e.task = OnnxTask::Classifier { labels };
+    if softmax {
+        e.post = PostTransform::Softmax;
+    }
+    Ok(said)
+}
+
+/// The labels a `Gather` / `ArrayFeatureExtractor` maps class indices to: a constant list of
+/// integers or strings.
+fn class_labels(graph: &GraphProto, n: &NodeProto) -> Result<Vec<String>, ImportError> {
+    if n.op_type == "Gather" && Attrs::new(n)?.int("axis")?.unwrap_or(0) != 0 {
+        return Err(unsupported(n, "axis", "other than 0 (the labels)"));
+    }
+    let t = n
+        .input
+        .first()
+        .and_then(|name| graph.initializer.iter().find(|t| &t.name == name))
+        .ok_or_else(|| invalid(n, "the class labels are not a constant"))?;
+    if t.data_type == data_type::STRING {
+        return t
+            .string_data
+            .iter()
+            .map(|s| String::from_utf8(s.clone()).map_err(|_| invalid(n, "a label is not UTF-8")))
+            .collect();
+    }
+    crate::prefix::ints(t)
+        .map(|v| v.iter().map(i64::to_string).collect())
+        .ok_or_else(|| invalid(n, "the class labels are neither integers nor strings"))
+}
+
+/// Splits off the preprocessing in front of the model (a classical model operator, or a
+/// network's first dense layer) when it is not affine per feature: it becomes a client-side
+/// prefix, and the rest of the graph reads the prefix's output. Affine preprocessing alone
+/// stays in the graph, to be folded into the model.
+fn client_prefix(
+    graph: &GraphProto,
+) -> Result<(Option<ClientPrefix>, Option<GraphProto>), ImportError> {
+    let classical = graph
+        .node
+        .iter()
+        .find(|n| MODEL_OPS.contains(&n.op_type.as_str()) && n.domain == "ai.onnx.ml");
+    let entry = classical.or_else(|| {
+        graph
+            .node
+            .iter()
+            .find(|n| matches!(n.op_type.as_str(), "MatMul" | "Gemm") && n.domain.is_empty())
+    });
+    let Some(model) = entry else {
+        return Ok((None, None));
+    };
+    let up = upstream_of(graph, model);
+    if up.iter().all(|&i| is_affine_prefix_op(&graph.node[i])) {
+        return Ok((None, None));
+    }
+    let mut up_sorted: Vec<usize> = up.iter().copied().collect();
+    up_sorted.sort_unstable();
+    if let Some(&i) = up_sorted
+        .iter()
+        .find(|&&i| !crate::prefix::is_prefix_op(&graph.node[i]))
+    {
+        // A network's other layers (a convolution in front) are named by the network walker.
+        if classical.is_none() {
+            return Ok((None, None));
+        }
+        let n = &graph.node[i];
+        return Err(ImportError::UnsupportedPreprocessing {
+            op_type: n.op_type.clone(),
+            node: n.name.clone(),
+            advice: preprocessing_advice(&n.op_type),
+        });
+    }
+    let cut = model
+        .input
+        .first()
+        .ok_or_else(|| invalid(model, "the model operator has no input"))?;
+    let (p, rest) = crate::prefix::split(graph, &up, cut)?;
+    Ok((Some(p), Some(rest)))
 }
 
 /// Indices of the nodes the model operator's inputs are computed by (its preprocessing).
@@ -272,25 +461,14 @@ fn is_affine_prefix_op(n: &NodeProto) -> bool {
     }
 }
 
-/// What to do instead of a preprocessing operator the importer cannot fold.
+/// What to do instead of a preprocessing operator neither folded nor run by the client.
 fn preprocessing_advice(op: &str) -> String {
-    match op {
-        "Imputer" => "export the model without the Imputer and impute before encrypting".into(),
-        "Normalizer" => "a row normalizer (L1, L2, max) mixes the features of a record and is \
-                         not affine per feature: export the model without the Normalizer and \
-                         normalize the records before encrypting"
-            .into(),
-        "OneHotEncoder" | "LabelEncoder" | "CategoryMapper" => format!(
-            "export the model on numeric columns (without the {op}) and encode the categories \
-             before encrypting"
-        ),
-        "Binarizer" => "export the model without the Binarizer and binarize the records before \
-                        encrypting (a tree ensemble on the raw feature does the same comparison)"
-            .into(),
-        _ => format!(
-            "export the model without the {op} and apply it to the records before encrypting"
-        ),
-    }
+    format!(
+        "the client-side preprocessing runs Imputer, Scaler, Normalizer, Binarizer, \
+         OneHotEncoder (integer categories), LabelEncoder (numbers), ArrayFeatureExtractor, \
+         FeatureVectorizer, Gather, Concat, Cast, Reshape and arithmetic by constants; apply the \
+         {op} to the records before encrypting and export the model without it"
+    )
 }
 
 /// The preprocessing in front of the model operator, read by the dense-network walker.
@@ -354,26 +532,8 @@ fn check_widths(model: &NodeProto, p: &Preprocess, n_features: usize) -> Result<
 }
 
 /// A float constant input of a node (an initializer), as f32.
-fn constant_floats(graph: &GraphProto, node: &NodeProto, name: &str) -> Option<Vec<f32>> {
-    let t = graph.initializer.iter().find(|t| t.name == name)?;
-    let _ = node;
-    match t.data_type {
-        data_type::FLOAT if !t.raw_data.is_empty() => Some(
-            t.raw_data
-                .chunks_exact(4)
-                .map(|c| f32::from_le_bytes(c.try_into().expect("4 bytes")))
-                .collect(),
-        ),
-        data_type::FLOAT => Some(t.float_data.clone()),
-        data_type::DOUBLE if !t.raw_data.is_empty() => Some(
-            t.raw_data
-                .chunks_exact(8)
-                .map(|c| f64::from_le_bytes(c.try_into().expect("8 bytes")) as f32)
-                .collect(),
-        ),
-        data_type::DOUBLE => Some(t.double_data.iter().map(|&d| d as f32).collect()),
-        _ => None,
-    }
+fn constant_floats(graph: &GraphProto, name: &str) -> Option<Vec<f32>> {
+    crate::prefix::floats(graph.initializer.iter().find(|t| t.name == name)?)
 }
 
 /// `Add`/`Sub`/`Mul`/`Div` of the model's scores and a constant scalar or row.
@@ -395,7 +555,7 @@ fn score_op(
             ));
         }
     };
-    let v = constant_floats(graph, n, c)
+    let v = constant_floats(graph, c)
         .filter(|v| !v.is_empty() && v.iter().all(|x| x.is_finite()))
         .ok_or_else(|| {
             invalid(
@@ -420,16 +580,7 @@ fn check_row_reshape(graph: &GraphProto, n: &NodeProto) -> Result<(), ImportErro
         .input
         .get(1)
         .and_then(|s| graph.initializer.iter().find(|t| &t.name == s))
-        .map(|t| {
-            if t.raw_data.is_empty() {
-                t.int64_data.clone()
-            } else {
-                t.raw_data
-                    .chunks_exact(8)
-                    .map(|c| i64::from_le_bytes(c.try_into().expect("8 bytes")))
-                    .collect()
-            }
-        })
+        .and_then(crate::prefix::ints)
         .unwrap_or_default();
     match shape.as_slice() {
         [-1] | [-1, _] | [0, _] => Ok(()),
@@ -657,7 +808,7 @@ fn rebuild(
     }
 }
 
-fn unsupported(node: &NodeProto, attr: &str, value: &str) -> ImportError {
+pub(crate) fn unsupported(node: &NodeProto, attr: &str, value: &str) -> ImportError {
     ImportError::UnsupportedAttribute {
         op: node.op_type.clone(),
         attr: attr.to_string(),
@@ -665,7 +816,7 @@ fn unsupported(node: &NodeProto, attr: &str, value: &str) -> ImportError {
     }
 }
 
-fn invalid(node: &NodeProto, detail: impl Into<String>) -> ImportError {
+pub(crate) fn invalid(node: &NodeProto, detail: impl Into<String>) -> ImportError {
     ImportError::Invalid {
         op: node.op_type.clone(),
         detail: detail.into(),
@@ -700,7 +851,7 @@ impl<'a> Attrs<'a> {
         }
     }
 
-    fn string(&self, name: &str) -> Result<Option<String>, ImportError> {
+    pub(crate) fn string(&self, name: &str) -> Result<Option<String>, ImportError> {
         self.get(name, attr_type::STRING)?
             .map(|a| {
                 String::from_utf8(a.s.clone())
@@ -724,7 +875,7 @@ impl<'a> Attrs<'a> {
             .unwrap_or_default())
     }
 
-    fn strings(&self, name: &str) -> Result<Vec<String>, ImportError> {
+    pub(crate) fn strings(&self, name: &str) -> Result<Vec<String>, ImportError> {
         self.get(name, attr_type::STRINGS)?
             .map(|a| {
                 a.strings

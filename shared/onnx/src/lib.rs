@@ -15,11 +15,13 @@
 //! `torch.onnx.export` writes them: MatMul/Add or Gemm layers, Relu/Tanh/Sigmoid, a final
 //! Softmax, a scaler in front, foldable batch norms; rules and limits in [`mlp`]) into a
 //! [`FloatModel`] evaluated with ONNX Runtime's semantics, so an import is checked against the
-//! exporter's own outputs before it is quantized. Anything else (another operator such as a
+//! exporter's own outputs before it is quantized. Preprocessing that is not affine per feature
+//! (an `Imputer`, a `ColumnTransformer`'s encoders and column selection, an L2 `Normalizer`, a
+//! `Binarizer`) is split off into a [`fhe_batch_core::model::ClientPrefix`] the data owner runs
+//! before quantizing ([`Imported::prefix`]). Anything else (another operator such as a
 //! convolution or pooling, a categorical split, a post-transform we cannot reproduce, a network
-//! shape we cannot represent, preprocessing that is not affine per feature such as an `Imputer`
-//! or an L2 `Normalizer`) is refused with an [`ImportError`] that names it (and, for
-//! preprocessing, says what to do instead).
+//! shape we cannot represent, preprocessing no prefix operator covers) is refused with an
+//! [`ImportError`] that names it (and, for preprocessing, says what to do instead).
 //!
 //! The protobuf messages are declared by hand ([`proto`]) for `prost`: no protoc, no build
 //! script. `infra/export_models.py` trains and exports the sample models in
@@ -28,6 +30,7 @@
 mod import;
 pub mod mlp;
 mod model;
+mod prefix;
 pub mod proto;
 
 pub use import::{ImportError, Imported, MAX_ONNX_BYTES, MAX_TREE_DEPTH, import_onnx};

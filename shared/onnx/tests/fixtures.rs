@@ -13,11 +13,12 @@ fn fixture(name: &str) -> (Vec<u8>, Value) {
     (onnx, serde_json::from_slice(&expected).unwrap())
 }
 
+/// A row of numbers; `null` (a missing cell) reads as NaN.
 fn floats(v: &Value) -> Vec<f32> {
     v.as_array()
         .unwrap()
         .iter()
-        .map(|x| x.as_f64().unwrap() as f32)
+        .map(|x| x.as_f64().map_or(f32::NAN, |v| v as f32))
         .collect()
 }
 
@@ -29,11 +30,25 @@ fn check(name: &str, op: &str, scores_key: &str) -> Option<f64> {
     assert_eq!(imported.op_type, op, "{name}");
     let model = &imported.model;
     let xs: Vec<Vec<f32>> = exp["x"].as_array().unwrap().iter().map(floats).collect();
-    assert_eq!(model.n_features(), xs[0].len(), "{name}");
+    assert_eq!(imported.raw_features(), xs[0].len(), "{name}");
     let ort = &exp["onnxruntime"];
     let mut correct = 0;
     for (i, x) in xs.iter().enumerate() {
-        let p = model.predict(x);
+        let raw: Vec<f64> = x.iter().map(|&v| f64::from(v)).collect();
+        // A client-side prefix reproduces ONNX Runtime's input to the model on every row.
+        if let Some(p) = &imported.prefix {
+            let got = p
+                .apply(&raw)
+                .unwrap_or_else(|e| panic!("{name} row {i}: {e}"));
+            let want = floats(&exp["prefix"][i]);
+            assert_eq!(got.len(), want.len(), "{name} row {i}");
+            for (g, w) in got.iter().zip(&want) {
+                assert_eq!(*g as f32, *w, "{name} row {i}: {got:?} vs {want:?}");
+            }
+        }
+        let p = imported
+            .predict_raw(&raw)
+            .unwrap_or_else(|e| panic!("{name} row {i}: {e}"));
         let want = floats(&ort[scores_key][i]);
         assert_eq!(p.scores.len(), want.len(), "{name} row {i}");
         for (g, w) in p.scores.iter().zip(&want) {
@@ -107,6 +122,84 @@ fn scikit_learn_and_xgboost_models_match_onnx_runtime() {
     // target).
     assert!(check("iris-te5-rf-regressor", "TreeEnsemble", "Y").is_none());
     assert!(check("iris-te5-rf-2targets", "TreeEnsemble", "Y").is_none());
+    // ArgMax + Gather of the label after the scores: a classifier with the constant's labels.
+    let accuracy = check("iris-te5-rf-classifier", "TreeEnsemble", "Y").unwrap();
+    let (bytes, exp) = fixture("iris-te5-rf-classifier");
+    // The hand-written graph compares in f32 where scikit-learn keeps f64 thresholds: ONNX
+    // Runtime's labels (matched above on every row) may differ from scikit-learn's on a
+    // record lying between the two.
+    let float = exp["float_accuracy"].as_f64().unwrap();
+    assert!((accuracy - float).abs() <= 1.0 / 45.0 + 1e-9, "{accuracy} vs {float}");
+    let imported = import_onnx(&bytes).unwrap();
+    assert!(
+        imported.folded[0].contains("read as a classifier (labels setosa, versicolor, virginica)"),
+        "{:?}",
+        imported.folded
+    );
+}
+
+#[test]
+fn pipelines_run_their_preprocessing_on_the_client() {
+    // name, model operator, scores, what the prefix runs, raw columns -> model features.
+    for (name, op, scores, ops, widths) in [
+        (
+            "bc-imputer-scaler-logistic",
+            "LinearClassifier",
+            "probabilities",
+            "Imputer, Scaler",
+            (30, 30),
+        ),
+        (
+            "iris-site-onehot-gb",
+            "TreeEnsembleClassifier",
+            "probabilities",
+            "ArrayFeatureExtractor, Scaler, OneHotEncoder, Concat",
+            (5, 7),
+        ),
+        (
+            "iris-site-ordinal-rf",
+            "TreeEnsembleClassifier",
+            "probabilities",
+            "ArrayFeatureExtractor, LabelEncoder, Concat",
+            (5, 5),
+        ),
+        (
+            "iris-normalizer-mlp",
+            "MLP",
+            "probabilities",
+            "Normalizer",
+            (4, 4),
+        ),
+        (
+            "iris-binarizer-logistic",
+            "LinearClassifier",
+            "probabilities",
+            "Binarizer",
+            (4, 4),
+        ),
+    ] {
+        let (bytes, exp) = fixture(name);
+        let imported = import_onnx(&bytes).unwrap();
+        let p = imported.prefix.as_ref().expect(name);
+        assert_eq!(p.describe(), ops, "{name}");
+        assert_eq!((p.inputs, p.outputs().unwrap()), widths, "{name}");
+        assert_eq!(p.imputes(), name.contains("imputer"), "{name}");
+        let accuracy = check(name, op, scores).unwrap();
+        let float = exp["float_accuracy"].as_f64().unwrap();
+        assert!(
+            (accuracy - float).abs() < 1e-9,
+            "{name}: {accuracy} vs {float}"
+        );
+    }
+    // The imputer fixture's held-out rows really have holes.
+    let (_, exp) = fixture("bc-imputer-scaler-logistic");
+    let holes = exp["x"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|r| r.as_array().unwrap().iter().any(Value::is_null))
+        .count();
+    assert!(holes > 20, "{holes}");
 }
 
 #[test]
@@ -232,22 +325,40 @@ fn unsupported_models_are_refused_naming_what_is_missing() {
         "{e}"
     );
     assert!(e.to_string().contains(op), "{e}");
-    for (name, advice) in [
-        (
-            "unsupported-imputer-pipeline",
-            "export the model without the Imputer and impute before encrypting",
-        ),
-        ("unsupported-normalizer-pipeline", "normalize the records"),
-    ] {
-        let (bytes, exp) = fixture(name);
-        let op = exp["note"].as_str().unwrap();
-        let e = import_onnx(&bytes).unwrap_err();
-        assert!(
-            matches!(&e, ImportError::UnsupportedPreprocessing { op_type, .. } if op_type == op),
-            "{name}: {e}"
-        );
-        assert!(e.to_string().contains(advice), "{e}");
-    }
+    // A KBinsDiscretizer's comparisons are no client-side operator: named, with what to do.
+    let (bytes, exp) = fixture("unsupported-kbins-pipeline");
+    let op = exp["note"].as_str().unwrap();
+    let e = import_onnx(&bytes).unwrap_err();
+    assert!(
+        matches!(&e, ImportError::UnsupportedPreprocessing { op_type, .. } if op_type == op),
+        "{e}"
+    );
+    assert!(
+        e.to_string()
+            .contains("apply the Less to the records before encrypting"),
+        "{e}"
+    );
+    // String categories (the CSV holds numbers): refused by attribute.
+    use fhe_batch_onnx::proto::{AttributeProto, ModelProto, attr_type};
+    use prost::Message;
+    let mut m = ModelProto::decode(fixture("iris-site-onehot-gb").0.as_slice()).unwrap();
+    let graph = m.graph.as_mut().unwrap();
+    let encoder = graph
+        .node
+        .iter_mut()
+        .find(|n| n.op_type == "OneHotEncoder")
+        .unwrap();
+    encoder.attribute.push(AttributeProto {
+        name: "cats_strings".into(),
+        r#type: attr_type::STRINGS,
+        strings: vec![b"north".to_vec(), b"south".to_vec()],
+        ..Default::default()
+    });
+    let e = import_onnx(&m.encode_to_vec()).unwrap_err();
+    assert!(
+        matches!(&e, ImportError::UnsupportedAttribute { attr, .. } if attr == "cats_strings"),
+        "{e}"
+    );
     assert!(matches!(
         import_onnx(b"not a protobuf \xff\xff"),
         Err(ImportError::Decode(_))

@@ -308,6 +308,25 @@ fn parse_num(path: &Path, line: u64, column: &str, value: &str) -> Result<f64, D
 
 /// Reads a labelled CSV: a header row, numeric feature columns, and the `label` column.
 pub fn read_labelled_csv(path: &Path, label: &str, task: Task) -> Result<Dataset, DataError> {
+    read_labelled(path, label, task, false)
+}
+
+/// [`read_labelled_csv`] for a model whose pipeline imputes: missing feature cells (empty,
+/// NaN, NA) are read as NaN, for the pipeline's imputer (or its refusal, row by row).
+pub fn read_labelled_csv_with_missing(
+    path: &Path,
+    label: &str,
+    task: Task,
+) -> Result<Dataset, DataError> {
+    read_labelled(path, label, task, true)
+}
+
+fn read_labelled(
+    path: &Path,
+    label: &str,
+    task: Task,
+    allow_missing: bool,
+) -> Result<Dataset, DataError> {
     let mut rdr = open(path)?;
     let headers = headers(path, &mut rdr)?;
     let label_col =
@@ -338,6 +357,8 @@ pub fn read_labelled_csv(path: &Path, label: &str, task: Task) -> Result<Dataset
         for (i, v) in rec.iter().enumerate() {
             if i == label_col {
                 labels.push(v.to_string());
+            } else if allow_missing && is_missing(v) {
+                x.push(f64::NAN);
             } else {
                 x.push(parse_num(path, line, &headers[i], v)?);
             }
@@ -395,6 +416,23 @@ pub fn read_labelled_csv(path: &Path, label: &str, task: Task) -> Result<Dataset
 /// Reads records to encrypt: the named feature columns, in the model's order, from a CSV with
 /// a header row. Other columns (ids, the label) are ignored. Returns row-major values.
 pub fn read_records(path: &Path, feature_names: &[String]) -> Result<Vec<f64>, DataError> {
+    read_records_as(path, feature_names, false)
+}
+
+/// [`read_records`] for a model whose pipeline imputes: missing cells are read as NaN, for the
+/// pipeline's imputer (or its refusal, row by row).
+pub fn read_records_with_missing(
+    path: &Path,
+    feature_names: &[String],
+) -> Result<Vec<f64>, DataError> {
+    read_records_as(path, feature_names, true)
+}
+
+fn read_records_as(
+    path: &Path,
+    feature_names: &[String],
+    allow_missing: bool,
+) -> Result<Vec<f64>, DataError> {
     let mut rdr = open(path)?;
     let headers = headers(path, &mut rdr)?;
     let cols: Vec<usize> = feature_names
@@ -420,12 +458,16 @@ pub fn read_records(path: &Path, feature_names: &[String]) -> Result<Vec<f64>, D
             .filter(|&(&c, _)| is_missing(&rec[c]))
             .map(|(_, name)| name.as_str())
             .collect();
-        if !absent.is_empty() {
+        if !absent.is_empty() && !allow_missing {
             missing.push((line, absent));
             continue;
         }
         for (&c, name) in cols.iter().zip(feature_names) {
-            out.push(parse_num(path, line, name, &rec[c])?);
+            out.push(if is_missing(&rec[c]) {
+                f64::NAN
+            } else {
+                parse_num(path, line, name, &rec[c])?
+            });
         }
     }
     if !missing.is_empty() {

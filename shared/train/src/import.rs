@@ -14,7 +14,7 @@ use crate::trees::{
     tree_report,
 };
 use fhe_batch_core::budget::ChunkBudget;
-use fhe_batch_core::model::ModelPackage;
+use fhe_batch_core::model::{ClientPrefix, ModelError, ModelPackage};
 use fhe_batch_core::params::ParamSet;
 use fhe_batch_onnx::{FloatModel as OnnxModel, Imported, TreeEnsemble};
 
@@ -102,12 +102,86 @@ pub struct CompiledImport {
     pub regression: Option<RegressionErrors>,
 }
 
+/// A data set's rows through a client-side prefix: the features the model reads. Rows the
+/// prefix cannot take (a missing value it does not impute, an unknown category it refuses) fail
+/// the whole set, every one named.
+pub fn through_prefix(ds: &Dataset, prefix: &ClientPrefix) -> Result<Dataset, TrainError> {
+    if ds.n_features() != prefix.inputs {
+        return Err(TrainError::Unsupported(format!(
+            "the model's pipeline reads {} columns; the data has {} feature columns ({})",
+            prefix.inputs,
+            ds.n_features(),
+            ds.feature_names.join(", ")
+        )));
+    }
+    let mut x = Vec::new();
+    let mut bad: Vec<String> = Vec::new();
+    for i in 0..ds.len() {
+        match prefix.apply(ds.row(i)) {
+            Ok(f) => x.extend(f),
+            Err(e) if bad.len() < 20 => bad.push(format!("row {} ({e})", i + 1)),
+            Err(_) => bad.push(format!("row {}", i + 1)),
+        }
+    }
+    if !bad.is_empty() {
+        return Err(TrainError::Model(ModelError::Records {
+            count: bad.len(),
+            rows: bad.join("; "),
+        }));
+    }
+    let width = prefix
+        .outputs()
+        .map_err(|e| TrainError::Unsupported(e.to_string()))?;
+    Ok(Dataset {
+        feature_names: (0..width).map(|j| format!("preprocessed_{j}")).collect(),
+        target_name: ds.target_name.clone(),
+        x,
+        y: ds.y.clone(),
+    })
+}
+
+/// Compiles the model behind a client-side prefix on the prefix's outputs, then packages it
+/// with the prefix in its client part (which reads the data set's raw columns).
+fn compile_with_prefix(
+    imported: &Imported,
+    prefix: &ClientPrefix,
+    data: ImportData<'_>,
+    options: &ImportOptions,
+) -> Result<CompiledImport, TrainError> {
+    let all = through_prefix(data.all, prefix)?;
+    let calibration = through_prefix(data.calibration, prefix)?;
+    let eval = through_prefix(data.eval, prefix)?;
+    let inner = Imported {
+        prefix: None,
+        ..imported.clone()
+    };
+    let mut compiled = compile_imported(
+        &inner,
+        ImportData {
+            all: &all,
+            calibration: &calibration,
+            eval: &eval,
+            evaluated_on: data.evaluated_on,
+        },
+        options,
+    )?;
+    let pkg = &compiled.package;
+    let mut client = pkg.client.clone().with_prefix(prefix.clone());
+    client.feature_names = data.all.feature_names.clone();
+    compiled.package =
+        ModelPackage::build(pkg.server.clone(), client, pkg.manifest.report.clone())?;
+    Ok(compiled)
+}
+
 /// Compiles an imported model for encrypted evaluation, dispatching on its family.
 pub fn compile_imported(
     imported: &Imported,
     data: ImportData<'_>,
     options: &ImportOptions,
 ) -> Result<CompiledImport, TrainError> {
+    if let Some(prefix) = &imported.prefix {
+        return compile_with_prefix(imported, prefix, data, options);
+    }
     match &imported.model {
         OnnxModel::Trees(e) => compile_trees(e, data, options),
         OnnxModel::Mlp(m) if m.layers.len() > 1 => {
@@ -325,6 +399,7 @@ mod tests {
             producer: "test".into(),
             op_type: "MLP".into(),
             folded: Vec::new(),
+            prefix: None,
         };
         let c = compile_on(&imported, &ds);
         assert_eq!(c.summary, ImportSummary::Linear);

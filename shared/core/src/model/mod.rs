@@ -24,9 +24,11 @@
 
 pub mod linear;
 mod package;
+pub mod prefix;
 
 pub use linear::{Bounds, LinearClient, LinearServer, LinearTask, Quantizer};
 pub use package::{CompileReport, ModelManifest, ModelPackage, model_id_of};
+pub use prefix::{ClientPrefix, PrefixError};
 
 use crate::mlp::{MlpClient, MlpServer};
 use crate::params::{Encryption, ParamSet};
@@ -111,6 +113,12 @@ pub enum ModelError {
     },
     #[error("model part is inconsistent: {0}")]
     Inconsistent(String),
+    /// Records the client-side preprocessing cannot take: every one is listed, none is
+    /// encrypted.
+    #[error(
+        "{count} records cannot be preprocessed for this model: {rows}. Fix or drop them before encrypting"
+    )]
+    Records { count: usize, rows: String },
     #[error("model file is not valid: {0}")]
     Decode(String),
 }
@@ -192,10 +200,16 @@ pub struct ServerModel {
 pub struct ClientModel {
     pub format_version: u32,
     pub params: ParamSet,
+    /// The raw columns a record is read from, in order.
     pub feature_names: Vec<String>,
     /// Name of the predicted column.
     pub target: String,
     pub body: ClientBody,
+    /// Preprocessing run on each raw record before the family quantizes it (a pipeline's
+    /// imputer, encoders, normalizer); absent when the model reads the raw columns (a per-
+    /// feature scaler is folded into the model instead).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prefix: Option<ClientPrefix>,
 }
 
 /// A decoded prediction for one record.
@@ -345,7 +359,14 @@ impl ClientModel {
             feature_names,
             target,
             body,
+            prefix: None,
         }
+    }
+
+    /// The same part with `prefix` run on every raw record first.
+    pub fn with_prefix(mut self, prefix: ClientPrefix) -> Self {
+        self.prefix = Some(prefix);
+        self
     }
 
     /// The family's implementation: the one place the client part matches on its family.
@@ -361,8 +382,40 @@ impl ClientModel {
         self.family_impl().family()
     }
 
+    /// Raw columns per record.
     pub fn n_features(&self) -> usize {
         self.feature_names.len()
+    }
+
+    /// Features the family quantizes per record: the prefix's outputs, or the raw columns.
+    pub fn model_features(&self) -> usize {
+        match &self.prefix {
+            Some(p) => p.outputs().unwrap_or(0),
+            None => self.n_features(),
+        }
+    }
+
+    /// One raw record (missing cells NaN) to the features the family quantizes: the prefix
+    /// applied, or the record itself. Errors name what is wrong with the record.
+    pub fn features(&self, record: &[f64]) -> Result<Vec<f64>, PrefixError> {
+        match &self.prefix {
+            Some(p) => p.apply(record),
+            None if record.len() != self.n_features() => Err(PrefixError::Record(format!(
+                "{} values for {} columns",
+                record.len(),
+                self.n_features()
+            ))),
+            None if record.iter().any(|v| v.is_nan()) => Err(PrefixError::Record(
+                "a value is missing and the model has no imputer".into(),
+            )),
+            None => Ok(record.to_vec()),
+        }
+    }
+
+    /// One raw record's input column values ([`ClientModel::features`], then the family's
+    /// quantization).
+    pub fn record_columns(&self, record: &[f64]) -> Result<Vec<u64>, PrefixError> {
+        Ok(self.columns(&self.features(record)?))
     }
 
     pub fn input_columns(&self) -> usize {
@@ -373,8 +426,43 @@ impl ClientModel {
         self.family_impl().column_bits()
     }
 
-    pub fn columns(&self, record: &[f64]) -> Vec<u64> {
-        self.family_impl().columns(record)
+    /// Every raw record (row-major, [`ClientModel::n_features`] values each) to input column
+    /// values. One record the preprocessing cannot take fails them all, and every such record
+    /// is named by its 1-based row (the first ones with the reason).
+    pub fn records_columns(&self, raw: &[f64]) -> Result<Vec<u64>, ModelError> {
+        const DETAILED: usize = 20;
+        let f = self.n_features().max(1);
+        let mut out = Vec::with_capacity(raw.len() / f * self.input_columns());
+        let mut bad: Vec<(usize, PrefixError)> = Vec::new();
+        for (i, r) in raw.chunks(f).enumerate() {
+            match self.record_columns(r) {
+                Ok(c) if bad.is_empty() => out.extend(c),
+                Ok(_) => {}
+                Err(e) => bad.push((i + 1, e)),
+            }
+        }
+        if bad.is_empty() {
+            return Ok(out);
+        }
+        let mut rows: Vec<String> = bad
+            .iter()
+            .take(DETAILED)
+            .map(|(row, e)| format!("row {row} ({e})"))
+            .collect();
+        if bad.len() > DETAILED {
+            let rest: Vec<String> = bad[DETAILED..].iter().map(|(r, _)| r.to_string()).collect();
+            rows.push(format!("rows {}", rest.join(", ")));
+        }
+        Err(ModelError::Records {
+            count: bad.len(),
+            rows: rows.join("; "),
+        })
+    }
+
+    /// Input column values of one record's model features (after the prefix, if any; see
+    /// [`ClientModel::record_columns`] for raw records).
+    pub fn columns(&self, features: &[f64]) -> Vec<u64> {
+        self.family_impl().columns(features)
     }
 
     pub fn result_values(&self) -> usize {
@@ -406,6 +494,19 @@ impl ClientModel {
             return Err(ModelError::Version {
                 found: self.format_version,
             });
+        }
+        if let Some(p) = &self.prefix {
+            let widths = p
+                .widths()
+                .map_err(|e| ModelError::Inconsistent(e.to_string()))?;
+            if p.inputs != self.n_features() {
+                return Err(ModelError::Inconsistent(format!(
+                    "the client-side preprocessing reads {} columns; the part names {}",
+                    p.inputs,
+                    self.n_features()
+                )));
+            }
+            return self.family_impl().validate(widths[p.output]);
         }
         self.family_impl().validate(self.n_features())
     }
