@@ -352,17 +352,32 @@ fn read_labelled(
     }
     let mut x = Vec::new();
     let mut labels = Vec::new();
+    let mut missing: Vec<(u64, Vec<&str>)> = Vec::new();
     for row in rows(path, &mut rdr, headers.len()) {
         let (line, rec) = row?;
+        let absent: Vec<&str> = rec
+            .iter()
+            .enumerate()
+            .filter(|&(i, v)| i != label_col && is_missing(v))
+            .map(|(i, _)| headers[i].as_str())
+            .collect();
+        if !absent.is_empty() && !allow_missing {
+            // Every such row is named at the end, not just the first.
+            missing.push((line, absent));
+            continue;
+        }
         for (i, v) in rec.iter().enumerate() {
             if i == label_col {
                 labels.push(v.to_string());
-            } else if allow_missing && is_missing(v) {
+            } else if is_missing(v) {
                 x.push(f64::NAN);
             } else {
                 x.push(parse_num(path, line, &headers[i], v)?);
             }
         }
+    }
+    if !missing.is_empty() {
+        return Err(missing_error(path, &missing));
     }
     if labels.is_empty() {
         return Err(DataError::Invalid {
@@ -578,6 +593,21 @@ mod tests {
         let f = csv("a,b\n1,2\n3,x7\n");
         let e = read_records(f.path(), &["a".into(), "b".into()]).unwrap_err();
         assert!(matches!(e, DataError::NotANumber { line: 3, .. }), "{e}");
+        // A labelled file too names every row with a hole, unless the model imputes them.
+        let f = csv("a,b,label\n1,,x\n2,3,y\n,NA,x\n");
+        let e = read_labelled_csv(f.path(), "label", Task::Auto).unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("2 records have missing values (empty, NaN or NA), which the model cannot take (it has no imputer): line 2 (b); line 4 (a, b)"),
+            "{e}"
+        );
+        let ds = read_labelled_csv_with_missing(f.path(), "label", Task::Auto).unwrap();
+        assert_eq!(ds.len(), 3);
+        assert!(ds.row(0)[1].is_nan() && ds.row(2)[0].is_nan() && ds.row(1) == [2.0, 3.0]);
+        let e = read_records_with_missing(f.path(), &["a".into(), "zz".into()]).unwrap_err();
+        assert!(matches!(e, DataError::MissingColumn { .. }), "{e}");
+        let r = read_records_with_missing(f.path(), &["b".into(), "a".into()]).unwrap();
+        assert!(r[0].is_nan() && r[1] == 1.0 && r[2] == 3.0 && r[4].is_nan() && r[5].is_nan());
     }
 
     #[test]
