@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
-# Side-by-side benchmark of tree ensembles: concrete-ml 1.9 and fhe-batch on the same models
-# (same data split, same hyperparameters), one model after the other in one run on this
-# machine, printing seconds and bootstraps per record and the ratio. Run on an idle machine.
+# Side-by-side benchmark: concrete-ml 1.9 and fhe-batch on the same models (trees: same data
+# split, same hyperparameters; networks: the same weights), one model after the other in one
+# run on this machine, printing seconds and bootstraps per record and the ratio. Run on an idle
+# machine.
 #
 #   infra/peer-bench.sh [--records N] [--models bc-tree-d4,bc-rf-20x4,bc-xgb-20x4]
+#   infra/peer-bench.sh --mlp --records 3 --our-records 32 --models mnist-mlp-784-128-10
 #
 # Installs concrete-ml into $PEER_VENV (default ~/.cache/fhe-batch/cml-venv) and builds the
 # release CLI into $CARGO_TARGET_DIR (default ~/.cache/fhe-batch/target).

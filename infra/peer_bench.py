@@ -1,7 +1,12 @@
-"""Tree ensembles side by side: concrete-ml (one record at a time, its default quantization)
-and fhe-batch (`fhe-batch bench --trees` on the fixture exported by infra/export_models.py with
-the same data split and hyperparameters), model after model in one run. Prints one key=value
-line per model and engine, then the ratio. Called by infra/peer-bench.sh."""
+"""Side by side, model after model in one run: concrete-ml (one record at a time) and fhe-batch
+on the same models. Tree ensembles: concrete-ml trains the same model on the same split with
+the same hyperparameters (its default quantization) and `fhe-batch bench --trees` runs the
+fixture infra/export_models.py exported. Networks (`--mlp`): concrete-ml compiles the very
+weights of the fixture (its scaler folded into the first layer) with
+`compile_torch_model` (post-training quantization to 6 bits, approximate rounding of the
+accumulators to 6 bits, as DESIGN.md's figure) and `fhe-batch bench --mlp` runs the fixture.
+Prints one key=value line per model and engine, then the ratio. Called by
+infra/peer-bench.sh."""
 import argparse
 import csv
 import json
@@ -85,6 +90,97 @@ def bench_ours(binary, name, records):
     }
 
 
+def load_mnist():
+    """MNIST-10k as bench --mlp splits it: the first 8,000 rows calibrate, the rest test."""
+    import gzip
+    rows = list(csv.reader(gzip.open(ROOT / "data" / "mnist-10k.csv.gz", "rt")))
+    header, rows = rows[0], rows[1:]
+    lc = header.index("label")
+    x = np.array([[float(v) for i, v in enumerate(r) if i != lc] for r in rows], dtype=np.float32)
+    y = np.array([int(r[lc]) for r in rows])
+    return x[:8000], y[:8000], x[8000:], y[8000:]
+
+
+def torch_of(path):
+    """The fixture's network as a torch nn.Sequential with the same weights: skl2onnx's
+    per-feature Mul/Add in front (a MinMaxScaler) folded into the first Linear, ReLU between
+    layers, the final Softmax dropped (argmax-invariant; concrete-ml returns the logits)."""
+    import onnx
+    import torch
+    from onnx import numpy_helper
+    m = onnx.load(str(path))
+    init = {t.name: numpy_helper.to_array(t).astype(np.float64) for t in m.graph.initializer}
+    scale, shift, mods, pending = 1.0, 0.0, [], None
+    for n in m.graph.node:
+        const = next((init[i] for i in n.input if i in init), None)
+        if n.op_type == "MatMul":
+            pending = const.T  # (out, in)
+        elif n.op_type == "Add" and pending is not None:
+            w, b = pending, const.reshape(-1)
+            if not mods:
+                b = b + w @ (shift * np.ones(w.shape[1]))
+                w = w * scale
+            lin = torch.nn.Linear(w.shape[1], w.shape[0])
+            lin.weight.data = torch.tensor(w, dtype=torch.float32)
+            lin.bias.data = torch.tensor(b, dtype=torch.float32)
+            mods.append(lin)
+            pending = None
+        elif n.op_type == "Mul" and not mods:
+            scale, shift = scale * const, shift * const
+        elif n.op_type == "Add" and not mods:
+            shift = shift + const
+        elif n.op_type == "Relu":
+            mods.append(torch.nn.ReLU())
+    return torch.nn.Sequential(*mods).eval()
+
+
+def bench_concrete_mlp(name, records, calibration):
+    from concrete.ml.torch.compile import compile_torch_model
+    xtr, _, xte, yte = load_mnist()
+    model = torch_of(ROOT / "tests/fixtures/onnx" / f"{name}.onnx")
+    t = time.perf_counter()
+    qm = compile_torch_model(model, xtr[:calibration], n_bits=6,
+                             rounding_threshold_bits={"n_bits": 6, "method": "approximate"})
+    compile_s = time.perf_counter() - t
+    t = time.perf_counter()
+    qm.fhe_circuit.keygen(force=True)
+    keygen_s = time.perf_counter() - t
+    pbs = qm.fhe_circuit.statistics.get("programmable_bootstrap_count")
+    t = time.perf_counter()
+    fhe = [int(qm.forward(xte[i:i + 1], fhe="execute").argmax()) for i in range(records)]
+    s = (time.perf_counter() - t) / records
+    clear = qm.forward(xte, fhe="disable").argmax(1)
+    return {
+        "engine": "concrete-ml",
+        "model": name,
+        "records": records,
+        "s_per_record": s,
+        "pbs_per_record": pbs,
+        "compile_s": compile_s,
+        "keygen_s": keygen_s,
+        "fhe_equals_clear": int((np.array(fhe) == clear[:records]).sum()),
+        "quantized_accuracy": float((clear == yte).mean()),
+    }
+
+
+def bench_ours_mlp(binary, name, records):
+    out = subprocess.run(
+        [binary, "bench", "--json", "--mlp", str(ROOT / "tests/fixtures/onnx" / f"{name}.onnx"),
+         "--mlp-records", str(records)],
+        cwd=ROOT, check=True, capture_output=True, text=True).stdout
+    f = json.loads(out)
+    return {
+        "engine": "fhe-batch",
+        "model": name,
+        "records": f["records"],
+        "s_per_record": f["s_per_record"],
+        "pbs_per_record": f["pbs_per_record"],
+        "agreement": f["agreement"],
+        "quantized_accuracy": f["test_quantized_accuracy"],
+        "float_accuracy": f["test_float_accuracy"],
+    }
+
+
 def line(d):
     return " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in d.items())
 
@@ -95,15 +191,25 @@ def main():
     ap.add_argument("--records", type=int, default=5, help="records per concrete-ml model")
     ap.add_argument("--our-records", type=int, default=64, help="records per fhe-batch model")
     ap.add_argument("--models", default="bc-tree-d4,bc-rf-20x4,bc-xgb-20x4")
+    ap.add_argument("--mlp", action="store_true",
+                    help="networks instead: --models mnist-mlp-784-128-10,...")
+    ap.add_argument("--calibration", type=int, default=1000,
+                    help="--mlp: MNIST rows concrete-ml calibrates on")
     a = ap.parse_args()
     xtr, xte, ytr, yte = load_bc()
     import concrete.ml
     print(f"machine={platform.processor() or platform.machine()} cpus={os.cpu_count()} "
           f"load={os.getloadavg()[0]:.2f} concrete_ml={concrete.ml.__version__}")
     for name in a.models.split(","):
-        c = bench_concrete(name, xtr, ytr, xte, yte, a.records)
+        if a.mlp:
+            c = bench_concrete_mlp(name, a.records, a.calibration)
+        else:
+            c = bench_concrete(name, xtr, ytr, xte, yte, a.records)
         print(line(c), flush=True)
-        o = bench_ours(a.fhe_batch, name, a.our_records)
+        if a.mlp:
+            o = bench_ours_mlp(a.fhe_batch, name, a.our_records)
+        else:
+            o = bench_ours(a.fhe_batch, name, a.our_records)
         print(line(o), flush=True)
         print(f"model={name} ratio={c['s_per_record'] / o['s_per_record']:.2f} "
               f"pbs_ratio={(c['pbs_per_record'] or 0) / o['pbs_per_record']:.1f} "
