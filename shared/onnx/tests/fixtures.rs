@@ -129,7 +129,10 @@ fn scikit_learn_and_xgboost_models_match_onnx_runtime() {
     // Runtime's labels (matched above on every row) may differ from scikit-learn's on a
     // record lying between the two.
     let float = exp["float_accuracy"].as_f64().unwrap();
-    assert!((accuracy - float).abs() <= 1.0 / 45.0 + 1e-9, "{accuracy} vs {float}");
+    assert!(
+        (accuracy - float).abs() <= 1.0 / 45.0 + 1e-9,
+        "{accuracy} vs {float}"
+    );
     let imported = import_onnx(&bytes).unwrap();
     assert!(
         imported.folded[0].contains("read as a classifier (labels setosa, versicolor, virginica)"),
