@@ -43,33 +43,41 @@ def concrete_model(name):
     }[name]()
 
 
-def bench_concrete(name, xtr, ytr, xte, yte, records):
-    m = concrete_model(name)
-    m.fit(xtr, ytr)
+def run_concrete(name, compile_fn, fhe_fn, clear_fn, yte, records, **extra):
+    """Times concrete-ml's compile (`compile_fn` returns the circuit), key generation and
+    `records` predictions with `fhe="execute"` (`fhe_fn(n)`), and scores its clear quantized
+    predictions (`clear_fn()`) on all test rows."""
     t = time.perf_counter()
-    circuit = m.compile(xtr)
+    circuit = compile_fn()
     compile_s = time.perf_counter() - t
     t = time.perf_counter()
     circuit.keygen(force=True)
     keygen_s = time.perf_counter() - t
-    pbs = circuit.statistics.get("programmable_bootstrap_count")
-    x = xte[:records]
     t = time.perf_counter()
-    pred = m.predict(x, fhe="execute")
+    pred = np.asarray(fhe_fn(records))
     s = (time.perf_counter() - t) / records
-    clear = m.predict(xte, fhe="disable")
+    clear = clear_fn()
     return {
         "engine": "concrete-ml",
         "model": name,
         "records": records,
         "s_per_record": s,
-        "pbs_per_record": pbs,
+        "pbs_per_record": circuit.statistics.get("programmable_bootstrap_count"),
         "compile_s": compile_s,
         "keygen_s": keygen_s,
         "fhe_equals_clear": int((pred == clear[:records]).sum()),
         "quantized_accuracy": float((clear == yte).mean()),
-        "n_bits": getattr(m, "n_bits", None),
+        **extra,
     }
+
+
+def bench_concrete(name, xtr, ytr, xte, yte, records):
+    m = concrete_model(name)
+    m.fit(xtr, ytr)
+    return run_concrete(name, lambda: m.compile(xtr),
+                        lambda n: m.predict(xte[:n], fhe="execute"),
+                        lambda: m.predict(xte, fhe="disable"), yte, records,
+                        n_bits=getattr(m, "n_bits", None))
 
 
 def bench_ours(binary, name, records):
@@ -138,29 +146,18 @@ def bench_concrete_mlp(name, records, calibration):
     from concrete.ml.torch.compile import compile_torch_model
     xtr, _, xte, yte = load_mnist()
     model = torch_of(ROOT / "tests/fixtures/onnx" / f"{name}.onnx")
-    t = time.perf_counter()
-    qm = compile_torch_model(model, xtr[:calibration], n_bits=6,
-                             rounding_threshold_bits={"n_bits": 6, "method": "approximate"})
-    compile_s = time.perf_counter() - t
-    t = time.perf_counter()
-    qm.fhe_circuit.keygen(force=True)
-    keygen_s = time.perf_counter() - t
-    pbs = qm.fhe_circuit.statistics.get("programmable_bootstrap_count")
-    t = time.perf_counter()
-    fhe = [int(qm.forward(xte[i:i + 1], fhe="execute").argmax()) for i in range(records)]
-    s = (time.perf_counter() - t) / records
-    clear = qm.forward(xte, fhe="disable").argmax(1)
-    return {
-        "engine": "concrete-ml",
-        "model": name,
-        "records": records,
-        "s_per_record": s,
-        "pbs_per_record": pbs,
-        "compile_s": compile_s,
-        "keygen_s": keygen_s,
-        "fhe_equals_clear": int((np.array(fhe) == clear[:records]).sum()),
-        "quantized_accuracy": float((clear == yte).mean()),
-    }
+    qm = None
+
+    def compile_fn():
+        nonlocal qm
+        qm = compile_torch_model(model, xtr[:calibration], n_bits=6,
+                                 rounding_threshold_bits={"n_bits": 6, "method": "approximate"})
+        return qm.fhe_circuit
+
+    return run_concrete(
+        name, compile_fn,
+        lambda n: [int(qm.forward(xte[i:i + 1], fhe="execute").argmax()) for i in range(n)],
+        lambda: qm.forward(xte, fhe="disable").argmax(1), yte, records)
 
 
 def bench_ours_mlp(binary, name, records):

@@ -317,6 +317,28 @@ fn fixture(name: &str) -> String {
         .to_string()
 }
 
+/// `keygen` (k.key), then `input` encrypted for `model` as bc.fheb, published, submitted, run
+/// and decrypted: the predictions CSV.
+fn keygen_and_run(d: &Path, model: &str, input: &str) -> String {
+    ok(d, &["keygen", "--out", "k.key"]);
+    ok(
+        d,
+        &[
+            "encrypt", "--model", model, "--key", "k.key", "--input", input, "--out", "bc.fheb",
+        ],
+    );
+    ok(d, &["publish", "--model", model]);
+    ok(d, &["submit", "bc.fheb"]);
+    ok(d, &["run"]);
+    ok(
+        d,
+        &[
+            "decrypt", "--model", model, "--key", "k.key", "--job", "bc", "--out", "p.csv",
+        ],
+    );
+    std::fs::read_to_string(d.join("p.csv")).unwrap()
+}
+
 #[test]
 fn an_imported_scikit_learn_model_runs_encrypted_end_to_end() {
     let dir = tempfile::tempdir().unwrap();
@@ -336,23 +358,7 @@ fn an_imported_scikit_learn_model_runs_encrypted_end_to_end() {
     );
     assert!(out.contains("LinearClassifier from skl2onnx"), "{out}");
     assert!(out.contains("quantized accuracy"), "{out}");
-    ok(d, &["keygen", "--out", "k.key"]);
-    ok(
-        d,
-        &[
-            "encrypt", "--model", "model", "--key", "k.key", "--input", &bc, "--out", "bc.fheb",
-        ],
-    );
-    ok(d, &["publish", "--model", "model"]);
-    ok(d, &["submit", "bc.fheb"]);
-    ok(d, &["run"]);
-    ok(
-        d,
-        &[
-            "decrypt", "--model", "model", "--key", "k.key", "--job", "bc", "--out", "p.csv",
-        ],
-    );
-    let preds = std::fs::read_to_string(d.join("p.csv")).unwrap();
+    let preds = keygen_and_run(d, "model", &bc);
     assert_eq!(preds.lines().count(), 570);
     // Other operators are named.
     let out = fhe_batch(
@@ -520,23 +526,7 @@ fn a_pipeline_with_an_imputer_takes_records_with_missing_cells() {
             && out.contains("missing cells are imputed"),
         "{out}"
     );
-    ok(d, &["keygen", "--out", "k.key"]);
-    ok(
-        d,
-        &[
-            "encrypt", "--model", "model", "--key", "k.key", "--input", &holes, "--out", "bc.fheb",
-        ],
-    );
-    ok(d, &["publish", "--model", "model"]);
-    ok(d, &["submit", "bc.fheb"]);
-    ok(d, &["run"]);
-    ok(
-        d,
-        &[
-            "decrypt", "--model", "model", "--key", "k.key", "--job", "bc", "--out", "p.csv",
-        ],
-    );
-    let preds = std::fs::read_to_string(d.join("p.csv")).unwrap();
+    let preds = keygen_and_run(d, "model", &holes);
     assert_eq!(preds.lines().count(), 570);
     // The plain logistic regression has no imputer: every record with a hole is named.
     ok(
