@@ -80,12 +80,16 @@ def bench_concrete(name, xtr, ytr, xte, yte, records):
                         n_bits=getattr(m, "n_bits", None))
 
 
+def our_bench(binary, *args):
+    """`fhe-batch bench --json ARGS`, parsed."""
+    out = subprocess.run([binary, "bench", "--json", *args], cwd=ROOT, check=True,
+                         capture_output=True, text=True).stdout
+    return json.loads(out)
+
+
 def bench_ours(binary, name, records):
-    out = subprocess.run(
-        [binary, "bench", "--json", "--trees", str(ROOT / "tests/fixtures/onnx" / f"{name}.onnx"),
-         "--tree-records", str(records)],
-        cwd=ROOT, check=True, capture_output=True, text=True).stdout
-    doc = json.loads(out)
+    doc = our_bench(binary, "--trees", str(ROOT / "tests/fixtures/onnx" / f"{name}.onnx"),
+                    "--tree-records", str(records))
     f = (doc["trees"] if isinstance(doc, dict) and "trees" in doc else doc)[0]
     return {
         "engine": "fhe-batch",
@@ -161,11 +165,8 @@ def bench_concrete_mlp(name, records, calibration):
 
 
 def bench_ours_mlp(binary, name, records):
-    out = subprocess.run(
-        [binary, "bench", "--json", "--mlp", str(ROOT / "tests/fixtures/onnx" / f"{name}.onnx"),
-         "--mlp-records", str(records)],
-        cwd=ROOT, check=True, capture_output=True, text=True).stdout
-    f = json.loads(out)
+    f = our_bench(binary, "--mlp", str(ROOT / "tests/fixtures/onnx" / f"{name}.onnx"),
+                  "--mlp-records", str(records))
     return {
         "engine": "fhe-batch",
         "model": name,
