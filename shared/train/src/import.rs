@@ -115,19 +115,15 @@ pub fn through_prefix(ds: &Dataset, prefix: &ClientPrefix) -> Result<Dataset, Tr
         )));
     }
     let mut x = Vec::new();
-    let mut bad: Vec<String> = Vec::new();
+    let mut bad = Vec::new();
     for i in 0..ds.len() {
         match prefix.apply(ds.row(i)) {
             Ok(f) => x.extend(f),
-            Err(e) if bad.len() < 20 => bad.push(format!("row {} ({e})", i + 1)),
-            Err(_) => bad.push(format!("row {}", i + 1)),
+            Err(e) => bad.push((i + 1, e)),
         }
     }
     if !bad.is_empty() {
-        return Err(TrainError::Model(ModelError::Records {
-            count: bad.len(),
-            rows: bad.join("; "),
-        }));
+        return Err(TrainError::Model(ModelError::refused_records(&bad)));
     }
     let width = prefix
         .outputs()

@@ -123,6 +123,27 @@ pub enum ModelError {
     Decode(String),
 }
 
+impl ModelError {
+    /// The error for records (1-based rows) a client-side preprocessing refused: every row
+    /// named, the first ones with the reason.
+    pub fn refused_records(bad: &[(usize, PrefixError)]) -> Self {
+        const DETAILED: usize = 20;
+        let mut rows: Vec<String> = bad
+            .iter()
+            .take(DETAILED)
+            .map(|(row, e)| format!("row {row} ({e})"))
+            .collect();
+        if bad.len() > DETAILED {
+            let rest: Vec<String> = bad[DETAILED..].iter().map(|(r, _)| r.to_string()).collect();
+            rows.push(format!("rows {}", rest.join(", ")));
+        }
+        ModelError::Records {
+            count: bad.len(),
+            rows: rows.join("; "),
+        }
+    }
+}
+
 /// What every family's server part answers: the shape of its inputs and results, its cost, its
 /// proof and its plaintext reference.
 pub trait ServerFamily {
@@ -387,14 +408,6 @@ impl ClientModel {
         self.feature_names.len()
     }
 
-    /// Features the family quantizes per record: the prefix's outputs, or the raw columns.
-    pub fn model_features(&self) -> usize {
-        match &self.prefix {
-            Some(p) => p.outputs().unwrap_or(0),
-            None => self.n_features(),
-        }
-    }
-
     /// One raw record (missing cells NaN) to the features the family quantizes: the prefix
     /// applied, or the record itself. Errors name what is wrong with the record.
     pub fn features(&self, record: &[f64]) -> Result<Vec<f64>, PrefixError> {
@@ -430,7 +443,6 @@ impl ClientModel {
     /// values. One record the preprocessing cannot take fails them all, and every such record
     /// is named by its 1-based row (the first ones with the reason).
     pub fn records_columns(&self, raw: &[f64]) -> Result<Vec<u64>, ModelError> {
-        const DETAILED: usize = 20;
         let f = self.n_features().max(1);
         let mut out = Vec::with_capacity(raw.len() / f * self.input_columns());
         let mut bad: Vec<(usize, PrefixError)> = Vec::new();
@@ -441,22 +453,10 @@ impl ClientModel {
                 Err(e) => bad.push((i + 1, e)),
             }
         }
-        if bad.is_empty() {
-            return Ok(out);
+        match bad.is_empty() {
+            true => Ok(out),
+            false => Err(ModelError::refused_records(&bad)),
         }
-        let mut rows: Vec<String> = bad
-            .iter()
-            .take(DETAILED)
-            .map(|(row, e)| format!("row {row} ({e})"))
-            .collect();
-        if bad.len() > DETAILED {
-            let rest: Vec<String> = bad[DETAILED..].iter().map(|(r, _)| r.to_string()).collect();
-            rows.push(format!("rows {}", rest.join(", ")));
-        }
-        Err(ModelError::Records {
-            count: bad.len(),
-            rows: rows.join("; "),
-        })
     }
 
     /// Input column values of one record's model features (after the prefix, if any; see
