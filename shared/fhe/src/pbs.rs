@@ -84,7 +84,26 @@ pub struct CandidateFigures {
     pub bootstraps: usize,
     pub single_thread_ms: f64,
     pub parallel_ms: f64,
+    /// The keyswitch alone (big LWE to small, one thread), the first step of each bootstrap;
+    /// `None` for the 32-bit-keyswitch pattern, whose key is not a 64-bit one.
+    pub keyswitch_ms: Option<f64>,
     pub all_correct: bool,
+}
+
+/// One thread's time per keyswitch of `inputs` with a standard atomic pattern's key.
+fn keyswitch_ms(sk: &ServerKey, inputs: &[tfhe::shortint::Ciphertext]) -> Option<f64> {
+    use tfhe::core_crypto::prelude::{LweCiphertext, keyswitch_lwe_ciphertext};
+    use tfhe::shortint::atomic_pattern::AtomicPatternServerKey;
+    let AtomicPatternServerKey::Standard(ap) = &sk.atomic_pattern else {
+        return None;
+    };
+    let ksk = &ap.key_switching_key;
+    let mut out = LweCiphertext::new(0u64, ksk.output_lwe_size(), ksk.ciphertext_modulus());
+    let t = Instant::now();
+    for c in inputs {
+        keyswitch_lwe_ciphertext(ksk, &c.ct, &mut out);
+    }
+    Some(t.elapsed().as_secs_f64() * 1e3 / inputs.len().max(1) as f64)
 }
 
 fn candidate<P>(name: &'static str, p: P, n: usize) -> CandidateFigures
@@ -123,6 +142,7 @@ where
         bootstraps: n,
         single_thread_ms: single_ms,
         parallel_ms,
+        keyswitch_ms: keyswitch_ms(&sk, &inputs[..single_n]),
         all_correct,
     }
 }
