@@ -145,8 +145,11 @@ def main():
     if only == "prefixes":
         export_client_prefixes(out)
         return
+    if only == "leaky":
+        export_torch_leaky(out)
+        return
     if only is not None:
-        sys.exit(f"--only {only}: only 'pipelines', 'prefixes', 'catboost', 'te5' and 'forests' are known")
+        sys.exit(f"--only {only}: only 'pipelines', 'prefixes', 'leaky', 'catboost', 'te5' and 'forests' are known")
     opts = {"zipmap": False}
 
     features, x, y = load("breast_cancer.csv")
@@ -537,6 +540,7 @@ def export_networks(out):
     onx = to_onnx(raw, xtr[:1], options=mlp_opts(raw), target_opset=SKL_OPSET)
     write(out, "bc-mlp-noscaler", onx, features, xte, yte, float(raw.score(xte, yte)))
     export_torch_style(out, features, xtr, xte, ytr, yte, bc)
+    export_torch_leaky(out)
 
     features, x, y = load("iris.csv")
     classes = sorted(set(y))
@@ -696,6 +700,27 @@ def export_torch_style(out, features, xtr, xte, ytr, yte, bc_pipe):
     t.act(2, "Relu")
     t.linear(3, *two_logits(net.coefs_[1], net.intercepts_[1]))
     write_torch(out, "torch-mlp-bn-folded", t.model(2), features, xte, yte)
+
+
+def export_torch_leaky(out):
+    """A PyTorch-style network with a LeakyReLU(0.1) hidden layer and a LogSoftmax ending (the
+    classic PyTorch classifier), weights fitted by scikit-learn on breast cancer (16 hidden
+    units, relu: the leaky slope then changes the function a little; ONNX Runtime's outputs are
+    the reference). `--only leaky` writes just this one."""
+    features, x, y = load("breast_cancer.csv")
+    classes = sorted(set(y))
+    yb = np.array([classes.index(v) for v in y])
+    xtr, xte, ytr, yte = train_test_split(x, yb, test_size=0.2, random_state=42, stratify=yb)
+    scaler = StandardScaler().fit(xtr)
+    mlp = fit_quietly(MLPClassifier(hidden_layer_sizes=(16,), random_state=0, max_iter=2000),
+                      scaler.transform(xtr), ytr)
+    t = TorchStyle(xtr.shape[1])
+    t.standardize(scaler.mean_, scaler.scale_)
+    t.linear(0, mlp.coefs_[0].T, mlp.intercepts_[0])
+    t.node("LeakyRelu", "/1", [t.cur], alpha=0.1)
+    t.linear(2, *two_logits(mlp.coefs_[1], mlp.intercepts_[1]))
+    t.node("LogSoftmax", "/3", [t.cur], axis=1)
+    write_torch(out, "torch-mlp-leaky-logsoftmax", t.model(2), features, xte, yte)
 
 
 def export_refused_networks(out, iris_features, iris_train, iris_test):

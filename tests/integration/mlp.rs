@@ -179,6 +179,7 @@ fn random_mlp(
         Activation::Tanh,
         Activation::Sigmoid,
         Activation::Identity,
+        Activation::LeakyRelu(0.1),
     ];
     let scores = if classes == 2 { 1 } else { classes };
     let mut widths = vec![features];

@@ -27,7 +27,7 @@ pub enum ImportError {
     #[error("the ONNX model has no graph")]
     NoGraph,
     #[error(
-        "unsupported ONNX operator {op_type} (domain {domain:?}, node {node:?}); supported: LinearClassifier, LinearRegressor, TreeEnsembleClassifier, TreeEnsembleRegressor, TreeEnsemble (ai.onnx.ml 5), with Cast, Identity, ZipMap and Normalizer(L1) around them; or a dense network: MatMul+Add or Gemm layers, Relu, Tanh, Sigmoid, Softmax (last), BatchNormalization (right after a layer), Dropout, Identity, Cast, Reshape, Flatten, Scaler/Sub/Add/Mul/Div by constants, and skl2onnx's label operators (Concat, ArgMax, ArrayFeatureExtractor, ZipMap)"
+        "unsupported ONNX operator {op_type} (domain {domain:?}, node {node:?}); supported: LinearClassifier, LinearRegressor, TreeEnsembleClassifier, TreeEnsembleRegressor, TreeEnsemble (ai.onnx.ml 5), with Cast, Identity, ZipMap and Normalizer(L1) around them (ArgMax and a Gather of labels after a TreeEnsemble), client-side preprocessing in front; or a dense network: MatMul+Add or Gemm layers, Relu, LeakyRelu, Tanh, Sigmoid, Softmax or LogSoftmax (last), BatchNormalization (right after a layer), Dropout, Identity, Cast, Reshape, Flatten, Scaler/Sub/Add/Mul/Div by constants, and skl2onnx's label operators (Concat, ArgMax, ArrayFeatureExtractor, ZipMap)"
     )]
     UnsupportedOperator {
         op_type: String,

@@ -12,7 +12,7 @@
 //!   activation between them are composed into one layer. A `BatchNormalization` directly after
 //!   a dense layer (possibly after its bias `Add`) is folded into that layer's weights;
 //!   anywhere else it is refused as an unsupported operator.
-//! * Activation: `Relu`, `Tanh`, `Sigmoid` after a dense layer.
+//! * Activation: `Relu`, `LeakyRelu` (its `alpha`), `Tanh`, `Sigmoid` after a dense layer.
 //! * Element-wise affine operations by constants (`Add`, `Sub`, `Mul`, `Div` with a scalar or a
 //!   per-feature vector, the ai.onnx.ml `Scaler`): in front of the first layer they become
 //!   [`Mlp::scaler`] (how skl2onnx writes `StandardScaler` and `MinMaxScaler`, and how a module
@@ -20,7 +20,8 @@
 //!   the next layer's weights.
 //! * Shape-preserving helpers on `[batch, features]`: `Identity`, `Cast` to float, `Dropout`
 //!   (the identity at inference), `Reshape` to `[-1 or 0, width]`, `Flatten(axis = 1)`.
-//! * Output transform ([`Mlp::post`]): a final `Softmax` gives `Softmax`; a final `Sigmoid` on a
+//! * Output transform ([`Mlp::post`]): a final `Softmax` gives `Softmax`, a final `LogSoftmax`
+//!   (PyTorch's classic classifier ending) `LogSoftmax`; a final `Sigmoid` on a
 //!   single unit gives `Logistic`; no activation after the last layer gives `None`. A `Relu` or
 //!   `Tanh` on the output layer, a `Sigmoid` on a wider one (multi-label), or an operation after
 //!   the `Softmax` are refused.
@@ -62,7 +63,7 @@ const MAX_COMPOSE_WORK: usize = 1 << 30;
 pub const MLP_OP_TYPE: &str = "MLP";
 
 /// Standard-domain operators a dense network may use.
-const DENSE_OPS: [&str; 22] = [
+const DENSE_OPS: [&str; 24] = [
     "MatMul",
     "Gemm",
     "Add",
@@ -70,9 +71,11 @@ const DENSE_OPS: [&str; 22] = [
     "Mul",
     "Div",
     "Relu",
+    "LeakyRelu",
     "Tanh",
     "Sigmoid",
     "Softmax",
+    "LogSoftmax",
     "BatchNormalization",
     "Identity",
     "Cast",
@@ -249,7 +252,10 @@ enum StepOp {
     Linear(Rc<Affine>),
     Diag(Rc<Diag>),
     Act(Activation),
-    Softmax,
+    /// `Softmax`, or `LogSoftmax` when `log`.
+    Softmax {
+        log: bool,
+    },
 }
 
 /// One operation on the network's activations; steps form a tree rooted at the graph input.
@@ -653,16 +659,23 @@ impl<'g> Walk<'g> {
             }
             "Gemm" => self.gemm(node, &attrs)?,
             "Add" | "Sub" | "Mul" | "Div" => self.arithmetic(node)?,
-            "Relu" | "Tanh" | "Sigmoid" => {
+            "Relu" | "LeakyRelu" | "Tanh" | "Sigmoid" => {
                 let k = self.net(node, 0)?;
                 let act = match node.op_type.as_str() {
                     "Relu" => Activation::Relu,
+                    "LeakyRelu" => {
+                        let alpha = attrs.float("alpha")?.unwrap_or(0.01);
+                        if !alpha.is_finite() {
+                            return Err(unsupported_attr(node, "alpha", alpha));
+                        }
+                        Activation::LeakyRelu(alpha)
+                    }
                     "Tanh" => Activation::Tanh,
                     _ => Activation::Sigmoid,
                 };
                 self.push(k, StepOp::Act(act), self.steps[k].width)
             }
-            "Softmax" => {
+            "Softmax" | "LogSoftmax" => {
                 let k = self.net(node, 0)?;
                 if let Some(axis) = attrs.int("axis")?
                     && axis != 1
@@ -670,7 +683,8 @@ impl<'g> Walk<'g> {
                 {
                     return Err(unsupported_attr(node, "axis", axis));
                 }
-                self.push(k, StepOp::Softmax, self.steps[k].width)
+                let log = node.op_type == "LogSoftmax";
+                self.push(k, StepOp::Softmax { log }, self.steps[k].width)
             }
             "BatchNormalization" => self.batch_norm(node, &attrs)?,
             "Scaler" => {
@@ -1185,7 +1199,7 @@ impl<'g> Walk<'g> {
     /// logits or from the probabilities).
     fn base(&self, k: usize) -> usize {
         match self.steps[k].op {
-            StepOp::Softmax => self.steps[k].parent.unwrap_or(k),
+            StepOp::Softmax { .. } => self.steps[k].parent.unwrap_or(k),
             _ => k,
         }
     }
@@ -1257,11 +1271,12 @@ fn compose(
     let mut layers: Vec<Open> = Vec::new();
     // An element-wise affine after an activation, waiting for the next dense layer.
     let mut pending: Option<Diag> = None;
-    let mut softmax = false;
+    // Some(log) once a Softmax (or LogSoftmax) ends the network.
+    let mut softmax: Option<bool> = None;
     let mut work = 0usize;
     for &i in chain {
         let step = &steps[i];
-        if softmax && !matches!(step.op, StepOp::Input) {
+        if softmax.is_some() && !matches!(step.op, StepOp::Input) {
             return Err(graph_err(
                 "Softmax must be the last operation of the network",
             ));
@@ -1321,8 +1336,8 @@ fn compose(
                 }
                 Some(l) => l.act = Some(*act),
             },
-            StepOp::Softmax => match layers.last() {
-                Some(l) if l.act.is_none() => softmax = true,
+            StepOp::Softmax { log } => match layers.last() {
+                Some(l) if l.act.is_none() => softmax = Some(*log),
                 _ => {
                     return Err(graph_err(
                         "Softmax is supported only right after the output layer",
@@ -1341,19 +1356,20 @@ fn compose(
     }
     let last = layers.last_mut().expect("not empty");
     let post = match (softmax, last.act) {
-        (true, _) => PostTransform::Softmax,
-        (false, None) => PostTransform::None,
-        (false, Some(Activation::Sigmoid)) if last.affine.outputs == 1 => {
+        (Some(false), _) => PostTransform::Softmax,
+        (Some(true), _) => PostTransform::LogSoftmax,
+        (None, None) => PostTransform::None,
+        (None, Some(Activation::Sigmoid)) if last.affine.outputs == 1 => {
             last.act = None;
             PostTransform::Logistic
         }
-        (false, Some(Activation::Sigmoid)) => {
+        (None, Some(Activation::Sigmoid)) => {
             return Err(graph_err(format!(
                 "a Sigmoid on an output of {} columns (multi-label) is not supported",
                 last.affine.outputs
             )));
         }
-        (false, Some(act)) => {
+        (None, Some(act)) => {
             return Err(graph_err(format!(
                 "the output layer ends in {}; after the last dense layer only Softmax, a \
                  one-unit Sigmoid or nothing is supported",

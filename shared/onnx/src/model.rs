@@ -135,10 +135,12 @@ pub struct Linear {
 }
 
 /// An element-wise activation after a dense layer.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq)]
 pub enum Activation {
     Identity,
     Relu,
+    /// `x` for `x >= 0`, `alpha * x` below (ONNX `LeakyRelu`, PyTorch `nn.LeakyReLU`).
+    LeakyRelu(f32),
     Tanh,
     /// The logistic function `1 / (1 + e^-x)`.
     Sigmoid,
@@ -149,6 +151,13 @@ impl Activation {
         match self {
             Activation::Identity => x,
             Activation::Relu => x.max(0.0),
+            Activation::LeakyRelu(alpha) => {
+                if x >= 0.0 {
+                    x
+                } else {
+                    alpha * x
+                }
+            }
             Activation::Tanh => x.tanh(),
             Activation::Sigmoid => fhe_batch_core::tree::sigmoid(x),
         }
@@ -158,6 +167,7 @@ impl Activation {
         match self {
             Activation::Identity => "identity",
             Activation::Relu => "relu",
+            Activation::LeakyRelu(_) => "leaky_relu",
             Activation::Tanh => "tanh",
             Activation::Sigmoid => "sigmoid",
         }

@@ -127,6 +127,7 @@ fn pytorch_style_networks_match_onnx_runtime() {
         "torch-mlp-bc-32-16-2",
         "torch-mlp-matmul",
         "torch-mlp-bn-folded",
+        "torch-mlp-leaky-logsoftmax",
     ] {
         let accuracy = check(name, "output", None).unwrap();
         let (_, exp) = fixture(name);
@@ -159,6 +160,11 @@ fn networks_have_the_exported_shape() {
     assert_eq!(m.task, OnnxTask::Regressor { targets: 1 });
     assert_eq!((m.hidden(), m.post), (vec![16], PostTransform::None));
     assert!(m.scaler.is_some());
+
+    // PyTorch's classic ending: LeakyReLU hidden units, log-probabilities out.
+    let m = mlp_of("torch-mlp-leaky-logsoftmax");
+    assert_eq!(m.layers[0].activation, Activation::LeakyRelu(0.1));
+    assert_eq!((m.hidden(), m.post), (vec![16], PostTransform::LogSoftmax));
 
     let m = mlp_of("iris-mlp-tanh");
     assert_eq!(m.layers[0].activation, Activation::Tanh);

@@ -34,6 +34,8 @@ pub enum PostTransform {
     None,
     Logistic,
     Softmax,
+    /// `x - max - ln(sum(exp(x - max)))` (PyTorch's `LogSoftmax` ending): log-probabilities.
+    LogSoftmax,
 }
 
 pub fn sigmoid(x: f32) -> f32 {
@@ -55,6 +57,11 @@ pub fn transform(post: PostTransform, s: &mut [f32]) {
                 })
                 .sum();
             s.iter_mut().for_each(|v| *v /= sum);
+        }
+        PostTransform::LogSoftmax => {
+            let m = s.iter().cloned().fold(f32::NEG_INFINITY, f32::max);
+            let log_sum = s.iter().map(|v| (v - m).exp()).sum::<f32>().ln();
+            s.iter_mut().for_each(|v| *v = *v - m - log_sum);
         }
     }
 }
@@ -129,5 +136,28 @@ impl ForestClient {
             .iter()
             .map(|t| u64::from(t.bit(&x)))
             .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn log_softmax_is_the_log_of_softmax() {
+        let mut p = [1.0f32, 2.0, 3.5];
+        let mut l = p;
+        transform(PostTransform::Softmax, &mut p);
+        transform(PostTransform::LogSoftmax, &mut l);
+        for (p, l) in p.iter().zip(&l) {
+            assert!((p.ln() - l).abs() < 1e-6, "{p} {l}");
+        }
+        // Large logits do not overflow.
+        let mut big = [1000.0f32, 999.0];
+        transform(PostTransform::LogSoftmax, &mut big);
+        assert!(
+            big.iter().all(|v| v.is_finite()) && big[0] > big[1],
+            "{big:?}"
+        );
     }
 }
