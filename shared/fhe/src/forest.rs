@@ -13,6 +13,7 @@
 //! a packing keyswitch to the client's output key. The noise argument is in
 //! `docs/SECURITY.md` and [`fhe_batch_core::tree::ForestPlan::validate`].
 
+use crate::batch_ks::Lookup;
 use crate::keys::SecretKey;
 use crate::params::shortint_params;
 use fhe_batch_core::format::{ResultHeader, read_u64s, write_u64s};
@@ -24,12 +25,9 @@ use fhe_batch_core::tree::ForestPlan;
 use rayon::prelude::*;
 use sha2::{Digest, Sha256};
 use tfhe::core_crypto::prelude::*;
-use tfhe::shortint::ciphertext::{Degree, MaxDegree, NoiseLevel};
+use tfhe::shortint::ciphertext::{Degree, MaxDegree};
 use tfhe::shortint::server_key::{LookupTableOwned, ManyLookupTableOwned};
-use tfhe::shortint::{
-    AtomicPatternKind, CarryModulus, Ciphertext, CompressedServerKey, MessageModulus, PBSOrder,
-    ServerKey,
-};
+use tfhe::shortint::{CompressedServerKey, ServerKey};
 
 /// Packing keyswitch: one level of 22 bits (noise in `docs/SECURITY.md`).
 pub const PACKING_BASE_LOG: usize = 22;
@@ -335,6 +333,13 @@ impl PreparedEvalKey {
         let tables: Vec<Tables> = (0..plan.programs.len())
             .map(|i| tables_of(plan, i, n))
             .collect();
+        let lookups: Vec<Lookup> = tables
+            .iter()
+            .map(|t| match t {
+                Tables::One(t) => Lookup::one(t),
+                Tables::Many(t) => Lookup::many(t),
+            })
+            .collect();
         let slots = plan.score_slots as usize;
         let lwe_size = LweSize(glwe_len - n + 1);
         // Per record: every bootstrap, outputs summed into the record's slots.
@@ -343,23 +348,27 @@ impl PreparedEvalKey {
             .map(|i| {
                 let mut sums = vec![0u64; slots * lwe_size.0];
                 let mut lwe = LweCiphertext::new(0u64, lwe_size, CiphertextModulus::new_native());
-                for (p, (input, table)) in plan.programs.iter().zip(inputs.iter().zip(&tables)) {
+                // The record's bootstraps together: keyswitched in batches, one pass over the
+                // keyswitching key per batch (crate::batch_ks).
+                let mut lwes = Vec::with_capacity(plan.programs.len() * lwe_size.0);
+                for input in &inputs {
                     let glwe = GlweCiphertext::from_container(
                         input.as_slice(),
                         PolynomialSize(n),
                         CiphertextModulus::new_native(),
                     );
                     extract_lwe_sample_from_glwe_ciphertext(&glwe, &mut lwe, MonomialDegree(i));
-                    let ct = pbs_input(lwe.clone());
-                    let outs = match table {
-                        Tables::One(t) => vec![self.server.apply_lookup_table(&ct, t)],
-                        Tables::Many(t) => self.server.apply_many_lookup_table(&ct, t),
-                    };
-                    for (lut, out) in p.luts.iter().zip(&outs) {
+                    lwes.extend_from_slice(lwe.as_ref());
+                }
+                let outs = crate::batch_ks::bootstrap_many(&self.server, &lwes, &lookups);
+                let mut outs = outs.chunks_exact(lwe_size.0);
+                for (p, lookup) in plan.programs.iter().zip(&lookups) {
+                    let these: Vec<&[u64]> = outs.by_ref().take(lookup.degrees.len()).collect();
+                    for (lut, out) in p.luts.iter().zip(these) {
                         let s = lut.slot as usize;
                         for (a, &x) in sums[s * lwe_size.0..(s + 1) * lwe_size.0]
                             .iter_mut()
-                            .zip(out.ct.as_ref())
+                            .zip(out)
                         {
                             *a = a.wrapping_add(x);
                         }
@@ -408,27 +417,14 @@ impl PreparedEvalKey {
         bytes
     }
 
-    /// One programmable bootstrap (keyswitch, modulus switch, blind rotation) of an LWE
-    /// ciphertext under the big key, with one lookup table.
-    pub(crate) fn bootstrap(
-        &self,
-        lwe: LweCiphertextOwned<u64>,
-        table: &LookupTableOwned,
-    ) -> LweCiphertextOwned<u64> {
-        self.server.apply_lookup_table(&pbs_input(lwe), table).ct
+    /// Programmable bootstraps (keyswitch, modulus switch, blind rotation) of many LWE
+    /// ciphertexts under the big key (concatenated), input `k` with `tables[k]`, on the
+    /// calling thread, keyswitched in batches: tfhe's shortint outputs, bit for bit
+    /// ([`crate::batch_ks`]).
+    pub(crate) fn bootstrap_many(&self, inputs: &[u64], tables: &[LookupTableOwned]) -> Vec<u64> {
+        let lookups: Vec<Lookup> = tables.iter().map(Lookup::one).collect();
+        crate::batch_ks::bootstrap_many(&self.server, inputs, &lookups)
     }
-}
-
-/// An LWE ciphertext under the big key as tfhe's shortint bootstraps it (keyswitch first).
-fn pbs_input(lwe: LweCiphertextOwned<u64>) -> Ciphertext {
-    Ciphertext::new(
-        lwe,
-        Degree::new(15),
-        NoiseLevel::NOMINAL,
-        MessageModulus(4),
-        CarryModulus(4),
-        AtomicPatternKind::Standard(PBSOrder::KeyswitchBootstrap),
-    )
 }
 
 /// Opens a result of packed values (`per_record` values of `output_bits` bits per record, `N`

@@ -111,24 +111,27 @@ impl PreparedEvalKey {
         let per_record: Vec<Vec<u64>> = (0..records)
             .into_par_iter()
             .map(|i| {
+                // Each layer's neurons are bootstrapped together: one pass over the
+                // keyswitching key per batch of neurons, not one per neuron.
                 let mut lwe = LweCiphertext::new(0u64, lwe_size, CiphertextModulus::new_native());
-                let mut h = Vec::with_capacity(first.neurons.len() * lwe_size.0);
-                for (acc, table) in accs.chunks_exact(glwe_len).zip(&tables[0]) {
+                let mut inputs = Vec::with_capacity(first.neurons.len() * lwe_size.0);
+                for acc in accs.chunks_exact(glwe_len) {
                     let glwe = GlweCiphertext::from_container(
                         acc,
                         PolynomialSize(n),
                         CiphertextModulus::new_native(),
                     );
                     extract_lwe_sample_from_glwe_ciphertext(&glwe, &mut lwe, MonomialDegree(i));
-                    h.extend_from_slice(self.bootstrap(lwe.clone(), table).as_ref());
+                    inputs.extend_from_slice(lwe.as_ref());
                 }
+                let mut h = self.bootstrap_many(&inputs, &tables[0]);
                 for (layer, tables) in model.hidden.iter().zip(&tables).skip(1) {
-                    let mut next = Vec::with_capacity(layer.neurons.len() * lwe_size.0);
-                    for (neuron, table) in layer.neurons.iter().zip(tables) {
+                    inputs.clear();
+                    for neuron in &layer.neurons {
                         combine(neuron, &h, lwe_size.0, lwe.as_mut());
-                        next.extend_from_slice(self.bootstrap(lwe.clone(), table).as_ref());
+                        inputs.extend_from_slice(lwe.as_ref());
                     }
-                    h = next;
+                    h = self.bootstrap_many(&inputs, tables);
                 }
                 let mut out = vec![0u64; scores * lwe_size.0];
                 for (neuron, o) in model.output.iter().zip(out.chunks_exact_mut(lwe_size.0)) {
