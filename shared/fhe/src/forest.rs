@@ -222,7 +222,7 @@ impl EvalKey {
 
 /// An evaluation key ready to use: expanded in memory (about 190 MB).
 pub struct PreparedEvalKey {
-    server: ServerKey,
+    pub(crate) server: ServerKey,
     packing: LwePackingKeyswitchKeyOwned<u64>,
     owner: KeyFingerprint,
 }
@@ -415,15 +415,6 @@ impl PreparedEvalKey {
             write_u64s(g, &mut bytes);
         }
         bytes
-    }
-
-    /// Programmable bootstraps (keyswitch, modulus switch, blind rotation) of many LWE
-    /// ciphertexts under the big key (concatenated), input `k` with `tables[k]`, on the
-    /// calling thread, keyswitched in batches: tfhe's shortint outputs, bit for bit
-    /// ([`crate::batch_ks`]).
-    pub(crate) fn bootstrap_many(&self, inputs: &[u64], tables: &[LookupTableOwned]) -> Vec<u64> {
-        let lookups: Vec<Lookup> = tables.iter().map(Lookup::one).collect();
-        crate::batch_ks::bootstrap_many(&self.server, inputs, &lookups)
     }
 }
 

@@ -10,6 +10,7 @@
 //! per GLWE with the packing keyswitch to the client's output key. What the proof guarantees
 //! is in [`fhe_batch_core::mlp`] and `docs/SECURITY.md`.
 
+use crate::batch_ks::{Lookup, bootstrap_many};
 use crate::forest::{PreparedEvalKey, open_packed_result};
 use crate::keys::SecretKey;
 use fhe_batch_core::format::ResultHeader;
@@ -106,6 +107,10 @@ impl PreparedEvalKey {
             .iter()
             .map(|l| l.tables.iter().map(|t| accumulator(t)).collect())
             .collect();
+        let lookups: Vec<Vec<Lookup>> = tables
+            .iter()
+            .map(|l| l.iter().map(Lookup::one).collect())
+            .collect();
         let lwe_size = LweSize(glwe_len - n + 1);
         let scores = model.output.len();
         let per_record: Vec<Vec<u64>> = (0..records)
@@ -124,14 +129,14 @@ impl PreparedEvalKey {
                     extract_lwe_sample_from_glwe_ciphertext(&glwe, &mut lwe, MonomialDegree(i));
                     inputs.extend_from_slice(lwe.as_ref());
                 }
-                let mut h = self.bootstrap_many(&inputs, &tables[0]);
-                for (layer, tables) in model.hidden.iter().zip(&tables).skip(1) {
+                let mut h = bootstrap_many(&self.server, &inputs, &lookups[0]);
+                for (layer, lookups) in model.hidden.iter().zip(&lookups).skip(1) {
                     inputs.clear();
                     for neuron in &layer.neurons {
                         combine(neuron, &h, lwe_size.0, lwe.as_mut());
                         inputs.extend_from_slice(lwe.as_ref());
                     }
-                    h = self.bootstrap_many(&inputs, tables);
+                    h = bootstrap_many(&self.server, &inputs, lookups);
                 }
                 let mut out = vec![0u64; scores * lwe_size.0];
                 for (neuron, o) in model.output.iter().zip(out.chunks_exact_mut(lwe_size.0)) {

@@ -480,15 +480,9 @@ fn preprocess(
     if prefix.is_empty() {
         return Ok(None);
     }
-    for (i, n) in graph.node.iter().enumerate() {
-        if prefix.contains(&i) && !is_affine_prefix_op(n) {
-            return Err(ImportError::UnsupportedPreprocessing {
-                op_type: n.op_type.clone(),
-                node: n.name.clone(),
-                advice: preprocessing_advice(&n.op_type),
-            });
-        }
-    }
+    // Anything not affine per feature was split off into a client-side prefix (or refused)
+    // by client_prefix before the model was read.
+    debug_assert!(prefix.iter().all(|&i| is_affine_prefix_op(&graph.node[i])));
     let mut walk = Walk::start(graph)?;
     for (i, n) in graph.node.iter().enumerate() {
         if prefix.contains(&i) {
