@@ -99,12 +99,14 @@ fn reads_at_position(server: &MlpServer, encryption: Encryption) {
     let window = proof.layers[0].neurons[0].noise_positions as i64;
     let pkg = package(server.clone(), 7);
     assert!(pkg.manifest.public_key_batches);
-    let records: Vec<Vec<u64>> = (0..=112u64).map(|q| vec![q]).collect();
+    // Every column value four times over: 452 reads, so the mean's standard error (0.2
+    // positions) stays well inside the tolerance below.
+    let records: Vec<Vec<u64>> = (0..4).flat_map(|_| 0..=112u64).map(|q| vec![q]).collect();
     let scores = run_as(encryption, &pkg, &records);
     let offsets: Vec<i64> = scores
         .iter()
-        .enumerate()
-        .map(|(q, &s)| s - 16 * q as i64 - 100)
+        .zip(&records)
+        .map(|(&s, q)| s - 16 * q[0] as i64 - 100)
         .collect();
     eprintln!("{encryption}: read - exact positions: {offsets:?}");
     assert!(offsets.iter().all(|d| d.abs() <= window + 1), "{offsets:?}");
@@ -115,8 +117,13 @@ fn reads_at_position(server: &MlpServer, encryption: Encryption) {
         .sum::<f64>()
         / offsets.len() as f64;
     eprintln!("mean {mean:.2}, sd {:.2} positions", var.sqrt());
+    // Centred: a table read half a neuron step (8 positions) or more off its position, as a
+    // missing or doubled half-box rotation would give, moves the mean by 8. The tolerance of 3
+    // admits what a correct bootstrap shows: a small bias that changes with the key (measured
+    // -0.6 +- 0.6 positions across keys; one CI key gave -2.2 over 113 reads) plus the mean's
+    // standard error.
     assert!(
-        mean.abs() < 2.0 && var.sqrt() < 8.0,
+        mean.abs() < 3.0 && var.sqrt() < 8.0,
         "mean {mean}, var {var}"
     );
 }
