@@ -148,8 +148,11 @@ def main():
     if only == "leaky":
         export_torch_leaky(out)
         return
+    if only == "text":
+        export_text_columns(out)
+        return
     if only is not None:
-        sys.exit(f"--only {only}: only 'pipelines', 'prefixes', 'leaky', 'catboost', 'te5' and 'forests' are known")
+        sys.exit(f"--only {only}: only 'pipelines', 'prefixes', 'text', 'leaky', 'catboost', 'te5' and 'forests' are known")
     opts = {"zipmap": False}
 
     features, x, y = load("breast_cancer.csv")
@@ -235,6 +238,7 @@ def export_pipelines(out):
                            zipmap=False, target_opset=15)
     write(out, "bc-lgbm-20x15", onx, features, xte, yte, float(lgbm.score(xte, yte)))
     export_client_prefixes(out)
+    export_text_columns(out)
 
     # Regressors: petal width from the other three measurements (iris-rf-regressor's split).
     features, x, y = load("iris.csv")
@@ -353,6 +357,82 @@ def export_client_prefixes(out):
         n_bins=3, encode="ordinal", quantile_method="averaged_inverted_cdf"),
         LogisticRegression(max_iter=1000)).fit(xtr, ytr), features, xte[:20], yte[:20],
         note="Less")
+
+
+def export_text_columns(out):
+    """Data frames with a text column (issue 12): skl2onnx exports one graph input per column,
+    the text one a string tensor that a OneHotEncoder (`cats_strings`) or an OrdinalEncoder's
+    LabelEncoder (`keys_strings`) reads. The importer turns the text into category codes the
+    client reads from its CSV. Writes `iris-text.csv` (Iris with a `site` column of place
+    names), and per model the held-out rows' indices into it, ONNX Runtime's labels and model
+    inputs on them, and its labels on rows whose site the encoders never saw."""
+    import pandas as pd
+    from sklearn.compose import ColumnTransformer
+    from sklearn.preprocessing import OneHotEncoder, OrdinalEncoder
+
+    features, x, y = load("iris.csv")
+    classes = sorted(set(y))
+    yi = np.array([classes.index(v) for v in y])
+    names = ["north", "south", "east"]
+    site = [names[int(v) - 1] for v in with_site(x, 7)[:, 4]]
+    df = pd.DataFrame(x.astype(np.float32), columns=features)
+    df["site"] = site
+    with open(out / "iris-text.csv", "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(features + ["site", "label"])
+        for row, s, label in zip(x, site, y):
+            w.writerow([repr(float(v)) for v in row] + [s, label])
+    rows = np.arange(len(df))
+    tr, te = train_test_split(rows, test_size=0.3, random_state=42, stratify=yi)
+    unseen = df.iloc[te[:6]].copy()
+    unseen["site"] = ["west", "", "North", "north ", "south", "zone 9"]
+
+    def feeds(frame):
+        return {c: (frame[[c]].to_numpy().astype(np.float32) if c != "site"
+                    else frame[[c]].to_numpy().astype(object)) for c in frame.columns}
+
+    def save(name, pipe):
+        pipe.fit(df.iloc[tr], yi[tr])
+        onx = to_onnx(pipe, df.iloc[:1], options={id(pipe.steps[-1][1]): {"zipmap": False}},
+                      target_opset=SKL_OPSET)
+        opsets = sorted(onx.opset_import, key=lambda o: o.domain)
+        del onx.opset_import[:]
+        onx.opset_import.extend(opsets)
+        path = out / f"{name}.onnx"
+        path.write_bytes(onx.SerializeToString())
+        sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        probe = onnx.ModelProto()
+        probe.CopyFrom(onx)
+        probe.graph.output.append(onnx.helper.make_tensor_value_info(
+            model_input(onx), onnx.TensorProto.FLOAT, None))
+        psess = ort.InferenceSession(probe.SerializeToString(), providers=["CPUExecutionProvider"])
+        test = df.iloc[te]
+        accuracy = float(pipe.score(test, yi[te]))
+        expected = {
+            "model": name,
+            "features": features + ["site"],
+            "rows": [int(i) for i in te],
+            "y": [str(v) for v in yi[te]],
+            "onnxruntime": sess.run(["label"], feeds(test))[0].tolist(),
+            "prefix": psess.run([model_input(onx)], feeds(test))[0].tolist(),
+            "unseen": {
+                "sites": list(unseen["site"]),
+                "rows": [int(i) for i in te[:6]],
+                "onnxruntime": sess.run(["label"], feeds(unseen))[0].tolist(),
+                "prefix": psess.run([model_input(onx)], feeds(unseen))[0].tolist(),
+            },
+            "float_accuracy": accuracy,
+        }
+        (out / f"{name}.expected.json").write_text(json.dumps(expected) + "\n")
+        print(f"{name}: {path.stat().st_size} bytes, accuracy {accuracy:.4f}")
+
+    save("iris-text-onehot-logistic", make_pipeline(ColumnTransformer(
+        [("num", StandardScaler(), features),
+         ("site", OneHotEncoder(handle_unknown="ignore"), ["site"])]),
+        LogisticRegression(max_iter=1000)))
+    save("iris-text-ordinal-gb", make_pipeline(ColumnTransformer(
+        [("num", "passthrough", features), ("site", OrdinalEncoder(), ["site"])]),
+        GradientBoostingClassifier(n_estimators=10, max_depth=3, random_state=0)))
 
 
 def export_forests(out):

@@ -221,3 +221,139 @@ async fn pipelines_with_client_side_preprocessing_decrypt_to_the_integer_referen
         }
     }
 }
+
+/// Data frames with a text column (issue 12): skl2onnx exports one graph input per column and
+/// the text one as a string tensor, read by a OneHotEncoder (`cats_strings`) in front of a
+/// logistic regression and by an OrdinalEncoder's LabelEncoder (`keys_strings`) in front of
+/// gradient boosting. The client reads the site names from its CSV as category codes: the
+/// preprocessing gives ONNX Runtime's model inputs on every held-out row, bit for bit; rows
+/// with sites the encoders never saw get ONNX Runtime's labels (no trimming, no case folding);
+/// an empty cell is a missing value, refused and named; encrypted records decrypt to the
+/// integer reference.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn text_columns_are_read_as_their_encoders_categories() {
+    use fhe_batch_train::data::{CellRules, read_labelled_csv_with, read_records_with};
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/onnx");
+    for name in ["iris-text-onehot-logistic", "iris-text-ordinal-gb"] {
+        let imported =
+            fhe_batch_onnx::import_onnx(&std::fs::read(dir.join(format!("{name}.onnx"))).unwrap())
+                .unwrap();
+        let exp: serde_json::Value = serde_json::from_slice(
+            &std::fs::read(dir.join(format!("{name}.expected.json"))).unwrap(),
+        )
+        .unwrap();
+        let prefix = imported.prefix.clone().expect("a client-side prefix");
+        let columns = imported.columns.clone().expect("one input per column");
+        assert_eq!(columns.last().map(String::as_str), Some("site"), "{name}");
+        assert_eq!(prefix.text.len(), 1, "{name}");
+        assert_eq!(prefix.text[0].column, 4, "{name}");
+        let ds = read_labelled_csv_with(
+            &dir.join("iris-text.csv"),
+            "label",
+            fhe_batch_train::Task::Classification,
+            CellRules::of(Some(&prefix)),
+        )
+        .unwrap();
+        assert_eq!(ds.feature_names, columns, "{name}");
+        // The model's inputs as the client computes them, and as ONNX Runtime did.
+        let prefixed = |raw: &[f64]| -> Vec<f32> {
+            prefix
+                .apply(raw)
+                .unwrap()
+                .iter()
+                .map(|&v| v as f32)
+                .collect()
+        };
+        let f32s = |v: &serde_json::Value| -> Vec<f32> {
+            v.as_array()
+                .unwrap()
+                .iter()
+                .map(|x| x.as_f64().unwrap() as f32)
+                .collect()
+        };
+        let rows: Vec<usize> = exp["rows"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_u64().unwrap() as usize)
+            .collect();
+        for (k, &r) in rows.iter().enumerate() {
+            assert_eq!(
+                prefixed(ds.row(r)),
+                f32s(&exp["prefix"][k]),
+                "{name}: row {r}"
+            );
+            let label = imported.predict_raw(ds.row(r)).unwrap().label.unwrap();
+            assert_eq!(label, exp["onnxruntime"][k].to_string(), "{name}: row {r}");
+        }
+        // Sites the encoders never saw, read from a CSV as a data owner's would be.
+        let unseen = &exp["unseen"];
+        let sites: Vec<&str> = unseen["sites"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_str().unwrap())
+            .collect();
+        let unseen_rows: Vec<usize> = unseen["rows"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_u64().unwrap() as usize)
+            .collect();
+        let csv = |skip_empty: bool| {
+            let mut text = format!("{}\n", columns.join(","));
+            for (&r, site) in unseen_rows.iter().zip(&sites) {
+                if skip_empty && site.is_empty() {
+                    continue;
+                }
+                let nums: Vec<String> = ds.row(r)[..4].iter().map(|v| v.to_string()).collect();
+                text.push_str(&format!("{},\"{site}\"\n", nums.join(",")));
+            }
+            let f = tempfile::NamedTempFile::new().unwrap();
+            std::fs::write(f.path(), text).unwrap();
+            f
+        };
+        let rules = CellRules::of(Some(&prefix));
+        let e = read_records_with(csv(false).path(), &columns, rules)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("1 records have missing values") && e.contains("3"),
+            "{e}"
+        );
+        let raw = read_records_with(csv(true).path(), &columns, rules).unwrap();
+        let mut k = 0;
+        for (i, site) in sites.iter().enumerate() {
+            if site.is_empty() {
+                continue;
+            }
+            let record = &raw[k * 5..(k + 1) * 5];
+            assert_eq!(
+                prefixed(record),
+                f32s(&unseen["prefix"][i]),
+                "{name}: {site:?}"
+            );
+            let label = imported.predict_raw(record).unwrap().label.unwrap();
+            assert_eq!(
+                label,
+                unseen["onnxruntime"][i].to_string(),
+                "{name}: {site:?}"
+            );
+            k += 1;
+        }
+        // Encrypted: the client's codes through the pipeline decrypt to the integer reference.
+        let data = ImportData {
+            all: &ds,
+            calibration: &ds,
+            eval: &ds,
+            evaluated_on: "all rows",
+        };
+        let pkg = compile_imported(&imported, data, &ImportOptions::default())
+            .unwrap()
+            .package;
+        assert_eq!(pkg.client.prefix.as_ref(), Some(&prefix), "{name}");
+        let enc: Vec<Vec<f64>> = rows[..12].iter().map(|&r| ds.row(r).to_vec()).collect();
+        let (got, want) = round_trip_rows(&pkg, &enc).await;
+        assert_eq!(got, want, "{name}");
+    }
+}

@@ -5,7 +5,7 @@
 use crate::{local, output, store};
 use anyhow::{Context, Result};
 use fhe_batch_fhe::{Encryptor, PublicKey};
-use fhe_batch_train::data::{read_records, read_records_with_missing};
+use fhe_batch_train::data::{CellRules, read_records_with};
 use std::path::PathBuf;
 use std::time::Instant;
 
@@ -66,11 +66,11 @@ pub fn run(args: EncryptArgs) -> Result<()> {
         }
     }
     let t = Instant::now();
-    let raw = if side.client.prefix.as_ref().is_some_and(|p| p.imputes()) {
-        read_records_with_missing(&args.input, &side.client.feature_names)?
-    } else {
-        read_records(&args.input, &side.client.feature_names)?
-    };
+    let raw = read_records_with(
+        &args.input,
+        &side.client.feature_names,
+        CellRules::of(side.client.prefix.as_ref()),
+    )?;
     let records = raw.len() / side.client.n_features();
     let columns = side
         .client

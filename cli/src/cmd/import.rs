@@ -8,7 +8,7 @@ use anyhow::{Context, Result};
 use fhe_batch_core::budget::ChunkBudget;
 use fhe_batch_core::params::ParamSet;
 use fhe_batch_train::Task;
-use fhe_batch_train::data::{read_labelled_csv, read_labelled_csv_with_missing};
+use fhe_batch_train::data::{CellRules, read_labelled_csv_with};
 use fhe_batch_train::import::{
     ImportData, ImportOptions, ImportSummary, TreeSummary, compile_imported,
 };
@@ -85,6 +85,28 @@ pub fn run(args: ImportArgs) -> Result<()> {
                 ""
             }
         );
+        for t in &p.text {
+            println!(
+                "  text column {}: {} categories ({}){}",
+                imported
+                    .columns
+                    .as_ref()
+                    .and_then(|c| c.get(t.column))
+                    .map_or_else(|| format!("#{}", t.column), |n| format!("{n:?}")),
+                t.categories.len(),
+                t.categories
+                    .iter()
+                    .take(6)
+                    .map(|c| format!("{c:?}"))
+                    .collect::<Vec<_>>()
+                    .join(", "),
+                if t.unknown_allowed {
+                    "; other texts are ignored"
+                } else {
+                    "; other texts are refused"
+                }
+            );
+        }
     }
     // The label column is read as the model's task says: digits 0-9 are classes for a
     // classifier, numbers for a regressor.
@@ -92,11 +114,23 @@ pub fn run(args: ImportArgs) -> Result<()> {
         fhe_batch_onnx::OnnxTask::Classifier { .. } => Task::Classification,
         fhe_batch_onnx::OnnxTask::Regressor { .. } => Task::Regression,
     };
-    let ds = if imported.prefix.as_ref().is_some_and(|p| p.imputes()) {
-        read_labelled_csv_with_missing(&args.data, &args.label, task)?
-    } else {
-        read_labelled_csv(&args.data, &args.label, task)?
-    };
+    let ds = read_labelled_csv_with(
+        &args.data,
+        &args.label,
+        task,
+        CellRules::of(imported.prefix.as_ref()),
+    )?;
+    // A data frame's export names its columns: the CSV must hold them in that order.
+    if let Some(columns) = &imported.columns
+        && columns != &ds.feature_names
+    {
+        anyhow::bail!(
+            "{} has feature columns {} but the model reads {}, in this order; write the CSV with those columns (and the label)",
+            args.data.display(),
+            ds.feature_names.join(", "),
+            columns.join(", ")
+        );
+    }
     let (calibration, eval, on) = args.compile.split(&ds)?;
     let data = ImportData {
         all: &ds,

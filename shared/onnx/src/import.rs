@@ -78,6 +78,9 @@ pub struct Imported {
     /// The pipeline's preprocessing the client runs on each raw record (everything in front of
     /// the model when it is not affine per feature); the model's features are its outputs.
     pub prefix: Option<ClientPrefix>,
+    /// The raw columns' names when the graph declares one input per column (a data frame's
+    /// export): the CSV's feature columns must be these, in this order.
+    pub columns: Option<Vec<String>>,
 }
 
 impl Imported {
@@ -127,6 +130,7 @@ pub fn import_onnx(bytes: &[u8]) -> Result<Imported, ImportError> {
         .filter(|c| !c.is_control())
         .take(80)
         .collect();
+    let columns = crate::prefix::column_names(graph)?;
     let (prefix, split) = client_prefix(graph)?;
     let graph = split.as_ref().unwrap_or(graph);
     let has_model_op = graph
@@ -156,6 +160,7 @@ pub fn import_onnx(bytes: &[u8]) -> Result<Imported, ImportError> {
             op_type: MLP_OP_TYPE.to_string(),
             folded,
             prefix,
+            columns,
         });
     }
     let main: Vec<&NodeProto> = graph
@@ -310,6 +315,7 @@ pub fn import_onnx(bytes: &[u8]) -> Result<Imported, ImportError> {
         op_type: node.op_type.clone(),
         folded,
         prefix,
+        columns,
     })
 }
 

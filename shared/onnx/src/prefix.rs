@@ -13,7 +13,9 @@
 
 use crate::import::{Attrs, ImportError, invalid, unsupported};
 use crate::proto::{Dimension, GraphProto, NodeProto, TensorProto, data_type};
-use fhe_batch_core::model::prefix::{Arith, CastTo, ClientPrefix, Norm, PrefixOp, PrefixStep};
+use fhe_batch_core::model::prefix::{
+    Arith, CastTo, ClientPrefix, Norm, PrefixOp, PrefixStep, TextColumn,
+};
 use std::collections::{HashMap, HashSet};
 
 /// The operators a client-side prefix runs, by ONNX domain.
@@ -42,32 +44,224 @@ pub(crate) fn is_prefix_op(n: &NodeProto) -> bool {
     }
 }
 
+/// One graph input: a block of raw columns (a data frame exports one per column).
+struct RawInput<'g> {
+    name: &'g str,
+    width: usize,
+    text: bool,
+}
+
+/// The graph's data inputs (initializers listed as inputs by older exporters excluded), in
+/// order: the raw record is their columns side by side.
+fn raw_inputs(graph: &GraphProto) -> Result<Vec<RawInput<'_>>, ImportError> {
+    let mut out = Vec::new();
+    for input in &graph.input {
+        if constant(graph, &input.name).is_some() {
+            continue;
+        }
+        let tensor = input.r#type.as_ref().and_then(|t| t.tensor_type.as_ref());
+        let width = tensor
+            .and_then(|t| t.shape.as_ref())
+            .and_then(|s| s.dim.get(1))
+            .and_then(|d| d.dim_value)
+            .filter(|&d| d > 0)
+            .ok_or_else(|| ImportError::Invalid {
+                op: "graph input".into(),
+                detail: format!(
+                    "{:?} declares no column count; the client-side preprocessing needs it",
+                    input.name
+                ),
+            })? as usize;
+        let text = match tensor.map_or(data_type::FLOAT, |t| t.elem_type) {
+            data_type::STRING => true,
+            data_type::FLOAT
+            | data_type::DOUBLE
+            | data_type::INT64
+            | data_type::INT32
+            | data_type::BOOL => false,
+            other => {
+                return Err(ImportError::Invalid {
+                    op: "graph input".into(),
+                    detail: format!(
+                        "{:?} holds ONNX element type {other}; numbers and text are supported",
+                        input.name
+                    ),
+                });
+            }
+        };
+        out.push(RawInput {
+            name: &input.name,
+            width,
+            text,
+        });
+    }
+    if out.is_empty() {
+        return Err(ImportError::NoGraph);
+    }
+    Ok(out)
+}
+
+/// The text categories met so far, per raw text column, and whether every encoder reading a
+/// column ignores texts it was not fitted on.
+#[derive(Default)]
+struct Vocabularies(std::collections::BTreeMap<usize, (Vec<String>, bool)>);
+
+impl Vocabularies {
+    /// The codes of `categories` in the shared vocabulary of `columns` (appended where new),
+    /// which must so far be the same for every one of them.
+    fn codes(
+        &mut self,
+        n: &NodeProto,
+        columns: &[usize],
+        categories: &[String],
+        ignores_unknown: bool,
+    ) -> Result<Vec<usize>, ImportError> {
+        let first = self.0.get(&columns[0]).cloned().unwrap_or_default();
+        if columns
+            .iter()
+            .any(|c| self.0.get(c).map_or(&[][..], |v| &v.0[..]) != &first.0[..])
+        {
+            return Err(invalid(
+                n,
+                "encodes several text columns that other encoders gave different categories",
+            ));
+        }
+        let mut vocab = first.0;
+        let codes = categories
+            .iter()
+            .map(|c| match vocab.iter().position(|v| v == c) {
+                Some(k) => k,
+                None => {
+                    vocab.push(c.clone());
+                    vocab.len() - 1
+                }
+            })
+            .collect();
+        for &c in columns {
+            let e = self.0.entry(c).or_insert_with(|| (Vec::new(), true));
+            e.0 = vocab.clone();
+            e.1 &= ignores_unknown;
+        }
+        Ok(codes)
+    }
+}
+
+/// A step reading text columns: its operation on their codes, and the raw text columns of its
+/// output when that is still text (a selection or concatenation of text columns).
+fn text_step(
+    graph: &GraphProto,
+    n: &NodeProto,
+    text: &[&[usize]],
+    vocab: &mut Vocabularies,
+    reshapes: &mut Vec<(usize, i64, String)>,
+    step: usize,
+) -> Result<(PrefixOp, Option<Vec<usize>>), ImportError> {
+    let a = Attrs::new(n)?;
+    let refuse = |what: &str| ImportError::UnsupportedPreprocessing {
+        op_type: n.op_type.clone(),
+        node: n.name.clone(),
+        advice: format!(
+            "it {what}; text columns may only be selected, concatenated and encoded by a \
+             OneHotEncoder or a LabelEncoder to numbers (scikit-learn's OneHotEncoder and \
+             OrdinalEncoder); encode the column as integers in the CSV and export the model on them"
+        ),
+    };
+    match n.op_type.as_str() {
+        "OneHotEncoder" => {
+            let cats = a.strings("cats_strings")?;
+            if cats.is_empty() {
+                return Err(refuse("encodes text with integer categories"));
+            }
+            let zeros = a.int("zeros")?.unwrap_or(1) != 0;
+            let codes = vocab.codes(n, text[0], &cats, zeros)?;
+            Ok((
+                PrefixOp::OneHot {
+                    categories: codes.iter().map(|&c| c as i64).collect(),
+                    zeros,
+                },
+                None,
+            ))
+        }
+        "LabelEncoder" => {
+            let keys = a.strings("keys_strings")?;
+            if keys.is_empty() || !a.strings("values_strings")?.is_empty() {
+                return Err(refuse("maps text to text, or has no text keys"));
+            }
+            let (values, default) = label_values(&a)?;
+            if keys.len() != values.len() {
+                return Err(invalid(n, "needs as many text keys as values"));
+            }
+            let codes = vocab.codes(n, text[0], &keys, true)?;
+            Ok((
+                PrefixOp::Map {
+                    keys: codes.iter().map(|&c| c as f32).collect(),
+                    values,
+                    default,
+                },
+                None,
+            ))
+        }
+        "ArrayFeatureExtractor" | "Gather" | "Identity" | "Reshape" | "Flatten" | "Squeeze" => {
+            let op = prefix_op(graph, n, reshapes, step)?;
+            let columns = match &op {
+                PrefixOp::Select { columns } => columns.iter().map(|&c| text[0][c]).collect(),
+                _ => text[0].to_vec(),
+            };
+            Ok((op, Some(columns)))
+        }
+        "Concat" | "FeatureVectorizer" => {
+            let op = prefix_op(graph, n, reshapes, step)?;
+            Ok((op, Some(text.concat())))
+        }
+        _ => Err(refuse("reads a text column")),
+    }
+}
+
+/// What the graph's inputs are called, one name per raw column, when a data frame exported
+/// them (several inputs of one column each); `None` for one input block.
+pub(crate) fn column_names(graph: &GraphProto) -> Result<Option<Vec<String>>, ImportError> {
+    let raw = raw_inputs(graph)?;
+    Ok((raw.len() > 1 && raw.iter().all(|r| r.width == 1))
+        .then(|| raw.iter().map(|r| r.name.to_string()).collect()))
+}
+
 /// The graph with the nodes in `prefix` (everything computing `cut`, the model's input) taken
 /// out and run as a [`ClientPrefix`] instead; the returned graph's input is `cut`, of the
 /// prefix's output width.
+///
+/// The raw record is the graph inputs' columns side by side (a data frame's columns, each its
+/// own input, in the graph's order); a text input's cells are read as category codes.
 pub(crate) fn split(
     graph: &GraphProto,
     prefix: &HashSet<usize>,
     cut: &str,
 ) -> Result<(ClientPrefix, GraphProto), ImportError> {
-    let input = graph.input.first().ok_or(ImportError::NoGraph)?;
-    let inputs = input
-        .r#type
-        .as_ref()
-        .and_then(|t| t.tensor_type.as_ref())
-        .and_then(|t| t.shape.as_ref())
-        .and_then(|s| s.dim.get(1))
-        .and_then(|d| d.dim_value)
-        .filter(|&d| d > 0)
-        .ok_or_else(|| ImportError::Invalid {
-            op: "graph input".into(),
-            detail: format!(
-                "{:?} declares no column count; the client-side preprocessing needs it",
-                input.name
-            ),
-        })? as usize;
-    let mut values: HashMap<&str, usize> = HashMap::from([(input.name.as_str(), 0)]);
+    let raw = raw_inputs(graph)?;
+    let inputs: usize = raw.iter().map(|r| r.width).sum();
+    let mut values: HashMap<&str, usize> = HashMap::new();
     let mut steps: Vec<PrefixStep> = Vec::new();
+    // Values holding text, with their raw columns.
+    let mut text_of: HashMap<usize, Vec<usize>> = HashMap::new();
+    let mut at = 0;
+    for r in &raw {
+        let id = if raw.len() == 1 {
+            0
+        } else {
+            steps.push(PrefixStep {
+                op: PrefixOp::Select {
+                    columns: (at..at + r.width).collect(),
+                },
+                inputs: vec![0],
+            });
+            steps.len()
+        };
+        values.insert(r.name, id);
+        if r.text {
+            text_of.insert(id, (at..at + r.width).collect());
+        }
+        at += r.width;
+    }
+    let mut vocab = Vocabularies::default();
     // Reshapes to `[-1, w]` are checked against the widths once the program is complete.
     let mut reshapes: Vec<(usize, i64, String)> = Vec::new();
     for (i, n) in graph.node.iter().enumerate() {
@@ -80,10 +274,10 @@ pub(crate) fn split(
                 node: n.name.clone(),
                 advice: format!(
                     "the client-side preprocessing runs Imputer, Scaler, Normalizer, Binarizer, \
-                     OneHotEncoder (integer categories), LabelEncoder (numbers), \
-                     ArrayFeatureExtractor, FeatureVectorizer, Gather, Concat, Cast, Reshape and \
-                     arithmetic by constants; apply the {} to the records before encrypting and \
-                     export the model without it",
+                     OneHotEncoder, LabelEncoder (to numbers), ArrayFeatureExtractor, \
+                     FeatureVectorizer, Gather, Concat, Cast, Reshape and arithmetic by \
+                     constants; apply the {} to the records before encrypting and export the \
+                     model without it",
                     n.op_type
                 ),
             });
@@ -107,21 +301,49 @@ pub(crate) fn split(
                 )
             })?);
         }
-        let op = prefix_op(graph, n, &mut reshapes, steps.len())?;
+        let text: Vec<&[usize]> = ids
+            .iter()
+            .filter_map(|id| text_of.get(id).map(Vec::as_slice))
+            .collect();
+        let (op, text_out) = if text.is_empty() {
+            (prefix_op(graph, n, &mut reshapes, steps.len())?, None)
+        } else if text.len() != ids.len() {
+            return Err(invalid(n, "mixes text and number columns"));
+        } else {
+            text_step(graph, n, &text, &mut vocab, &mut reshapes, steps.len())?
+        };
         if ids.is_empty() || (!matches!(op, PrefixOp::Concat) && ids.len() != 1) {
             return Err(invalid(n, format!("takes {} data inputs", ids.len())));
         }
         steps.push(PrefixStep { op, inputs: ids });
         values.insert(out.as_str(), steps.len());
+        if let Some(columns) = text_out {
+            text_of.insert(steps.len(), columns);
+        }
     }
     let output = *values.get(cut).ok_or_else(|| ImportError::Invalid {
         op: "preprocessing".into(),
         detail: format!("the model's input {cut:?} is not computed from the graph input"),
     })?;
+    if text_of.contains_key(&output) {
+        return Err(ImportError::Invalid {
+            op: "preprocessing".into(),
+            detail: "the model reads text columns that no encoder turned into numbers".into(),
+        });
+    }
     let p = ClientPrefix {
         inputs,
         steps,
         output,
+        text: vocab
+            .0
+            .into_iter()
+            .map(|(column, (categories, unknown_allowed))| TextColumn {
+                column,
+                categories,
+                unknown_allowed,
+            })
+            .collect(),
     };
     let widths = p.widths().map_err(|e| ImportError::Invalid {
         op: "preprocessing".into(),
@@ -144,8 +366,14 @@ pub(crate) fn split(
         .filter(|(i, _)| !prefix.contains(i))
         .map(|(_, n)| n.clone())
         .collect();
+    // The rest reads the prefix's output alone (a data frame's other inputs are gone).
+    rest.input.retain(|i| constant(graph, &i.name).is_none());
+    rest.input.truncate(1);
     let first = &mut rest.input[0];
     first.name = cut.to_string();
+    if let Some(t) = first.r#type.as_mut().and_then(|t| t.tensor_type.as_mut()) {
+        t.elem_type = data_type::FLOAT;
+    }
     if let Some(shape) = first
         .r#type
         .as_mut()
@@ -231,11 +459,9 @@ fn prefix_op(
         },
         "OneHotEncoder" => {
             if !a.strings("cats_strings")?.is_empty() {
-                return Err(unsupported(
+                return Err(invalid(
                     n,
-                    "cats_strings",
-                    "string categories (encode them as integers in the CSV, or with an \
-                     OrdinalEncoder, before this encoder)",
+                    "has text categories but reads numbers, not a text column of the graph input",
                 ));
             }
             let categories = a.ints("cats_int64s")?;
@@ -249,19 +475,16 @@ fn prefix_op(
         }
         "LabelEncoder" => {
             if !a.strings("keys_strings")?.is_empty() || !a.strings("values_strings")?.is_empty() {
-                return Err(unsupported(n, "keys_strings", "string labels"));
+                return Err(invalid(
+                    n,
+                    "maps text but reads numbers, not a text column of the graph input",
+                ));
             }
             let keys = match a.floats("keys_floats")? {
                 k if !k.is_empty() => k,
                 _ => a.ints("keys_int64s")?.iter().map(|&v| v as f32).collect(),
             };
-            let (values, default) = match a.floats("values_floats")? {
-                v if !v.is_empty() => (v, a.float("default_float")?.unwrap_or(-0.0)),
-                _ => (
-                    a.ints("values_int64s")?.iter().map(|&v| v as f32).collect(),
-                    a.int("default_int64")?.unwrap_or(-1) as f32,
-                ),
-            };
+            let (values, default) = label_values(&a)?;
             if keys.is_empty() || keys.len() != values.len() {
                 return Err(invalid(n, "needs as many numeric keys as values"));
             }
@@ -344,6 +567,18 @@ fn prefix_op(
             PrefixOp::Arith { op, constant }
         }
         _ => unreachable!("is_prefix_op admitted {}", n.op_type),
+    })
+}
+
+/// A `LabelEncoder`'s numeric values and its default (ONNX's: `-0.0` for floats, `-1` for
+/// integers).
+fn label_values(a: &Attrs<'_>) -> Result<(Vec<f32>, f32), ImportError> {
+    Ok(match a.floats("values_floats")? {
+        v if !v.is_empty() => (v, a.float("default_float")?.unwrap_or(-0.0)),
+        _ => (
+            a.ints("values_int64s")?.iter().map(|&v| v as f32).collect(),
+            a.int("default_int64")?.unwrap_or(-1) as f32,
+        ),
     })
 }
 

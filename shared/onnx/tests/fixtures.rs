@@ -341,7 +341,7 @@ fn unsupported_models_are_refused_naming_what_is_missing() {
             .contains("apply the Less to the records before encrypting"),
         "{e}"
     );
-    // String categories (the CSV holds numbers): refused by attribute.
+    // Text categories on a number column (the graph input is not text): refused as malformed.
     use fhe_batch_onnx::proto::{AttributeProto, ModelProto, attr_type};
     use prost::Message;
     let mut m = ModelProto::decode(fixture("iris-site-onehot-gb").0.as_slice()).unwrap();
@@ -359,7 +359,29 @@ fn unsupported_models_are_refused_naming_what_is_missing() {
     });
     let e = import_onnx(&m.encode_to_vec()).unwrap_err();
     assert!(
-        matches!(&e, ImportError::UnsupportedAttribute { attr, .. } if attr == "cats_strings"),
+        matches!(&e, ImportError::Invalid { op, detail } if op == "OneHotEncoder" && detail.contains("reads numbers")),
+        "{e}"
+    );
+    // A text column read by anything but an encoder or a column selection: named, with what
+    // to do instead.
+    let mut m = ModelProto::decode(fixture("iris-text-onehot-logistic").0.as_slice()).unwrap();
+    let graph = m.graph.as_mut().unwrap();
+    let encoder = graph
+        .node
+        .iter_mut()
+        .find(|n| n.op_type == "OneHotEncoder")
+        .unwrap();
+    encoder.op_type = "Binarizer".into();
+    encoder.attribute.clear();
+    let e = import_onnx(&m.encode_to_vec()).unwrap_err();
+    assert!(
+        matches!(&e, ImportError::UnsupportedPreprocessing { op_type, .. } if op_type == "Binarizer"),
+        "{e}"
+    );
+    assert!(
+        e.to_string().contains("reads a text column")
+            && e.to_string()
+                .contains("encode the column as integers in the CSV"),
         "{e}"
     );
     assert!(matches!(

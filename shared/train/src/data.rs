@@ -1,5 +1,6 @@
 //! Reading tabular data: labelled training sets and unlabelled records to encrypt.
 
+use fhe_batch_core::model::prefix::{ClientPrefix, TextColumn};
 use rand::{Rng, SeedableRng};
 use std::path::Path;
 
@@ -20,6 +21,13 @@ pub enum DataError {
         line: u64,
         column: String,
         value: String,
+    },
+    #[error("{path}, line {line}: column {column:?}: {reason}")]
+    Category {
+        path: String,
+        line: u64,
+        column: String,
+        reason: String,
     },
     #[error("{path}, line {line}: expected {expected} fields, found {found}")]
     Ragged {
@@ -257,8 +265,10 @@ fn open(path: &Path) -> Result<CsvReader, DataError> {
     } else {
         Box::new(file)
     };
+    // Headers, numbers and labels are trimmed; a text category is read exactly as written
+    // (" north" is not "north" to the pipeline's encoder either).
     Ok(csv::ReaderBuilder::new()
-        .trim(csv::Trim::All)
+        .trim(csv::Trim::Headers)
         .flexible(true)
         .from_reader(input))
 }
@@ -293,8 +303,49 @@ fn rows<'a>(
     })
 }
 
+/// How feature cells are read beyond plain numbers, as the model's pipeline says.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct CellRules<'a> {
+    /// Missing cells (empty, NaN, NA) are read as NaN for the pipeline's imputer; without
+    /// one, every row holding one is refused, all of them named.
+    pub missing: bool,
+    /// The pipeline's text columns, by feature position: cells are read as category codes.
+    pub text: &'a [TextColumn],
+}
+
+impl<'a> CellRules<'a> {
+    /// The rules a model's client-side preprocessing sets (plain numbers without one).
+    pub fn of(prefix: Option<&'a ClientPrefix>) -> Self {
+        prefix.map_or_else(Self::default, |p| CellRules {
+            missing: p.imputes(),
+            text: &p.text,
+        })
+    }
+
+    /// One present cell of feature `feature` (named `name`).
+    fn read(
+        &self,
+        path: &Path,
+        line: u64,
+        feature: usize,
+        name: &str,
+        value: &str,
+    ) -> Result<f64, DataError> {
+        match self.text.iter().find(|t| t.column == feature) {
+            Some(t) => t.code(value).map_err(|e| DataError::Category {
+                path: path.display().to_string(),
+                line,
+                column: name.to_string(),
+                reason: e.to_string(),
+            }),
+            None => parse_num(path, line, name, value),
+        }
+    }
+}
+
 fn parse_num(path: &Path, line: u64, column: &str, value: &str) -> Result<f64, DataError> {
     value
+        .trim()
         .parse::<f64>()
         .ok()
         .filter(|v| v.is_finite())
@@ -308,7 +359,7 @@ fn parse_num(path: &Path, line: u64, column: &str, value: &str) -> Result<f64, D
 
 /// Reads a labelled CSV: a header row, numeric feature columns, and the `label` column.
 pub fn read_labelled_csv(path: &Path, label: &str, task: Task) -> Result<Dataset, DataError> {
-    read_labelled(path, label, task, false)
+    read_labelled(path, label, task, CellRules::default())
 }
 
 /// [`read_labelled_csv`] for a model whose pipeline imputes: missing feature cells (empty,
@@ -318,15 +369,35 @@ pub fn read_labelled_csv_with_missing(
     label: &str,
     task: Task,
 ) -> Result<Dataset, DataError> {
-    read_labelled(path, label, task, true)
+    read_labelled(
+        path,
+        label,
+        task,
+        CellRules {
+            missing: true,
+            ..CellRules::default()
+        },
+    )
+}
+
+/// [`read_labelled_csv`] with cells read as a model's pipeline says (missing cells, text
+/// categories: [`CellRules::of`]).
+pub fn read_labelled_csv_with(
+    path: &Path,
+    label: &str,
+    task: Task,
+    rules: CellRules<'_>,
+) -> Result<Dataset, DataError> {
+    read_labelled(path, label, task, rules)
 }
 
 fn read_labelled(
     path: &Path,
     label: &str,
     task: Task,
-    allow_missing: bool,
+    rules: CellRules<'_>,
 ) -> Result<Dataset, DataError> {
+    let allow_missing = rules.missing;
     let mut rdr = open(path)?;
     let headers = headers(path, &mut rdr)?;
     let label_col =
@@ -367,12 +438,14 @@ fn read_labelled(
             continue;
         }
         for (i, v) in rec.iter().enumerate() {
+            // Feature position: the column's place among the non-label columns.
+            let feature = i - usize::from(i > label_col);
             if i == label_col {
-                labels.push(v.to_string());
+                labels.push(v.trim().to_string());
             } else if is_missing(v) {
                 x.push(f64::NAN);
             } else {
-                x.push(parse_num(path, line, &headers[i], v)?);
+                x.push(rules.read(path, line, feature, &headers[i], v)?);
             }
         }
     }
@@ -431,7 +504,7 @@ fn read_labelled(
 /// Reads records to encrypt: the named feature columns, in the model's order, from a CSV with
 /// a header row. Other columns (ids, the label) are ignored. Returns row-major values.
 pub fn read_records(path: &Path, feature_names: &[String]) -> Result<Vec<f64>, DataError> {
-    read_records_as(path, feature_names, false)
+    read_records_as(path, feature_names, CellRules::default())
 }
 
 /// [`read_records`] for a model whose pipeline imputes: missing cells are read as NaN, for the
@@ -440,14 +513,32 @@ pub fn read_records_with_missing(
     path: &Path,
     feature_names: &[String],
 ) -> Result<Vec<f64>, DataError> {
-    read_records_as(path, feature_names, true)
+    read_records_as(
+        path,
+        feature_names,
+        CellRules {
+            missing: true,
+            ..CellRules::default()
+        },
+    )
+}
+
+/// [`read_records`] with cells read as a model's pipeline says (missing cells, text
+/// categories: [`CellRules::of`]).
+pub fn read_records_with(
+    path: &Path,
+    feature_names: &[String],
+    rules: CellRules<'_>,
+) -> Result<Vec<f64>, DataError> {
+    read_records_as(path, feature_names, rules)
 }
 
 fn read_records_as(
     path: &Path,
     feature_names: &[String],
-    allow_missing: bool,
+    rules: CellRules<'_>,
 ) -> Result<Vec<f64>, DataError> {
+    let allow_missing = rules.missing;
     let mut rdr = open(path)?;
     let headers = headers(path, &mut rdr)?;
     let cols: Vec<usize> = feature_names
@@ -477,11 +568,11 @@ fn read_records_as(
             missing.push((line, absent));
             continue;
         }
-        for (&c, name) in cols.iter().zip(feature_names) {
+        for (feature, (&c, name)) in cols.iter().zip(feature_names).enumerate() {
             out.push(if is_missing(&rec[c]) {
                 f64::NAN
             } else {
-                parse_num(path, line, name, &rec[c])?
+                rules.read(path, line, feature, name, &rec[c])?
             });
         }
     }

@@ -396,6 +396,7 @@ mod tests {
             op_type: "MLP".into(),
             folded: Vec::new(),
             prefix: None,
+            columns: None,
         };
         let c = compile_on(&imported, &ds);
         assert_eq!(c.summary, ImportSummary::Linear);

@@ -28,7 +28,7 @@ pub mod prefix;
 
 pub use linear::{Bounds, LinearClient, LinearServer, LinearTask, Quantizer};
 pub use package::{CompileReport, ModelManifest, ModelPackage, model_id_of};
-pub use prefix::{ClientPrefix, PrefixError};
+pub use prefix::{ClientPrefix, PrefixError, TextColumn};
 
 use crate::mlp::{MlpClient, MlpServer};
 use crate::params::{Encryption, ParamSet};

@@ -141,6 +141,44 @@ pub struct ClientPrefix {
     pub steps: Vec<PrefixStep>,
     /// The value the model reads.
     pub output: usize,
+    /// Raw columns holding text categories (a data frame's string columns), read as codes.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub text: Vec<TextColumn>,
+}
+
+/// A raw column of text categories: each cell is read as its position in `categories`, the
+/// integer codes the encoders reading the column were given at import (a `OneHotEncoder`'s
+/// `cats_strings`, a `LabelEncoder`'s `keys_strings`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TextColumn {
+    pub column: usize,
+    pub categories: Vec<String>,
+    /// Whether a text outside `categories` may be read (as code `-1`): every encoder reading
+    /// the column then ignores it (a `OneHotEncoder` with `zeros`, a `LabelEncoder`'s default).
+    pub unknown_allowed: bool,
+}
+
+impl TextColumn {
+    /// The code of one cell (already known not to be missing), or why it has none.
+    pub fn code(&self, cell: &str) -> Result<f64, PrefixError> {
+        match self.categories.iter().position(|c| c == cell) {
+            Some(k) => Ok(k as f64),
+            None if self.unknown_allowed => Ok(-1.0),
+            None => Err(PrefixError::Record(format!(
+                "{cell:?} is not a category the pipeline's encoder was fitted on ({})",
+                list_categories(&self.categories)
+            ))),
+        }
+    }
+}
+
+/// The first few categories, for errors.
+fn list_categories(c: &[String]) -> String {
+    let shown: Vec<String> = c.iter().take(8).map(|s| format!("{s:?}")).collect();
+    match c.len() {
+        n if n > 8 => format!("{}, ... {} in all", shown.join(", "), n),
+        _ => shown.join(", "),
+    }
 }
 
 /// Why a prefix is malformed, or why a record cannot go through it.
@@ -221,7 +259,28 @@ impl ClientPrefix {
         if self.output >= widths.len() {
             return bad(format!("output value {} is not computed", self.output));
         }
+        let mut seen = std::collections::BTreeSet::new();
+        for t in &self.text {
+            if t.column >= self.inputs || !seen.insert(t.column) {
+                return bad(format!(
+                    "text column {} is outside 0..{} or listed twice",
+                    t.column, self.inputs
+                ));
+            }
+            if t.categories.is_empty() || t.categories.len() > MAX_PREFIX_WIDTH {
+                return bad(format!(
+                    "text column {} has {} categories",
+                    t.column,
+                    t.categories.len()
+                ));
+            }
+        }
         Ok(widths)
+    }
+
+    /// The text column `column` is, if it is one.
+    pub fn text_column(&self, column: usize) -> Option<&TextColumn> {
+        self.text.iter().find(|t| t.column == column)
     }
 
     /// Features the model reads per record.
@@ -414,6 +473,7 @@ mod tests {
     /// A ColumnTransformer: columns 0-1 imputed and scaled, column 2 one-hot, concatenated.
     fn pipeline() -> ClientPrefix {
         ClientPrefix {
+            text: Vec::new(),
             inputs: 3,
             steps: vec![
                 step(
@@ -485,6 +545,7 @@ mod tests {
     #[test]
     fn unimputed_missing_values_refuse_the_record() {
         let p = ClientPrefix {
+            text: Vec::new(),
             inputs: 2,
             steps: vec![step(PrefixOp::Normalize { norm: Norm::L2 }, &[0])],
             output: 1,
@@ -502,6 +563,7 @@ mod tests {
     #[test]
     fn encoders_follow_onnx_semantics() {
         let one_hot = |zeros| ClientPrefix {
+            text: Vec::new(),
             inputs: 2,
             steps: vec![step(
                 PrefixOp::OneHot {
@@ -519,6 +581,7 @@ mod tests {
         let e = one_hot(false).apply(&[5.0, 7.0]).unwrap_err();
         assert!(e.to_string().contains("category 7"), "{e}");
         let map = ClientPrefix {
+            text: Vec::new(),
             inputs: 1,
             steps: vec![
                 step(
@@ -552,6 +615,46 @@ mod tests {
         );
     }
 
+    /// A data frame's text column: cells read as their category's position; a text the
+    /// encoders were not fitted on reads as -1 only where they all ignore unknowns.
+    #[test]
+    fn text_columns_read_as_category_codes() {
+        let mut p = pipeline();
+        p.text = vec![TextColumn {
+            column: 2,
+            categories: vec!["north".into(), "south".into()],
+            unknown_allowed: true,
+        }];
+        p.widths().unwrap();
+        let t = p.text_column(2).unwrap();
+        assert!(p.text_column(0).is_none());
+        assert_eq!(t.code("south").unwrap(), 1.0);
+        assert_eq!(t.code("west").unwrap(), -1.0);
+        let strict = TextColumn {
+            unknown_allowed: false,
+            ..t.clone()
+        };
+        let e = strict.code("west").unwrap_err().to_string();
+        assert!(
+            e.contains("\"west\"") && e.contains("\"north\", \"south\""),
+            "{e}"
+        );
+        // Survives the client part's JSON; absent from a prefix without text columns.
+        let back: ClientPrefix = serde_json::from_str(&serde_json::to_string(&p).unwrap()).unwrap();
+        assert_eq!(back, p);
+        assert!(!serde_json::to_string(&pipeline()).unwrap().contains("text"));
+        // A column outside the record, or listed twice, is refused.
+        p.text.push(TextColumn {
+            column: 2,
+            categories: vec!["x".into()],
+            unknown_allowed: true,
+        });
+        assert!(p.widths().unwrap_err().to_string().contains("listed twice"));
+        p.text.pop();
+        p.text[0].column = 3;
+        assert!(p.widths().is_err());
+    }
+
     #[test]
     fn malformed_programs_are_refused() {
         let mut p = pipeline();
@@ -572,6 +675,7 @@ mod tests {
         p.output = 9;
         assert!(p.widths().is_err());
         let p = ClientPrefix {
+            text: Vec::new(),
             inputs: 1,
             steps: vec![step(
                 PrefixOp::OneHot {
