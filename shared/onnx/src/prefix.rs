@@ -116,7 +116,10 @@ impl Vocabularies {
         categories: &[String],
         ignores_unknown: bool,
     ) -> Result<Vec<usize>, ImportError> {
-        let first = self.0.get(&columns[0]).cloned().unwrap_or_default();
+        let Some(&head) = columns.first() else {
+            return Err(invalid(n, "encodes no column"));
+        };
+        let first = self.0.get(&head).cloned().unwrap_or_default();
         if columns
             .iter()
             .any(|c| self.0.get(c).map_or(&[][..], |v| &v.0[..]) != &first.0[..])
@@ -204,7 +207,14 @@ fn text_step(
         "ArrayFeatureExtractor" | "Gather" | "Identity" | "Reshape" | "Flatten" | "Squeeze" => {
             let op = prefix_op(graph, n, reshapes, step)?;
             let columns = match &op {
-                PrefixOp::Select { columns } => columns.iter().map(|&c| text[0][c]).collect(),
+                PrefixOp::Select { columns } => columns
+                    .iter()
+                    .map(|&c| {
+                        text[0].get(c).copied().ok_or_else(|| {
+                            invalid(n, format!("selects column {c} of {}", text[0].len()))
+                        })
+                    })
+                    .collect::<Result<_, _>>()?,
                 _ => text[0].to_vec(),
             };
             Ok((op, Some(columns)))

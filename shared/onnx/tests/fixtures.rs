@@ -341,39 +341,42 @@ fn unsupported_models_are_refused_naming_what_is_missing() {
             .contains("apply the Less to the records before encrypting"),
         "{e}"
     );
-    // Text categories on a number column (the graph input is not text): refused as malformed.
-    use fhe_batch_onnx::proto::{AttributeProto, ModelProto, attr_type};
+    // Fixture `name` imported with its OneHotEncoder changed by `edit`.
+    use fhe_batch_onnx::proto::{AttributeProto, ModelProto, NodeProto, attr_type};
     use prost::Message;
-    let mut m = ModelProto::decode(fixture("iris-site-onehot-gb").0.as_slice()).unwrap();
-    let graph = m.graph.as_mut().unwrap();
-    let encoder = graph
-        .node
-        .iter_mut()
-        .find(|n| n.op_type == "OneHotEncoder")
-        .unwrap();
-    encoder.attribute.push(AttributeProto {
-        name: "cats_strings".into(),
-        r#type: attr_type::STRINGS,
-        strings: vec![b"north".to_vec(), b"south".to_vec()],
-        ..Default::default()
-    });
-    let e = import_onnx(&m.encode_to_vec()).unwrap_err();
+    let with_encoder = |name: &str, edit: &dyn Fn(&mut NodeProto)| {
+        let mut m = ModelProto::decode(fixture(name).0.as_slice()).unwrap();
+        let graph = m.graph.as_mut().unwrap();
+        edit(
+            graph
+                .node
+                .iter_mut()
+                .find(|n| n.op_type == "OneHotEncoder")
+                .unwrap(),
+        );
+        import_onnx(&m.encode_to_vec())
+    };
+    // Text categories on a number column (the graph input is not text): refused as malformed.
+    let e = with_encoder("iris-site-onehot-gb", &|n| {
+        n.attribute.push(AttributeProto {
+            name: "cats_strings".into(),
+            r#type: attr_type::STRINGS,
+            strings: vec![b"north".to_vec(), b"south".to_vec()],
+            ..Default::default()
+        })
+    })
+    .unwrap_err();
     assert!(
         matches!(&e, ImportError::Invalid { op, detail } if op == "OneHotEncoder" && detail.contains("reads numbers")),
         "{e}"
     );
     // A text column read by anything but an encoder or a column selection: named, with what
     // to do instead.
-    let mut m = ModelProto::decode(fixture("iris-text-onehot-logistic").0.as_slice()).unwrap();
-    let graph = m.graph.as_mut().unwrap();
-    let encoder = graph
-        .node
-        .iter_mut()
-        .find(|n| n.op_type == "OneHotEncoder")
-        .unwrap();
-    encoder.op_type = "Binarizer".into();
-    encoder.attribute.clear();
-    let e = import_onnx(&m.encode_to_vec()).unwrap_err();
+    let e = with_encoder("iris-text-onehot-logistic", &|n| {
+        n.op_type = "Binarizer".into();
+        n.attribute.clear();
+    })
+    .unwrap_err();
     assert!(
         matches!(&e, ImportError::UnsupportedPreprocessing { op_type, .. } if op_type == "Binarizer"),
         "{e}"
