@@ -16,7 +16,19 @@ use common::{PARAMS, keys};
 
 /// A package around a quantized ensemble, as the compiler builds it.
 fn package(model: &TreeModel, labels: Vec<String>) -> ModelPackage {
-    let (plan, slots) = tree::build_plan(model, PARAMS).unwrap();
+    package_in(model, labels, None)
+}
+
+/// [`package`] in a given layout (the planner's choice when `None`).
+fn package_in(
+    model: &TreeModel,
+    labels: Vec<String>,
+    layout: Option<&tree::Layout>,
+) -> ModelPackage {
+    let (plan, slots) = match layout {
+        Some(l) => tree::build_plan_in(model, l, PARAMS).unwrap(),
+        None => tree::build_plan(model, PARAMS).unwrap(),
+    };
     let server = ServerModel::new(PARAMS, ServerBody::TreeEnsemble(plan.clone()));
     let client = ClientModel::new(
         PARAMS,
@@ -146,14 +158,28 @@ fn random_forests_decrypt_to_the_integer_reference() {
         let got = run_as(encryption, &pkg, &bits, slots);
         let want: Vec<i64> = bits.iter().flat_map(|b| model.eval_plain(b)).collect();
         assert_eq!(got, want, "trees {trees} depth {depth} outputs {outputs}");
+        // A single output: both layouts, a leaf beside a pair of leaves in one one-table
+        // bootstrap (inputs up to 15) and every pair in a two-table one (two digit slots).
+        if outputs == 1 && depth == 4 {
+            for merged in [false, true] {
+                let l = tree::plan_layout_as(&model.trees, 1, PARAMS, 1, merged).unwrap();
+                assert_eq!((l.merged, l.functions), (merged, 2 - merged as u8), "{l:?}");
+                if l.leaf_range < 2 * r as u64 {
+                    continue;
+                }
+                let pkg = package_in(&model, vec![], Some(&l));
+                let got = run_as(encryption, &pkg, &bits, slots);
+                assert_eq!(got, want, "merged {merged}");
+            }
+        }
     }
 }
 
 /// Forests one score slot per output cannot hold: the trees are summed in groups, each into
 /// its own slots, and the client adds the groups' decrypted sums. A synthetic 30-tree forest
-/// with two outputs (one slot per output and group) and the 48-tree scikit-learn forest (two
-/// digit slots per group, many-LUT) decrypt to the integer reference on every record, and the
-/// forest's labels are ONNX Runtime's.
+/// with two outputs (one slot per output and group) and the 48-tree scikit-learn forest (one
+/// slot per group; a leaf beside a pair of leaves shares their bootstrap) decrypt to the
+/// integer reference on every record, and the forest's labels are ONNX Runtime's.
 #[test]
 fn grouped_forests_decrypt_to_the_integer_reference() {
     let mut rng = rand::rngs::StdRng::seed_from_u64(12);
@@ -209,14 +235,14 @@ fn grouped_forests_decrypt_to_the_integer_reference() {
         .collect();
     let (c, _) = fhe_batch_train::trees::quantize_trees_on(&e, &rows).unwrap();
     assert!(
-        c.layout.groups > 1 && c.layout.digits == 2,
+        c.layout.groups > 1 && c.layout.merged && c.layout.digits == 1,
         "{:?}",
         c.layout
     );
     let names = (0..e.n_features).map(|j| format!("f{j}")).collect();
     let pkg =
         fhe_batch_train::trees::package_forest(&e, &c, names, "y".into(), None, None, "").unwrap();
-    // Records 0..3 of the held-out set (192 bootstraps each).
+    // Records 0..3 of the held-out set (166 bootstraps each, 192 without merged shapes).
     let bits: Vec<Vec<bool>> = rows[..3].iter().map(|x| c.model.bits(x)).collect();
     let got = run(&pkg, &bits, 3);
     let want: Vec<i64> = bits.iter().flat_map(|b| c.model.eval_plain(b)).collect();

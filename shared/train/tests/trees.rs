@@ -174,10 +174,15 @@ fn leaf_values_use_the_full_range_and_plans_reproduce_the_reference() {
     }
 }
 
-/// Without records to measure on, the sample ensembles keep the single-slot layout they had
-/// before tree groups: one group, the same leaf range (so the same plans and figures).
+/// Without records to measure on, the sample ensembles are planned for at least
+/// `DEFAULT_MIN_LEAF_RANGE` integers per tree. Without merged shapes their layout is the
+/// single-slot one they had before tree groups (one group, the same leaf range); the layout
+/// chosen needs no more bootstraps than that one, and single-output ensembles with a leaf
+/// beside a pair of leaves take the merged layout (fewer bootstraps, still at least the range).
 #[test]
 fn small_ensembles_keep_the_single_slot_layout() {
+    use fhe_batch_core::tree::plan_layout_as;
+    use fhe_batch_train::trees::DEFAULT_MIN_LEAF_RANGE;
     for (name, range) in [
         ("bc-tree-d4", 65535),
         ("bc-rf-20x4", 15),
@@ -190,10 +195,25 @@ fn small_ensembles_keep_the_single_slot_layout() {
     ] {
         let (e, _) = load(name);
         let c = quantize_trees(&e).unwrap();
-        assert_eq!((c.layout.groups, c.layout.leaf_range), (1, range), "{name}");
+        let plain = plan_layout_as(
+            &c.model.trees,
+            e.n_scores,
+            fhe_batch_train::trees::TREE_PARAMS,
+            DEFAULT_MIN_LEAF_RANGE,
+            false,
+        )
+        .unwrap();
+        assert_eq!((plain.groups, plain.leaf_range), (1, range), "{name}");
+        assert!(c.layout.leaf_range >= DEFAULT_MIN_LEAF_RANGE, "{name}");
+        assert!(c.layout.pbs_per_record <= plain.pbs_per_record, "{name}");
+        assert_eq!(
+            c.layout.merged,
+            e.n_scores == 1 && c.layout.pbs_per_record < plain.pbs_per_record,
+            "{name}"
+        );
         assert_eq!(
             c.plan.score_slots as usize,
-            e.n_scores * c.layout.digits as usize,
+            e.n_scores * c.layout.digits as usize * c.layout.groups,
             "{name}"
         );
     }

@@ -25,5 +25,5 @@ pub mod readout;
 pub use ir::{QNode, QTree, Threshold, TreeModel};
 pub use noise::{BootstrapNoise, TAIL_SIGMAS};
 pub use plan::{ForestPlan, Lut, PlanError, Program};
-pub use planner::{Layout, MAX_LEAF_RANGE, build_plan, build_plan_in, plan_layout};
+pub use planner::{Layout, MAX_LEAF_RANGE, build_plan, build_plan_in, plan_layout, plan_layout_as};
 pub use readout::{ForestClient, PostTransform, Readout, SlotReadout, sigmoid, transform};

@@ -42,11 +42,35 @@ fn shape_of(path: &[Cond], weight_last: Option<i32>, fires: Vec<(u32, usize)>) -
     }
 }
 
-fn tree_shapes(t: &QTree) -> Vec<Shape> {
+/// `sum(weight * condition)` as a shape reporting `fires`.
+fn weighted_shape(conds: &[(Cond, i32)], fires: Vec<(u32, usize)>) -> Shape {
+    let mut coef: BTreeMap<u32, i32> = BTreeMap::new();
+    let mut constant = 0i32;
+    for &((bit, c, k), w) in conds {
+        *coef.entry(bit).or_insert(0) += w * c;
+        constant += w * k;
+    }
+    Shape {
+        terms: coef.into_iter().filter(|&(_, c)| c != 0).collect(),
+        constant,
+        fires,
+    }
+}
+
+/// Bootstrap inputs a merged shape (a leaf beside a pair) may reach: `4 h + 3 < 16`, a
+/// one-table bootstrap's inputs.
+const MERGED_INPUTS: u32 = 16;
+
+/// The bootstrap shapes of one tree: a pair of sibling leaves is one shape, a leaf whose
+/// sibling is a branch is one shape, and with `merge` a leaf whose sibling branch ends in a
+/// pair of leaves is one shape with that pair (three leaves, one bootstrap of `u` up to 15:
+/// `u = 4 * (sum of the parent's path conditions) + 2 * [towards the pair] + [the pair's
+/// condition]`; only the parent's full path reaches `u >= 4 h`).
+fn tree_shapes(t: &QTree, merge: bool) -> Vec<Shape> {
     fn cond(bit: u32, want: bool) -> Cond {
         if want { (bit, 1, 0) } else { (bit, -1, 1) }
     }
-    fn walk(t: &QTree, i: usize, path: &mut Vec<Cond>, out: &mut Vec<Shape>) {
+    fn walk(t: &QTree, i: usize, merge: bool, path: &mut Vec<Cond>, out: &mut Vec<Shape>) {
         let QNode::Branch {
             bit,
             yes_when,
@@ -65,18 +89,53 @@ fn tree_shapes(t: &QTree) -> Vec<Shape> {
             path.pop();
             return;
         }
+        // A leaf beside a branch whose children are both leaves: one shape for the three.
+        let pair_under = |j: usize| match &t.nodes[j] {
+            QNode::Branch {
+                bit,
+                yes_when,
+                yes,
+                no,
+            } if is_leaf(*yes as usize) && is_leaf(*no as usize) => {
+                Some((*bit, *yes_when, *yes as usize, *no as usize))
+            }
+            _ => None,
+        };
+        if merge && 4 * h + 3 < MERGED_INPUTS {
+            for (leaf, branch, towards_branch) in [(yes, no, !*yes_when), (no, yes, *yes_when)] {
+                if !is_leaf(leaf) {
+                    continue;
+                }
+                let Some((qbit, qyes_when, qyes, qno)) = pair_under(branch) else {
+                    continue;
+                };
+                let mut conds: Vec<(Cond, i32)> = path.iter().map(|&c| (c, 4)).collect();
+                conds.push((cond(*bit, towards_branch), 2));
+                conds.push((cond(qbit, qyes_when), 1));
+                out.push(weighted_shape(
+                    &conds,
+                    vec![
+                        (4 * h, leaf),
+                        (4 * h + 1, leaf),
+                        (4 * h + 2, qno),
+                        (4 * h + 3, qyes),
+                    ],
+                ));
+                return;
+            }
+        }
         for (child, want) in [(yes, *yes_when), (no, !*yes_when)] {
             path.push(cond(*bit, want));
             if is_leaf(child) {
                 out.push(shape_of(path, None, vec![(h + 1, child)]));
             } else {
-                walk(t, child, path, out);
+                walk(t, child, merge, path, out);
             }
             path.pop();
         }
     }
     let mut out = Vec::new();
-    walk(t, 0, &mut Vec::new(), &mut out);
+    walk(t, 0, merge, &mut Vec::new(), &mut out);
     out
 }
 
@@ -110,6 +169,9 @@ pub struct Layout {
     /// Bootstrap outputs summed into the fullest slot (what its noise, and `slot_bits`, are
     /// decided from).
     pub outputs_per_slot: usize,
+    /// Whether a leaf beside a pair of leaves shares their bootstrap (one-table bootstraps
+    /// of 16 inputs; chosen for single-output models when it saves bootstraps).
+    pub merged: bool,
 }
 
 impl Layout {
@@ -165,15 +227,54 @@ fn partition(shapes: &[usize], groups: usize) -> (Vec<u32>, usize, usize) {
 /// whenever it does), and their leaf range is the most their slots carry. When no grouping
 /// reaches `min_leaf_range` (at most [`crate::model::MAX_OUTPUTS`] slots), the finest one is
 /// returned; the caller reads `leaf_range`.
+///
+/// A single-output model (a binary classifier, a regressor) is also laid out with merged
+/// shapes (a leaf beside a pair of leaves in one bootstrap, one table per bootstrap, one digit
+/// per slot, so more tree groups for the same leaves); that layout is chosen when it needs
+/// fewer bootstraps and carries at least the leaves the other does, or `min_leaf_range`.
 pub fn plan_layout(
     trees: &[QTree],
     n_outputs: usize,
     params: ParamSet,
     min_leaf_range: u64,
 ) -> Result<Layout, PlanError> {
+    let plain = layout_for(trees, n_outputs, params, min_leaf_range, false)?;
+    if n_outputs != 1 {
+        return Ok(plain);
+    }
+    let want = min_leaf_range.clamp(1, MAX_LEAF_RANGE);
+    match layout_for(trees, n_outputs, params, min_leaf_range, true) {
+        Ok(m)
+            if m.pbs_per_record < plain.pbs_per_record
+                && m.leaf_range >= want.min(plain.leaf_range) =>
+        {
+            Ok(m)
+        }
+        _ => Ok(plain),
+    }
+}
+
+/// [`plan_layout`] with shapes merged (`merged`) or not, whichever needs fewer bootstraps.
+pub fn plan_layout_as(
+    trees: &[QTree],
+    n_outputs: usize,
+    params: ParamSet,
+    min_leaf_range: u64,
+    merged: bool,
+) -> Result<Layout, PlanError> {
+    layout_for(trees, n_outputs, params, min_leaf_range, merged)
+}
+
+fn layout_for(
+    trees: &[QTree],
+    n_outputs: usize,
+    params: ParamSet,
+    min_leaf_range: u64,
+    merged: bool,
+) -> Result<Layout, PlanError> {
     let noise = BootstrapNoise::of(params);
     let inputs = noise.pbs_input_values;
-    let shapes: Vec<Vec<Shape>> = trees.iter().map(tree_shapes).collect();
+    let shapes: Vec<Vec<Shape>> = trees.iter().map(|t| tree_shapes(t, merged)).collect();
     let max_u = shapes
         .iter()
         .flatten()
@@ -191,7 +292,7 @@ pub fn plan_layout(
             crate::model::MAX_OUTPUTS
         )));
     }
-    let functions: u8 = if max_u < inputs / 2 { 2 } else { 1 };
+    let functions: u8 = if max_u < inputs / 2 && !merged { 2 } else { 1 };
     let digits: u8 = if n_outputs == 1 && functions == 2 {
         2
     } else {
@@ -228,6 +329,7 @@ pub fn plan_layout(
             group_of,
             trees_per_group,
             outputs_per_slot,
+            merged,
         };
         if leaf_range >= want {
             return Ok(layout);
@@ -304,7 +406,7 @@ pub fn build_plan_in(
         for (offset, m) in offsets.iter_mut().zip(&mins) {
             *offset += m;
         }
-        for shape in tree_shapes(t) {
+        for shape in tree_shapes(t, layout.merged) {
             let luts = shape_luts(ti, t, &shape, &mins, layout, input_values);
             for group in luts.chunks(layout.functions as usize) {
                 programs.push(Program {
@@ -569,15 +671,18 @@ mod tests {
         }
     }
 
-    /// The leaf range `groups` groups give (one score slot per output and digit each).
-    fn range_in_groups(model: &TreeModel, groups: usize) -> u64 {
-        let shapes: Vec<usize> = model.trees.iter().map(|t| tree_shapes(t).len()).collect();
+    /// The leaf range `groups` groups give (one score slot per output and digit each), with
+    /// shapes merged and digits as `layout` has them.
+    fn range_in_groups(model: &TreeModel, layout: &Layout, groups: usize) -> u64 {
+        let shapes: Vec<usize> = model
+            .trees
+            .iter()
+            .map(|t| tree_shapes(t, layout.merged).len())
+            .collect();
         let (_, per_group, outputs) = partition(&shapes, groups);
         let top = (1u64 << BootstrapNoise::of(P).slot_bits_for(outputs).min(40)) - 1;
         let per_group = per_group as u64;
-        let digits = plan_layout(&model.trees, model.n_outputs as usize, P, 1)
-            .unwrap()
-            .digits;
+        let digits = layout.digits;
         if digits == 2 {
             ((top / per_group + 1) * (top / per_group + 1) - 1).min(MAX_LEAF_RANGE)
         } else {
@@ -587,7 +692,8 @@ mod tests {
 
     /// The leaf range one score slot per output gives (the layout before tree groups).
     fn single_slot_range(model: &TreeModel) -> u64 {
-        range_in_groups(model, 1)
+        let layout = plan_layout(&model.trees, model.n_outputs as usize, P, 1).unwrap();
+        range_in_groups(model, &layout, 1)
     }
 
     /// 100 trees of depth <= 3: one slot leaves them no room (the single-slot layout refused
@@ -612,8 +718,11 @@ mod tests {
         );
         // Fewest groups: one fewer would not give the range; each group holds its share.
         for (need, layout) in [(1, &coarse), (15, &fine)] {
-            assert_eq!(range_in_groups(&shallow, layout.groups), layout.leaf_range);
-            assert!(range_in_groups(&shallow, layout.groups - 1) < need);
+            assert_eq!(
+                range_in_groups(&shallow, layout, layout.groups),
+                layout.leaf_range
+            );
+            assert!(range_in_groups(&shallow, layout, layout.groups - 1) < need);
             assert_eq!(layout.trees_per_group, 100usize.div_ceil(layout.groups));
             for g in 0..layout.groups as u32 {
                 let n = layout.group_of.iter().filter(|&&x| x == g).count();
@@ -622,7 +731,10 @@ mod tests {
         }
         let model = forest(7, 100, 3, 1, fine.leaf_range as i64);
         let (plan, readout) = build_plan_in(&model, &fine, P).unwrap();
-        assert_eq!(plan.score_slots as usize, fine.groups * 2);
+        assert_eq!(
+            plan.score_slots as usize,
+            fine.groups * fine.digits as usize
+        );
         assert_eq!(plan.pbs_per_record(), fine.pbs_per_record);
         for pattern in 0..1u32 << 10 {
             let b: Vec<bool> = (0..10).map(|j| pattern >> j & 1 == 1).collect();
@@ -723,7 +835,7 @@ mod tests {
                 prop_assert!(matches!(build_plan(&model, P), Err(PlanError::Malformed(_))));
                 return Ok(());
             }
-            prop_assert!(layout.groups == 1 || range_in_groups(&model, layout.groups - 1) < spread as u64);
+            prop_assert!(layout.groups == 1 || range_in_groups(&model, &layout, layout.groups - 1) < spread as u64);
             let (plan, readout) = build_plan(&model, P).unwrap();
             plan.validate(P).unwrap();
             let per_group = plan.score_slots as usize / readout.slots.len();
