@@ -48,7 +48,9 @@ pub struct ImportArgs {
     label: String,
     /// Tree ensembles: give each tree's leaves at least this many integers (1..=65535) instead
     /// of the resolution measured on --data. Finer leaves cost result slots (bytes down, packing
-    /// work), never bootstraps; coarser ones cost score error, reported as accuracy or MAE/R^2.
+    /// work) and, for a single-output model past what one slot digit holds (a few hundred
+    /// integers), the bootstraps that a leaf beside a pair of leaves shares with them; coarser
+    /// ones cost score error, reported as accuracy or MAE/R^2.
     #[arg(long, value_parser = clap::value_parser!(u64).range(1..=65535))]
     leaf_range: Option<u64>,
     #[command(flatten)]

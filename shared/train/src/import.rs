@@ -42,7 +42,9 @@ pub struct ImportOptions {
     pub params: ParamSet,
     /// Tree ensembles: at least this many integers per tree's leaves, instead of the
     /// resolution measured on the calibration records. Finer leaves cost result slots (bytes
-    /// down and packing work), never bootstraps; coarser ones cost score error (reported).
+    /// down and packing work) and, for single-output models past one slot digit, merged
+    /// bootstraps ([`fhe_batch_core::tree::plan_layout`]); coarser ones cost score error
+    /// (reported).
     pub leaf_range: Option<u64>,
 }
 
