@@ -238,12 +238,12 @@ pub fn plan_layout(
     params: ParamSet,
     min_leaf_range: u64,
 ) -> Result<Layout, PlanError> {
-    let plain = layout_for(trees, n_outputs, params, min_leaf_range, false)?;
+    let plain = plan_layout_as(trees, n_outputs, params, min_leaf_range, false)?;
     if n_outputs != 1 {
         return Ok(plain);
     }
     let want = min_leaf_range.clamp(1, MAX_LEAF_RANGE);
-    match layout_for(trees, n_outputs, params, min_leaf_range, true) {
+    match plan_layout_as(trees, n_outputs, params, min_leaf_range, true) {
         Ok(m)
             if m.pbs_per_record < plain.pbs_per_record
                 && m.leaf_range >= want.min(plain.leaf_range) =>
@@ -254,18 +254,9 @@ pub fn plan_layout(
     }
 }
 
-/// [`plan_layout`] with shapes merged (`merged`) or not, whichever needs fewer bootstraps.
+/// [`plan_layout`] with shapes merged (`merged`: one table per bootstrap, one digit per slot)
+/// or not, as asked rather than chosen.
 pub fn plan_layout_as(
-    trees: &[QTree],
-    n_outputs: usize,
-    params: ParamSet,
-    min_leaf_range: u64,
-    merged: bool,
-) -> Result<Layout, PlanError> {
-    layout_for(trees, n_outputs, params, min_leaf_range, merged)
-}
-
-fn layout_for(
     trees: &[QTree],
     n_outputs: usize,
     params: ParamSet,
