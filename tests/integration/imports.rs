@@ -117,6 +117,22 @@ async fn a_catboost_export_decrypts_to_the_integer_reference() {
     assert_eq!(got, want);
 }
 
+/// Compiles an imported model calibrated and reported on all of `ds`'s rows.
+fn compile_on_all(
+    imported: &fhe_batch_onnx::Imported,
+    ds: &fhe_batch_train::data::Dataset,
+) -> ModelPackage {
+    let data = ImportData {
+        all: ds,
+        calibration: ds,
+        eval: ds,
+        evaluated_on: "all rows",
+    };
+    compile_imported(imported, data, &ImportOptions::default())
+        .unwrap()
+        .package
+}
+
 /// A fixture's held-out rows (missing cells NaN) as a labelled data set, and ONNX Runtime's
 /// labels for them.
 fn fixture_rows(name: &str) -> (fhe_batch_train::data::Dataset, Vec<String>) {
@@ -179,15 +195,7 @@ async fn pipelines_with_client_side_preprocessing_decrypt_to_the_integer_referen
             fhe_batch_onnx::import_onnx(&std::fs::read(dir.join(format!("{name}.onnx"))).unwrap())
                 .unwrap();
         let (ds, ort) = fixture_rows(name);
-        let data = ImportData {
-            all: &ds,
-            calibration: &ds,
-            eval: &ds,
-            evaluated_on: "fixture rows",
-        };
-        let pkg = compile_imported(&imported, data, &ImportOptions::default())
-            .unwrap()
-            .package;
+        let pkg = compile_on_all(&imported, &ds);
         assert_eq!(pkg.client.prefix.is_some(), !name.contains("te5"), "{name}");
         let rows: Vec<Vec<f64>> = (0..records).map(|i| ds.row(i).to_vec()).collect();
         let holes = rows.iter().filter(|r| r.iter().any(|v| v.is_nan())).count();
@@ -342,15 +350,7 @@ async fn text_columns_are_read_as_their_encoders_categories() {
             k += 1;
         }
         // Encrypted: the client's codes through the pipeline decrypt to the integer reference.
-        let data = ImportData {
-            all: &ds,
-            calibration: &ds,
-            eval: &ds,
-            evaluated_on: "all rows",
-        };
-        let pkg = compile_imported(&imported, data, &ImportOptions::default())
-            .unwrap()
-            .package;
+        let pkg = compile_on_all(&imported, &ds);
         assert_eq!(pkg.client.prefix.as_ref(), Some(&prefix), "{name}");
         let enc: Vec<Vec<f64>> = rows[..12].iter().map(|&r| ds.row(r).to_vec()).collect();
         let (got, want) = round_trip_rows(&pkg, &enc).await;

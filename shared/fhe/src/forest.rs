@@ -363,8 +363,9 @@ impl PreparedEvalKey {
                 let outs = crate::batch_ks::bootstrap_many(&self.server, &lwes, &lookups);
                 let mut outs = outs.chunks_exact(lwe_size.0);
                 for (p, lookup) in plan.programs.iter().zip(&lookups) {
-                    let these: Vec<&[u64]> = outs.by_ref().take(lookup.degrees.len()).collect();
-                    for (lut, out) in p.luts.iter().zip(these) {
+                    // One output per table (tables_of builds one function per lut).
+                    debug_assert_eq!(p.luts.len(), lookup.degrees.len());
+                    for (lut, out) in p.luts.iter().zip(outs.by_ref().take(lookup.degrees.len())) {
                         let s = lut.slot as usize;
                         for (a, &x) in sums[s * lwe_size.0..(s + 1) * lwe_size.0]
                             .iter_mut()

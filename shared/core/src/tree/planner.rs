@@ -23,23 +23,20 @@ type Cond = (u32, i32, i32);
 
 fn shape_of(path: &[Cond], weight_last: Option<i32>, fires: Vec<(u32, usize)>) -> Shape {
     // u = 2 * (sum of path conditions) + last condition (pairs), or the plain sum (lone leaves).
-    let mut coef: BTreeMap<u32, i32> = BTreeMap::new();
-    let mut constant = 0i32;
     let n = path.len();
-    for (i, &(bit, c, k)) in path.iter().enumerate() {
-        let w = match weight_last {
-            Some(last) if i + 1 == n => last,
-            Some(_) => 2,
-            None => 1,
-        };
-        *coef.entry(bit).or_insert(0) += w * c;
-        constant += w * k;
-    }
-    Shape {
-        terms: coef.into_iter().filter(|&(_, c)| c != 0).collect(),
-        constant,
-        fires,
-    }
+    let conds: Vec<(Cond, i32)> = path
+        .iter()
+        .enumerate()
+        .map(|(i, &c)| {
+            let w = match weight_last {
+                Some(last) if i + 1 == n => last,
+                Some(_) => 2,
+                None => 1,
+            };
+            (c, w)
+        })
+        .collect();
+    weighted_shape(&conds, fires)
 }
 
 /// `sum(weight * condition)` as a shape reporting `fires`.
@@ -57,20 +54,16 @@ fn weighted_shape(conds: &[(Cond, i32)], fires: Vec<(u32, usize)>) -> Shape {
     }
 }
 
-/// Bootstrap inputs a merged shape (a leaf beside a pair) may reach: `4 h + 3 < 16`, a
-/// one-table bootstrap's inputs.
-const MERGED_INPUTS: u32 = 16;
-
 /// The bootstrap shapes of one tree: a pair of sibling leaves is one shape, a leaf whose
-/// sibling is a branch is one shape, and with `merge` a leaf whose sibling branch ends in a
-/// pair of leaves is one shape with that pair (three leaves, one bootstrap of `u` up to 15:
+/// sibling is a branch is one shape, and with `merge` (a one-table bootstrap's input values)
+/// a leaf whose sibling branch ends in a pair of leaves is one shape with that pair (three leaves, one bootstrap of `u` up to 15:
 /// `u = 4 * (sum of the parent's path conditions) + 2 * [towards the pair] + [the pair's
 /// condition]`; only the parent's full path reaches `u >= 4 h`).
-fn tree_shapes(t: &QTree, merge: bool) -> Vec<Shape> {
+fn tree_shapes(t: &QTree, merge: Option<u32>) -> Vec<Shape> {
     fn cond(bit: u32, want: bool) -> Cond {
         if want { (bit, 1, 0) } else { (bit, -1, 1) }
     }
-    fn walk(t: &QTree, i: usize, merge: bool, path: &mut Vec<Cond>, out: &mut Vec<Shape>) {
+    fn walk(t: &QTree, i: usize, merge: Option<u32>, path: &mut Vec<Cond>, out: &mut Vec<Shape>) {
         let QNode::Branch {
             bit,
             yes_when,
@@ -101,7 +94,7 @@ fn tree_shapes(t: &QTree, merge: bool) -> Vec<Shape> {
             }
             _ => None,
         };
-        if merge && 4 * h + 3 < MERGED_INPUTS {
+        if merge.is_some_and(|inputs| 4 * h + 3 < inputs) {
             for (leaf, branch, towards_branch) in [(yes, no, !*yes_when), (no, yes, *yes_when)] {
                 if !is_leaf(leaf) {
                     continue;
@@ -265,7 +258,10 @@ pub fn plan_layout_as(
 ) -> Result<Layout, PlanError> {
     let noise = BootstrapNoise::of(params);
     let inputs = noise.pbs_input_values;
-    let shapes: Vec<Vec<Shape>> = trees.iter().map(|t| tree_shapes(t, merged)).collect();
+    let shapes: Vec<Vec<Shape>> = trees
+        .iter()
+        .map(|t| tree_shapes(t, merged.then_some(inputs)))
+        .collect();
     let max_u = shapes
         .iter()
         .flatten()
@@ -397,7 +393,8 @@ pub fn build_plan_in(
         for (offset, m) in offsets.iter_mut().zip(&mins) {
             *offset += m;
         }
-        for shape in tree_shapes(t, layout.merged) {
+        // A merged layout has one table per bootstrap: its tables take every input value.
+        for shape in tree_shapes(t, layout.merged.then_some(input_values as u32)) {
             let luts = shape_luts(ti, t, &shape, &mins, layout, input_values);
             for group in luts.chunks(layout.functions as usize) {
                 programs.push(Program {
@@ -668,7 +665,15 @@ mod tests {
         let shapes: Vec<usize> = model
             .trees
             .iter()
-            .map(|t| tree_shapes(t, layout.merged).len())
+            .map(|t| {
+                tree_shapes(
+                    t,
+                    layout
+                        .merged
+                        .then_some(BootstrapNoise::of(P).pbs_input_values),
+                )
+                .len()
+            })
             .collect();
         let (_, per_group, outputs) = partition(&shapes, groups);
         let top = (1u64 << BootstrapNoise::of(P).slot_bits_for(outputs).min(40)) - 1;
