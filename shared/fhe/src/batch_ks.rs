@@ -1,16 +1,21 @@
-//! Bootstrapping many ciphertexts with one pass over the keyswitching key.
+//! Bootstrapping many ciphertexts with one pass over the keys per batch.
 //!
-//! tfhe's shortint bootstrap keyswitches one ciphertext at a time, and every keyswitch reads
-//! the whole keyswitching key (2,048 x 4 levels x 919 words, 60 MB for our parameters): at
-//! memory bandwidth that is about a sixth of a bootstrap (docs/BENCHMARKS.md). Here a batch
-//! of ciphertexts is keyswitched key row by key row, each row read once for the whole batch
-//! while the batch's outputs stay in cache; then each is bootstrapped with the same
-//! operations as tfhe's shortint (its modulus switch configuration, blind rotation, sample
-//! extraction). Every step is tfhe's own arithmetic in the same order, so the outputs are
-//! **bit for bit** those of `ServerKey::apply_lookup_table` (tested), and the noise argument
-//! of docs/SECURITY.md is unchanged.
+//! tfhe's shortint bootstrap handles one ciphertext at a time, and each one streams both keys
+//! from memory: the keyswitching key (2,048 x 4 levels x 919 words, 60 MB for our parameters)
+//! and the Fourier bootstrapping key (918 GGSW ciphertexts of 64 KB, 60 MB). Neither fits in
+//! cache, so every bootstrap waited on 120 MB of memory traffic. Here a batch of ciphertexts is
+//! keyswitched key row by key row, each row read once for the whole batch while the batch's
+//! outputs stay in cache; then the batch is blind-rotated key element by key element with
+//! tfhe's own batched blind rotation (each GGSW read once per batch and applied to every
+//! accumulator), and each output is sample-extracted. Every ciphertext sees tfhe's own
+//! arithmetic in the same order (its modulus switch configuration, CMux external products,
+//! sample extraction), so the outputs are **bit for bit** those of
+//! `ServerKey::apply_lookup_table` (tested), and the noise argument of docs/SECURITY.md is
+//! unchanged. On the 2-core machine the batched blind rotation made a bootstrap 1.2-1.3x
+//! cheaper (docs/BENCHMARKS.md).
 
 use tfhe::core_crypto::algorithms::slice_algorithms::slice_wrapping_sub_scalar_mul_assign;
+use tfhe::core_crypto::fft_impl::fft64::crypto::bootstrap::batch_blind_rotate_assign_scratch;
 use tfhe::core_crypto::fft_impl::fft64::math::fft::Fft;
 use tfhe::core_crypto::prelude::*;
 use tfhe::shortint::ServerKey;
@@ -19,8 +24,9 @@ use tfhe::shortint::server_key::{
     LookupTableOwned, ManyLookupTableOwned, ShortintBootstrappingKey,
 };
 
-/// Ciphertexts keyswitched together: their outputs (919 words each) stay within a core's L2
-/// cache while each key row streams past once.
+/// Ciphertexts keyswitched and blind-rotated together: their keyswitch outputs (919 words
+/// each) stay within a core's L2 cache while each key row streams past once, and each GGSW of
+/// the bootstrapping key (64 KB) is read once for the batch's accumulators.
 const KEYSWITCH_BATCH: usize = 32;
 
 /// Keyswitches `inputs` (big-key LWE ciphertexts of `input_size` words each, concatenated)
@@ -62,6 +68,40 @@ fn keyswitch_batch(ksk: &LweKeyswitchKeyOwned<u64>, inputs: &[u64], out: &mut [u
     }
 }
 
+/// A modulus-switched ciphertext held in memory: tfhe's batched blind rotation reads the
+/// `i`-th mask element of every ciphertext at key element `i` (`mask().nth(i)`), which is one
+/// step here and would redo `i` lazy switches on tfhe's lazily switched ciphertext.
+struct Switched {
+    log_modulus: CiphertextModulusLog,
+    body: usize,
+    mask: Vec<usize>,
+}
+
+impl Switched {
+    fn of(lazy: &impl ModulusSwitchedLweCiphertext<usize>) -> Self {
+        Switched {
+            log_modulus: lazy.log_modulus(),
+            body: lazy.body(),
+            mask: lazy.mask().collect(),
+        }
+    }
+}
+
+impl ModulusSwitchedLweCiphertext<usize> for Switched {
+    fn log_modulus(&self) -> CiphertextModulusLog {
+        self.log_modulus
+    }
+    fn lwe_dimension(&self) -> LweDimension {
+        LweDimension(self.mask.len())
+    }
+    fn body(&self) -> usize {
+        self.body
+    }
+    fn mask(&self) -> impl ExactSizeIterator<Item = usize> + '_ {
+        self.mask.iter().copied()
+    }
+}
+
 /// One bootstrap's lookup: the accumulator to rotate, and the monomial degrees its outputs
 /// are extracted at (`[0]` for one table; `f * stride` for tfhe's many-LUT functions).
 pub(crate) struct Lookup<'a> {
@@ -90,8 +130,8 @@ impl<'a> Lookup<'a> {
 }
 
 /// Bootstraps `inputs` (big-key LWE ciphertexts, concatenated), input `k` with
-/// `lookups[k]`, on the calling thread: batched keyswitches, then tfhe's modulus switch,
-/// blind rotation and sample extractions. Returns the outputs (big-key LWE ciphertexts; per
+/// `lookups[k]`, on the calling thread: batched keyswitches, tfhe's modulus switch, batched
+/// blind rotations and sample extractions. Returns the outputs (big-key LWE ciphertexts; per
 /// input, one per degree of its lookup), concatenated.
 pub(crate) fn bootstrap_many(server: &ServerKey, inputs: &[u64], lookups: &[Lookup]) -> Vec<u64> {
     let AtomicPatternServerKey::Standard(ap) = &server.atomic_pattern else {
@@ -115,13 +155,16 @@ pub(crate) fn bootstrap_many(server: &ServerKey, inputs: &[u64], lookups: &[Look
     let fft = Fft::new(poly);
     let fft = fft.as_view();
     let mut buffers = ComputationBuffers::new();
+    let batch_cap = KEYSWITCH_BATCH.min(n).max(1);
     buffers.resize(
-        blind_rotate_assign_mem_optimized_requirement::<u64>(glwe_size, poly, fft)
+        batch_blind_rotate_assign_scratch::<u64>(glwe_size, poly, CiphertextCount(batch_cap), fft)
             .unaligned_bytes_required(),
     );
     let log_modulus = poly.to_blind_rotation_input_modulus_log();
     let modulus = CiphertextModulus::new_native();
     let mut switched = vec![0u64; KEYSWITCH_BATCH * small];
+    let acc_size = glwe_size.0 * poly.0;
+    let mut accs = vec![0u64; batch_cap * acc_size];
     let total: usize = lookups.iter().map(|l| l.degrees.len()).sum();
     let mut outputs = vec![0u64; total * out_size];
     let mut at = 0;
@@ -131,12 +174,27 @@ pub(crate) fn bootstrap_many(server: &ServerKey, inputs: &[u64], lookups: &[Look
     {
         let switched = &mut switched[..batch.len() * small];
         keyswitch_batch(ksk, ins, switched);
-        for (s, lookup) in switched.chunks_exact(small).zip(batch) {
-            let lwe = LweCiphertext::from_container(s, modulus);
-            let msed =
-                modulus_switch_noise_reduction_key.lwe_ciphertext_modulus_switch(&lwe, log_modulus);
-            let mut acc = lookup.acc.clone();
-            blind_rotate_assign_mem_optimized(&msed, &mut acc, bsk, fft, buffers.stack());
+        let msed: Vec<Switched> = switched
+            .chunks_exact(small)
+            .map(|s| {
+                let lwe = LweCiphertext::from_container(s, modulus);
+                Switched::of(
+                    &modulus_switch_noise_reduction_key
+                        .lwe_ciphertext_modulus_switch::<usize, _>(&lwe, log_modulus),
+                )
+            })
+            .collect();
+        let accs = &mut accs[..batch.len() * acc_size];
+        for (a, lookup) in accs.chunks_exact_mut(acc_size).zip(batch) {
+            a.copy_from_slice(lookup.acc.as_ref());
+        }
+        let mut list = GlweCiphertextList::from_container(&mut accs[..], glwe_size, poly, modulus);
+        // Key element outer, ciphertexts inner: each GGSW of the bootstrapping key is read
+        // once per batch instead of once per ciphertext (tfhe's own batched blind rotation;
+        // every ciphertext sees the same operations in the same order).
+        bsk.as_view()
+            .batch_blind_rotate_assign(list.as_mut_view(), &msed, fft, buffers.stack());
+        for (acc, lookup) in list.iter().zip(batch) {
             for &d in &lookup.degrees {
                 let mut out =
                     LweCiphertext::from_container(&mut outputs[at..at + out_size], modulus);
