@@ -246,6 +246,10 @@ fn a_wrong_key_or_bad_input_gives_a_clear_error() {
     );
     let out = fhe_batch(d, &["status", "../etc"]);
     assert!(String::from_utf8_lossy(&out.stderr).contains("invalid job id"));
+    // A benchmark of no records is refused before any work (it used to panic).
+    for flag in ["--mlp-records", "--tree-records"] {
+        fails(d, &["bench", flag, "0"], "at least 1 record");
+    }
 }
 
 /// A key file protected with a passphrase (`keygen --protect`) is useless without it: every

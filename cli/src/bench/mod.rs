@@ -56,7 +56,7 @@ pub struct BenchArgs {
     #[arg(long, value_delimiter = ',')]
     trees: Vec<std::path::PathBuf>,
     /// Records per tree model (the first ones of the breast-cancer data).
-    #[arg(long, default_value_t = 128)]
+    #[arg(long, default_value_t = 128, value_parser = at_least_one)]
     tree_records: usize,
     /// Benchmark this neural-network ONNX file instead (e.g.
     /// tests/fixtures/onnx/mnist-mlp-784-128-10.onnx with --mlp-data data/mnist-10k.csv.gz):
@@ -71,7 +71,7 @@ pub struct BenchArgs {
     #[arg(long, default_value_t = 8000)]
     mlp_calibration_rows: usize,
     /// Test rows encrypted and evaluated.
-    #[arg(long, default_value_t = 32)]
+    #[arg(long, default_value_t = 32, value_parser = at_least_one)]
     mlp_records: usize,
     /// Input bits of the network's quantized features.
     #[arg(long, default_value_t = 8)]
@@ -80,6 +80,15 @@ pub struct BenchArgs {
     /// record for each family's chunk shape, and the public key's size and generation time.
     #[arg(long)]
     encryption: bool,
+}
+
+/// A record count of at least one (a benchmark of no records has nothing to measure).
+fn at_least_one(s: &str) -> std::result::Result<usize, String> {
+    match s.parse::<usize>() {
+        Ok(0) => Err("a benchmark needs at least 1 record".into()),
+        Ok(n) => Ok(n),
+        Err(e) => Err(e.to_string()),
+    }
 }
 
 pub fn run(args: BenchArgs) -> Result<()> {
