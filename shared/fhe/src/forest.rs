@@ -348,8 +348,8 @@ impl PreparedEvalKey {
             .map(|i| {
                 let mut sums = vec![0u64; slots * lwe_size.0];
                 let mut lwe = LweCiphertext::new(0u64, lwe_size, CiphertextModulus::new_native());
-                // The record's bootstraps together: keyswitched in batches, one pass over the
-                // keyswitching key per batch (crate::batch_ks).
+                // The record's bootstraps together: keyswitched and blind-rotated in batches,
+                // one pass over each key per batch (crate::batch_ks).
                 let mut lwes = Vec::with_capacity(plan.programs.len() * lwe_size.0);
                 for input in &inputs {
                     let glwe = GlweCiphertext::from_container(

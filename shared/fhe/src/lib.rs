@@ -11,8 +11,8 @@
 //! - [`forest`]: tree ensembles: the evaluation key (tfhe's compressed server key and a packing
 //!   key), bootstrapped evaluation of a compiled plan, decryption of packed score slots;
 //! - [`mlp`]: neural networks: the first layer on GLWE columns, one bootstrap per hidden
-//!   neuron with the evaluation key (a layer's neurons keyswitched in batches, one pass over
-//!   the keyswitching key per batch), decryption of packed scores;
+//!   neuron with the evaluation key (a layer's neurons keyswitched and blind-rotated in
+//!   batches, one pass over each key per batch), decryption of packed scores;
 //! - [`evaluator`]: the worker's [`FheEvaluator`] (every model kind);
 //! - [`key_cache`]: the evaluation keys' lifecycle for the worker ([`key_cache::EvalKeyCache`]:
 //!   download, checks, expansion, caches in memory and on local disk, one load per key however

@@ -117,7 +117,7 @@ impl PreparedEvalKey {
             .into_par_iter()
             .map(|i| {
                 // Each layer's neurons are bootstrapped together: one pass over the
-                // keyswitching key per batch of neurons, not one per neuron.
+                // keyswitching and bootstrapping keys per batch of neurons, not one per neuron.
                 let mut lwe = LweCiphertext::new(0u64, lwe_size, CiphertextModulus::new_native());
                 let mut inputs = Vec::with_capacity(first.neurons.len() * lwe_size.0);
                 for acc in accs.chunks_exact(glwe_len) {
