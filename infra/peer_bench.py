@@ -175,6 +175,7 @@ def bench_ours_mlp(binary, name, records):
         "pbs_per_record": f["pbs_per_record"],
         "agreement": f["agreement"],
         "quantized_accuracy": f["test_quantized_accuracy"],
+        "encrypted_accuracy_simulated": f["test_simulated_encrypted_accuracy"],
         "float_accuracy": f["test_float_accuracy"],
     }
 

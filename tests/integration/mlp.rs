@@ -297,6 +297,9 @@ fn mnist_networks_decrypt_held_out_digits_within_the_proven_error() {
         assert_eq!(r.records, 2000);
         assert!(r.float_score - r.quantized_score <= 0.01, "{r:?}");
         assert!(c.summary.simulated_agreement >= 0.99, "{:?}", c.summary);
+        // The accuracy to expect encrypted, noise included, stays within a point of float.
+        let encrypted = c.summary.simulated_accuracy.expect("a classifier");
+        assert!(r.float_score - encrypted <= 0.01, "{:?}", c.summary);
         let rows: Vec<Vec<f64>> = (0..digits).map(|i| test.row(i).to_vec()).collect();
         let agree = check_within_proof(&c, &rows);
         assert!(agree + 1 >= digits, "{agree}/{digits}");

@@ -172,6 +172,7 @@ pub fn run(b: &MlpBench<'_>) -> Result<()> {
         "test_quantized_accuracy": s.report.quantized_score,
         "test_quantized_float_agreement": s.report.agreement,
         "test_simulated_encrypted_agreement": s.simulated_agreement,
+        "test_simulated_encrypted_accuracy": s.simulated_accuracy,
         "min_span_positions": s.min_span_positions,
         "max_noise_positions": s.max_noise_positions,
     });
@@ -202,12 +203,15 @@ pub fn run(b: &MlpBench<'_>) -> Result<()> {
         c.proof.score_error.iter().cloned().fold(0f64, f64::max)
     );
     println!(
-        "  on all {} test rows (plaintext): float accuracy {:.4}, quantized {:.4}, quantized agrees with float {:.4}, encrypted agrees with quantized under simulated noise {:.4}",
+        "  on all {} test rows (plaintext): float accuracy {:.4}, quantized {:.4}, quantized agrees with float {:.4}, encrypted agrees with quantized under simulated noise {:.4}{}",
         s.report.records,
         s.report.float_score,
         s.report.quantized_score,
         s.report.agreement,
-        s.simulated_agreement
+        s.simulated_agreement,
+        s.simulated_accuracy.map_or_else(String::new, |a| format!(
+            ", encrypted accuracy under simulated noise {a:.4}"
+        ))
     );
     Ok(())
 }

@@ -214,7 +214,7 @@ fn print_trees(t: &TreeSummary, on: &str) {
     );
     let budget = ChunkBudget::default();
     println!(
-        "  estimated {:.2} s per record on a 2-vCPU worker ({} bootstraps/s); chunks of {} records (~{:.0} s each)",
+        "  budgeted {:.2} s per record on a 2-vCPU worker at {} bootstraps/s (ingest's chunk-sizing budget, FHE_BATCH_WORKER_PBS_PER_SECOND; `fhe-batch bench --trees` measures this machine); chunks of {} records (~{:.0} s each)",
         budget.chunk_seconds(1, t.pbs_per_record as u64),
         budget.pbs_per_second,
         t.records_per_chunk,
@@ -259,9 +259,10 @@ pub(crate) fn print_mlp(m: &MlpSummary, on: &str) {
     }
     let budget = ChunkBudget::default();
     println!(
-        "  {} bootstraps per record: estimated {:.2} s per record on a 2-vCPU worker; chunks of {} records (~{:.0} s each)",
+        "  {} bootstraps per record: budgeted {:.2} s per record on a 2-vCPU worker at {} bootstraps/s (ingest's chunk-sizing budget, FHE_BATCH_WORKER_PBS_PER_SECOND; `fhe-batch bench --mlp` measures this machine); chunks of {} records (~{:.0} s each)",
         m.pbs_per_record,
         budget.chunk_seconds(1, m.pbs_per_record as u64),
+        budget.pbs_per_second,
         m.records_per_chunk,
         budget.chunk_seconds(m.records_per_chunk as u64, m.pbs_per_record as u64)
     );
@@ -272,12 +273,13 @@ pub(crate) fn print_mlp(m: &MlpSummary, on: &str) {
     let r = &m.report;
     match &m.errors {
         None => println!(
-            "  on {} {on} records: float accuracy {:.2}%, quantized {:.2}%, quantized agrees with float on {:.1}%, encrypted (simulated noise) agrees with quantized on {:.1}%",
+            "  on {} {on} records: float accuracy {:.2}%, quantized {:.2}%, quantized agrees with float on {:.1}%, encrypted (simulated noise) agrees with quantized on {:.1}% and is right on {:.2}%",
             r.records,
             r.float_score * 100.0,
             r.quantized_score * 100.0,
             r.agreement * 100.0,
-            m.simulated_agreement * 100.0
+            m.simulated_agreement * 100.0,
+            m.simulated_accuracy.unwrap_or(f64::NAN) * 100.0
         ),
         Some(e) => print_regression(e, on),
     }

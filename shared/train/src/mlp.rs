@@ -53,6 +53,9 @@ pub struct MlpSummary {
     /// Share of records whose simulated encrypted prediction equals the integer reference's
     /// (regressors: lies within 1% of the target range of it).
     pub simulated_agreement: f64,
+    /// Classifiers: share of records whose simulated encrypted prediction is their true label
+    /// (the accuracy to expect from encrypted runs, noise included).
+    pub simulated_accuracy: Option<f64>,
     /// Regressors: error figures (MAE, RMSE, R^2) against the target of the float network, of
     /// the integer reference, and of the simulated encrypted predictions.
     pub errors: Option<RegressionErrors>,
@@ -574,7 +577,7 @@ pub fn compile_mlp(
         let summary_layers: Vec<usize> = std::iter::once(f)
             .chain(mlp.layers.iter().map(|l| l.outputs))
             .collect();
-        let (report, simulated, errors) = report(
+        let (report, simulated, simulated_accuracy, errors) = report(
             mlp,
             &server,
             &client,
@@ -602,6 +605,7 @@ pub fn compile_mlp(
             score_error_ratio: proof.score_error.iter().cloned().fold(0f64, f64::max) / widest,
             report: report.clone(),
             simulated_agreement: simulated,
+            simulated_accuracy,
             errors,
             records_per_chunk: 0,
         };
@@ -700,7 +704,7 @@ pub fn simulate_scores(
 }
 
 /// Float and quantized accuracy (or R^2), their agreement, the simulated encrypted agreement
-/// and, for regressors, the mean absolute errors.
+/// and accuracy (classifiers) and, for regressors, the mean absolute errors.
 fn report(
     mlp: &Mlp,
     server: &MlpServer,
@@ -709,11 +713,12 @@ fn report(
     evaluated_on: &str,
     columns_of: &dyn Fn(&Dataset, usize) -> Vec<u64>,
     params: ParamSet,
-) -> (CompileReport, f64, Option<RegressionErrors>) {
+) -> (CompileReport, f64, Option<f64>, Option<RegressionErrors>) {
     use fhe_batch_core::model::ClientFamily;
     let f = mlp.n_features;
     let mut rng = rand::rngs::StdRng::seed_from_u64(11);
     let (mut float_ok, mut quant_ok, mut agree, mut sim_agree) = (0usize, 0usize, 0usize, 0usize);
+    let mut sim_ok = 0usize;
     let (mut pred_f, mut pred_q, mut pred_s) = (Vec::new(), Vec::new(), Vec::new());
     let records = eval.len();
     for i in 0..records {
@@ -742,6 +747,7 @@ fn report(
                 quant_ok += usize::from(&q.label == truth);
                 agree += usize::from(float_label.as_deref() == Some(q.label.as_str()));
                 sim_agree += usize::from(s.class == q.class);
+                sim_ok += usize::from(&s.label == truth);
             }
             Target::Values(v) => {
                 let (yf, yq, ys) = (fp.scores[0] as f64, q.scores[0], s.scores[0]);
@@ -778,6 +784,7 @@ fn report(
             agreement: agree as f64 / r,
         },
         sim_agree as f64 / r,
+        errors.is_none().then_some(sim_ok as f64 / r),
         errors,
     )
 }
