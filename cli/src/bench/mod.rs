@@ -103,7 +103,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
             println!("{}", machine());
             for f in figures {
                 println!(
-                    "pbs_candidate set=\"{}\" k={} N={} positions={} n={} bootstraps={} single_thread_ms={:.2} parallel_ms={:.2} keyswitch_ms={} threads={} all_correct={}",
+                    "pbs_candidate set=\"{}\" k={} N={} positions={} n={} bootstraps={} single_thread_ms={:.2} parallel_ms={:.2} keyswitch_ms={} batched_parallel_ms={} threads={} all_correct={}",
                     f.name,
                     f.glwe_dimension,
                     f.polynomial_size,
@@ -113,6 +113,8 @@ pub fn run(args: BenchArgs) -> Result<()> {
                     f.single_thread_ms,
                     f.parallel_ms,
                     f.keyswitch_ms
+                        .map_or_else(|| "n/a".to_string(), |v| format!("{v:.2}")),
+                    f.batched_parallel_ms
                         .map_or_else(|| "n/a".to_string(), |v| format!("{v:.2}")),
                     rayon::current_num_threads(),
                     f.all_correct

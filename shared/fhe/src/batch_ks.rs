@@ -129,6 +129,16 @@ impl<'a> Lookup<'a> {
     }
 }
 
+/// Whether [`bootstrap_many`] takes `server`: tfhe's standard (64-bit keyswitch) atomic
+/// pattern with a classic bootstrapping key.
+pub(crate) fn takes(server: &ServerKey) -> bool {
+    matches!(
+        &server.atomic_pattern,
+        AtomicPatternServerKey::Standard(ap)
+            if matches!(ap.bootstrapping_key, ShortintBootstrappingKey::Classic { .. })
+    )
+}
+
 /// Bootstraps `inputs` (big-key LWE ciphertexts, concatenated), input `k` with
 /// `lookups[k]`, on the calling thread: batched keyswitches, tfhe's modulus switch, batched
 /// blind rotations and sample extractions. Returns the outputs (big-key LWE ciphertexts; per
