@@ -27,7 +27,7 @@ use tfhe::shortint::server_key::{
 /// Ciphertexts keyswitched and blind-rotated together: their keyswitch outputs (919 words
 /// each) stay within a core's L2 cache while each key row streams past once, and each GGSW of
 /// the bootstrapping key (64 KB) is read once for the batch's accumulators.
-const KEYSWITCH_BATCH: usize = 32;
+const BATCH: usize = 32;
 
 /// Keyswitches `inputs` (big-key LWE ciphertexts of `input_size` words each, concatenated)
 /// into `out` (small-key ciphertexts, concatenated), as `keyswitch_lwe_ciphertext` does one at
@@ -165,23 +165,20 @@ pub(crate) fn bootstrap_many(server: &ServerKey, inputs: &[u64], lookups: &[Look
     let fft = Fft::new(poly);
     let fft = fft.as_view();
     let mut buffers = ComputationBuffers::new();
-    let batch_cap = KEYSWITCH_BATCH.min(n).max(1);
+    let batch_cap = BATCH.min(n).max(1);
     buffers.resize(
         batch_blind_rotate_assign_scratch::<u64>(glwe_size, poly, CiphertextCount(batch_cap), fft)
             .unaligned_bytes_required(),
     );
     let log_modulus = poly.to_blind_rotation_input_modulus_log();
     let modulus = CiphertextModulus::new_native();
-    let mut switched = vec![0u64; KEYSWITCH_BATCH * small];
+    let mut switched = vec![0u64; BATCH * small];
     let acc_size = glwe_size.0 * poly.0;
     let mut accs = vec![0u64; batch_cap * acc_size];
     let total: usize = lookups.iter().map(|l| l.degrees.len()).sum();
     let mut outputs = vec![0u64; total * out_size];
     let mut at = 0;
-    for (ins, batch) in inputs
-        .chunks(KEYSWITCH_BATCH * input_size)
-        .zip(lookups.chunks(KEYSWITCH_BATCH))
-    {
+    for (ins, batch) in inputs.chunks(BATCH * input_size).zip(lookups.chunks(BATCH)) {
         let switched = &mut switched[..batch.len() * small];
         keyswitch_batch(ksk, ins, switched);
         let msed: Vec<Switched> = switched
@@ -233,7 +230,7 @@ mod tests {
         let tables: Vec<_> = (0..4u64)
             .map(|a| sk.generate_lookup_table(move |x| (x * 3 + a) % 16))
             .collect();
-        let n = super::KEYSWITCH_BATCH + 7;
+        let n = super::BATCH + 7;
         let cts: Vec<_> = (0..n).map(|i| ck.encrypt(i as u64 % 4)).collect();
         let table_of: Vec<_> = (0..n).map(|i| &tables[(i * 7) % 4]).collect();
         let inputs: Vec<u64> = cts.iter().flat_map(|c| c.ct.as_ref().to_vec()).collect();
