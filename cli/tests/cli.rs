@@ -418,7 +418,8 @@ fn pipelines_say_what_was_folded_and_regressors_report_their_errors() {
     assert!(out.contains("leaf resolution wanted"), "{out}");
     // The user's own leaf resolution: finer leaves take more tree groups; past what one slot
     // digit holds, this single-output forest leaves its merged layout (a leaf beside a pair
-    // of leaves in their bootstrap, one table each) for two-digit bootstraps, 35 -> 40.
+    // of leaves, or two pairs under one branch, in one bootstrap with one table) for
+    // two-digit bootstraps, 20 -> 40.
     let bootstraps = |out: &str| {
         out.lines()
             .find_map(|l| {
@@ -448,7 +449,7 @@ fn pipelines_say_what_was_folded_and_regressors_report_their_errors() {
     assert!(fine.contains("tree group(s)"), "{fine}");
     assert_eq!(
         (bootstraps(&out), bootstraps(&fine)),
-        (35, 40),
+        (20, 40),
         "{out}\n{fine}"
     );
     assert!(out.contains("(1 lookup tables each)") && fine.contains("(2 lookup tables each)"));

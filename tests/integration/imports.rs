@@ -102,7 +102,8 @@ async fn a_scaler_and_logistic_pipeline_decrypts_to_the_integer_reference() {
 async fn a_scaler_and_tree_pipeline_decrypts_to_the_integer_reference() {
     let (pkg, folded) = compile("bc-scaler-tree-d3");
     assert!(folded[0].contains("thresholds"), "{folded:?}");
-    // 4 bootstraps per record: 24 records stay cheap.
+    // 2 bootstraps per record (two pairs of leaves under each of the root's branches): 24
+    // records stay cheap.
     let (got, want) = round_trip(&pkg, 24).await;
     assert_eq!(got.len(), 24 * pkg.client.family_impl().n_scores());
     assert_eq!(got, want);

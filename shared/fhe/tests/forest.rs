@@ -369,7 +369,7 @@ fn noise_constants_are_tfhes_formulas() {
 /// The breast-cancer test sets of the issue (decision tree depth 4, random forest 20 x 4,
 /// XGBoost 20 x 4), encrypted, evaluated by the worker's evaluator and decrypted: every record
 /// equals the plaintext integer reference exactly, and the decrypted prediction is ONNX
-/// Runtime's. The tree runs all 114 held-out records; the ensembles (233 bootstraps per record
+/// Runtime's. The tree runs all 114 held-out records; the ensembles (166 bootstraps per record
 /// together) the first 40, to keep CI within its budget: `fhe-batch bench --trees` checks 131
 /// records of each the same way (docs/BENCHMARKS.md).
 #[test]

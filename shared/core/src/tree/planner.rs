@@ -55,10 +55,15 @@ fn weighted_shape(conds: &[(Cond, i32)], fires: Vec<(u32, usize)>) -> Shape {
 }
 
 /// The bootstrap shapes of one tree: a pair of sibling leaves is one shape, a leaf whose
-/// sibling is a branch is one shape, and with `merge` (a one-table bootstrap's input values)
-/// a leaf whose sibling branch ends in a pair of leaves is one shape with that pair (three leaves, one bootstrap of `u` up to 15:
-/// `u = 4 * (sum of the parent's path conditions) + 2 * [towards the pair] + [the pair's
-/// condition]`; only the parent's full path reaches `u >= 4 h`).
+/// sibling is a branch is one shape, and with `merge` (a one-table bootstrap's input values):
+/// - a leaf whose sibling branch ends in a pair of leaves is one shape with that pair (three
+///   leaves, one bootstrap of `u` up to 15: `u = 4 * (sum of the parent's path conditions) +
+///   2 * [towards the pair] + [the pair's condition]`; only the parent's full path reaches
+///   `u >= 4 h`);
+/// - a branch whose children are both pairs of leaves, at the root or one step below it, is
+///   one shape (four leaves: `u = 8 * (path condition) + 4 * [towards the yes pair] + 2 * [the
+///   yes pair's condition] + [the no pair's condition]`, up to 15). A depth-2 tree is one
+///   bootstrap, a full depth-3 tree two.
 fn tree_shapes(t: &QTree, merge: Option<u32>) -> Vec<Shape> {
     fn cond(bit: u32, want: bool) -> Cond {
         if want { (bit, 1, 0) } else { (bit, -1, 1) }
@@ -94,6 +99,33 @@ fn tree_shapes(t: &QTree, merge: Option<u32>) -> Vec<Shape> {
             }
             _ => None,
         };
+        // Two pairs of leaves under one branch, within one step of the root: one shape for
+        // the four (`u = 8 * (path) + 4 * [towards yes] + 2 * [yes pair's condition] + [no
+        // pair's condition]`, up to 15).
+        if merge.is_some_and(|inputs| 8 * h + 7 < inputs)
+            && let (Some((ab, ayes_when, ayes, ano)), Some((bb, byes_when, byes, bno))) =
+                (pair_under(yes), pair_under(no))
+        {
+            let mut conds: Vec<(Cond, i32)> = path.iter().map(|&c| (c, 8)).collect();
+            conds.push((cond(*bit, *yes_when), 4));
+            conds.push((cond(ab, ayes_when), 2));
+            conds.push((cond(bb, byes_when), 1));
+            let base = 8 * h;
+            out.push(weighted_shape(
+                &conds,
+                vec![
+                    (base, bno),
+                    (base + 1, byes),
+                    (base + 2, bno),
+                    (base + 3, byes),
+                    (base + 4, ano),
+                    (base + 5, ano),
+                    (base + 6, ayes),
+                    (base + 7, ayes),
+                ],
+            ));
+            return;
+        }
         if merge.is_some_and(|inputs| 4 * h + 3 < inputs) {
             for (leaf, branch, towards_branch) in [(yes, no, !*yes_when), (no, yes, *yes_when)] {
                 if !is_leaf(leaf) {
@@ -578,6 +610,72 @@ mod tests {
     }
 
     const P: ParamSet = ParamSet::Glwe2048TUniform17;
+
+    /// A full tree of `depth` over distinct bits, leaf `k` worth `k`.
+    fn full_tree(depth: u32) -> QTree {
+        fn grow(nodes: &mut Vec<QNode>, depth: u32, next_bit: &mut u32, leaf: &mut i64) -> u32 {
+            let i = nodes.len();
+            if depth == 0 {
+                nodes.push(QNode::Leaf {
+                    values: vec![*leaf],
+                });
+                *leaf += 1;
+                return i as u32;
+            }
+            nodes.push(QNode::Leaf { values: vec![] });
+            let bit = *next_bit;
+            *next_bit += 1;
+            let yes = grow(nodes, depth - 1, next_bit, leaf);
+            let no = grow(nodes, depth - 1, next_bit, leaf);
+            nodes[i] = QNode::Branch {
+                bit,
+                yes_when: bit.is_multiple_of(2),
+                yes,
+                no,
+            };
+            i as u32
+        }
+        let mut nodes = Vec::new();
+        grow(&mut nodes, depth, &mut 0, &mut 0);
+        QTree { nodes }
+    }
+
+    /// Two pairs of leaves under one branch share a bootstrap at the root and one step below
+    /// it: a depth-2 tree is one bootstrap, a full depth-3 tree two (four pairs before); at
+    /// depth 4 the pairs are two steps down and keep theirs. Every bit pattern reads back its
+    /// leaf.
+    #[test]
+    fn two_pairs_under_one_branch_share_a_bootstrap() {
+        for (depth, bootstraps) in [(2u32, 1usize), (3, 2), (4, 8)] {
+            let tree = full_tree(depth);
+            let bits = (1u32 << depth) - 1;
+            let model = TreeModel {
+                n_features: 1,
+                n_outputs: 1,
+                thresholds: (0..bits)
+                    .map(|j| Threshold {
+                        feature: 0,
+                        value: j as f32,
+                        inclusive: false,
+                    })
+                    .collect(),
+                trees: vec![tree],
+                leaf_bits: 8,
+                scale: 1.0,
+            };
+            let (plan, readout) = build_plan(&model, P).unwrap();
+            plan.validate(P).unwrap();
+            assert_eq!(plan.pbs_per_record(), bootstraps, "depth {depth}");
+            for pattern in 0..(1u32 << bits) {
+                let b: Vec<bool> = (0..bits).map(|j| pattern >> j & 1 == 1).collect();
+                assert_eq!(
+                    readout.scores(&plan.eval_slots(&b)),
+                    model.eval_plain(&b),
+                    "depth {depth}, bits {pattern:b}"
+                );
+            }
+        }
+    }
 
     /// A small deterministic generator (splitmix64) for the many-tree models.
     struct Mix(u64);
