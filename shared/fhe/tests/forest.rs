@@ -106,9 +106,10 @@ fn random_tree(rng: &mut impl Rng, depth: usize, bits: u32, outputs: usize, r: i
 fn random_forests_decrypt_to_the_integer_reference() {
     let mut rng = rand::rngs::StdRng::seed_from_u64(11);
     // (trees, depth, outputs, records, slots, encryption): single LUTs (depth 5 and more),
-    // many-LUT with two digits (one output, depth <= 4), several outputs; partial and full
-    // chunks; records encrypted with the secret key or the public key (with up to 341 records
-    // per chunk, all 6 bit columns share one public-key GLWE).
+    // many-LUT with two digits (one output, depth <= 4), several outputs, stumps packed into
+    // shared bootstraps; partial and full chunks; records encrypted with the secret key or the
+    // public key (with up to 341 records per chunk, all 6 bit columns share one public-key
+    // GLWE).
     let (sk, pk) = (Encryption::SecretKey, Encryption::PublicKey);
     for (trees, depth, outputs, records, slots, encryption) in [
         (2, 4, 1, 24, 24, sk),
@@ -116,6 +117,7 @@ fn random_forests_decrypt_to_the_integer_reference() {
         (3, 3, 3, 7, 64, pk),
         (1, 1, 2, 3, 3, sk),
         (2, 4, 2, 5, 2048, pk),
+        (6, 1, 1, 12, 12, sk),
     ] {
         let n_bits = 6u32;
         let thresholds = (0..n_bits)
@@ -151,6 +153,10 @@ fn random_forests_decrypt_to_the_integer_reference() {
             (0..outputs).map(|o| format!("c{o}")).collect()
         };
         let pkg = package(&model, labels);
+        if depth == 1 && outputs == 1 {
+            // Six stumps in one group: two bootstraps (four and two stumps).
+            assert!(pkg.manifest.pbs_per_record <= 2, "{:?}", pkg.manifest);
+        }
         let bits: Vec<Vec<bool>> = (0..records)
             .map(|_| (0..n_bits).map(|_| rng.gen_bool(0.5)).collect())
             .collect();

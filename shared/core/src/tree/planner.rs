@@ -220,6 +220,36 @@ impl Layout {
 /// Largest leaf spread ever used (16 bits is far finer than any accuracy gain).
 pub const MAX_LEAF_RANGE: u64 = (1 << 16) - 1;
 
+/// Whether a tree is one branch over two leaves (a stump: one bootstrap on its condition).
+fn is_stump(t: &QTree) -> bool {
+    match t.nodes.first() {
+        Some(QNode::Branch { yes, no, .. }) => [*yes, *no]
+            .iter()
+            .all(|&j| matches!(t.nodes.get(j as usize), Some(QNode::Leaf { .. }))),
+        _ => false,
+    }
+}
+
+/// Stumps one bootstrap of `inputs` input values carries in a merged layout: `u = sum_k 2^k *
+/// (stump k's condition)`, the table summing the stumps' leaves.
+fn stumps_per_bootstrap(inputs: u32) -> usize {
+    inputs.max(2).ilog2() as usize
+}
+
+/// Bootstraps the stumps of each group save when packed [`stumps_per_bootstrap`] to one.
+fn packed_stumps_saving(trees: &[QTree], group_of: &[u32], per_bootstrap: usize) -> usize {
+    let mut per_group: BTreeMap<u32, usize> = BTreeMap::new();
+    for (t, &g) in trees.iter().zip(group_of) {
+        if is_stump(t) {
+            *per_group.entry(g).or_insert(0) += 1;
+        }
+    }
+    per_group
+        .values()
+        .map(|&s| s - s.div_ceil(per_bootstrap.max(1)))
+        .sum()
+}
+
 /// Splits the trees with bootstraps (`shapes[t] > 0`) into `groups` groups of at most
 /// `ceil(active / groups)` trees, balancing the bootstrap outputs per group (largest trees
 /// first, each to the lightest group with room). Returns each tree's group, the largest group's
@@ -343,7 +373,12 @@ pub fn plan_layout_as(
             digit_base,
             slot_bits,
             leaf_range,
-            pbs_per_record: n_shapes * per_shape,
+            pbs_per_record: n_shapes * per_shape
+                - if merged {
+                    packed_stumps_saving(trees, &group_of, stumps_per_bootstrap(inputs))
+                } else {
+                    0
+                },
             groups,
             group_of,
             trees_per_group,
@@ -420,10 +455,20 @@ pub fn build_plan_in(
         (BootstrapNoise::of(params).pbs_input_values / layout.functions as u32) as usize;
     let mut offsets = vec![0i64; outputs];
     let mut programs = Vec::new();
+    // A merged layout packs each group's stumps into shared bootstraps (below).
+    let mut stumps: BTreeMap<u32, Vec<(usize, Shape, i64)>> = BTreeMap::new();
     for (ti, t) in model.trees.iter().enumerate() {
         let mins = leaf_minimums(ti, t, outputs, layout)?;
         for (offset, m) in offsets.iter_mut().zip(&mins) {
             *offset += m;
+        }
+        if layout.merged && outputs == 1 && is_stump(t) {
+            let shape = tree_shapes(t, Some(input_values as u32)).remove(0);
+            stumps
+                .entry(layout.group_of[ti])
+                .or_default()
+                .push((ti, shape, mins[0]));
+            continue;
         }
         // A merged layout has one table per bootstrap: its tables take every input value.
         for shape in tree_shapes(t, layout.merged.then_some(input_values as u32)) {
@@ -438,6 +483,10 @@ pub fn build_plan_in(
             }
         }
     }
+    let per_bootstrap = stumps_per_bootstrap(input_values as u32);
+    for pack in stumps.values().flat_map(|g| g.chunks(per_bootstrap)) {
+        programs.push(packed_stumps(model, layout, pack, input_values));
+    }
     let plan = ForestPlan {
         thermometer_bits: model.thresholds.len() as u32,
         functions: layout.functions,
@@ -447,6 +496,54 @@ pub fn build_plan_in(
     };
     plan.validate(params)?;
     Ok((plan, slot_readout(outputs, layout, offsets)))
+}
+
+/// One bootstrap for up to [`stumps_per_bootstrap`] stumps of one group (single output, one
+/// digit): `u = sum_k 2^k * c_k`, where `c_k` is stump k's condition (its shape's linear
+/// form, 1 towards its yes leaf), and the table at `u` sums each stump's leaf for its bit of
+/// `u`, less the stump's minimum.
+fn packed_stumps(
+    model: &TreeModel,
+    layout: &Layout,
+    pack: &[(usize, Shape, i64)],
+    input_values: usize,
+) -> Program {
+    let mut coef: BTreeMap<u32, i32> = BTreeMap::new();
+    let mut constant = 0i32;
+    for (k, (_, shape, _)) in pack.iter().enumerate() {
+        let w = 1i32 << k;
+        for &(bit, c) in &shape.terms {
+            *coef.entry(bit).or_insert(0) += w * c;
+        }
+        constant += w * shape.constant;
+    }
+    let mut table = vec![0u64; input_values];
+    for (u, entry) in table.iter_mut().enumerate().take(1 << pack.len()) {
+        *entry = pack
+            .iter()
+            .enumerate()
+            .map(|(k, (ti, shape, min))| {
+                let c = (u >> k & 1) as u32;
+                let leaf = shape
+                    .fires
+                    .iter()
+                    .find(|f| f.0 == c)
+                    .map(|f| f.1)
+                    .expect("a stump's shape fires at 0 and 1");
+                (model.trees[*ti].values_at(leaf)[0] - min) as u64
+            })
+            .sum();
+    }
+    let first = pack[0].0;
+    Program {
+        tree: first as u32,
+        terms: coef.into_iter().filter(|&(_, c)| c != 0).collect(),
+        constant,
+        luts: vec![Lut {
+            slot: layout.slot(first, 1, 0, 0),
+            table,
+        }],
+    }
 }
 
 /// Per output, the smallest leaf value of tree `ti` (its lookup tables carry `value - min`);
@@ -638,6 +735,60 @@ mod tests {
         let mut nodes = Vec::new();
         grow(&mut nodes, depth, &mut 0, &mut 0);
         QTree { nodes }
+    }
+
+    /// Stumps of one group share bootstraps, four to one (`u = c0 + 2 c1 + 4 c2 + 8 c3`, the
+    /// table summing their leaves): 9 stumps take 3 bootstraps, and every bit pattern reads
+    /// back the ensemble's sum.
+    #[test]
+    fn stumps_share_bootstraps_four_to_one() {
+        let trees: Vec<QTree> = (0..9u32)
+            .map(|k| QTree {
+                nodes: vec![
+                    QNode::Branch {
+                        bit: k,
+                        yes_when: k % 3 != 0,
+                        yes: 1,
+                        no: 2,
+                    },
+                    QNode::Leaf {
+                        values: vec![(k as i64 * 5) % 7 - 3],
+                    },
+                    QNode::Leaf {
+                        values: vec![(k as i64 * 3) % 5 - 2],
+                    },
+                ],
+            })
+            .collect();
+        let bits = 9u32;
+        let model = TreeModel {
+            n_features: 1,
+            n_outputs: 1,
+            thresholds: (0..bits)
+                .map(|j| Threshold {
+                    feature: 0,
+                    value: j as f32,
+                    inclusive: false,
+                })
+                .collect(),
+            trees,
+            leaf_bits: 8,
+            scale: 1.0,
+        };
+        let layout = plan_layout(&model.trees, 1, P, widest_spread(&model)).unwrap();
+        assert!(layout.merged);
+        let (plan, readout) = build_plan(&model, P).unwrap();
+        plan.validate(P).unwrap();
+        assert_eq!(plan.pbs_per_record(), 3);
+        assert_eq!(layout.pbs_per_record, 3);
+        for pattern in 0..(1u32 << bits) {
+            let b: Vec<bool> = (0..bits).map(|j| pattern >> j & 1 == 1).collect();
+            assert_eq!(
+                readout.scores(&plan.eval_slots(&b)),
+                model.eval_plain(&b),
+                "bits {pattern:b}"
+            );
+        }
     }
 
     /// Two pairs of leaves under one branch share a bootstrap at the root and one step below
