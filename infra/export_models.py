@@ -6,7 +6,7 @@ their own models to fhe-batch (`fhe-batch import`).
     ~/.cache/fhe-batch/ml-venv/bin/pip install -r infra/requirements-ml.txt
     ~/.cache/fhe-batch/ml-venv/bin/python infra/export_models.py [OUT_DIR] [--only pipelines]
 
-`--only pipelines` writes just the preprocessing pipelines and LightGBM models (see
+`--only stumps` writes the stump ensemble; `--only pipelines` writes just the preprocessing pipelines and LightGBM models (see
 `export_pipelines`), leaving the other fixtures as they are (their bytes drift between runs of
 some converters). Writes OUT_DIR (default tests/fixtures/onnx) with, for each model, NAME.onnx and
 NAME.expected.json: the held-out rows (features as float32, as ONNX runtimes see them), the
@@ -151,8 +151,11 @@ def main():
     if only == "text":
         export_text_columns(out)
         return
+    if only == "stumps":
+        export_stumps(out)
+        return
     if only is not None:
-        sys.exit(f"--only {only}: only 'pipelines', 'prefixes', 'text', 'leaky', 'catboost', 'te5' and 'forests' are known")
+        sys.exit(f"--only {only}: only 'pipelines', 'prefixes', 'text', 'leaky', 'catboost', 'te5', 'forests' and 'stumps' are known")
     opts = {"zipmap": False}
 
     features, x, y = load("breast_cancer.csv")
@@ -451,6 +454,22 @@ def export_forests(out):
         rf.fit(xtr, ytr)
         onx = to_onnx(rf, xtr[:1], options={id(rf): {"zipmap": False}}, target_opset=SKL_OPSET)
         write(out, name, onx, features, xte, yte, float(rf.score(xte, yte)))
+
+
+def export_stumps(out):
+    """Ensembles of stumps (depth 1), which share bootstraps four to one: XGBoost with 50
+    stumps on breast cancer (`bc-xgb-50x1`, the same split and converter as `bc-xgb-20x4`).
+    `--only stumps` writes just this one."""
+    features, x, y = load("breast_cancer.csv")
+    classes = sorted(set(y))
+    yb = np.array([classes.index(v) for v in y])
+    xtr, xte, ytr, yte = train_test_split(x, yb, test_size=0.2, random_state=42, stratify=yb)
+    xgb = XGBClassifier(n_estimators=50, max_depth=1, learning_rate=0.3, random_state=0,
+                        tree_method="exact")
+    xgb.fit(xtr, ytr)
+    onx = convert_xgboost(xgb, initial_types=[("input", XgbFloat([None, x.shape[1]]))],
+                          target_opset=15)
+    write(out, "bc-xgb-50x1", onx, features, xte, yte, float(xgb.score(xte, yte)))
 
 
 def export_catboost(out):

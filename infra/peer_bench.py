@@ -40,6 +40,8 @@ def concrete_model(name):
         "bc-xgb-20x4": lambda: XGBClassifier(n_estimators=20, max_depth=4, learning_rate=0.3,
                                              random_state=0, tree_method="exact"),
         "bc-rf-48x3": lambda: RandomForestClassifier(n_estimators=48, max_depth=3, random_state=0),
+        "bc-xgb-50x1": lambda: XGBClassifier(n_estimators=50, max_depth=1, learning_rate=0.3,
+                                             random_state=0, tree_method="exact"),
         "bc-rf-100x8": lambda: RandomForestClassifier(n_estimators=100, max_depth=8,
                                                       random_state=0),
         "bc-rf-200x8": lambda: RandomForestClassifier(n_estimators=200, max_depth=8,

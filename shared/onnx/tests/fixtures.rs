@@ -77,6 +77,8 @@ fn scikit_learn_and_xgboost_models_match_onnx_runtime() {
         ("bc-rf-20x4", "TreeEnsembleClassifier"),
         ("bc-gb-20x4", "TreeEnsembleClassifier"),
         ("bc-xgb-20x4", "TreeEnsembleClassifier"),
+        // 50 stumps (depth 1), which share bootstraps four to one.
+        ("bc-xgb-50x1", "TreeEnsembleClassifier"),
         ("iris-rf-10x3", "TreeEnsembleClassifier"),
         // Preprocessing folded in, LightGBM through onnxmltools.
         ("iris-scaler-logistic", "LinearClassifier"),
