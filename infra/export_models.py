@@ -175,9 +175,8 @@ def main():
     xgb = XGBClassifier(n_estimators=20, max_depth=4, learning_rate=0.3, random_state=0,
                         tree_method="exact")
     xgb.fit(xtr, ytr)
-    onx = convert_xgboost(xgb, initial_types=[("input", XgbFloat([None, x.shape[1]]))],
-                          target_opset=15)
-    write(out, "bc-xgb-20x4", onx, features, xte, yte, float(xgb.score(xte, yte)))
+    write(out, "bc-xgb-20x4", xgb_onnx(xgb, x.shape[1]), features, xte, yte,
+          float(xgb.score(xte, yte)))
 
     # Multiclass and regression on Iris.
     features, x, y = load("iris.csv")
@@ -456,6 +455,12 @@ def export_forests(out):
         write(out, name, onx, features, xte, yte, float(rf.score(xte, yte)))
 
 
+def xgb_onnx(xgb, n_features):
+    """A fitted XGBClassifier as onnxmltools converts it (opset 15)."""
+    return convert_xgboost(xgb, initial_types=[("input", XgbFloat([None, n_features]))],
+                           target_opset=15)
+
+
 def export_stumps(out):
     """Ensembles of stumps (depth 1), which share bootstraps four to one: XGBoost with 50
     stumps on breast cancer (`bc-xgb-50x1`, the same split and converter as `bc-xgb-20x4`).
@@ -467,9 +472,8 @@ def export_stumps(out):
     xgb = XGBClassifier(n_estimators=50, max_depth=1, learning_rate=0.3, random_state=0,
                         tree_method="exact")
     xgb.fit(xtr, ytr)
-    onx = convert_xgboost(xgb, initial_types=[("input", XgbFloat([None, x.shape[1]]))],
-                          target_opset=15)
-    write(out, "bc-xgb-50x1", onx, features, xte, yte, float(xgb.score(xte, yte)))
+    write(out, "bc-xgb-50x1", xgb_onnx(xgb, x.shape[1]), features, xte, yte,
+          float(xgb.score(xte, yte)))
 
 
 def export_catboost(out):

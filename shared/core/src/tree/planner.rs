@@ -737,6 +737,38 @@ mod tests {
         QTree { nodes }
     }
 
+    /// A single-output model of `trees` over `bits` distinct thresholds, planned and proven;
+    /// every bit pattern reads back the model's score. Returns the plan's bootstraps.
+    fn planned_bootstraps(trees: Vec<QTree>, bits: u32) -> usize {
+        let model = TreeModel {
+            n_features: 1,
+            n_outputs: 1,
+            thresholds: (0..bits)
+                .map(|j| Threshold {
+                    feature: 0,
+                    value: j as f32,
+                    inclusive: false,
+                })
+                .collect(),
+            trees,
+            leaf_bits: 8,
+            scale: 1.0,
+        };
+        let layout = plan_layout(&model.trees, 1, P, widest_spread(&model)).unwrap();
+        let (plan, readout) = build_plan(&model, P).unwrap();
+        plan.validate(P).unwrap();
+        assert_eq!(plan.pbs_per_record(), layout.pbs_per_record);
+        for pattern in 0..(1u32 << bits) {
+            let b: Vec<bool> = (0..bits).map(|j| pattern >> j & 1 == 1).collect();
+            assert_eq!(
+                readout.scores(&plan.eval_slots(&b)),
+                model.eval_plain(&b),
+                "bits {pattern:b}"
+            );
+        }
+        plan.pbs_per_record()
+    }
+
     /// Stumps of one group share bootstraps, four to one (`u = c0 + 2 c1 + 4 c2 + 8 c3`, the
     /// table summing their leaves): 9 stumps take 3 bootstraps, and every bit pattern reads
     /// back the ensemble's sum.
@@ -760,35 +792,7 @@ mod tests {
                 ],
             })
             .collect();
-        let bits = 9u32;
-        let model = TreeModel {
-            n_features: 1,
-            n_outputs: 1,
-            thresholds: (0..bits)
-                .map(|j| Threshold {
-                    feature: 0,
-                    value: j as f32,
-                    inclusive: false,
-                })
-                .collect(),
-            trees,
-            leaf_bits: 8,
-            scale: 1.0,
-        };
-        let layout = plan_layout(&model.trees, 1, P, widest_spread(&model)).unwrap();
-        assert!(layout.merged);
-        let (plan, readout) = build_plan(&model, P).unwrap();
-        plan.validate(P).unwrap();
-        assert_eq!(plan.pbs_per_record(), 3);
-        assert_eq!(layout.pbs_per_record, 3);
-        for pattern in 0..(1u32 << bits) {
-            let b: Vec<bool> = (0..bits).map(|j| pattern >> j & 1 == 1).collect();
-            assert_eq!(
-                readout.scores(&plan.eval_slots(&b)),
-                model.eval_plain(&b),
-                "bits {pattern:b}"
-            );
-        }
+        assert_eq!(planned_bootstraps(trees, 9), 3);
     }
 
     /// Two pairs of leaves under one branch share a bootstrap at the root and one step below
@@ -798,33 +802,12 @@ mod tests {
     #[test]
     fn two_pairs_under_one_branch_share_a_bootstrap() {
         for (depth, bootstraps) in [(2u32, 1usize), (3, 2), (4, 8)] {
-            let tree = full_tree(depth);
             let bits = (1u32 << depth) - 1;
-            let model = TreeModel {
-                n_features: 1,
-                n_outputs: 1,
-                thresholds: (0..bits)
-                    .map(|j| Threshold {
-                        feature: 0,
-                        value: j as f32,
-                        inclusive: false,
-                    })
-                    .collect(),
-                trees: vec![tree],
-                leaf_bits: 8,
-                scale: 1.0,
-            };
-            let (plan, readout) = build_plan(&model, P).unwrap();
-            plan.validate(P).unwrap();
-            assert_eq!(plan.pbs_per_record(), bootstraps, "depth {depth}");
-            for pattern in 0..(1u32 << bits) {
-                let b: Vec<bool> = (0..bits).map(|j| pattern >> j & 1 == 1).collect();
-                assert_eq!(
-                    readout.scores(&plan.eval_slots(&b)),
-                    model.eval_plain(&b),
-                    "depth {depth}, bits {pattern:b}"
-                );
-            }
+            assert_eq!(
+                planned_bootstraps(vec![full_tree(depth)], bits),
+                bootstraps,
+                "depth {depth}"
+            );
         }
     }
 
