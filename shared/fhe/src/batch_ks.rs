@@ -21,7 +21,7 @@ use tfhe::core_crypto::prelude::*;
 use tfhe::shortint::ServerKey;
 use tfhe::shortint::atomic_pattern::AtomicPatternServerKey;
 use tfhe::shortint::server_key::{
-    LookupTableOwned, ManyLookupTableOwned, ShortintBootstrappingKey,
+    LookupTableOwned, ManyLookupTableOwned, ModulusSwitchConfiguration, ShortintBootstrappingKey,
 };
 
 /// Ciphertexts keyswitched and blind-rotated together: their keyswitch outputs (919 words
@@ -129,14 +129,35 @@ impl<'a> Lookup<'a> {
     }
 }
 
-/// Whether [`bootstrap_many`] takes `server`: tfhe's standard (64-bit keyswitch) atomic
-/// pattern with a classic bootstrapping key.
+/// The keys [`bootstrap_many`] uses, when `server` is tfhe's standard (64-bit keyswitch)
+/// atomic pattern with a classic bootstrapping key.
+type Keys<'a> = (
+    &'a LweKeyswitchKeyOwned<u64>,
+    &'a FourierLweBootstrapKeyOwned,
+    &'a ModulusSwitchConfiguration<u64>,
+);
+
+fn keys_of(server: &ServerKey) -> Option<Keys<'_>> {
+    let AtomicPatternServerKey::Standard(ap) = &server.atomic_pattern else {
+        return None;
+    };
+    let ShortintBootstrappingKey::Classic {
+        bsk,
+        modulus_switch_noise_reduction_key,
+    } = &ap.bootstrapping_key
+    else {
+        return None;
+    };
+    Some((
+        &ap.key_switching_key,
+        bsk,
+        modulus_switch_noise_reduction_key,
+    ))
+}
+
+/// Whether [`bootstrap_many`] takes `server`.
 pub(crate) fn takes(server: &ServerKey) -> bool {
-    matches!(
-        &server.atomic_pattern,
-        AtomicPatternServerKey::Standard(ap)
-            if matches!(ap.bootstrapping_key, ShortintBootstrappingKey::Classic { .. })
-    )
+    keys_of(server).is_some()
 }
 
 /// Bootstraps `inputs` (big-key LWE ciphertexts, concatenated), input `k` with
@@ -144,17 +165,8 @@ pub(crate) fn takes(server: &ServerKey) -> bool {
 /// blind rotations and sample extractions. Returns the outputs (big-key LWE ciphertexts; per
 /// input, one per degree of its lookup), concatenated.
 pub(crate) fn bootstrap_many(server: &ServerKey, inputs: &[u64], lookups: &[Lookup]) -> Vec<u64> {
-    let AtomicPatternServerKey::Standard(ap) = &server.atomic_pattern else {
-        unreachable!("our parameter set uses the standard atomic pattern");
-    };
-    let ShortintBootstrappingKey::Classic {
-        bsk,
-        modulus_switch_noise_reduction_key,
-    } = &ap.bootstrapping_key
-    else {
-        unreachable!("our parameter set bootstraps with the classic key");
-    };
-    let ksk = &ap.key_switching_key;
+    let (ksk, bsk, modulus_switch_noise_reduction_key) = keys_of(server)
+        .expect("our parameter sets bootstrap with the standard pattern and a classic key");
     let input_size = ksk.input_key_lwe_dimension().to_lwe_size().0;
     let small = ksk.output_lwe_size().0;
     let poly = bsk.polynomial_size();

@@ -39,6 +39,11 @@ fn shape_of(path: &[Cond], weight_last: Option<i32>, fires: Vec<(u32, usize)>) -
     weighted_shape(&conds, fires)
 }
 
+/// The condition that is 1 when the bit is `want`.
+fn cond(bit: u32, want: bool) -> Cond {
+    if want { (bit, 1, 0) } else { (bit, -1, 1) }
+}
+
 /// `sum(weight * condition)` as a shape reporting `fires`.
 fn weighted_shape(conds: &[(Cond, i32)], fires: Vec<(u32, usize)>) -> Shape {
     let mut coef: BTreeMap<u32, i32> = BTreeMap::new();
@@ -65,9 +70,6 @@ fn weighted_shape(conds: &[(Cond, i32)], fires: Vec<(u32, usize)>) -> Shape {
 ///   yes pair's condition] + [the no pair's condition]`, up to 15). A depth-2 tree is one
 ///   bootstrap, a full depth-3 tree two.
 fn tree_shapes(t: &QTree, merge: Option<u32>) -> Vec<Shape> {
-    fn cond(bit: u32, want: bool) -> Cond {
-        if want { (bit, 1, 0) } else { (bit, -1, 1) }
-    }
     fn walk(t: &QTree, i: usize, merge: Option<u32>, path: &mut Vec<Cond>, out: &mut Vec<Shape>) {
         let QNode::Branch {
             bit,
@@ -194,8 +196,9 @@ pub struct Layout {
     /// Bootstrap outputs summed into the fullest slot (what its noise, and `slot_bits`, are
     /// decided from).
     pub outputs_per_slot: usize,
-    /// Whether a leaf beside a pair of leaves shares their bootstrap (one-table bootstraps
-    /// of 16 inputs; chosen for single-output models when it saves bootstraps).
+    /// Whether shapes are merged into one-table bootstraps of 16 inputs (a leaf beside a pair
+    /// of leaves, two pairs under one branch, four stumps); chosen for single-output models
+    /// when it saves bootstraps.
     pub merged: bool,
 }
 
@@ -220,14 +223,21 @@ impl Layout {
 /// Largest leaf spread ever used (16 bits is far finer than any accuracy gain).
 pub const MAX_LEAF_RANGE: u64 = (1 << 16) - 1;
 
-/// Whether a tree is one branch over two leaves (a stump: one bootstrap on its condition).
-fn is_stump(t: &QTree) -> bool {
-    match t.nodes.first() {
-        Some(QNode::Branch { yes, no, .. }) => [*yes, *no]
-            .iter()
-            .all(|&j| matches!(t.nodes.get(j as usize), Some(QNode::Leaf { .. }))),
-        _ => false,
-    }
+/// A stump (one branch over two leaves, one bootstrap on its condition): its condition, 1
+/// towards its yes leaf, and its yes and no leaves.
+fn stump_of(t: &QTree) -> Option<(Cond, usize, usize)> {
+    let Some(QNode::Branch {
+        bit,
+        yes_when,
+        yes,
+        no,
+    }) = t.nodes.first()
+    else {
+        return None;
+    };
+    let (yes, no) = (*yes as usize, *no as usize);
+    let leaf = |j: usize| matches!(t.nodes.get(j), Some(QNode::Leaf { .. }));
+    (leaf(yes) && leaf(no)).then_some((cond(*bit, *yes_when), yes, no))
 }
 
 /// Stumps one bootstrap of `inputs` input values carries in a merged layout: `u = sum_k 2^k *
@@ -240,7 +250,7 @@ fn stumps_per_bootstrap(inputs: u32) -> usize {
 fn packed_stumps_saving(trees: &[QTree], group_of: &[u32], per_bootstrap: usize) -> usize {
     let mut per_group: BTreeMap<u32, usize> = BTreeMap::new();
     for (t, &g) in trees.iter().zip(group_of) {
-        if is_stump(t) {
+        if stump_of(t).is_some() {
             *per_group.entry(g).or_insert(0) += 1;
         }
     }
@@ -284,8 +294,9 @@ fn partition(shapes: &[usize], groups: usize) -> (Vec<u32>, usize, usize) {
 /// returned; the caller reads `leaf_range`.
 ///
 /// A single-output model (a binary classifier, a regressor) is also laid out with merged
-/// shapes (a leaf beside a pair of leaves in one bootstrap, one table per bootstrap, one digit
-/// per slot, so more tree groups for the same leaves); that layout is chosen when it needs
+/// shapes (a leaf beside a pair of leaves, two pairs under one branch near the root, or four
+/// stumps in one bootstrap; one table per bootstrap, one digit per slot, so more tree groups
+/// for the same leaves); that layout is chosen when it needs
 /// fewer bootstraps and carries at least the leaves the other does, or `min_leaf_range`.
 pub fn plan_layout(
     trees: &[QTree],
@@ -374,7 +385,7 @@ pub fn plan_layout_as(
             slot_bits,
             leaf_range,
             pbs_per_record: n_shapes * per_shape
-                - if merged {
+                - if merged && n_outputs == 1 {
                     packed_stumps_saving(trees, &group_of, stumps_per_bootstrap(inputs))
                 } else {
                     0
@@ -456,18 +467,26 @@ pub fn build_plan_in(
     let mut offsets = vec![0i64; outputs];
     let mut programs = Vec::new();
     // A merged layout packs each group's stumps into shared bootstraps (below).
-    let mut stumps: BTreeMap<u32, Vec<(usize, Shape, i64)>> = BTreeMap::new();
+    let mut stumps: BTreeMap<u32, Vec<PackedStump>> = BTreeMap::new();
     for (ti, t) in model.trees.iter().enumerate() {
         let mins = leaf_minimums(ti, t, outputs, layout)?;
         for (offset, m) in offsets.iter_mut().zip(&mins) {
             *offset += m;
         }
-        if layout.merged && outputs == 1 && is_stump(t) {
-            let shape = tree_shapes(t, Some(input_values as u32)).remove(0);
+        if layout.merged
+            && outputs == 1
+            && let Some((cond, yes, no)) = stump_of(t)
+        {
+            // Its leaves less the tree's minimum: [no, yes], indexed by the condition.
+            let value = |leaf: usize| (t.values_at(leaf)[0] - mins[0]) as u64;
             stumps
                 .entry(layout.group_of[ti])
                 .or_default()
-                .push((ti, shape, mins[0]));
+                .push(PackedStump {
+                    tree: ti,
+                    cond,
+                    leaves: [value(no), value(yes)],
+                });
             continue;
         }
         // A merged layout has one table per bootstrap: its tables take every input value.
@@ -485,7 +504,7 @@ pub fn build_plan_in(
     }
     let per_bootstrap = stumps_per_bootstrap(input_values as u32);
     for pack in stumps.values().flat_map(|g| g.chunks(per_bootstrap)) {
-        programs.push(packed_stumps(model, layout, pack, input_values));
+        programs.push(packed_stumps(layout, pack, input_values));
     }
     let plan = ForestPlan {
         thermometer_bits: model.thresholds.len() as u32,
@@ -498,47 +517,37 @@ pub fn build_plan_in(
     Ok((plan, slot_readout(outputs, layout, offsets)))
 }
 
+/// A stump waiting to share a bootstrap: its tree, its condition, and its leaves (less the
+/// tree's minimum) when the condition is 0 and 1.
+struct PackedStump {
+    tree: usize,
+    cond: Cond,
+    leaves: [u64; 2],
+}
+
 /// One bootstrap for up to [`stumps_per_bootstrap`] stumps of one group (single output, one
-/// digit): `u = sum_k 2^k * c_k`, where `c_k` is stump k's condition (its shape's linear
-/// form, 1 towards its yes leaf), and the table at `u` sums each stump's leaf for its bit of
-/// `u`, less the stump's minimum.
-fn packed_stumps(
-    model: &TreeModel,
-    layout: &Layout,
-    pack: &[(usize, Shape, i64)],
-    input_values: usize,
-) -> Program {
-    let mut coef: BTreeMap<u32, i32> = BTreeMap::new();
-    let mut constant = 0i32;
-    for (k, (_, shape, _)) in pack.iter().enumerate() {
-        let w = 1i32 << k;
-        for &(bit, c) in &shape.terms {
-            *coef.entry(bit).or_insert(0) += w * c;
-        }
-        constant += w * shape.constant;
-    }
+/// digit): `u = sum_k 2^k * c_k`, `c_k` stump k's condition, and the table at `u` sums each
+/// stump's leaf for its bit of `u`.
+fn packed_stumps(layout: &Layout, pack: &[PackedStump], input_values: usize) -> Program {
+    let conds: Vec<(Cond, i32)> = pack
+        .iter()
+        .enumerate()
+        .map(|(k, s)| (s.cond, 1 << k))
+        .collect();
+    let shape = weighted_shape(&conds, Vec::new());
     let mut table = vec![0u64; input_values];
     for (u, entry) in table.iter_mut().enumerate().take(1 << pack.len()) {
         *entry = pack
             .iter()
             .enumerate()
-            .map(|(k, (ti, shape, min))| {
-                let c = (u >> k & 1) as u32;
-                let leaf = shape
-                    .fires
-                    .iter()
-                    .find(|f| f.0 == c)
-                    .map(|f| f.1)
-                    .expect("a stump's shape fires at 0 and 1");
-                (model.trees[*ti].values_at(leaf)[0] - min) as u64
-            })
+            .map(|(k, s)| s.leaves[u >> k & 1])
             .sum();
     }
-    let first = pack[0].0;
+    let first = pack[0].tree;
     Program {
         tree: first as u32,
-        terms: coef.into_iter().filter(|&(_, c)| c != 0).collect(),
-        constant,
+        terms: shape.terms,
+        constant: shape.constant,
         luts: vec![Lut {
             slot: layout.slot(first, 1, 0, 0),
             table,
@@ -681,9 +690,7 @@ mod tests {
             let model = TreeModel {
                 n_features: 1,
                 n_outputs: outputs as u32,
-                thresholds: (0..bits)
-                    .map(|j| Threshold { feature: 0, value: j as f32, inclusive: false })
-                    .collect(),
+                thresholds: thresholds(bits),
                 trees: (0..trees)
                     .map(|_| {
                         let mut nodes = Vec::new();
@@ -707,6 +714,17 @@ mod tests {
     }
 
     const P: ParamSet = ParamSet::Glwe2048TUniform17;
+
+    /// `bits` thresholds on one feature, at 0, 1, 2, ...
+    fn thresholds(bits: u32) -> Vec<Threshold> {
+        (0..bits)
+            .map(|j| Threshold {
+                feature: 0,
+                value: j as f32,
+                inclusive: false,
+            })
+            .collect()
+    }
 
     /// A full tree of `depth` over distinct bits, leaf `k` worth `k`.
     fn full_tree(depth: u32) -> QTree {
@@ -743,13 +761,7 @@ mod tests {
         let model = TreeModel {
             n_features: 1,
             n_outputs: 1,
-            thresholds: (0..bits)
-                .map(|j| Threshold {
-                    feature: 0,
-                    value: j as f32,
-                    inclusive: false,
-                })
-                .collect(),
+            thresholds: thresholds(bits),
             trees,
             leaf_bits: 8,
             scale: 1.0,
@@ -876,13 +888,7 @@ mod tests {
         TreeModel {
             n_features: 1,
             n_outputs: outputs as u32,
-            thresholds: (0..bits)
-                .map(|j| Threshold {
-                    feature: 0,
-                    value: j as f32,
-                    inclusive: false,
-                })
-                .collect(),
+            thresholds: thresholds(bits),
             trees: (0..trees)
                 .map(|_| random_tree(&mut rng, depth, bits, outputs, spread))
                 .collect(),
