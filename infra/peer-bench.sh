@@ -6,6 +6,7 @@
 #
 #   infra/peer-bench.sh [--records N] [--models bc-tree-d4,bc-rf-20x4,bc-xgb-20x4]
 #   infra/peer-bench.sh --mlp --records 3 --our-records 32 --models mnist-mlp-784-128-10
+#   infra/peer-bench.sh --mlp-seeds 5 --shapes 128,128-64    (accuracy on 5 networks per shape)
 #
 # Installs concrete-ml into $PEER_VENV (default ~/.cache/fhe-batch/cml-venv) and builds the
 # release CLI into $CARGO_TARGET_DIR (default ~/.cache/fhe-batch/target).

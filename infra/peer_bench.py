@@ -5,8 +5,16 @@ fixture infra/export_models.py exported. Networks (`--mlp`): concrete-ml compile
 weights of the fixture (its scaler folded into the first layer) with
 `compile_torch_model` (post-training quantization to 6 bits, approximate rounding of the
 accumulators to 6 bits, as DESIGN.md's figure) and `fhe-batch bench --mlp` runs the fixture.
-Prints one key=value line per model and engine, then the ratio. Called by
-infra/peer-bench.sh."""
+Prints one key=value line per model and engine, then the ratio.
+
+Accuracy over several networks (`--mlp-seeds N`): one network of one architecture sits within
+a few test digits of both engines' quantization, so a single comparison is decided by chance.
+This mode trains N networks per shape (scikit-learn `MLPClassifier`, the fixtures' recipe,
+`random_state` 0..N-1), exports each with skl2onnx, and scores both engines on the very same
+weights over all 2,000 test digits: concrete-ml's exact integer predictions (`fhe="disable"`)
+and its FHE simulation (`fhe="simulate"`, averaged over 4 calls), our integer reference and our simulated encrypted
+predictions (the compile's noise model, averaged over its draws). No timing: it may run
+beside other work. Called by infra/peer-bench.sh."""
 import argparse
 import csv
 import json
@@ -186,6 +194,72 @@ def bench_ours_mlp(binary, name, records):
     }
 
 
+def train_mnist_mlp(hidden, seed, out_dir):
+    """A scikit-learn MLP on MNIST as infra/export_models.py trains the fixtures (pixels / 255
+    by a MinMaxScaler in front, 60 epochs), exported to ONNX; returns its path."""
+    import warnings
+    from skl2onnx import to_onnx
+    from sklearn.neural_network import MLPClassifier
+    from sklearn.pipeline import Pipeline
+    from sklearn.preprocessing import MinMaxScaler
+    xtr, ytr, _, _ = load_mnist()
+    pixels = MinMaxScaler().fit(np.array([[0.0] * 784, [255.0] * 784], dtype=np.float32))
+    mlp = MLPClassifier(hidden_layer_sizes=hidden, random_state=seed, max_iter=60)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        mlp.fit(xtr / 255.0, ytr)
+    pipe = Pipeline([("pixels", pixels), ("mlp", mlp)])
+    onx = to_onnx(pipe, xtr[:1], options={id(mlp): {"zipmap": False}},
+                  target_opset={"": 17, "ai.onnx.ml": 3})
+    shape = "-".join(str(v) for v in (784, *hidden, 10))
+    path = Path(out_dir) / f"mnist-mlp-{shape}-seed{seed}.onnx"
+    path.write_bytes(onx.SerializeToString())
+    return path
+
+
+# Simulation draws per test digit, as the compile's report averages ours (SIM_DRAWS in
+# shared/train/src/mlp.rs): concrete-ml's simulation draws its bootstrap errors afresh per call.
+SIM_DRAWS = 4
+
+
+def accuracy_study(binary, shapes, seeds, calibration):
+    """Both engines' accuracy on `seeds` networks per shape (see the module docs)."""
+    import tempfile
+    from concrete.ml.torch.compile import compile_torch_model
+    xtr, _, xte, yte = load_mnist()
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for hidden in shapes:
+            for seed in range(seeds):
+                path = train_mnist_mlp(hidden, seed, tmp)
+                qm = compile_torch_model(torch_of(path), xtr[:calibration], n_bits=6,
+                                         rounding_threshold_bits={"n_bits": 6,
+                                                                  "method": "approximate"})
+                ours = our_bench(binary, "--mlp", str(path), "--mlp-records", "1")
+                row = {
+                    "network": path.stem,
+                    "float": ours["test_float_accuracy"],
+                    "concrete_integer": float((qm.forward(xte, fhe="disable").argmax(1)
+                                               == yte).mean()),
+                    "concrete_simulated": float(np.mean([
+                        (qm.forward(xte, fhe="simulate").argmax(1) == yte).mean()
+                        for _ in range(SIM_DRAWS)])),
+                    "ours_integer": ours["test_quantized_accuracy"],
+                    "ours_simulated": ours["test_simulated_encrypted_accuracy"],
+                }
+                rows.append(row)
+                print(line(row), flush=True)
+    keys = ["float", "concrete_integer", "concrete_simulated", "ours_integer", "ours_simulated"]
+    for shape in sorted({r["network"].rsplit("-seed", 1)[0] for r in rows}):
+        mine = [r for r in rows if r["network"].startswith(shape + "-seed")]
+        means = {k: float(np.mean([r[k] for r in mine])) for k in keys}
+        wins = sum(r["ours_simulated"] > r["concrete_simulated"] for r in mine)
+        ties = sum(r["ours_simulated"] == r["concrete_simulated"] for r in mine)
+        print(line({"shape": shape, "networks": len(mine),
+                    **{f"mean_{k}": v for k, v in means.items()},
+                    "ours_better": wins, "ties": ties}), flush=True)
+
+
 def line(d):
     return " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in d.items())
 
@@ -200,11 +274,19 @@ def main():
                     help="networks instead: --models mnist-mlp-784-128-10,...")
     ap.add_argument("--calibration", type=int, default=1000,
                     help="--mlp: MNIST rows concrete-ml calibrates on")
+    ap.add_argument("--mlp-seeds", type=int, default=0,
+                    help="accuracy over N networks per shape instead (see the module docs)")
+    ap.add_argument("--shapes", default="128,128-64",
+                    help="--mlp-seeds: hidden layers per shape, comma-separated")
     a = ap.parse_args()
     xtr, xte, ytr, yte = load_bc()
     import concrete.ml
     print(f"machine={platform.processor() or platform.machine()} cpus={os.cpu_count()} "
           f"load={os.getloadavg()[0]:.2f} concrete_ml={concrete.ml.__version__}")
+    if a.mlp_seeds:
+        shapes = [tuple(int(v) for v in s.split("-")) for s in a.shapes.split(",")]
+        accuracy_study(a.fhe_batch, shapes, a.mlp_seeds, a.calibration)
+        return
     for name in a.models.split(","):
         if a.mlp:
             c = bench_concrete_mlp(name, a.records, a.calibration)
