@@ -28,6 +28,7 @@ pub fn package(server: MlpServer, input_bits: u8) -> ModelPackage {
         n_scores: server.output.len() as u32,
         score_scale: 1.0,
         score_offset: 0.0,
+        score_offsets: Vec::new(),
         labels: Vec::new(),
         post: PostTransform::None,
     };

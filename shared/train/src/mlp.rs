@@ -438,19 +438,13 @@ pub fn compile_mlp(
                     .collect()
             })
             .collect();
-        // Score scale: a common centre, the widest half range within 2^63 with a margin.
-        let centre = (score_bounds
-            .iter()
-            .map(|b| b.0)
-            .fold(f64::INFINITY, f64::min)
-            + score_bounds
-                .iter()
-                .map(|b| b.1)
-                .fold(f64::NEG_INFINITY, f64::max))
-            / 2.0;
+        // Score scale: each score centred on its own proven range (the client adds the centre
+        // back), the widest half range within 2^63 with a margin. One scale for all scores
+        // keeps their comparison exact.
+        let centres: Vec<f64> = score_bounds.iter().map(|&(a, b)| (a + b) / 2.0).collect();
         let half = score_bounds
             .iter()
-            .map(|&(a, b)| (b - centre).max(centre - a))
+            .map(|&(a, b)| (b - a) / 2.0)
             .fold(1e-12, f64::max);
         let h_out = shrink * 0.9 * 2f64.powi(63) / half;
         // Torus per real unit of each hidden neuron's output: from what its readers need.
@@ -537,7 +531,8 @@ pub fn compile_mlp(
             .weights
             .iter()
             .zip(&out_affine.bias)
-            .map(|(row, &b)| {
+            .zip(&centres)
+            .map(|((row, &b), &centre)| {
                 let mid: f64 = row.iter().zip(last).map(|(w, p)| w * p.mid).sum();
                 let step: Vec<f64> = g.iter().map(|g| g / h_out).collect();
                 let noise = records * v_pbs / h_out.powi(2);
@@ -590,7 +585,8 @@ pub fn compile_mlp(
             output_bits,
             n_scores: server.output.len() as u32,
             score_scale: step / h_out,
-            score_offset: centre,
+            score_offset: 0.0,
+            score_offsets: centres.clone(),
             labels,
             post: mlp.post,
         };

@@ -111,6 +111,8 @@ impl ClientFamily for MlpClient {
             || !labels_fit
             || !(self.score_scale.is_finite() && self.score_scale > 0.0)
             || !self.score_offset.is_finite()
+            || !(self.score_offsets.is_empty() || self.score_offsets.len() == scores)
+            || self.score_offsets.iter().any(|v| !v.is_finite())
         {
             return Err(ModelError::Inconsistent(
                 "neural network client part is inconsistent".into(),

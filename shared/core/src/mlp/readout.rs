@@ -17,10 +17,14 @@ pub struct MlpClient {
     /// Scores are decoded from their top `output_bits` bits, as signed integers.
     pub output_bits: u8,
     pub n_scores: u32,
-    /// Float score = `integer score * score_scale + score_offset` (one offset for all scores,
-    /// so it changes no argmax and no softmax).
+    /// Float score `i` = `integer score * score_scale + score_offset + score_offsets[i]`.
     pub score_scale: f64,
     pub score_offset: f64,
+    /// Each score's own offset (the centre of its proven range, which the server's torus
+    /// value is centred on), or empty where every score shares `score_offset` alone
+    /// (packages compiled before per-score centring).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub score_offsets: Vec<f64>,
     /// Class names in score order (a binary classifier with one score: `[negative,
     /// positive]`); empty for a regressor.
     pub labels: Vec<String>,
@@ -38,7 +42,11 @@ impl MlpClient {
     pub fn float_scores(&self, scores: &[i64]) -> Vec<f32> {
         scores
             .iter()
-            .map(|&v| (v as f64 * self.score_scale + self.score_offset) as f32)
+            .enumerate()
+            .map(|(i, &v)| {
+                let own = self.score_offsets.get(i).copied().unwrap_or(0.0);
+                (v as f64 * self.score_scale + self.score_offset + own) as f32
+            })
             .collect()
     }
 
@@ -56,5 +64,45 @@ impl MlpClient {
         let class = crate::model::argmax(&z);
         transform(self.post, &mut z);
         (Some(class), z)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn client(score_offsets: Vec<f64>) -> MlpClient {
+        MlpClient {
+            quantizers: vec![Quantizer {
+                min: 0.0,
+                scale: 1.0,
+            }],
+            input_bits: 8,
+            column_bits: 20,
+            output_bits: 16,
+            n_scores: 3,
+            score_scale: 0.5,
+            score_offset: 1.0,
+            score_offsets,
+            labels: vec!["a".into(), "b".into(), "c".into()],
+            post: PostTransform::None,
+        }
+    }
+
+    /// Each score's own offset is added back, and it can change the argmax; a client part
+    /// written before per-score offsets (no such field) still loads and reads as before.
+    #[test]
+    fn per_score_offsets_are_added_back_and_old_parts_still_load() {
+        let c = client(vec![0.0, 10.0, -3.0]);
+        assert_eq!(c.float_scores(&[4, 2, 6]), vec![3.0, 12.0, 1.0]);
+        assert_eq!(c.finish(c.float_scores(&[4, 2, 6])).0, Some(1));
+        let old = client(Vec::new());
+        assert_eq!(old.float_scores(&[4, 2, 6]), vec![3.0, 2.0, 4.0]);
+        let json = serde_json::to_string(&old).unwrap();
+        assert!(!json.contains("score_offsets"));
+        let back: MlpClient = serde_json::from_str(&json).unwrap();
+        assert_eq!(back, old);
+        let with: MlpClient = serde_json::from_str(&serde_json::to_string(&c).unwrap()).unwrap();
+        assert_eq!(with, c);
     }
 }
