@@ -447,25 +447,30 @@ pub fn compile_mlp(
             .map(|&(a, b)| (b - a) / 2.0)
             .fold(1e-12, f64::max);
         let h_out = shrink * 0.9 * 2f64.powi(63) / half;
-        // Torus per real unit of each hidden neuron's output: from what its readers need.
+        // Torus per real unit of each hidden neuron's output: from what its readers need, so
+        // that the largest integer weight reading it is `lw`. A reader's integer weight is
+        // `c * (its torus per real unit) / g`, so the scale follows the largest product of a
+        // reader's weight and its scale, not the largest weight times the largest scale: a
+        // reader with a huge scale and no weight (a neuron whose weights are all zero has a
+        // near-empty range, so a huge scale) must not coarsen every other reader's weights.
         let out_scale: Vec<Vec<f64>> = (0..hidden_count)
             .map(|li| {
                 let readers = affines[li + 1];
-                let h_ref = if li + 1 == hidden_count {
-                    h_out
+                let reader_scale: Vec<f64> = if li + 1 == hidden_count {
+                    vec![h_out; readers.weights.len()]
                 } else {
-                    pos_scale[li + 1].iter().fold(0f64, |m, &a| m.max(a * t))
+                    pos_scale[li + 1].iter().map(|&a| a * t).collect()
                 };
                 (0..clamps[li].len())
                     .map(|j| {
-                        let colmax = readers.weights.iter().fold(0f64, |m, r| m.max(r[j].abs()));
+                        let need = readers
+                            .weights
+                            .iter()
+                            .zip(&reader_scale)
+                            .fold(0f64, |m, (r, &h)| m.max(r[j].abs() * h));
                         let (a, b) = clamps[li][j].range();
                         let amp = ((b - a) / 2.0).abs().max(1e-12);
-                        let g = if colmax > 0.0 {
-                            h_ref * colmax / lw
-                        } else {
-                            1.0
-                        };
+                        let g = if need > 0.0 { need / lw } else { 1.0 };
                         g.min(0.9 * 2f64.powi(62) / amp)
                     })
                     .collect()
