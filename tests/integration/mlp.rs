@@ -25,12 +25,7 @@ fn onnx(name: &str) -> fhe_batch_onnx::Mlp {
 
 #[tokio::test]
 async fn an_mlp_job_decrypts_within_the_proven_error_of_the_reference() {
-    let ds = fhe_batch_train::data::read_labelled_csv(
-        &data_path("breast_cancer.csv"),
-        "label",
-        fhe_batch_train::Task::Auto,
-    )
-    .unwrap();
+    let ds = breast_cancer();
     let (calibration, eval) = ds.split(0.2, 42);
     let c = compile_mlp(
         &onnx("bc-mlp-30-32-2.onnx"),
@@ -250,7 +245,7 @@ proptest! {
         let ds = random_data(&mut rng, features, classes, 64);
         let c = compile_mlp(
             &mlp,
-            ImportData { all: &ds, calibration: &ds, eval: &ds, evaluated_on: "all records" },
+            on_all(&ds),
             &ImportOptions::default(),
         )
         .unwrap();
@@ -306,24 +301,33 @@ fn mnist_networks_decrypt_held_out_digits_within_the_proven_error() {
     }
 }
 
+fn breast_cancer() -> Dataset {
+    fhe_batch_train::data::read_labelled_csv(
+        &data_path("breast_cancer.csv"),
+        "label",
+        fhe_batch_train::Task::Auto,
+    )
+    .unwrap()
+}
+
+/// Calibrates and reports on every record of `ds`.
+fn on_all(ds: &Dataset) -> ImportData<'_> {
+    ImportData {
+        all: ds,
+        calibration: ds,
+        eval: ds,
+        evaluated_on: "all records",
+    }
+}
+
 /// A neuron whose incoming weights are all zero (scikit-learn leaves such dead neurons) has a
 /// near-empty input range, so a huge scale; the neurons it would read from must still be
 /// scaled for their other readers. Found on a freshly trained 784-128-64-10 network, whose
 /// integer predictions were right on 10.6% of the test digits before the fix (float 95.55%).
 #[test]
 fn a_dead_neuron_does_not_coarsen_the_weights_of_its_layer() {
-    let ds = fhe_batch_train::data::read_labelled_csv(
-        &data_path("breast_cancer.csv"),
-        "label",
-        fhe_batch_train::Task::Auto,
-    )
-    .unwrap();
-    let data = ImportData {
-        all: &ds,
-        calibration: &ds,
-        eval: &ds,
-        evaluated_on: "all records",
-    };
+    let ds = breast_cancer();
+    let data = on_all(&ds);
     let mut mlp = onnx("torch-mlp-bc-32-16-2.onnx");
     let healthy = compile_mlp(&mlp, data, &ImportOptions::default()).unwrap();
     let second = &mut mlp.layers[1];
@@ -344,18 +348,8 @@ fn a_dead_neuron_does_not_coarsen_the_weights_of_its_layer() {
 /// is refused at compile time.
 #[test]
 fn networks_outside_the_proof_are_refused() {
-    let ds = fhe_batch_train::data::read_labelled_csv(
-        &data_path("breast_cancer.csv"),
-        "label",
-        fhe_batch_train::Task::Auto,
-    )
-    .unwrap();
-    let data = ImportData {
-        all: &ds,
-        calibration: &ds,
-        eval: &ds,
-        evaluated_on: "all records",
-    };
+    let ds = breast_cancer();
+    let data = on_all(&ds);
     let mlp = onnx("bc-mlp-30-32-2.onnx");
     let c = compile_mlp(&mlp, data, &ImportOptions::default()).unwrap();
     let mut server = c.package.server.clone();
@@ -379,13 +373,7 @@ pub fn small_package() -> fhe_batch_core::model::ModelPackage {
     let mut rng = <rand::rngs::StdRng as rand::SeedableRng>::seed_from_u64(5);
     let mlp = random_mlp(&mut rng, 3, &[4], 2);
     let ds = random_data(&mut rng, 3, 2, 32);
-    let data = ImportData {
-        all: &ds,
-        calibration: &ds,
-        eval: &ds,
-        evaluated_on: "all records",
-    };
-    compile_mlp(&mlp, data, &ImportOptions::default())
+    compile_mlp(&mlp, on_all(&ds), &ImportOptions::default())
         .unwrap()
         .package
 }

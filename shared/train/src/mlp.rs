@@ -509,8 +509,9 @@ pub fn compile_mlp(
                         let step: Vec<f64> = g.iter().map(|g| g / (a[k] * t)).collect();
                         // A unit of weight adds one bootstrap output's variance, in this
                         // neuron's real units.
-                        let noise = records * v_pbs / (a[k] * t).powi(2);
-                        let weights = round_together(&grams[li - 1], &step, row, lw as i64, noise);
+                        let unit_noise = records * v_pbs / (a[k] * t).powi(2);
+                        let weights =
+                            round_together(&grams[li - 1], &step, row, lw as i64, unit_noise);
                         Neuron {
                             weights,
                             constant: wrap(a[k] * t * (mid + bias - c.lo)),
@@ -540,9 +541,9 @@ pub fn compile_mlp(
             .map(|((row, &b), &centre)| {
                 let mid: f64 = row.iter().zip(last).map(|(w, p)| w * p.mid).sum();
                 let step: Vec<f64> = g.iter().map(|g| g / h_out).collect();
-                let noise = records * v_pbs / h_out.powi(2);
+                let unit_noise = records * v_pbs / h_out.powi(2);
                 let weights =
-                    round_together(&grams[hidden_count - 1], &step, row, lw as i64, noise);
+                    round_together(&grams[hidden_count - 1], &step, row, lw as i64, unit_noise);
                 Neuron {
                     weights,
                     constant: wrap(h_out * (mid + b - centre)),
@@ -591,7 +592,7 @@ pub fn compile_mlp(
             n_scores: server.output.len() as u32,
             score_scale: step / h_out,
             score_offset: 0.0,
-            score_offsets: centres.clone(),
+            score_offsets: centres,
             labels,
             post: mlp.post,
         };
@@ -843,6 +844,27 @@ mod tests {
             .sum()
     }
 
+    /// Steps, targets and their nearest integer weights for `m` weights, with the Gram matrix
+    /// of `acts` (records x `m` activations of ReLUs clamped to `[0, 4]`).
+    fn rounding_case(
+        rng: &mut impl Rng,
+        m: usize,
+        acts: &[f64],
+    ) -> (Vec<f64>, Vec<f64>, Vec<f64>, Vec<i64>) {
+        let clamps: Vec<Clamp> = (0..m)
+            .map(|_| Clamp::new(Activation::Relu, -1.0, 4.0))
+            .collect();
+        let gram = centred_gram(acts, &clamps);
+        let step: Vec<f64> = (0..m).map(|_| rng.gen_range(0.05..0.3)).collect();
+        let target: Vec<f64> = (0..m).map(|_| rng.gen_range(-1.0..1.0)).collect();
+        let nearest = target
+            .iter()
+            .zip(&step)
+            .map(|(t, s)| (t / s).round() as i64)
+            .collect();
+        (gram, step, target, nearest)
+    }
+
     /// Rounding together never does worse than rounding each weight to its nearest integer,
     /// keeps every weight within one step of its exact value (and within the cap), and on
     /// correlated activations does strictly better.
@@ -853,9 +875,6 @@ mod tests {
         for _ in 0..50 {
             let m = rng.gen_range(2..12);
             // Activations of 200 records, correlated through a shared component.
-            let clamps: Vec<Clamp> = (0..m)
-                .map(|_| Clamp::new(Activation::Relu, -1.0, 4.0))
-                .collect();
             let acts: Vec<f64> = (0..200)
                 .flat_map(|_| {
                     let shared: f64 = rng.r#gen::<f64>() * 2.0;
@@ -864,14 +883,7 @@ mod tests {
                         .collect::<Vec<_>>()
                 })
                 .collect();
-            let gram = centred_gram(&acts, &clamps);
-            let step: Vec<f64> = (0..m).map(|_| rng.gen_range(0.05..0.3)).collect();
-            let target: Vec<f64> = (0..m).map(|_| rng.gen_range(-1.0..1.0)).collect();
-            let nearest: Vec<i64> = target
-                .iter()
-                .zip(&step)
-                .map(|(t, s)| (t / s).round() as i64)
-                .collect();
+            let (gram, step, target, nearest) = rounding_case(&mut rng, m, &acts);
             let cap = 7;
             let mut w = nearest.clone();
             refine_rounding(&gram, &step, &target, &mut w, cap, 0.0);
@@ -891,26 +903,16 @@ mod tests {
     }
 
     /// With the noise each unit of weight multiplies counted, rounding lowers the expected
-    /// error (rounding plus noise) to at most nearest rounding's, and
-    /// where noise costs more than rounding, it rounds towards zero.
+    /// error (rounding plus noise) to at most nearest rounding's, and where noise costs more
+    /// than rounding, it rounds towards zero.
     #[test]
     fn noise_aware_rounding_trades_rounding_error_against_noise() {
         let mut rng = rand::rngs::StdRng::seed_from_u64(9);
         let mut shrunk = 0;
         for _ in 0..50 {
             let m = rng.gen_range(2..12);
-            let clamps: Vec<Clamp> = (0..m)
-                .map(|_| Clamp::new(Activation::Relu, -1.0, 4.0))
-                .collect();
             let acts: Vec<f64> = (0..200 * m).map(|_| rng.r#gen::<f64>() * 4.0).collect();
-            let gram = centred_gram(&acts, &clamps);
-            let step: Vec<f64> = (0..m).map(|_| rng.gen_range(0.05..0.3)).collect();
-            let target: Vec<f64> = (0..m).map(|_| rng.gen_range(-1.0..1.0)).collect();
-            let nearest: Vec<i64> = target
-                .iter()
-                .zip(&step)
-                .map(|(t, s)| (t / s).round() as i64)
-                .collect();
+            let (gram, step, target, nearest) = rounding_case(&mut rng, m, &acts);
             let noise = rng.gen_range(0.0..4.0);
             let expected = |w: &[i64]| {
                 error(&gram, &step, &target, w)
