@@ -322,7 +322,7 @@ fn on_all(ds: &Dataset) -> ImportData<'_> {
 
 /// A neuron whose incoming weights are all zero (scikit-learn leaves such dead neurons) has a
 /// near-empty input range, so a huge scale; the neurons it would read from must still be
-/// scaled for their other readers. Found on a freshly trained 784-128-64-10 network, whose
+/// scaled for their other readers, and a dead first-layer neuron must read as its constant. Found on a freshly trained 784-128-64-10 network, whose
 /// integer predictions were right on 10.6% of the test digits before the fix (float 95.55%).
 #[test]
 fn a_dead_neuron_does_not_coarsen_the_weights_of_its_layer() {
@@ -330,10 +330,12 @@ fn a_dead_neuron_does_not_coarsen_the_weights_of_its_layer() {
     let data = on_all(&ds);
     let mut mlp = onnx("torch-mlp-bc-32-16-2.onnx");
     let healthy = compile_mlp(&mlp, data, &ImportOptions::default()).unwrap();
-    let second = &mut mlp.layers[1];
-    let inputs = second.inputs;
-    second.weights[..inputs].iter_mut().for_each(|w| *w = 0.0);
-    second.bias[0] = -0.25;
+    // A dead neuron in each hidden layer: the first (reading the features) and the second.
+    for layer in &mut mlp.layers[..2] {
+        let inputs = layer.inputs;
+        layer.weights[..inputs].iter_mut().for_each(|w| *w = 0.0);
+        layer.bias[0] = -0.25;
+    }
     let c = compile_mlp(&mlp, data, &ImportOptions::default()).unwrap();
     let (r, h) = (&c.summary.report, &healthy.summary.report);
     assert!(r.agreement >= 0.97, "{r:?}");
@@ -341,6 +343,9 @@ fn a_dead_neuron_does_not_coarsen_the_weights_of_its_layer() {
         r.quantized_score >= h.quantized_score - 0.02,
         "{r:?} vs {h:?}"
     );
+    // Encrypted, the dead neurons stay within the proof.
+    let rows: Vec<Vec<f64>> = (0..4).map(|i| ds.row(i).to_vec()).collect();
+    check_within_proof(&c, &rows);
 }
 
 /// A server part whose neuron input no longer fits one bootstrap turn (a weight scaled up
