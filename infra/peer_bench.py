@@ -12,9 +12,9 @@ a few test digits of both engines' quantization, so a single comparison is decid
 This mode trains N networks per shape (scikit-learn `MLPClassifier`, the fixtures' recipe,
 `random_state` 0..N-1), exports each with skl2onnx, and scores both engines on the very same
 weights over all 2,000 test digits: concrete-ml's exact integer predictions (`fhe="disable"`)
-and its FHE simulation (`fhe="simulate"`, averaged over 4 calls), our integer reference and our simulated encrypted
-predictions (the compile's noise model, averaged over its draws). No timing: it may run
-beside other work. Called by infra/peer-bench.sh."""
+and its FHE simulation (`fhe="simulate"`, averaged over 4 calls), our integer reference and
+our simulated encrypted predictions (the compile's noise model, averaged over its draws). No
+timing: it may run beside other work. Called by infra/peer-bench.sh."""
 import argparse
 import csv
 import json
@@ -160,16 +160,22 @@ def torch_of(path):
     return torch.nn.Sequential(*mods).eval()
 
 
-def bench_concrete_mlp(name, records, calibration):
+def concrete_compile_mlp(model, calibration_x):
+    """concrete-ml's compile of a torch network: post-training quantization to 6 bits,
+    accumulators rounded (approximately) to 6 bits, as DESIGN.md's figure."""
     from concrete.ml.torch.compile import compile_torch_model
+    return compile_torch_model(model, calibration_x, n_bits=6,
+                               rounding_threshold_bits={"n_bits": 6, "method": "approximate"})
+
+
+def bench_concrete_mlp(name, records, calibration):
     xtr, _, xte, yte = load_mnist()
     model = torch_of(ROOT / "tests/fixtures/onnx" / f"{name}.onnx")
     qm = None
 
     def compile_fn():
         nonlocal qm
-        qm = compile_torch_model(model, xtr[:calibration], n_bits=6,
-                                 rounding_threshold_bits={"n_bits": 6, "method": "approximate"})
+        qm = concrete_compile_mlp(model, xtr[:calibration])
         return qm.fhe_circuit
 
     return run_concrete(
@@ -194,15 +200,15 @@ def bench_ours_mlp(binary, name, records):
     }
 
 
-def train_mnist_mlp(hidden, seed, out_dir):
-    """A scikit-learn MLP on MNIST as infra/export_models.py trains the fixtures (pixels / 255
-    by a MinMaxScaler in front, 60 epochs), exported to ONNX; returns its path."""
+def train_mnist_mlp(xtr, ytr, hidden, seed, out_dir):
+    """A scikit-learn MLP trained on MNIST rows `xtr` as infra/export_models.py trains the
+    fixtures (pixels / 255 by a MinMaxScaler in front, 60 epochs), exported to ONNX; returns
+    its path. (export_models.py's own code needs the ML venv, not concrete-ml's.)"""
     import warnings
     from skl2onnx import to_onnx
     from sklearn.neural_network import MLPClassifier
     from sklearn.pipeline import Pipeline
     from sklearn.preprocessing import MinMaxScaler
-    xtr, ytr, _, _ = load_mnist()
     pixels = MinMaxScaler().fit(np.array([[0.0] * 784, [255.0] * 784], dtype=np.float32))
     mlp = MLPClassifier(hidden_layer_sizes=hidden, random_state=seed, max_iter=60)
     with warnings.catch_warnings():
@@ -225,16 +231,14 @@ SIM_DRAWS = 4
 def accuracy_study(binary, shapes, seeds, calibration):
     """Both engines' accuracy on `seeds` networks per shape (see the module docs)."""
     import tempfile
-    from concrete.ml.torch.compile import compile_torch_model
-    xtr, _, xte, yte = load_mnist()
-    rows = []
+    xtr, ytr, xte, yte = load_mnist()
+    keys = ["float", "concrete_integer", "concrete_simulated", "ours_integer", "ours_simulated"]
     with tempfile.TemporaryDirectory() as tmp:
         for hidden in shapes:
+            rows = []
             for seed in range(seeds):
-                path = train_mnist_mlp(hidden, seed, tmp)
-                qm = compile_torch_model(torch_of(path), xtr[:calibration], n_bits=6,
-                                         rounding_threshold_bits={"n_bits": 6,
-                                                                  "method": "approximate"})
+                path = train_mnist_mlp(xtr, ytr, hidden, seed, tmp)
+                qm = concrete_compile_mlp(torch_of(path), xtr[:calibration])
                 ours = our_bench(binary, "--mlp", str(path), "--mlp-records", "1")
                 row = {
                     "network": path.stem,
@@ -249,15 +253,12 @@ def accuracy_study(binary, shapes, seeds, calibration):
                 }
                 rows.append(row)
                 print(line(row), flush=True)
-    keys = ["float", "concrete_integer", "concrete_simulated", "ours_integer", "ours_simulated"]
-    for shape in sorted({r["network"].rsplit("-seed", 1)[0] for r in rows}):
-        mine = [r for r in rows if r["network"].startswith(shape + "-seed")]
-        means = {k: float(np.mean([r[k] for r in mine])) for k in keys}
-        wins = sum(r["ours_simulated"] > r["concrete_simulated"] for r in mine)
-        ties = sum(r["ours_simulated"] == r["concrete_simulated"] for r in mine)
-        print(line({"shape": shape, "networks": len(mine),
-                    **{f"mean_{k}": v for k, v in means.items()},
-                    "ours_better": wins, "ties": ties}), flush=True)
+            means = {k: float(np.mean([r[k] for r in rows])) for k in keys}
+            wins = sum(r["ours_simulated"] > r["concrete_simulated"] for r in rows)
+            ties = sum(r["ours_simulated"] == r["concrete_simulated"] for r in rows)
+            print(line({"shape": path.stem.rsplit("-seed", 1)[0], "networks": len(rows),
+                        **{f"mean_{k}": v for k, v in means.items()},
+                        "ours_better": wins, "ties": ties}), flush=True)
 
 
 def line(d):
