@@ -246,6 +246,12 @@ fn stumps_per_bootstrap(inputs: u32) -> usize {
     inputs.max(2).ilog2() as usize
 }
 
+/// Whether a layout packs stumps into shared bootstraps: merged layouts of single-output
+/// models (one digit per slot, so the packed table's sum lands in one slot).
+fn packs_stumps(merged: bool, n_outputs: usize) -> bool {
+    merged && n_outputs == 1
+}
+
 /// Bootstraps the stumps of each group save when packed [`stumps_per_bootstrap`] to one.
 fn packed_stumps_saving(trees: &[QTree], group_of: &[u32], per_bootstrap: usize) -> usize {
     let mut per_group: BTreeMap<u32, usize> = BTreeMap::new();
@@ -385,7 +391,7 @@ pub fn plan_layout_as(
             slot_bits,
             leaf_range,
             pbs_per_record: n_shapes * per_shape
-                - if merged && n_outputs == 1 {
+                - if packs_stumps(merged, n_outputs) {
                     packed_stumps_saving(trees, &group_of, stumps_per_bootstrap(inputs))
                 } else {
                     0
@@ -473,8 +479,7 @@ pub fn build_plan_in(
         for (offset, m) in offsets.iter_mut().zip(&mins) {
             *offset += m;
         }
-        if layout.merged
-            && outputs == 1
+        if packs_stumps(layout.merged, outputs)
             && let Some((cond, yes, no)) = stump_of(t)
         {
             // Its leaves less the tree's minimum: [no, yes], indexed by the condition.
